@@ -1,0 +1,45 @@
+/*
+ * migrate-lua C core: the pieces both hosts (the migrate-lua binary and
+ * migrate.so) share. Only the binding files include lua.h; the helpers below
+ * that take a lua_State are the bindings' registration hooks.
+ */
+#ifndef MIGRATE_H
+#define MIGRATE_H
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <libpq-fe.h>
+
+#define MIG_CONN_MT   "migrate.Conn"
+#define MIG_RESULT_MT "migrate.Result"
+#define MIG_ERROR_MT  "migrate.Error"
+
+/* lmigrate.c: the module entry point (exported by migrate.so) */
+int luaopen_migrate(lua_State *L);
+
+/* lpg.c: Conn/Result userdata and their methods */
+void mig_open_pg(lua_State *L);          /* leaves nothing; fills the table at -1 */
+
+/* pgerr.c: turn a failed result or connection into a Lua error object */
+void mig_push_pg_error(lua_State *L, PGconn *conn, const PGresult *res, const char *sql);
+int  mig_raise_pg_error(lua_State *L, PGconn *conn, PGresult *res, const char *sql); /* frees res; never returns */
+
+/* sha256.c, redact.c, fsdir.c, lint.c, signals.c: functions for the module table */
+int mig_l_checksum(lua_State *L);
+int mig_l_sha256(lua_State *L);
+int mig_l_redact(lua_State *L);
+int mig_l_listdir(lua_State *L);
+int mig_l_isdir(lua_State *L);
+int mig_l_parse_sql(lua_State *L);
+int mig_l_install_signals(lua_State *L);
+int mig_l_interrupted(lua_State *L);
+int mig_l_sleep_ms(lua_State *L);
+int mig_l_now_ms(lua_State *L);
+
+/* signals.c: the connection a SIGINT/SIGTERM should cancel, and the protected region */
+void mig_signals_set_cancel(PGconn *conn);   /* NULL clears */
+void mig_signals_enter_user(lua_State *L);
+void mig_signals_leave_user(lua_State *L);
+int  mig_signals_pending(void);
+
+#endif

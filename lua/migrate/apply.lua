@@ -1,0 +1,146 @@
+-- Orchestration shared by run / safe-run / dry-run (up) and revert /
+-- rollback (down): open the session, check the migration set, load every
+-- file before anything runs, run, summarise. Returns exit code, JSON doc.
+local executor = require "migrate.executor"
+local errors = require "migrate.errors"
+local loader = require "migrate.loader"
+local history = require "migrate.history"
+local json = require "migrate.json"
+
+local M = {}
+
+local function label(e) return e.version .. "_" .. e.name end
+
+local function document(result)
+  local e = result.error
+  return {
+    ok = result.ok,
+    applied = json.array(result.applied or {}),
+    reverted = json.array(result.reverted or {}),
+    failed = result.failed or json.null,
+    error = e and {
+      message = tostring(e), kind = e.kind, migration = e.migration, file = e.file, where = e.where,
+      sqlstate = e.sqlstate, detail = e.detail, hint = e.hint, sql = e.sql, rule = e.rule,
+    } or json.null,
+    run_id = result.run_id,
+    durations_ms = result.durations,
+  }
+end
+M.document = document
+
+local function report_failure(result, config)
+  if result.ok then return end
+  local e = result.error
+  io.stderr:write("\nmigrate-lua: migration ", tostring(result.failed or "?"), " failed",
+    e.kind == "interrupted" and " (interrupted)" or "", "\n")
+  io.stderr:write(tostring(e):gsub("^", "  "):gsub("\n", "\n  "), "\n")
+  if result.rolled_back_note then io.stderr:write("  ", result.rolled_back_note, "\n") end
+  if config.quiet then return end
+end
+
+-- Checks the set before running: naming problems, load errors, drift (when
+-- opts.check_drift). Raises kind = "validation"/"load"/"drift".
+local function check_set(status, problems, opts)
+  if #problems > 0 then
+    local msgs = {}
+    for _, p in ipairs(problems) do msgs[#msgs + 1] = p.message end
+    errors.raise("validation", table.concat(msgs, "\n"), { file = problems[1].file })
+  end
+  if opts.check_drift then
+    for _, st in ipairs(status) do
+      if st.state == "changed" then
+        errors.raise("drift", string.format("%s: applied migration %s changed since it was applied (checksum %s, recorded %s); restore the file or add a new migration",
+          st.entry.path, st.version, st.checksum, st.applied_checksum), { migration = st.version, file = st.entry.path })
+      elseif st.state == "missing" then
+        errors.raise("drift", string.format("applied migration %s_%s has no file in %s (missing)", st.version, st.name, "the migrations folder"),
+          { migration = st.version })
+      end
+    end
+  end
+end
+M.check_set = check_set
+
+-- up: run, safe-run, dry-run. opts.mode, opts.before(session, pending) hook.
+function M.up(config, opts)
+  local s = executor.open(config, { lock = opts.lock, log_table = opts.log_table })
+  local result
+  local ok, err = pcall(function()
+    history.ensure(s.main)
+    local status, problems = executor.status(s.main, config.dir)
+    check_set(status, problems, opts)
+    local pending = executor.pending(status, config)
+    for _, entry in ipairs(pending) do loader.load(entry) end
+    if opts.before then opts.before(s, pending, status) end
+    if #pending == 0 then
+      if not config.json then io.stderr:write("nothing to do: no pending migrations in ", config.dir, "\n") end
+      result = { ok = true, applied = {}, reverted = {} }
+      return
+    end
+    result = executor.migrate(s, pending, { mode = opts.mode, single_transaction = config.single_transaction or opts.single_transaction,
+                                            rollback = opts.rollback })
+  end)
+  executor.close(s)
+  if not ok then error(err, 0) end
+  result.run_id = s.run_id
+  if opts.after then opts.after(result) end
+  report_failure(result, config)
+  if result.ok and not config.json and #result.applied > 0 and not opts.rollback then
+    io.stderr:write(string.format("applied %d migration%s\n", #result.applied, #result.applied == 1 and "" or "s"))
+  end
+  return result.ok and 0 or errors.exit_code(result.error.kind == "lint" and result.error or { kind = "sql" }), document(result)
+end
+
+-- down: revert, rollback. opts.steps / opts.to select the migrations.
+function M.down(config, opts)
+  local s = executor.open(config)
+  local result
+  local ok, err = pcall(function()
+    history.ensure(s.main)
+    local status = executor.status(s.main, config.dir)
+    local applied = {}
+    for _, st in ipairs(status) do if st.row then applied[#applied + 1] = st end end
+    local chosen = {}
+    if opts.to then
+      local found = false
+      for _, st in ipairs(applied) do if st.version == opts.to then found = true end end
+      if not found then errors.raise("usage", "--to " .. opts.to .. ": no applied migration has that version") end
+      for i = #applied, 1, -1 do
+        if applied[i].version > opts.to then chosen[#chosen + 1] = applied[i] end
+      end
+    else
+      for i = #applied, math.max(1, #applied - (opts.steps or 1) + 1), -1 do chosen[#chosen + 1] = applied[i] end
+    end
+    local entries = {}
+    for _, st in ipairs(chosen) do
+      if st.state == "missing" then
+        errors.raise("validation", string.format("cannot revert %s_%s: its file is missing from %s", st.version, st.name, config.dir),
+          { migration = st.version })
+      end
+      if st.state == "changed" and opts.check_drift then
+        errors.raise("drift", string.format("%s changed since it was applied: its down may not match what ran; restore the file first", st.entry.path),
+          { migration = st.version, file = st.entry.path })
+      end
+      loader.load(st.entry)
+      if not st.entry.def.down then
+        errors.raise("validation", string.format("%s: migration %s has no down function: it cannot be reverted", st.entry.path, label(st.entry)),
+          { migration = st.version, file = st.entry.path })
+      end
+      entries[#entries + 1] = st.entry
+    end
+    if #entries == 0 then
+      if not config.json then io.stderr:write("nothing to do: no applied migrations\n") end
+      result = { ok = true, applied = {}, reverted = {} }
+      return
+    end
+    if opts.before then opts.before(s, entries) end
+    result = executor.revert(s, entries, { mode = opts.mode })
+  end)
+  executor.close(s)
+  if not ok then error(err, 0) end
+  result.run_id = s.run_id
+  if opts.after then opts.after(result) end
+  report_failure(result, config)
+  return result.ok and 0 or 1, document(result)
+end
+
+return M

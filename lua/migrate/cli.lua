@@ -1,0 +1,206 @@
+-- The command line: parse arguments into a config, dispatch to
+-- migrate.commands.<name>, print the result (human text or one JSON
+-- document), return the contract's exit code. Commands print nothing to
+-- stdout themselves when --json is on.
+local errors = require "migrate.errors"
+local json = require "migrate.json"
+local core = require "migrate.core"
+
+local M = {}
+
+-- Options: name -> {key, kind ("flag" | "string" | "int"), env, default}
+M.options = {
+  ["--database-url"] = { key = "database_url", kind = "string", env = "DATABASE_URL" },
+  ["-d"] = { alias = "--database-url" },
+  ["--dir"] = { key = "dir", kind = "string", env = "MIGRATE_LUA_DIR", default = "./migrations" },
+  ["--log-file"] = { key = "log_file", kind = "string", default = "./migration-execution.log" },
+  ["--lock-timeout"] = { key = "lock_timeout", kind = "int", default = 5000, min = 1 },
+  ["--lock-retries"] = { key = "lock_retries", kind = "int", default = 3, min = 0 },
+  ["--statement-timeout"] = { key = "statement_timeout", kind = "int", default = 0, min = 0 },
+  ["--small-table-rows"] = { key = "small_table_rows", kind = "int", default = 10000, min = 0 },
+  ["--wait"] = { key = "wait", kind = "int", default = 0, min = 0 },
+  ["--json"] = { key = "json", kind = "flag" },
+  ["--single-transaction"] = { key = "single_transaction", kind = "flag" },
+  ["--allow-out-of-order"] = { key = "allow_out_of_order", kind = "flag" },
+  ["--quiet"] = { key = "quiet", kind = "flag" },
+  ["-q"] = { alias = "--quiet" },
+  ["--verbose"] = { key = "verbose", kind = "flag" },
+  ["-v"] = { alias = "--verbose" },
+  ["--help"] = { key = "help", kind = "flag" },
+  ["-h"] = { alias = "--help" },
+  ["--version"] = { key = "version", kind = "flag" },
+  -- command options
+  ["--check"] = { key = "check", kind = "flag" },
+  ["--steps"] = { key = "steps", kind = "int", min = 1 },
+  ["--to"] = { key = "to", kind = "string" },
+  ["--force"] = { key = "force", kind = "flag" },
+  ["--plan"] = { key = "plan", kind = "flag" },
+  ["--limit"] = { key = "limit", kind = "int", default = 50, min = 1 },
+  ["--migration"] = { key = "migration", kind = "string" },
+  ["--status"] = { key = "status", kind = "string" },
+}
+
+M.commands = {
+  generate = "create a new migration file from the template",
+  show = "list every migration and its state",
+  validate = "check migrations and the database; change nothing",
+  ["dry-run"] = "run pending migrations in a transaction that is rolled back",
+  ["safe-run"] = "validate, then apply pending migrations with guard clauses and backups",
+  run = "apply pending migrations (plain path: no validation, no backups)",
+  rollback = "safely revert the last applied migration (--steps N, --to VERSION)",
+  revert = "plainly revert the last applied migration",
+  backup = "list | restore ID [--force] | drop ID",
+  logs = "show the latest rows of migration_logs",
+  help = "show help",
+  version = "show the version",
+}
+
+-- Levenshtein distance, for "did you mean".
+local function distance(a, b)
+  local prev = {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    for j = 1, #b do
+      local cost = a:byte(i) == b:byte(j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+function M.suggest(word, candidates)
+  local best, bestd
+  for name in pairs(candidates) do
+    local d = distance(word, name)
+    if not bestd or d < bestd or (d == bestd and name < best) then best, bestd = name, d end
+  end
+  if best and bestd <= math.max(2, #word // 3) then return best end
+end
+
+-- Parses argv into {command, args = {positional}, config}. Raises usage errors.
+function M.parse(argv)
+  local config, args, command = {}, {}, nil
+  local i = 1
+  while i <= #argv do
+    local a = argv[i]
+    if a:sub(1, 1) == "-" and a ~= "-" then
+      local name, inline = a:match("^(%-%-[^=]+)=(.*)$")
+      name = name or a
+      local spec = M.options[name]
+      if spec and spec.alias then name = spec.alias; spec = M.options[name] end
+      if not spec then
+        local hint = M.suggest(name, M.options)
+        errors.raise("usage", string.format("unknown option %s%s", name, hint and (" (did you mean " .. hint .. "?)") or ""))
+      end
+      if spec.kind == "flag" then
+        if inline then errors.raise("usage", name .. " takes no value") end
+        config[spec.key] = true
+      else
+        local v = inline
+        if not v then
+          i = i + 1
+          v = argv[i]
+          if v == nil then errors.raise("usage", name .. " needs a value") end
+        end
+        if spec.kind == "int" then
+          local n = tonumber(v)
+          if not n or math.type(n) ~= "integer" then n = math.tointeger(n) end
+          if not n then errors.raise("usage", string.format("%s expects an integer, got %q", name, v)) end
+          if spec.min and n < spec.min then
+            errors.raise("usage", string.format("%s must be at least %d, got %d%s", name, spec.min, n,
+              name == "--lock-timeout" and " (a lock wait without a timeout could stall production traffic)" or ""))
+          end
+          v = n
+        end
+        config[spec.key] = v
+      end
+    elseif not command then
+      command = a
+    else
+      args[#args + 1] = a
+    end
+    i = i + 1
+  end
+  -- defaults and environment
+  for _, spec in pairs(M.options) do
+    if spec.key and config[spec.key] == nil then
+      local env = spec.env and os.getenv(spec.env)
+      if env and env ~= "" then config[spec.key] = env
+      elseif spec.default ~= nil then config[spec.key] = spec.default end
+    end
+  end
+  config.dir = config.dir:gsub("/+$", "")
+  if config.dir == "" then config.dir = "/" end
+  if os.getenv("NO_COLOR") == nil and os.getenv("TERM") ~= "dumb" then config.color = nil end
+  return command, args, config
+end
+
+local function print_error(e, config)
+  local msg = tostring(e)
+  io.stderr:write("migrate-lua: ", msg, "\n")
+  if e.kind == "usage" and not config.json then
+    io.stderr:write("run 'migrate-lua help' for usage\n")
+  end
+end
+
+-- The JSON document for a failure outside any command's own result.
+local function error_document(command, e)
+  local doc = { ok = false, error = { kind = e.kind, message = tostring(e), migration = e.migration,
+    file = e.file, sqlstate = e.sqlstate } }
+  if command == "validate" or command == "dry-run" then
+    doc.findings = json.array { { severity = "error", migration = e.migration or json.null, message = tostring(e) } }
+  elseif command ~= "show" and command ~= "backup" and command ~= "logs" then
+    doc.applied, doc.reverted, doc.failed = json.array(), json.array(), e.migration or json.null
+  end
+  return doc
+end
+
+function M.main(argv)
+  local command, args, config
+  local ok, err = pcall(function() command, args, config = M.parse(argv) end)
+  if not ok then
+    local e = errors.wrap(err, "usage")
+    local wants_json = false
+    for _, a in ipairs(argv) do if a == "--json" then wants_json = true end end
+    if wants_json then io.stdout:write(json.encode(error_document(nil, e)), "\n") end
+    print_error(e, {})
+    return errors.exit_code(e)
+  end
+  if config.version or command == "version" then
+    if config.json then
+      io.stdout:write(json.encode { version = core.version, libpq = core.libpq_version, lua = _VERSION }, "\n")
+    else
+      io.stdout:write("migrate-lua ", core.version, " (", _VERSION, ", libpq ", tostring(core.libpq_version), ")\n")
+    end
+    return 0
+  end
+  if config.help or command == nil or command == "help" then
+    local help = require "migrate.help"
+    io.stdout:write(help.text(command == "help" and args[1] or (config.help and command) or nil))
+    return command == nil and not config.help and 2 or 0
+  end
+  local name = command
+  if not M.commands[name] then
+    local hint = M.suggest(name, M.commands)
+    local e = errors.new("usage", string.format("unknown command %q%s", name, hint and (" (did you mean " .. hint .. "?)") or ""))
+    if config.json then io.stdout:write(json.encode(error_document(nil, e)), "\n") end
+    print_error(e, config)
+    return 2
+  end
+  core.install_signals()
+  local mod = require("migrate.commands." .. name:gsub("%-", "_"))
+  local code, doc
+  ok, err = pcall(function() code, doc = mod.run(config, args) end)
+  if not ok then
+    local e = errors.wrap(err)
+    if config.json then io.stdout:write(json.encode(error_document(command, e)), "\n") end
+    print_error(e, config)
+    return errors.exit_code(e)
+  end
+  if config.json and doc then io.stdout:write(json.encode(doc), "\n") end
+  return code
+end
+
+return M

@@ -1,0 +1,43 @@
+-- migrate-lua show [--check]: every migration and its state.
+local executor = require "migrate.executor"
+local json = require "migrate.json"
+
+local M = {}
+
+function M.run(config)
+  local s = executor.open(config, { lock = false })
+  local ok, list, problems = pcall(executor.status, s.main, config.dir)
+  executor.close(s)
+  if not ok then error(list, 0) end
+  local doc = { migrations = json.array() }
+  local pending = 0
+  for _, st in ipairs(list) do
+    if st.state == "pending" or st.state == "failed" then pending = pending + 1 end
+    doc.migrations[#doc.migrations + 1] = {
+      version = st.version, name = st.name, state = st.state,
+      applied_at = st.applied_at or json.null, checksum = st.checksum,
+      applied_checksum = st.applied_checksum,
+      steps_done = st.incomplete and json.array(st.incomplete.steps) or nil,
+    }
+  end
+  doc.problems = json.array()
+  for _, p in ipairs(problems) do doc.problems[#doc.problems + 1] = p.message end
+  if not config.json then
+    local out = {}
+    if #list == 0 then out[#out + 1] = "no migrations in " .. config.dir end
+    for _, st in ipairs(list) do
+      out[#out + 1] = string.format("%-8s %s_%s%s", st.state, st.version, st.name,
+        st.applied_at and ("  (applied " .. st.applied_at .. ")") or "")
+      if st.incomplete then
+        for _, step in ipairs(st.incomplete.steps) do out[#out + 1] = "           done: " .. step end
+      end
+    end
+    for _, p in ipairs(problems) do out[#out + 1] = "error    " .. p.message end
+    io.stdout:write(table.concat(out, "\n"), "\n")
+  end
+  if #problems > 0 then return 3, doc end
+  if config.check and pending > 0 then return 5, doc end
+  return 0, doc
+end
+
+return M

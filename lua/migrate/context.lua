@@ -1,0 +1,193 @@
+-- The migration context `m`: what a migration's up/down receives.
+-- Thin over the C connection: m:exec / m:query bind values as parameters,
+-- identifiers are quoted by libpq (m:ident), raw SQL is linted, and every
+-- failure is decorated with the migration, its file and line.
+local errors = require "migrate.errors"
+local core = require "migrate.core"
+
+local M = {}
+M.__index = M
+
+-- opts: conn, entry, logger, mode ("run" | "safe-run" | "dry-run" | "rollback"),
+-- direction ("up" | "down"), config, backups (service), record (array or nil)
+function M.new(opts)
+  local entry = opts.entry
+  local self = setmetatable({
+    conn = opts.conn, entry = entry, logger = opts.logger, mode = opts.mode or "run",
+    direction = opts.direction or "up", config = opts.config or {},
+    transactional = entry.transactional, unsafe_depth = 0,
+    created = {},           -- tables created earlier in this migration: exempt from the lint
+    record = opts.record,   -- statements run (dry-run prints them)
+    stats = { statements = 0, rows = 0 },
+    steps = {},
+  }, M)
+  self.log = opts.logger and opts.logger:for_migration(entry.version) or {
+    info = function() end, warn = function() end, error = function() end, debug = function() end }
+  self.validator = opts.validator
+  self.backups = opts.backups
+  return self
+end
+
+-- The line of the migration file that is running now (for messages).
+function M:where()
+  local chunk = self.entry.chunkname
+  for level = 2, 40 do
+    local info = debug.getinfo(level, "Sl")
+    if not info then break end
+    if info.source == chunk then
+      return string.format("%s:%d", self.entry.path, info.currentline)
+    end
+  end
+  return self.entry.path
+end
+
+-- Adds migration, file and line to an error and re-raises it.
+function M:fail(e, extra)
+  e = errors.wrap(e)
+  e.migration = e.migration or (self.entry.version .. "_" .. self.entry.name)
+  e.file = e.file or self.entry.path
+  e.where = e.where or self:where()
+  if extra then for k, v in pairs(extra) do if e[k] == nil then e[k] = v end end end
+  error(e, 0)
+end
+
+-- Calls conn[method] and decorates a failure.
+function M:call(method, sql, ...)
+  local ok, res, cols = pcall(self.conn[method], self.conn, sql, ...)
+  if not ok then self:fail(res) end
+  return res, cols
+end
+
+-- Journals a completed step of a transaction = false migration, so an
+-- interrupted run shows what ran (show: failed) and can resume.
+function M:journal(kind, sql, extra)
+  self.steps[#self.steps + 1] = sql
+  if not self.transactional and self.logger and self.mode ~= "dry-run" then
+    self.logger:event { migration = self.entry.version, status = "step", level = "debug",
+      message = kind .. ": " .. sql:sub(1, 200), metadata = extra, console = false }
+  end
+end
+
+function M:record_sql(sql)
+  if self.record then self.record[#self.record + 1] = sql end
+end
+
+-- m:exec(sql, ...) -> rows affected by the last statement
+function M:exec(sql, ...)
+  if type(sql) ~= "string" then
+    self:fail(errors.new("usage", "m:exec expects an SQL string, got " .. type(sql)))
+  end
+  local lint = require "migrate.lint"
+  lint.check(self, sql)
+  self:record_sql(sql)
+  if self.mode == "dry-run" and not self.transactional then
+    return 0   -- shown, not executed: it cannot run inside the dry-run transaction
+  end
+  local n = self:call("exec", sql, ...)
+  self.stats.statements = self.stats.statements + 1
+  self.stats.rows = self.stats.rows + n
+  self:journal("exec", sql, { rows = n })
+  return n
+end
+
+-- m:query(sql, ...) -> rows (array of tables keyed by column), columns
+function M:query(sql, ...)
+  if type(sql) ~= "string" then
+    self:fail(errors.new("usage", "m:query expects an SQL string, got " .. type(sql)))
+  end
+  return self:call("query", sql, ...)
+end
+
+-- m:unsafe(reason, fn): runs fn(m) with the lint relaxed; the reason is logged.
+function M:unsafe(reason, fn)
+  if type(reason) ~= "string" or #reason:gsub("%s", "") < 10 then
+    self:fail(errors.new("usage", "m:unsafe needs a reason of at least 10 characters saying why this is safe"))
+  end
+  if type(fn) ~= "function" then
+    self:fail(errors.new("usage", "m:unsafe(reason, fn): fn must be a function"))
+  end
+  if self.logger then
+    self.logger:event { migration = self.entry.version, status = "unsafe", level = "warn",
+      message = "unsafe block: " .. reason, metadata = { reason = reason, where = self:where() },
+      console_text = "    unsafe: " .. reason }
+  end
+  self.unsafe_depth = self.unsafe_depth + 1
+  local ok, err = pcall(fn, self)
+  self.unsafe_depth = self.unsafe_depth - 1
+  if not ok then error(err, 0) end
+end
+
+-- {====== names ======
+
+-- Splits "schema.table" into schema, table (schema nil when unqualified).
+-- A name whose own text holds a dot can be passed as {schema, name}.
+function M.split_name(name)
+  if type(name) == "table" then return name[1], name[2] end
+  local schema, rel = name:match("^([^.]+)%.([^.]+)$")
+  if schema then return schema, rel end
+  return nil, name
+end
+
+-- m:ident(name): the name quoted by libpq, schema and table part by part.
+function M:ident(name)
+  if type(name) ~= "string" and type(name) ~= "table" then
+    self:fail(errors.new("usage", "expected a table or column name, got " .. type(name)))
+  end
+  local schema, rel = M.split_name(name)
+  if schema then
+    return self.conn:quote_ident(schema) .. "." .. self.conn:quote_ident(rel)
+  end
+  return self.conn:quote_ident(rel)
+end
+
+function M:literal(value)
+  if value == nil then return "NULL" end
+  if type(value) == "boolean" then return value and "true" or "false" end
+  if math.type(value) == "integer" then return string.format("%d", value) end
+  if type(value) == "number" then return self.conn:quote_literal(string.format("%.17g", value)) end
+  return self.conn:quote_literal(tostring(value))
+end
+
+-- The oid of a relation or nil, resolved like PostgreSQL does (search_path).
+function M:regclass(name)
+  local rows = self:call("query", "SELECT pg_catalog.to_regclass($1)::oid AS oid", self:ident(name))
+  return rows[1].oid
+end
+
+-- }======
+
+-- {====== introspection ======
+
+function M:table_exists(tbl)
+  local rows = self:call("query", [[
+    SELECT 1 FROM pg_catalog.pg_class
+     WHERE oid = pg_catalog.to_regclass($1) AND relkind IN ('r', 'p', 'f')]], self:ident(tbl))
+  return #rows > 0
+end
+
+function M:column_exists(tbl, col)
+  local rows = self:call("query", [[
+    SELECT 1 FROM pg_catalog.pg_attribute
+     WHERE attrelid = pg_catalog.to_regclass($1) AND attname = $2 AND attnum > 0 AND NOT attisdropped]],
+    self:ident(tbl), col)
+  return #rows > 0
+end
+
+function M:index_exists(name)
+  local rows = self:call("query", [[
+    SELECT 1 FROM pg_catalog.pg_class
+     WHERE oid = pg_catalog.to_regclass($1) AND relkind IN ('i', 'I')]], self:ident(name))
+  return #rows > 0
+end
+
+-- }======
+
+function M:now_ms() return core.now_ms() end
+
+-- Guard clauses (m:safe_*, m:guard_*, m:backfill) live in migrate.guards.
+local ok_guards, guards = pcall(require, "migrate.guards")
+if ok_guards and type(guards) == "table" then
+  for k, v in pairs(guards) do if M[k] == nil then M[k] = v end end
+end
+
+return M

@@ -1,0 +1,48 @@
+-- Error objects and the contract's exit codes.
+-- Errors are tables with the migrate.Error metatable (shared with the C
+-- side, so SQL errors raised by libpq calls look the same): kind, message,
+-- and whatever names the object concerned (file, migration, table, ...).
+local core = require "migrate.core"
+
+local M = {}
+
+M.EXIT = { ok = 0, failed = 1, usage = 2, validation = 3, locked = 4, pending = 5 }
+
+-- exit code for each error kind
+local kind_exit = {
+  usage = 2, config = 2, connect = 2,
+  validation = 3, drift = 3, load = 3, lint = 1, guard = 1,
+  locked = 4,
+  sql = 1, runtime = 1, interrupted = 1,
+}
+
+function M.new(kind, message, fields)
+  local e = fields or {}
+  e.kind, e.message = kind, message
+  return setmetatable(e, core.error_mt)
+end
+
+function M.raise(kind, message, fields)
+  error(M.new(kind, message, fields), 0)
+end
+
+function M.is(e)
+  return type(e) == "table" and getmetatable(e) == core.error_mt
+end
+
+-- Turns anything caught by pcall into an error object; plain Lua errors
+-- ("file.lua:12: attempt to index nil") become kind = "runtime".
+function M.wrap(e, kind)
+  if M.is(e) then return e end
+  return M.new(kind or "runtime", tostring(e))
+end
+
+function M.exit_code(e)
+  return kind_exit[e.kind] or 1
+end
+
+function M.tostring(e)
+  return tostring(e)
+end
+
+return M

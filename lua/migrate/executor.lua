@@ -1,0 +1,352 @@
+-- The executor: advisory lock, history, one transaction per migration.
+--
+-- Two connections per run:
+--   side  holds the session-level advisory lock and writes migration_logs;
+--         it never has a transaction open, so CREATE INDEX CONCURRENTLY on
+--         the main connection cannot deadlock waiting for it
+--   main  runs the migrations; conn:transaction (C) is the boundary: BEGIN,
+--         up(m) + the history row, COMMIT, or ROLLBACK on any failure
+local core = require "migrate.core"
+local errors = require "migrate.errors"
+local loader = require "migrate.loader"
+local history = require "migrate.history"
+local context = require "migrate.context"
+local Logger = require "migrate.logger"
+
+local M = {}
+
+-- A fixed key in the advisory lock space: "mlua" as a 32-bit number.
+M.LOCK_KEY = 0x6d6c7561
+
+local function new_run_id()
+  local f = io.open("/proc/sys/kernel/random/uuid", "r")
+  if f then
+    local id = f:read("l")
+    f:close()
+    if id then return id end
+  end
+  return string.format("%x-%x", os.time(), math.random(0, 0x7fffffff))
+end
+
+local function connect(config, role)
+  local ok, conn = pcall(core.connect, config.database_url or "", "migrate-lua" .. (role and (" " .. role) or ""))
+  if not ok then
+    local e = errors.wrap(conn, "connect")
+    e.kind = "connect"
+    e.message = "cannot connect to the database (" .. core.redact(config.database_url or "") .. "): " .. (e.message or "")
+    error(e, 0)
+  end
+  return conn
+end
+M.connect = connect
+
+-- Names the session holding the lock (pid, application, client, since when).
+local function lock_holder(conn)
+  local rows = conn:query([[
+    SELECT a.pid, a.usename, a.application_name, a.client_addr::text AS client_addr,
+           to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS since
+      FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+     WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = $1::bigint::oid
+       AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())]],
+    M.LOCK_KEY)
+  return rows[1]
+end
+
+-- Opens the session: connections, lock, logger. Returns a session table.
+-- opts.lock = false skips the lock (show, validate: they change nothing).
+function M.open(config, opts)
+  opts = opts or {}
+  local s = { config = config, run_id = new_run_id() }
+  s.main = connect(config)
+  s.logger = Logger.new { log_file = config.log_file, quiet = config.quiet, verbose = config.verbose,
+                          run_id = s.run_id }
+  if opts.lock ~= false then
+    s.side = connect(config, "lock")
+    s.side:exec("SET application_name = 'migrate-lua lock'")
+    if not s.side:advisory_lock(M.LOCK_KEY, config.wait or 0) then
+      local h = lock_holder(s.side)
+      local who = h and string.format("pid %d (user %s, application %q, client %s, connected since %s)",
+        h.pid, h.usename or "?", h.application_name or "", h.client_addr or "local socket", h.since or "?")
+        or "a session that has since released it"
+      M.close(s)
+      if core.interrupted() then errors.raise("interrupted", "interrupted while waiting for the migration lock") end
+      errors.raise("locked", string.format("another migrate-lua run holds the migration lock (waited %ss): %s",
+        tostring(config.wait or 0), who), { holder = h })
+    end
+    s.locked = true
+    if opts.log_table ~= false then s.logger:attach_table(s.side) end
+  end
+  return s
+end
+
+function M.close(s)
+  if s.logger then s.logger:close() end
+  if s.main then s.main:close() end
+  if s.side then s.side:close() end   -- ends the session: releases the advisory lock
+end
+
+-- Versions of transaction = false migrations that stopped part-way: the last
+-- lifecycle row for them in migration_logs is 'started' or 'failed'.
+function M.incomplete(conn, applied)
+  local out = {}
+  local rows = conn:query("SELECT pg_catalog.to_regclass('migration_logs') IS NOT NULL AS e")
+  if not rows[1].e then return out end
+  rows = conn:query([[
+    SELECT DISTINCT ON (migration_name) migration_name, status, metadata
+      FROM migration_logs
+     WHERE status IN ('started', 'success', 'failed', 'rolled_back', 'reverted')
+       AND metadata->>'transaction' = 'false'
+     ORDER BY migration_name, id DESC]])
+  for _, r in ipairs(rows) do
+    if (r.status == "started" or r.status == "failed") and not applied[r.migration_name] then
+      local steps = conn:query([[SELECT message FROM migration_logs
+        WHERE migration_name = $1 AND status = 'step'
+          AND id > (SELECT max(id) FROM migration_logs WHERE migration_name = $1 AND status = 'started')
+        ORDER BY id]], r.migration_name)
+      local list = {}
+      for _, st in ipairs(steps) do list[#list + 1] = st.message end
+      out[r.migration_name] = { status = r.status, steps = list }
+    end
+  end
+  return out
+end
+
+-- The state of every migration: files + history.
+-- Returns an array of {version, name, state, applied_at, checksum, entry, row}.
+function M.status(conn, dir)
+  local entries, problems = loader.scan(dir)
+  local applied, order = history.applied(conn)
+  local by_file, list = {}, {}
+  local incomplete = M.incomplete(conn, applied)
+  for _, e in ipairs(entries) do
+    by_file[e.version] = e
+    loader.read(e)
+    local row = applied[e.version]
+    local state
+    if row then
+      state = row.checksum == e.checksum and "applied" or "changed"
+    elseif incomplete[e.version] then
+      state = "failed"
+    else
+      state = "pending"
+    end
+    list[#list + 1] = { version = e.version, name = e.name, state = state, entry = e, row = row,
+      applied_at = row and row.applied_at, checksum = e.checksum,
+      applied_checksum = row and row.checksum, incomplete = incomplete[e.version] }
+  end
+  for _, v in ipairs(order) do
+    if not by_file[v] then
+      local row = applied[v]
+      list[#list + 1] = { version = v, name = row.name, state = "missing", row = row,
+        applied_at = row.applied_at, checksum = row.checksum }
+    end
+  end
+  table.sort(list, function(a, b) return a.version < b.version end)
+  return list, problems, order
+end
+
+-- Pending migrations in order, after the out-of-order check.
+function M.pending(status, config)
+  local newest_applied
+  for _, st in ipairs(status) do
+    if st.row and (not newest_applied or st.version > newest_applied) then newest_applied = st.version end
+  end
+  local pending = {}
+  for _, st in ipairs(status) do
+    if st.state == "pending" or st.state == "failed" then
+      if newest_applied and st.version < newest_applied and not config.allow_out_of_order then
+        errors.raise("validation", string.format(
+          "%s: migration %s is older than the newest applied migration %s (out of order); add a new migration with a later version, or pass --allow-out-of-order",
+          st.entry.path, st.version, newest_applied), { migration = st.version, file = st.entry.path })
+      end
+      pending[#pending + 1] = st.entry
+    end
+  end
+  return pending
+end
+
+local function set_timeouts(conn, config, lock_ms)
+  conn:exec(string.format("SET LOCAL lock_timeout = %d", lock_ms or config.lock_timeout or 5000))
+  conn:exec(string.format("SET LOCAL statement_timeout = %d", config.statement_timeout or 0))
+end
+
+local function session_timeouts(conn, config, lock_ms)
+  conn:exec(string.format("SET lock_timeout = %d", lock_ms or config.lock_timeout or 5000))
+  conn:exec(string.format("SET statement_timeout = %d", config.statement_timeout or 0))
+end
+
+local function error_fields(e)
+  return { sqlstate = e.sqlstate, message = e.message, detail = e.detail, hint = e.hint,
+           position = e.position, sql = e.sql and e.sql:sub(1, 2000), where = e.where,
+           rule = e.rule, kind = e.kind }
+end
+
+-- Lock-timeout attempts: 500 -> 1000 -> 2000 -> ... capped at --lock-timeout,
+-- one more attempt per --lock-retries. There is never an attempt without a timeout.
+function M.lock_attempts(config)
+  local cap = config.lock_timeout or 5000
+  local attempts, t = {}, 500
+  for _ = 0, (config.lock_retries or 3) do
+    attempts[#attempts + 1] = math.min(t, cap)
+    t = t * 2
+  end
+  return attempts
+end
+
+-- Applies one migration in direction "up" or "down". Returns duration_ms; raises on failure.
+local function apply_one(s, entry, direction, mode, record)
+  local conn, config = s.main, s.config
+  local fn = entry.def[direction]
+  local t0 = core.now_ms()
+  local m
+  local function body()
+    m = context.new { conn = conn, entry = entry, logger = s.logger, mode = mode, direction = direction,
+                      config = config, record = record, backups = s.backups, validator = s.validator }
+    fn(m)
+  end
+  if s.outer_tx then
+    -- --single-transaction / dry-run: the whole batch shares one transaction
+    set_timeouts(conn, config)
+    body()
+    if direction == "up" then
+      history.insert(conn, entry, core.now_ms() - t0, s.run_id, core.version)
+    else
+      history.delete(conn, entry.version)
+    end
+  elseif entry.transactional then
+    local attempts = mode == "safe-run" and M.lock_attempts(config) or { config.lock_timeout or 5000 }
+    for i, lock_ms in ipairs(attempts) do
+      local ok, err = pcall(conn.transaction, conn, function()
+        set_timeouts(conn, config, lock_ms)
+        body()
+        if direction == "up" then
+          history.insert(conn, entry, core.now_ms() - t0, s.run_id, core.version)
+        else
+          history.delete(conn, entry.version)
+        end
+      end)
+      if ok then break end
+      err = errors.wrap(err)
+      if err.sqlstate == "55P03" and i < #attempts and not core.interrupted() then
+        local pause = math.min(1000 * 2 ^ (i - 1), 30000) * (0.75 + math.random() * 0.5)
+        s.logger:event { migration = entry.version, status = "retry", level = "warn",
+          message = string.format("lock timeout after %d ms (attempt %d of %d); retrying in %d ms",
+            lock_ms, i, #attempts, math.floor(pause)),
+          metadata = { lock_timeout_ms = lock_ms, attempt = i }, console_text = string.format(
+            "    lock timeout after %d ms, retrying in %.1f s (attempt %d/%d)", lock_ms, pause / 1000, i + 1, #attempts) }
+        core.sleep_ms(math.floor(pause))
+      else
+        error(err, 0)
+      end
+    end
+  else
+    session_timeouts(conn, config)
+    body()
+    if direction == "up" then
+      history.insert(conn, entry, core.now_ms() - t0, s.run_id, core.version)
+    else
+      history.delete(conn, entry.version)
+    end
+  end
+  return core.now_ms() - t0, m
+end
+M.apply_one = apply_one
+
+local function label(entry) return entry.version .. "_" .. entry.name end
+
+-- Runs `up` of each pending migration. opts.mode: "run" | "safe-run".
+-- Returns a result {ok, applied = {versions}, failed, error, durations}.
+function M.migrate(s, pending, opts)
+  local result = { ok = true, applied = {}, reverted = {}, failed = nil, durations = {} }
+  local mode = opts.mode or "run"
+  local logger = s.logger
+  local function run_list()
+    for _, entry in ipairs(pending) do
+      if core.interrupted() then
+        errors.raise("interrupted", "interrupted before " .. label(entry) .. "; nothing of it ran")
+      end
+      logger:event { migration = entry.version, status = "started",
+        message = "migrating " .. label(entry), console_text = "  -> " .. label(entry),
+        metadata = { name = entry.name, file = entry.path, transaction = entry.transactional, mode = mode,
+                     checksum = entry.checksum } }
+      local ok, dur, m = pcall(apply_one, s, entry, "up", mode)
+      if not ok then
+        local e = errors.wrap(dur)
+        e.migration = e.migration or label(entry)
+        e.file = e.file or entry.path
+        result.failed_entry = entry
+        error(e, 0)
+      end
+      result.applied[#result.applied + 1] = entry.version
+      result.durations[entry.version] = dur
+      logger:event { migration = entry.version, status = "success", duration_ms = dur,
+        message = string.format("applied %s", label(entry)),
+        console_text = string.format("     applied %s (%.0f ms)", label(entry), dur),
+        metadata = { transaction = entry.transactional, statements = m and m.stats.statements,
+                     rows = m and m.stats.rows } }
+    end
+  end
+  local ok, err
+  if opts.single_transaction then
+    for _, entry in ipairs(pending) do
+      if not entry.transactional then
+        errors.raise("usage", entry.path .. ": --single-transaction cannot include a transaction = false migration")
+      end
+    end
+    s.outer_tx = true
+    ok, err = pcall(s.main.transaction, s.main, run_list, { rollback = opts.rollback })
+    s.outer_tx = nil
+    if not ok or opts.rollback then result.applied_in_tx = result.applied end
+    if not ok then result.applied = {} end
+  else
+    ok, err = pcall(run_list)
+  end
+  if not ok then
+    local e = errors.wrap(err)
+    local entry = result.failed_entry
+    result.ok = false
+    result.error = e
+    result.failed = entry and entry.version or e.migration
+    if entry then
+      logger:event { migration = entry.version, status = "failed", level = "error",
+        message = string.format("%s failed: %s", label(entry), tostring(e)),
+        error_message = tostring(e), metadata = { error = error_fields(e), transaction = entry.transactional },
+        console = false }
+      logger:event { migration = entry.version, status = "rolled_back", level = "warn",
+        message = entry.transactional and string.format("rolled back %s: nothing of it was applied", label(entry))
+          or string.format("%s stopped part-way (transaction = false): steps already run stay; the next run resumes it", label(entry)),
+        metadata = { transaction = entry.transactional }, console = false }
+    end
+  end
+  return result
+end
+
+-- Runs `down` of the given applied migrations (newest first).
+function M.revert(s, entries, opts)
+  local result = { ok = true, applied = {}, reverted = {}, failed = nil }
+  local logger = s.logger
+  for _, entry in ipairs(entries) do
+    logger:event { migration = entry.version, status = "started", message = "reverting " .. label(entry),
+      console_text = "  <- " .. label(entry), metadata = { direction = "down", transaction = entry.transactional } }
+    local ok, dur = pcall(apply_one, s, entry, "down", opts.mode or "revert")
+    if not ok then
+      local e = errors.wrap(dur)
+      e.migration = e.migration or label(entry)
+      e.file = e.file or entry.path
+      result.ok, result.error, result.failed = false, e, entry.version
+      logger:event { migration = entry.version, status = "failed", level = "error",
+        message = string.format("revert of %s failed: %s", label(entry), tostring(e)),
+        error_message = tostring(e), metadata = { error = error_fields(e), direction = "down" }, console = false }
+      logger:event { migration = entry.version, status = "rolled_back", level = "warn",
+        message = "the revert was rolled back: " .. label(entry) .. " stays applied", console = false }
+      break
+    end
+    result.reverted[#result.reverted + 1] = entry.version
+    logger:event { migration = entry.version, status = "reverted", duration_ms = dur,
+      message = "reverted " .. label(entry),
+      console_text = string.format("     reverted %s (%.0f ms)", label(entry), dur) }
+  end
+  return result
+end
+
+return M

@@ -1,0 +1,61 @@
+-- The history table migrate_lua_migrations: one row per applied migration,
+-- written in the same transaction as the migration itself, so it can never
+-- claim a migration that was rolled back (no "dirty" flag to lie).
+local M = {}
+
+M.TABLE = "migrate_lua_migrations"
+
+local CREATE = [[
+CREATE TABLE IF NOT EXISTS migrate_lua_migrations (
+  version      text PRIMARY KEY,
+  name         text NOT NULL,
+  checksum     text NOT NULL,
+  description  text,
+  applied_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+  duration_ms  integer NOT NULL,
+  applied_by   text NOT NULL DEFAULT current_user,
+  tool_version text NOT NULL,
+  run_id       text NOT NULL
+);
+REVOKE ALL ON migrate_lua_migrations FROM PUBLIC;
+]]
+
+function M.exists(conn)
+  local rows = conn:query("SELECT pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL AS e")
+  return rows[1].e
+end
+
+-- Creates the table on first use. Runs under the advisory lock, so two
+-- runs cannot race on it.
+function M.ensure(conn)
+  if not M.exists(conn) then conn:exec(CREATE) end
+end
+
+-- Applied rows keyed by version, plus the versions in order.
+function M.applied(conn)
+  local by_version, order = {}, {}
+  if not M.exists(conn) then return by_version, order end
+  local rows = conn:query([[
+    SELECT version, name, checksum, description, duration_ms, applied_by, tool_version, run_id,
+           to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS applied_at
+      FROM migrate_lua_migrations ORDER BY version]])
+  for _, r in ipairs(rows) do
+    by_version[r.version] = r
+    order[#order + 1] = r.version
+  end
+  return by_version, order
+end
+
+function M.insert(conn, entry, duration_ms, run_id, tool_version)
+  conn:exec([[INSERT INTO migrate_lua_migrations
+      (version, name, checksum, description, duration_ms, tool_version, run_id)
+      VALUES ($1, $2, $3, $4, $5, $6, $7)]],
+    entry.version, entry.name, entry.checksum, entry.description,
+    math.floor(duration_ms + 0.5), tool_version, run_id)
+end
+
+function M.delete(conn, version)
+  return conn:exec("DELETE FROM migrate_lua_migrations WHERE version = $1", version)
+end
+
+return M

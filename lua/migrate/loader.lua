@@ -1,0 +1,116 @@
+-- Migration files: discovery, naming rules, loading each in its own
+-- environment, checksums.
+local core = require "migrate.core"
+local errors = require "migrate.errors"
+
+local M = {}
+
+local NAME_PATTERN = "^(%d%d%d%d%d%d%d%d%d%d%d%d%d%d)_([a-z0-9_]+)%.lua$"
+
+-- Parses a file name; returns version, name or nil.
+function M.parse_name(file)
+  local version, name = file:match(NAME_PATTERN)
+  if version then return version, name end
+  return nil
+end
+
+-- Lists the migrations folder. Returns an array of entries
+-- {version, name, file, path} ordered by version, and an array of problems
+-- ({message, file}) for .lua files that break the naming rules or share a
+-- version. A missing folder raises a config error.
+function M.scan(dir)
+  local names, err = core.listdir(dir)
+  if not names then
+    errors.raise("config", "cannot read migrations folder " .. err, { file = dir })
+  end
+  local entries, problems, seen = {}, {}, {}
+  for _, file in ipairs(names) do
+    if file:sub(-4) == ".lua" then
+      local version, name = M.parse_name(file)
+      if not version then
+        problems[#problems + 1] = {
+          file = file,
+          message = string.format("%s/%s: bad migration file name: expected <14-digit UTC version>_<name>.lua with name in [a-z0-9_], e.g. 20261124120000_add_users.lua", dir, file),
+        }
+      elseif seen[version] then
+        problems[#problems + 1] = {
+          file = file, migration = version,
+          message = string.format("%s/%s: duplicate version %s (also used by %s)", dir, file, version, seen[version]),
+        }
+      else
+        seen[version] = file
+        entries[#entries + 1] = { version = version, name = name, file = file, path = dir .. "/" .. file }
+      end
+    end
+  end
+  return entries, problems
+end
+
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local data = f:read("a")
+  f:close()
+  return data
+end
+
+-- The environment a migration file runs in: the standard library, read
+-- through, with os.exit replaced (an exit would skip the rollback).
+local function sandbox(path)
+  local safe_os = setmetatable({
+    exit = function()
+      error(string.format("%s: os.exit is not allowed in a migration (raise an error instead: the migration is rolled back)", path), 2)
+    end,
+  }, { __index = os })
+  return setmetatable({ os = safe_os }, { __index = _G })
+end
+
+-- Reads and checksums a migration file (no execution).
+function M.read(entry)
+  if entry.source then return entry end
+  local data, err = read_file(entry.path)
+  if not data then
+    errors.raise("config", "cannot read migration file: " .. err, { file = entry.path, migration = entry.version })
+  end
+  entry.source = data
+  entry.checksum = core.checksum(data)
+  return entry
+end
+
+-- Loads a migration: entry.def = the table it returns, validated.
+-- Raises kind = "load" naming the file (and line, for syntax errors).
+function M.load(entry)
+  if entry.def then return entry end
+  M.read(entry)
+  local chunkname = "@" .. entry.path
+  local fn, err = load(entry.source, chunkname, "t", sandbox(entry.path))
+  if not fn then
+    errors.raise("load", "syntax error in " .. err, { file = entry.path, migration = entry.version })
+  end
+  local ok, def = pcall(fn)
+  if not ok then
+    errors.raise("load", "error while loading " .. entry.path .. ": " .. tostring(def),
+      { file = entry.path, migration = entry.version })
+  end
+  local function bad(msg)
+    errors.raise("load", entry.path .. ": " .. msg, { file = entry.path, migration = entry.version })
+  end
+  if type(def) ~= "table" then
+    bad("the file must return a table {up = function(m) ... end, down = ...}, got " .. type(def))
+  end
+  if def.up == nil then bad("missing 'up' function") end
+  if type(def.up) ~= "function" then bad("'up' must be a function, got " .. type(def.up)) end
+  if def.down ~= nil and type(def.down) ~= "function" then
+    bad("'down' must be a function, got " .. type(def.down))
+  end
+  if def.transaction ~= nil and type(def.transaction) ~= "boolean" then
+    bad("'transaction' must be true or false")
+  end
+  entry.def = def
+  entry.chunkname = chunkname
+  entry.transactional = def.transaction ~= false
+  entry.description = def.description
+  return entry
+end
+
+return M

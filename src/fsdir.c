@@ -1,0 +1,62 @@
+/*
+ * fsdir.c: the migrations folder, listed in C because Lua cannot.
+ * listdir(path) -> sorted array of entry names | nil, message, errno
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "migrate.h"
+
+static int
+sort_names(lua_State *L)
+{
+	/* table.sort(t) on the array at index 1 */
+	lua_getglobal(L, "table");
+	lua_getfield(L, -1, "sort");
+	lua_pushvalue(L, 1);
+	lua_call(L, 1, 0);
+	lua_pop(L, 1);
+	return 0;
+}
+
+int
+mig_l_listdir(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	DIR *d;
+	struct dirent *e;
+	int n = 0;
+
+	lua_settop(L, 1);
+	lua_newtable(L);                /* [path, names]: created before opendir, so no leak */
+	d = opendir(path);
+	if (d == NULL)
+	{
+		int en = errno;
+		luaL_pushfail(L);
+		lua_pushfstring(L, "%s: %s", path, strerror(en));
+		lua_pushinteger(L, en);
+		return 3;
+	}
+	while ((e = readdir(d)) != NULL)
+	{
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+			continue;
+		lua_pushstring(L, e->d_name);   /* OOM here would leak d: accepted, as liolib does for popen */
+		lua_rawseti(L, -2, ++n);
+	}
+	closedir(d);
+	lua_remove(L, 1);
+	sort_names(L);
+	return 1;
+}
+
+int
+mig_l_isdir(lua_State *L)
+{
+	struct stat st;
+	lua_pushboolean(L, stat(luaL_checkstring(L, 1), &st) == 0 && S_ISDIR(st.st_mode));
+	return 1;
+}

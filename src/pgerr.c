@@ -1,0 +1,69 @@
+/*
+ * pgerr.c: PostgreSQL failures as Lua error objects.
+ *
+ * An error object is a table {kind = "sql", sqlstate, message, detail, hint,
+ * position, context, sql} with the migrate.Error metatable, whose __tostring
+ * renders it the way psql does. Lua code adds `file`, `line`, `migration`.
+ */
+#include <string.h>
+
+#include "migrate.h"
+
+static void
+set_field(lua_State *L, const char *key, const char *value)
+{
+	if (value != NULL && *value != '\0')
+	{
+		size_t n = strlen(value);
+		while (n > 0 && (value[n - 1] == '\n' || value[n - 1] == ' '))
+			n--;                                    /* libpq ends messages with \n */
+		lua_pushlstring(L, value, n);
+		lua_setfield(L, -2, key);
+	}
+}
+
+/* Pushes the error object for a failed result (or, res == NULL, a failed connection). */
+void
+mig_push_pg_error(lua_State *L, PGconn *conn, const PGresult *res, const char *sql)
+{
+	lua_createtable(L, 0, 9);
+	lua_pushliteral(L, "sql");
+	lua_setfield(L, -2, "kind");
+	if (res != NULL && PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) != NULL)
+	{
+		set_field(L, "sqlstate", PQresultErrorField(res, PG_DIAG_SQLSTATE));
+		set_field(L, "message", PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+		set_field(L, "detail", PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL));
+		set_field(L, "hint", PQresultErrorField(res, PG_DIAG_MESSAGE_HINT));
+		set_field(L, "context", PQresultErrorField(res, PG_DIAG_CONTEXT));
+		set_field(L, "position", PQresultErrorField(res, PG_DIAG_STATEMENT_POSITION));
+		set_field(L, "severity", PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED));
+		set_field(L, "table", PQresultErrorField(res, PG_DIAG_TABLE_NAME));
+		set_field(L, "constraint", PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME));
+	}
+	else
+	{
+		/* libpq-side failure (lost connection, protocol): no SQLSTATE */
+		const char *msg = res != NULL ? PQresultErrorMessage(res) : NULL;
+		if (msg == NULL || *msg == '\0')
+			msg = conn != NULL ? PQerrorMessage(conn) : "unknown libpq error";
+		set_field(L, "message", msg);
+		if (conn != NULL && PQstatus(conn) == CONNECTION_BAD)
+		{
+			lua_pushboolean(L, 1);
+			lua_setfield(L, -2, "connection_lost");
+		}
+	}
+	set_field(L, "sql", sql);
+	luaL_setmetatable(L, MIG_ERROR_MT);
+}
+
+/* Frees res first, then raises its error object. Never returns. */
+int
+mig_raise_pg_error(lua_State *L, PGconn *conn, PGresult *res, const char *sql)
+{
+	/* copy everything out before PQclear: lua_* calls may raise (memory) */
+	mig_push_pg_error(L, conn, res, sql);
+	PQclear(res);
+	return lua_error(L);
+}

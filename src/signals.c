@@ -1,0 +1,119 @@
+/*
+ * signals.c: SIGINT/SIGTERM during a run.
+ *
+ * The handler touches no Lua state beyond lua_sethook (which is signal-safe,
+ * as lua.c's laction relies on): it records the signal, sends a server-side
+ * cancel through the prepared PGcancel of the running query, and arms a hook
+ * that raises "interrupted" at the next safe point while migration code runs.
+ * conn:transaction then rolls back. The hook re-raises on every count so a
+ * script's pcall cannot swallow the stop.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "migrate.h"
+
+static volatile sig_atomic_t pending_signal = 0;
+static volatile sig_atomic_t in_user = 0;
+static lua_State *volatile user_L = NULL;
+static PGcancel *volatile cancel_target = NULL;
+
+static void
+stop_hook(lua_State *L, lua_Debug *ar)
+{
+	(void) ar;
+	if (pending_signal && in_user)
+		luaL_error(L, "interrupted by %s", pending_signal == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+static void
+on_signal(int sig)
+{
+	char buf[256];
+	pending_signal = sig;
+	if (cancel_target != NULL)
+		PQcancel(cancel_target, buf, sizeof buf);
+	if (in_user && user_L != NULL)
+		lua_sethook(user_L, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+/* Only the binary installs handlers; under busted the module leaves signals alone. */
+int
+mig_l_install_signals(lua_State *L)
+{
+	struct sigaction sa;
+	(void) L;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	return 0;
+}
+
+void
+mig_signals_set_cancel(PGconn *conn)
+{
+	PGcancel *old = cancel_target;
+	cancel_target = NULL;
+	if (old != NULL)
+		PQfreeCancel(old);
+	if (conn != NULL)
+		cancel_target = PQgetCancel(conn);
+}
+
+void
+mig_signals_enter_user(lua_State *L)
+{
+	user_L = L;
+	in_user = 1;
+	if (pending_signal)
+		lua_sethook(L, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+void
+mig_signals_leave_user(lua_State *L)
+{
+	in_user = 0;
+	if (pending_signal)
+		lua_sethook(L, NULL, 0, 0);
+}
+
+int
+mig_signals_pending(void)
+{
+	return pending_signal != 0;
+}
+
+/* interrupted() -> nil | "SIGINT" | "SIGTERM" */
+int
+mig_l_interrupted(lua_State *L)
+{
+	if (pending_signal == 0)
+		lua_pushnil(L);
+	else
+		lua_pushstring(L, pending_signal == SIGINT ? "SIGINT" : "SIGTERM");
+	return 1;
+}
+
+int
+mig_l_sleep_ms(lua_State *L)
+{
+	lua_Integer ms = luaL_checkinteger(L, 1);
+	struct timespec ts = {(time_t) (ms / 1000), (long) (ms % 1000) * 1000000L};
+	if (ms > 0 && !pending_signal)
+		nanosleep(&ts, NULL);
+	return 0;
+}
+
+/* now_ms() -> monotonic milliseconds (float), for durations */
+int
+mig_l_now_ms(lua_State *L)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	lua_pushnumber(L, (lua_Number) ts.tv_sec * 1000.0 + (lua_Number) ts.tv_nsec / 1e6);
+	return 1;
+}
