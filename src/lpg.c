@@ -11,6 +11,7 @@
 #include <string.h>
 #include <stdio.h>
 #include <time.h>
+#include <poll.h>
 
 #include "migrate.h"
 
@@ -18,7 +19,11 @@ typedef struct Conn {
 	PGconn *pg;
 	int     busy;         /* a command is running: no re-entry */
 	int     depth;        /* nesting of conn:transaction */
+	int     watch_ms;     /* > 0: name the blockers of a statement waiting this long */
 } Conn;
+
+/* uservalue slots of a Conn */
+#define UV_WATCH 1        /* the side connection that reads pg_blocking_pids */
 
 /* OIDs of the types m:query converts (pg_type.h) */
 #define BOOLOID    16
@@ -126,11 +131,12 @@ l_connect(lua_State *L)
 	const char *appname = luaL_optstring(L, 2, "migrate-lua");
 	const char *keys[] = {"dbname", "fallback_application_name", NULL};
 	const char *vals[] = {conninfo, appname, NULL};
-	Conn *c = (Conn *) lua_newuserdatauv(L, sizeof(Conn), 0);
+	Conn *c = (Conn *) lua_newuserdatauv(L, sizeof(Conn), 1);
 
 	c->pg = NULL;             /* consistent before acquiring */
 	c->busy = 0;
 	c->depth = 0;
+	c->watch_ms = 0;
 	luaL_setmetatable(L, MIG_CONN_MT);
 	/* expand_dbname: conninfo may be a whole URI; "" falls back to PG* defaults */
 	c->pg = PQconnectdbParams(keys, vals, 1);
@@ -214,6 +220,99 @@ bind_params(lua_State *L, int first, int nparams)
 	return values;
 }
 
+/* Who blocks backend pid: one row per blocking session (pg_blocking_pids). */
+static const char *BLOCKERS_SQL =
+	"SELECT a.pid, a.usename, a.application_name, a.client_addr::text AS client_addr, a.state,"
+	" round(extract(epoch FROM pg_catalog.now() - a.xact_start))::int AS xact_age_s,"
+	" a.wait_event, left(a.query, 200) AS query"
+	" FROM pg_catalog.pg_stat_activity a"
+	" WHERE a.pid = ANY (pg_catalog.pg_blocking_pids($1::int)) ORDER BY a.xact_start";
+
+static void push_rows(lua_State *L, PGresult *res);
+
+/*
+ * Reads the blockers of c's backend on the side connection w and leaves
+ * them as an array on the stack (empty when nobody blocks). Never raises on
+ * a failed side query: naming blockers is a courtesy, not the migration.
+ */
+static int
+capture_blockers(lua_State *L, Conn *c, Conn *w)
+{
+	char pidbuf[16];
+	const char *values[1] = {pidbuf};
+	PGresult **box;
+
+	snprintf(pidbuf, sizeof pidbuf, "%d", PQbackendPID(c->pg));
+	box = new_result_box(L);
+	*box = PQexecParams(w->pg, BLOCKERS_SQL, 1, NULL, values, NULL, NULL, 0);
+	if (PQresultStatus(*box) != PGRES_TUPLES_OK)
+	{
+		lua_pop(L, 1);                   /* the box frees the result when collected */
+		lua_newtable(L);
+		return 0;
+	}
+	push_rows(L, *box);                  /* [box, rows] */
+	lua_remove(L, -2);
+	return (int) lua_rawlen(L, -1);
+}
+
+/*
+ * Sends the command and waits for it, asking the side connection who blocks
+ * it every watch_ms. Returns the final result (the first error result when
+ * a statement of a multi-statement string fails); leaves the last non-empty
+ * blocker list (or nil) on the stack.
+ */
+static PGresult *
+run_watched(lua_State *L, Conn *c, Conn *w, const char *sql, int nparams, const char **values)
+{
+	int sent = nparams > 0
+		? PQsendQueryParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0)
+		: PQsendQuery(c->pg, sql);
+	PGresult *last = NULL, *r;
+	struct timespec start, now;
+	int next_ms = c->watch_ms;
+
+	lua_pushnil(L);                                  /* [blockers] */
+	if (!sent)
+		return NULL;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;)
+	{
+		while (!PQisBusy(c->pg))
+		{
+			r = PQgetResult(c->pg);
+			if (r == NULL)
+				return last;
+			if (last != NULL && PQresultStatus(last) == PGRES_FATAL_ERROR)
+				PQclear(r);                          /* keep the first error */
+			else
+			{
+				PQclear(last);
+				last = r;
+			}
+		}
+		struct pollfd pfd = {PQsocket(c->pg), POLLIN, 0};
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long elapsed = (long) ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000);
+		int timeout = next_ms > elapsed ? (int) (next_ms - elapsed) : 0;
+		if (poll(&pfd, 1, timeout) == 0 && w != NULL && w->pg != NULL)
+		{
+			/* waited watch_ms: ask who blocks us while we still wait */
+			int top = lua_gettop(L);
+			if (capture_blockers(L, c, w) > 0)
+				lua_replace(L, top);                 /* keep the newest non-empty list */
+			else
+				lua_settop(L, top);
+			next_ms += c->watch_ms;
+		}
+		if (!PQconsumeInput(c->pg))
+		{
+			PQclear(last);
+			return NULL;
+		}
+	}
+}
+
 /*
  * Runs sql with the arguments from index 3 on. Without arguments the simple
  * protocol is used, so one string may hold several statements. Leaves a
@@ -225,27 +324,72 @@ run(lua_State *L, Conn *c, const char *sql)
 	int nparams = lua_gettop(L) - 2;
 	const char **values = nparams > 0 ? bind_params(L, 3, nparams) : NULL;
 	PGresult **box;
+	PGresult *res;
 	ExecStatusType st;
+	Conn *w = NULL;
 
 	if (c->busy)
 		luaL_error(L, "connection is busy: a query cannot run while another one is being read");
+	if (c->watch_ms > 0)
+	{
+		lua_getiuservalue(L, 1, UV_WATCH);
+		w = (Conn *) luaL_testudata(L, -1, MIG_CONN_MT);
+		lua_pop(L, 1);                               /* the uservalue keeps it alive */
+	}
 	box = new_result_box(L);
 	c->busy = 1;
 	mig_signals_set_cancel(c->pg);
-	if (nparams > 0)
-		*box = PQexecParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0);
+	if (w != NULL)
+	{
+		res = run_watched(L, c, w, sql, nparams, values);   /* [box, blockers] */
+		*box = res;                                  /* owned by the box from here */
+		lua_insert(L, -2);                           /* [blockers, box] */
+	}
+	else if (nparams > 0)
+		res = *box = PQexecParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0);
 	else
-		*box = PQexec(c->pg, sql);
+		res = *box = PQexec(c->pg, sql);
 	mig_signals_set_cancel(NULL);
 	c->busy = 0;
-	st = PQresultStatus(*box);
-	if (*box == NULL || (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY))
+	st = PQresultStatus(res);
+	if (res == NULL || (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY))
 	{
-		PGresult *res = *box;
 		*box = NULL;
-		mig_raise_pg_error(L, c->pg, res, sql);
+		mig_push_pg_error(L, c->pg, res, sql);       /* [.., box, err] */
+		PQclear(res);
+		if (w != NULL && !lua_isnil(L, -3))
+		{
+			lua_pushvalue(L, -3);
+			lua_setfield(L, -2, "blockers");
+		}
+		lua_error(L);
 	}
-	return *box;
+	return res;
+}
+
+/*
+ * conn:set_watch(side_conn, ms): from now on, a statement that has waited
+ * ms milliseconds makes side_conn read who blocks it, and a failure (above
+ * all a lock timeout) carries them as err.blockers. set_watch(nil) stops.
+ */
+static int
+conn_set_watch(lua_State *L)
+{
+	Conn *c = check_conn(L, 1);
+	if (lua_isnoneornil(L, 2))
+	{
+		c->watch_ms = 0;
+		lua_pushnil(L);
+	}
+	else
+	{
+		check_conn(L, 2);
+		c->watch_ms = (int) luaL_checkinteger(L, 3);
+		luaL_argcheck(L, c->watch_ms > 0, 3, "watch interval must be positive");
+		lua_pushvalue(L, 2);
+	}
+	lua_setiuservalue(L, 1, UV_WATCH);
+	return 0;
 }
 
 static lua_Integer
@@ -298,20 +442,12 @@ push_value(lua_State *L, PGresult *res, int row, int col)
 	}
 }
 
-/*
- * conn:query(sql, ...) -> rows, columns
- * rows: array of tables keyed by column name (NULL -> absent, i.e. nil);
- * columns: array of column names in order.
- */
-static int
-conn_query(lua_State *L)
+/* Pushes the rows of res as an array of tables keyed by column name. */
+static void
+push_rows(lua_State *L, PGresult *res)
 {
-	Conn *c = check_conn(L, 1);
-	const char *sql = luaL_checkstring(L, 2);
-	PGresult *res = run(L, c, sql);
 	int nrows = PQntuples(res), ncols = PQnfields(res);
-
-	lua_createtable(L, nrows, 0);                        /* [box, rows] */
+	lua_createtable(L, nrows, 0);
 	for (int r = 0; r < nrows; r++)
 	{
 		lua_createtable(L, 0, ncols);
@@ -324,6 +460,22 @@ conn_query(lua_State *L)
 		}
 		lua_rawseti(L, -2, r + 1);
 	}
+}
+
+/*
+ * conn:query(sql, ...) -> rows, columns
+ * rows: array of tables keyed by column name (NULL -> absent, i.e. nil);
+ * columns: array of column names in order.
+ */
+static int
+conn_query(lua_State *L)
+{
+	Conn *c = check_conn(L, 1);
+	const char *sql = luaL_checkstring(L, 2);
+	PGresult *res = run(L, c, sql);
+	int ncols = PQnfields(res);
+
+	push_rows(L, res);                                   /* [box, rows] */
 	lua_createtable(L, ncols, 0);                        /* [box, rows, cols] */
 	for (int f = 0; f < ncols; f++)
 	{
@@ -574,6 +726,7 @@ static const luaL_Reg conn_methods[] = {
 	{"tx_status",     conn_tx_status},
 	{"transaction",   conn_transaction},
 	{"advisory_lock", conn_advisory_lock},
+	{"set_watch",     conn_set_watch},
 	{"info",          conn_info},
 	{"is_open",       conn_is_open},
 	{"close",         conn_close},
