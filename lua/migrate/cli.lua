@@ -38,6 +38,8 @@ M.options = {
   ["--limit"] = { key = "limit", kind = "int", default = 50, min = 1 },
   ["--migration"] = { key = "migration", kind = "string" },
   ["--status"] = { key = "status", kind = "string" },
+  ["--metrics-file"] = { key = "metrics_file", kind = "string", env = "MIGRATE_LUA_METRICS_FILE" },
+  ["--format"] = { key = "format", kind = "string" },   -- "text" | "github" (auto under GITHUB_ACTIONS)
 }
 
 M.commands = {
@@ -157,6 +159,15 @@ local function error_document(command, e)
   return doc
 end
 
+-- After a command: metrics file, CI annotations (migrate.report, optional).
+function M.report(config, command, code, doc, err)
+  local ok_mod, report = pcall(require, "migrate.report")
+  if ok_mod and type(report) == "table" and report.finish then
+    local ok, e = pcall(report.finish, config, command, code, doc, err)
+    if not ok then io.stderr:write("warning: report failed: ", tostring(e), "\n") end
+  end
+end
+
 function M.main(argv)
   local command, args, config
   local ok, err = pcall(function() command, args, config = M.parse(argv) end)
@@ -195,11 +206,14 @@ function M.main(argv)
   ok, err = pcall(function() code, doc = mod.run(config, args) end)
   if not ok then
     local e = errors.wrap(err)
-    if config.json then io.stdout:write(json.encode(error_document(command, e)), "\n") end
+    local doc = error_document(command, e)
+    if config.json then io.stdout:write(json.encode(doc), "\n") end
     print_error(e, config)
+    M.report(config, command, errors.exit_code(e), doc, e)
     return errors.exit_code(e)
   end
   if config.json and doc then io.stdout:write(json.encode(doc), "\n") end
+  M.report(config, command, code, doc)
   return code
 end
 

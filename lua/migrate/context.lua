@@ -184,6 +184,20 @@ end
 
 function M:now_ms() return core.now_ms() end
 
+-- The one place destructive steps ask for a backup (the backup service,
+-- migrate.backup, decides how). The plain `run` path takes none, by contract.
+-- Returns the backup id, or nil when none was taken.
+function M:backup_before(tbl, cols, reason)
+  if self.mode == "run" or self.mode == "revert" then
+    self.log:warn(string.format("no backup of %s before %s: the plain '%s' path takes none (use safe-run)",
+      type(tbl) == "table" and table.concat(tbl, ".") or tbl, reason or "a destructive step", self.mode))
+    return nil
+  end
+  local ok_backup, backup = pcall(require, "migrate.backup")
+  if not ok_backup or type(backup) ~= "table" or not backup.take then return nil end
+  return backup.take(self, tbl, cols, reason)
+end
+
 -- Guard clauses (m:safe_*, m:guard_*, m:backfill) live in migrate.guards.
 local ok_guards, guards = pcall(require, "migrate.guards")
 if ok_guards and type(guards) == "table" then

@@ -33,7 +33,9 @@ local function connect(config, role)
   if not ok then
     local e = errors.wrap(conn, "connect")
     e.kind = "connect"
-    e.message = "cannot connect to the database (" .. core.redact(config.database_url or "") .. "): " .. (e.message or "")
+    local target = (config.database_url or "") ~= "" and core.redact(config.database_url)
+      or "libpq defaults: PGHOST, PGPORT, PGDATABASE, PGUSER"
+    e.message = "cannot connect to the database (" .. target .. "): " .. (e.message or "")
     error(e, 0)
   end
   return conn
