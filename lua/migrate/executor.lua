@@ -314,10 +314,16 @@ function M.migrate(s, pending, opts)
         message = string.format("%s failed: %s", label(entry), tostring(e)),
         error_message = tostring(e), metadata = { error = error_fields(e), transaction = entry.transactional },
         console = false }
-      logger:event { migration = entry.version, status = "rolled_back", level = "warn",
-        message = entry.transactional and string.format("rolled back %s: nothing of it was applied", label(entry))
-          or string.format("%s stopped part-way (transaction = false): steps already run stay; the next run resumes it", label(entry)),
-        metadata = { transaction = entry.transactional }, console = false }
+      if entry.transactional then
+        logger:event { migration = entry.version, status = "rolled_back", level = "warn",
+          message = string.format("rolled back %s: nothing of it was applied", label(entry)),
+          metadata = { transaction = true }, console = false }
+      else
+        -- nothing to roll back: the steps that ran stay, and show reports it failed
+        logger:event { migration = entry.version, status = "incomplete", level = "warn",
+          message = string.format("%s stopped part-way (transaction = false): the steps already run stay; the next run resumes it",
+            label(entry)), metadata = { transaction = false }, console = false }
+      end
     end
   end
   return result

@@ -1,0 +1,176 @@
+-- The C bindings through migrate.so on a real server: binding and
+-- conversion of values, quoting, the transaction boundary, error objects,
+-- checksums and redaction.
+local T = require "helpers.env"
+local migrate = require "migrate"
+local core = migrate.core
+
+describe("migrate.core connection", function()
+  local db, conninfo, conn
+  before_each(function()
+    db, conninfo = T.fresh_db("core")
+    conn = core.connect(conninfo)
+  end)
+  after_each(function() conn:close() end)
+
+  it("binds values as parameters and converts result types", function()
+    local rows = conn:query([[SELECT $1::int AS i, $2::float8 AS f, $3::bool AS b, $4::text AS t,
+      $5::int AS n, 12345678901234::int8 AS big, 1.50::numeric AS num,
+      '{"a":[1,"x",null]}'::jsonb AS j, '[true]'::json AS arr, 'x'::bytea AS raw]],
+      42, 2.5, true, "it's", nil)
+    local r = rows[1]
+    assert.equal(42, r.i)
+    assert.equal("integer", math.type(r.i))
+    assert.equal(2.5, r.f)
+    assert.is_true(r.b)
+    assert.equal("it's", r.t)
+    assert.is_nil(r.n)
+    assert.equal(12345678901234, r.big)
+    assert.equal("1.50", r.num)          -- numeric stays exact, as a string
+    assert.equal("x", r.j.a[2])
+    assert.is_true(r.arr[1])
+    assert.equal("\\x78", r.raw)
+  end)
+
+  it("keeps float precision and refuses NUL bytes in parameters", function()
+    local r = conn:query("SELECT $1::float8 = 0.1::float8 AS same", 0.1)[1]
+    assert.is_true(r.same)
+    local ok, err = pcall(conn.query, conn, "SELECT $1::text", "a\0b")
+    assert.is_false(ok)
+    assert.matches("NUL byte", tostring(err))
+  end)
+
+  it("returns the affected row count of the last statement", function()
+    assert.equal(0, conn:exec("CREATE TABLE t (x int)"))
+    assert.equal(3, conn:exec("INSERT INTO t SELECT generate_series(1, 3)"))
+    assert.equal(2, conn:exec("UPDATE t SET x = x + 1 WHERE x > $1", 1))
+    assert.equal(1, conn:exec("INSERT INTO t VALUES (9); DELETE FROM t WHERE x = 9"))
+  end)
+
+  it("raises error objects with SQLSTATE, message, detail, hint and the SQL", function()
+    conn:exec("CREATE TABLE u (id int PRIMARY KEY)")
+    conn:exec("INSERT INTO u VALUES (1)")
+    local ok, err = pcall(conn.exec, conn, "INSERT INTO u VALUES (1)")
+    assert.is_false(ok)
+    assert.equal("23505", err.sqlstate)
+    assert.matches("duplicate key", err.message)
+    assert.matches("Key %(id%)=%(1%)", err.detail)
+    assert.equal("INSERT INTO u VALUES (1)", err.sql)
+    assert.matches("ERROR:  duplicate key.*DETAIL:.*SQL: INSERT", tostring(err))
+    -- the connection is usable afterwards
+    assert.equal(1, conn:query("SELECT count(*) AS n FROM u")[1].n)
+  end)
+
+  it("quotes identifiers and literals through libpq", function()
+    local evil = 'x"; DROP TABLE users; --'
+    assert.equal('"x""; DROP TABLE users; --"', conn:quote_ident(evil))
+    assert.equal("'it''s'", conn:quote_literal("it's"))
+    conn:exec("CREATE TABLE " .. conn:quote_ident(evil) .. " (v text)")
+    assert.equal("1", T.psql(db, "SELECT count(*) FROM pg_class WHERE relname = 'x\"; DROP TABLE users; --'"))
+  end)
+
+  it("commits a transaction when fn returns and rolls back when it raises", function()
+    conn:exec("CREATE TABLE t (x int)")
+    conn:transaction(function() conn:exec("INSERT INTO t VALUES (1)") end)
+    local ok, err = pcall(conn.transaction, conn, function()
+      conn:exec("INSERT INTO t VALUES (2)")
+      error({ custom = true })
+    end)
+    assert.is_false(ok)
+    assert.is_true(err.custom)           -- the error object passes through unchanged
+    assert.equal("idle", conn:tx_status())
+    assert.equal("1", T.psql(db, "SELECT string_agg(x::text, ',') FROM t"))
+  end)
+
+  it("rolls back a transaction whose failed statement was swallowed by pcall", function()
+    conn:exec("CREATE TABLE t (x int)")
+    local ok, err = pcall(conn.transaction, conn, function()
+      conn:exec("INSERT INTO t VALUES (1)")
+      pcall(conn.exec, conn, "SELECT no_such_column FROM t")
+    end)
+    assert.is_false(ok)
+    assert.matches("aborted", tostring(err))
+    assert.equal("0", T.psql(db, "SELECT count(*) FROM t"))
+  end)
+
+  it("always rolls back with {rollback = true}", function()
+    conn:exec("CREATE TABLE t (x int)")
+    local v = conn:transaction(function() conn:exec("INSERT INTO t VALUES (1)"); return 7 end, { rollback = true })
+    assert.equal(7, v)
+    assert.equal("0", T.psql(db, "SELECT count(*) FROM t"))
+  end)
+
+  it("refuses use after close", function()
+    local c = core.connect(conninfo)
+    c:close()
+    c:close()                            -- idempotent
+    local ok, err = pcall(c.query, c, "SELECT 1")
+    assert.is_false(ok)
+    assert.matches("closed connection", err)
+  end)
+
+  it("names the sessions blocking a waiting statement", function()
+    conn:exec("CREATE TABLE hot (x int)")
+    local holder = core.connect(conninfo)
+    holder:exec("BEGIN; LOCK TABLE hot IN ACCESS SHARE MODE")
+    local side = core.connect(conninfo)
+    conn:set_watch(side, 200)
+    conn:exec("SET lock_timeout = 800")
+    local ok, err = pcall(conn.exec, conn, "ALTER TABLE hot ADD COLUMN y int")
+    assert.is_false(ok)
+    assert.equal("55P03", err.sqlstate)
+    assert.equal(holder:info().pid, err.blockers[1].pid)
+    assert.matches("LOCK TABLE hot", err.blockers[1].query)
+    holder:close()
+    side:close()
+  end)
+
+  it("reports a refused connection without the password", function()
+    local ok, err = pcall(core.connect, "host=/nonexistent-dir port=1 user=x password=sekret123 connect_timeout=2")
+    assert.is_false(ok)
+    assert.equal("connect", err.kind)
+    assert.is_nil(tostring(err):find("sekret123", 1, true))
+  end)
+end)
+
+describe("migrate.core helpers", function()
+  it("checksums with CRLF folded to LF, versioned", function()
+    local lf = core.checksum("a\nb\n")
+    assert.matches("^sha256%-v1:%x+$", lf)
+    assert.equal(lf, core.checksum("a\r\nb\r\n"))
+    assert.not_equal(lf, core.checksum("a\nb"))
+    -- the known SHA-256 of "abc"
+    assert.equal("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", core.sha256("abc"))
+  end)
+
+  it("redacts passwords from key=value strings and URIs", function()
+    local r = core.redact("host=db user=app password=sekret123 dbname=shop")
+    assert.is_nil(r:find("sekret123", 1, true))
+    assert.matches("password=%*%*%*", r)
+    assert.matches("dbname=shop", r)
+    local u = core.redact("postgresql://app:sekret123@db.example.com:5433/shop?sslmode=require")
+    assert.is_nil(u:find("sekret123", 1, true))
+    assert.matches("host=db.example.com", u)
+    assert.equal("(unparseable connection string)", core.redact("password='sekret123"))
+  end)
+
+  it("lists a folder sorted, and fails cleanly on a missing one", function()
+    local dir = T.tmpdir()
+    T.write(dir .. "/b.lua", "")
+    T.write(dir .. "/a.lua", "")
+    assert.same({ "a.lua", "b.lua" }, core.listdir(dir))
+    local names, err = core.listdir(dir .. "/nope")
+    assert.is_nil(names)
+    assert.matches("No such file", err)
+  end)
+
+  it("parses SQL with the PostgreSQL parser", function()
+    local tree = migrate.json.decode(core.parse_sql("ALTER TABLE t DROP COLUMN c; SELECT 1"))
+    assert.equal(2, #tree.stmts)
+    assert.truthy(tree.stmts[1].stmt.AlterTableStmt)
+    local none, msg, pos = core.parse_sql("SELEC 1")
+    assert.is_nil(none)
+    assert.matches("syntax error", msg)
+    assert.equal(1, pos)
+  end)
+end)
