@@ -82,10 +82,14 @@ end
 function M.load(entry)
   if entry.def then return entry end
   M.read(entry)
-  local chunkname = "@" .. entry.path
+  -- the chunk is named by its file name: Lua cuts long chunk names (LUA_IDSIZE),
+  -- and a message must name the file whole; errors carry the full path too
+  local chunkname = "@" .. entry.file
   local fn, err = load(entry.source, chunkname, "t", sandbox(entry.path))
   if not fn then
-    errors.raise("load", "syntax error in " .. err, { file = entry.path, migration = entry.version })
+    local line, msg = err:match(":(%d+): (.*)$")
+    errors.raise("load", string.format("syntax error in %s:%s: %s", entry.path, line or "?", msg or err),
+      { file = entry.path, migration = entry.version, line = tonumber(line) })
   end
   local ok, def = pcall(fn)
   if not ok then
