@@ -1,15 +1,28 @@
 -- The logger service: one event, three sinks.
---   console  human text on stderr (colour only on a TTY without NO_COLOR)
---   file     migration-execution.log, one JSON object per line, flushed per event
+--   console  human text on stderr, one aligned line per event (status column,
+--            then the message); colour only when stderr is a terminal and
+--            NO_COLOR is unset; --quiet keeps warnings and errors only,
+--            --verbose adds debug events (steps) and the event's fields
+--   file     migration-execution.log, one JSON object per line, appended and
+--            unbuffered (each event is one write(2)), created 0600
 --   table    migration_logs, written on the side connection (the one holding
 --            the advisory lock, always in autocommit), so the rows about a
 --            migration survive that migration's rollback
 -- A broken sink is a warning on the console, never a reason to fail a run.
-local cjson = require "cjson"
+-- Every event also feeds migrate.metrics (counters for --metrics-file).
+local cjson = require("cjson").new()
+cjson.encode_sparse_array(true)
+cjson.encode_invalid_numbers("null")
+if cjson.encode_escape_forward_slash then cjson.encode_escape_forward_slash(false) end
+
+local core = require "migrate.core"
+local metrics = require "migrate.metrics"
 
 local M = {}
 M.__index = M
 
+-- The contract's columns (section 5) plus run_id; the index serves
+-- `logs --migration` and the executor's resume check.
 local CREATE_TABLE = [[
 CREATE TABLE IF NOT EXISTS migration_logs (
   id             bigserial PRIMARY KEY,
@@ -23,10 +36,17 @@ CREATE TABLE IF NOT EXISTS migration_logs (
   error_message  text,
   metadata       jsonb
 );
+CREATE INDEX IF NOT EXISTS migration_logs_migration_name_idx ON migration_logs (migration_name, id);
 REVOKE ALL ON migration_logs FROM PUBLIC;
+REVOKE ALL ON SEQUENCE migration_logs_id_seq FROM PUBLIC;
 ]]
+M.CREATE_TABLE = CREATE_TABLE
+
+-- {====== secrets ======
 
 -- Defence in depth: nothing that looks like a password reaches a sink.
+-- Covers key=value conninfo (quoted or not), URIs (user:secret@host) and
+-- ?password=... query parameters.
 local function scrub(s)
   if type(s) ~= "string" then return s end
   s = s:gsub("([Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*)'[^']*'", "%1***")
@@ -36,38 +56,88 @@ local function scrub(s)
 end
 M.scrub = scrub
 
-local function scrub_table(t, depth)
-  if depth > 5 then return t end
+local SECRET_KEYS = { password = true, passwd = true, secret = true, pgpassword = true, database_url = true }
+
+-- A copy of t that cjson can encode: secrets masked, functions and userdata
+-- turned into their names, cycles and deep nesting cut.
+local function clean(t, depth, seen)
+  if depth > 6 or seen[t] then return "<nested>" end
+  seen[t] = true
   local out = {}
   for k, v in pairs(t) do
-    if type(v) == "table" then out[k] = scrub_table(v, depth + 1)
-    elseif type(k) == "string" and k:lower():find("password", 1, true) then out[k] = "***"
-    else out[k] = scrub(v) end
+    local key = type(k) == "number" and k or tostring(k)
+    local tv = type(v)
+    if type(key) == "string" and (SECRET_KEYS[key:lower()] or key:lower():find("password", 1, true)) then
+      out[key] = "***"
+    elseif tv == "table" then
+      out[key] = v == cjson.null and v or clean(v, depth + 1, seen)
+    elseif tv == "string" then
+      out[key] = scrub(v)
+    elseif tv == "number" or tv == "boolean" then
+      out[key] = v
+    else
+      out[key] = "<" .. tv .. ">"
+    end
   end
+  seen[t] = nil
   return out
 end
+M.clean = function(t) return clean(t, 0, {}) end
 
-local function iso_now()
-  local t = os.time()
-  local ms = math.floor((require("migrate.core").now_ms() % 1000))
-  return os.date("!%Y-%m-%dT%H:%M:%S", t) .. string.format(".%03dZ", ms)
+-- }======
+
+-- {====== time ======
+
+-- core.now_ms is monotonic; anchor it once to the wall clock with ms
+-- resolution (date(1): Lua's os.time has whole seconds only).
+local anchor_wall, anchor_mono
+local function wall_ms()
+  if not anchor_wall then
+    anchor_mono = core.now_ms()
+    local p = io.popen("date +%s%3N 2>/dev/null")
+    local v = p and tonumber(p:read("a"):match("%d+"))
+    if p then p:close() end
+    anchor_wall = v or os.time() * 1000
+  end
+  return anchor_wall + (core.now_ms() - anchor_mono)
 end
 
--- opts: log_file (path or false), quiet, verbose, json (console text only
--- on stderr then), color, run_id
+local function iso(ms)
+  local s = math.floor(ms / 1000)
+  return os.date("!%Y-%m-%dT%H:%M:%S", s) .. string.format(".%03dZ", math.floor(ms - s * 1000))
+end
+M.iso_now = function() return iso(wall_ms()) end
+
+-- }======
+
+local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- Colour only on a terminal, never with NO_COLOR (https://no-color.org) or
+-- TERM=dumb. `test -t 2` runs in a child that inherits our stderr.
+local function color_wanted()
+  local nc = os.getenv("NO_COLOR")
+  if nc and nc ~= "" then return false end
+  if os.getenv("TERM") == "dumb" then return false end
+  return os.execute("test -t 2") == true
+end
+
+-- opts: log_file (path or false), quiet, verbose, color (nil = detect), run_id
 function M.new(opts)
   local self = setmetatable({ opts = opts or {}, warned = {} }, M)
   self.run_id = self.opts.run_id
+  metrics.run_id = metrics.run_id or self.run_id
   return self
 end
 
 function M:warn_sink(sink, err)
   if self.warned[sink] then return end
   self.warned[sink] = true
+  metrics.add("sink_errors", 1)
   io.stderr:write(string.format("warning: log %s unavailable: %s (the run goes on)\n", sink, scrub(tostring(err))))
 end
 
--- Attaches the table sink to a connection that is never inside a transaction.
+-- Attaches the table sink to a connection that is never inside a transaction
+-- (autocommit: each INSERT commits at once, whatever the main connection does).
 function M:attach_table(conn)
   local ok, err = pcall(function()
     local rows = conn:query("SELECT pg_catalog.to_regclass('migration_logs') IS NOT NULL AS e")
@@ -76,66 +146,127 @@ function M:attach_table(conn)
   if ok then self.conn = conn else self:warn_sink("table migration_logs", err) end
 end
 
+-- Opens the log file for appending. A new file is created by a shell with
+-- umask 077, so it is 0600 from its first byte (Lua's io.open cannot pass a
+-- mode, and a chmod after the fact leaves a window where it is readable);
+-- an existing file keeps its mode and owner.
 function M:open_file()
   if self.file ~= nil or self.opts.log_file == false then return self.file end
   local path = self.opts.log_file or "migration-execution.log"
-  local existed = io.open(path, "rb")
-  if existed then existed:close() end
+  local probe = io.open(path, "rb")
+  if probe then
+    probe:close()
+  else
+    os.execute("exec 2>/dev/null; umask 077; : >> " .. sh_quote(path))
+  end
   local f, err = io.open(path, "ab")
   if not f then
     self.file = false
     self:warn_sink("file " .. path, err)
     return false
   end
-  if not existed then os.execute("chmod 600 '" .. path:gsub("'", "'\\''") .. "' 2>/dev/null") end
-  f:setvbuf("no")
+  f:setvbuf("no")   -- one write(2) per event: a crash loses nothing logged
   self.file = f
+  self.path = path
   return f
 end
 
+-- {====== console ======
+
+local COLORS = {
+  success = "32", reverted = "32", applied = "32",
+  failed = "31", error = "31",
+  rolled_back = "33", retry = "33", unsafe = "33", warn = "33", refused = "31",
+  started = "36", backup = "35", guard = "35", lint = "35",
+  debug = "2", step = "2",
+}
+
+local function fmt_ms(ms)
+  if ms >= 10000 then return string.format("%.1f s", ms / 1000) end
+  return string.format("%.0f ms", ms)
+end
+
+local function fields_text(meta)
+  local keys = {}
+  for k in pairs(meta) do keys[#keys + 1] = tostring(k) end
+  table.sort(keys)
+  local parts = {}
+  for _, k in ipairs(keys) do
+    local v = meta[k] or meta[tonumber(k)]
+    if type(v) == "table" then v = cjson.encode(v) end
+    parts[#parts + 1] = k .. "=" .. tostring(v)
+  end
+  return table.concat(parts, " ")
+end
+
+-- One aligned line: "  <status, 11 wide> <message> (<duration>)".
+function M:console_line(ev, meta)
+  local label = ev.status or ev.level
+  if label == "log" then label = ev.level end
+  local text = ev.message or (ev.console_text and ev.console_text:gsub("^%s+", "")) or ""
+  if ev.duration_ms and not text:find("%d ms%)$") then text = text .. " (" .. fmt_ms(ev.duration_ms) .. ")" end
+  if self.opts.verbose and meta and next(meta) then text = text .. "  " .. fields_text(meta) end
+  text = text:gsub("\n", "\n" .. string.rep(" ", 14))
+  local padded = string.format("%-11s", label)
+  if self.color == nil then
+    if self.opts.color ~= nil then self.color = self.opts.color else self.color = color_wanted() end
+  end
+  local c = self.color and (COLORS[ev.level == "error" and "error" or label] or (ev.level == "warn" and "33"))
+  if c then padded = "\27[" .. c .. "m" .. padded .. "\27[0m" end
+  return "  " .. padded .. " " .. text
+end
+
 function M:console(line, level)
-  if self.opts.quiet and level ~= "error" then return end
+  if self.opts.quiet and level ~= "error" and level ~= "warn" then return end
   io.stderr:write(line, "\n")
 end
 
--- event: {migration, status, level, message, duration_ms, error_message, metadata}
+-- }======
+
+-- event: {migration, status, level, message, duration_ms, error_message,
+-- metadata, console (false = not on the console)}
 function M:event(ev)
   ev.level = ev.level or "info"
-  ev.message = scrub(ev.message)
-  ev.error_message = scrub(ev.error_message)
-  local meta = ev.metadata and scrub_table(ev.metadata, 0) or nil
-  if ev.level == "debug" and not self.opts.verbose then
-    -- debug events go to the file and table only
-  elseif ev.console ~= false then
-    self:console(ev.console_text or ev.message, ev.level)
+  ev.status = ev.status or "info"
+  ev.message = scrub(ev.message and tostring(ev.message))
+  ev.error_message = scrub(ev.error_message and tostring(ev.error_message))
+  local meta = type(ev.metadata) == "table" and clean(ev.metadata, 0, {}) or nil
+  if meta == nil and ev.metadata ~= nil then meta = { value = scrub(tostring(ev.metadata)) } end
+  metrics.observe(ev, meta)
+  if ev.console ~= false and (ev.level ~= "debug" or self.opts.verbose) then
+    self:console(self:console_line(ev, meta), ev.level)
   end
   local f = self:open_file()
   if f then
-    local line = {
-      ts = iso_now(), run_id = self.run_id, level = ev.level, status = ev.status,
+    local ok, line = pcall(cjson.encode, {
+      ts = iso(wall_ms()), run_id = self.run_id, level = ev.level, status = ev.status,
       migration = ev.migration, message = ev.message, duration_ms = ev.duration_ms,
       error = ev.error_message, metadata = meta,
-    }
-    local ok, err = f:write(cjson.encode(line), "\n")
-    if not ok then self:warn_sink("file", err) end
+    })
+    local wok, err = false, line
+    if ok then wok, err = f:write(line, "\n") end
+    if not wok then self:warn_sink("file " .. tostring(self.path), err) end
   end
   if self.conn then
     local ok, err = pcall(self.conn.exec, self.conn, [[
       INSERT INTO migration_logs (run_id, migration_name, status, level, message, duration_ms, error_message, metadata)
-      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)]],
-      self.run_id, ev.migration, ev.status or "info", ev.level, ev.message,
+      VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)]],
+      self.run_id, ev.migration, ev.status, ev.level, ev.message,
       ev.duration_ms, ev.error_message, meta and cjson.encode(meta) or nil)
     if not ok then self:warn_sink("table migration_logs", err) end
   end
 end
 
--- The m.log facade for migrations: m.log:info(msg, fields)
+-- The m.log facade for migrations: m.log:info(msg, fields). Also callable
+-- with a dot (m.log.info(msg, fields)).
 function M:for_migration(version)
   local logger = self
   local function at(level)
-    return function(_, msg, fields)
+    return function(a, b, c)
+      local msg, fields = b, c
+      if type(a) ~= "table" or a.info == nil then msg, fields = a, b end
       logger:event { migration = version, status = "log", level = level,
-        message = tostring(msg), metadata = fields, console_text = "    " .. tostring(msg) }
+        message = tostring(msg), metadata = fields }
     end
   end
   return { info = at("info"), warn = at("warn"), error = at("error"), debug = at("debug") }

@@ -1,0 +1,75 @@
+-- migrate-lua logs [--limit N] [--migration V] [--status S]: the latest rows
+-- of migration_logs, oldest first (like tail), as an aligned table or, with
+-- --json, {"logs":[...]}. Reads only; takes no lock.
+local executor = require "migrate.executor"
+local errors = require "migrate.errors"
+local json = require "migrate.json"
+
+local M = {}
+
+local QUERY = [[
+SELECT * FROM (
+  SELECT id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS created_at,
+         run_id, migration_name, status, level, message, duration_ms, error_message, metadata
+    FROM migration_logs
+   WHERE ($1::text IS NULL OR migration_name = $1 OR migration_name LIKE $1 || '\_%')
+     AND ($2::text IS NULL OR status = $2)
+   ORDER BY id DESC
+   LIMIT $3) latest
+ ORDER BY id]]
+
+-- "20261124120000_add_users" and "20261124120000" both select that migration.
+local function migration_filter(v)
+  if v == nil or v == "" then return nil end
+  return v:match("^(%d%d%d%d%d%d%d%d%d%d%d%d%d%d)_") or v
+end
+
+local function first_line(s, width)
+  s = tostring(s or ""):gsub("\n.*", "")
+  if #s > width then s = s:sub(1, width - 3) .. "..." end
+  return s
+end
+
+local function render(rows)
+  if #rows == 0 then return "no log rows match\n" end
+  local out = { string.format("%-6s %-24s %-14s %-11s %-5s %9s  %s",
+    "id", "created_at (UTC)", "migration", "status", "level", "duration", "message") }
+  for _, r in ipairs(rows) do
+    local dur = r.duration_ms and string.format("%.0f ms", r.duration_ms) or ""
+    local msg = r.message or ""
+    if r.error_message and r.error_message ~= "" and not msg:find(r.error_message, 1, true) then
+      msg = msg .. " | " .. r.error_message
+    end
+    out[#out + 1] = string.format("%-6s %-24s %-14s %-11s %-5s %9s  %s", tostring(r.id), r.created_at,
+      r.migration_name or "-", r.status, r.level, dur, first_line(msg, 120))
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+function M.run(config)
+  local s = executor.open(config, { lock = false })
+  local ok, rows = pcall(function()
+    local exists = s.main:query("SELECT pg_catalog.to_regclass('migration_logs') IS NOT NULL AS e")[1].e
+    if not exists then return {} end
+    return (s.main:query(QUERY, migration_filter(config.migration), config.status, config.limit or 50))
+  end)
+  executor.close(s)
+  if not ok then
+    local e = errors.wrap(rows)
+    e.message = "cannot read migration_logs: " .. tostring(e.message)
+    error(e, 0)
+  end
+  local doc = { logs = json.array() }
+  for _, r in ipairs(rows) do
+    doc.logs[#doc.logs + 1] = {
+      id = r.id, created_at = r.created_at, run_id = r.run_id or json.null,
+      migration_name = r.migration_name or json.null, status = r.status, level = r.level,
+      message = r.message or json.null, duration_ms = r.duration_ms or json.null,
+      error_message = r.error_message or json.null, metadata = r.metadata or json.null,
+    }
+  end
+  if not config.json then io.stdout:write(render(rows)) end
+  return 0, doc
+end
+
+return M
