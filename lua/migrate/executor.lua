@@ -60,6 +60,11 @@ function M.open(config, opts)
   opts = opts or {}
   local s = { config = config, run_id = new_run_id() }
   s.main = connect(config)
+  if s.main:info().server_version >= 140000 then
+    -- a killed migrate-lua must not leave its statement running (and its
+    -- locks held) until the statement ends: the server checks every second
+    s.main:exec("SET client_connection_check_interval = 1000")
+  end
   s.logger = Logger.new { log_file = config.log_file, quiet = config.quiet, verbose = config.verbose,
                           run_id = s.run_id }
   if opts.lock ~= false then
@@ -276,6 +281,12 @@ function M.migrate(s, pending, opts)
         local e = errors.wrap(dur)
         e.migration = e.migration or label(entry)
         e.file = e.file or entry.path
+        local sig = core.interrupted()
+        if sig then
+          -- the cancel or the hook surfaced as some error: say what really happened
+          e.kind = "interrupted"
+          e.message = string.format("interrupted by %s while running %s (%s)", sig, label(entry), e.message or "")
+        end
         result.failed_entry = entry
         error(e, 0)
       end
