@@ -40,6 +40,14 @@ local function migration_file(config, migration)
   for _, e in ipairs(entries) do if e.version == version then return e.path end end
 end
 
+local function is_file(path)
+  local f = io.open(path, "rb")
+  if not f then return false end
+  local ok = f:read(0) ~= nil or f:seek("end") == 0
+  f:close()
+  return ok
+end
+
 -- The first line of file that mentions text (plain search), or nil.
 local function line_of(file, text)
   if type(text) ~= "string" or text == "" then return nil end
@@ -64,18 +72,31 @@ function M.annotation(config, item, default_level)
   if type(item.where) == "string" then
     file, line = item.where:match("^(.-):(%d+)$")
   end
-  file = file or (type(item.file) == "string" and item.file) or migration_file(config, item.migration)
+  local known = type(item.file) == "string" and item.file or nil
+  if not file and type(item.message) == "string" then
+    -- a plain Lua error in a migration: "2026..._x.lua:12: message" (the
+    -- chunk is named by the file name; item.file holds the path)
+    local mfile, mline = item.message:match("^([^\n:]-%.lua):(%d+):")
+    if mfile and (not known or known == mfile or known:sub(-#mfile - 1) == "/" .. mfile) then
+      file, line = known or mfile, mline
+    end
+  end
+  file = file or known or migration_file(config, item.migration)
   line = tonumber(line or item.line)
   if file and not line then
     local obj = item.object
     if type(obj) == "table" then obj = obj.name or obj[1] end
     line = line_of(file, obj)
   end
+  if file and not is_file(file) then file, line = nil, nil end   -- a folder, a missing file
   local message = tostring(item.message or "")
   if file then
     -- the annotation points at file:line already; drop that prefix
-    local prefix = (item.where or file) .. ": "
-    if message:sub(1, #prefix) == prefix then message = message:sub(#prefix + 1) end
+    local base = file:match("[^/]*$")
+    for _, prefix in ipairs({ (item.where or "") .. ": ", file .. ":" .. tostring(line) .. ": ",
+                              base .. ":" .. tostring(line) .. ": ", file .. ": " }) do
+      if message:sub(1, #prefix) == prefix then message = message:sub(#prefix + 1); break end
+    end
   end
   local what = present(item.rule) and item.rule or (present(item.kind) and item.kind) or "finding"
   local title = "migrate-lua " .. tostring(what)
