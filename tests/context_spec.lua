@@ -1,0 +1,91 @@
+-- The migration context `m` through the module, on a real connection:
+-- m:exec / m:query binding, introspection with schema-qualified names,
+-- identifier quoting, and error decoration.
+local T = require "helpers.env"
+local migrate = require "migrate"
+
+local function new_m(conninfo, opts)
+  opts = opts or {}
+  local conn = migrate.core.connect(conninfo)
+  local entry = { version = "20260101000001", name = "spec", path = "/specs/20260101000001_spec.lua",
+                  file = "20260101000001_spec.lua", chunkname = "@20260101000001_spec.lua",
+                  transactional = opts.transactional ~= false }
+  return migrate.context.new { conn = conn, entry = entry, mode = opts.mode or "run" }, conn
+end
+
+describe("m (the migration context)", function()
+  local db, conninfo, m, conn
+  before_each(function()
+    db, conninfo = T.fresh_db("ctx")
+    m, conn = new_m(conninfo)
+  end)
+  after_each(function() conn:close() end)
+
+  it("binds values and returns rows and affected counts", function()
+    m:exec("CREATE TABLE t (id int, v text, j jsonb)")
+    assert.equal(2, m:exec("INSERT INTO t VALUES ($1, $2, $3), ($1 + 1, NULL, $3)", 1, "it's", { k = "v" }))
+    local rows = m:query("SELECT id, v, j FROM t WHERE id >= $1 ORDER BY id", 1)
+    assert.equal(2, #rows)
+    assert.equal("it's", rows[1].v)
+    assert.is_nil(rows[2].v)
+    assert.equal("v", rows[1].j.k)
+    assert.equal(2, m.stats.statements)
+  end)
+
+  it("answers introspection questions, schema-qualified names included", function()
+    m:exec("CREATE SCHEMA billing; CREATE TABLE billing.invoices (id int, total int); CREATE INDEX inv_total ON billing.invoices (total)")
+    m:exec('CREATE TABLE "Odd Name" ("Mixed Col" int)')
+    assert.is_true(m:table_exists("billing.invoices"))
+    assert.is_false(m:table_exists("invoices"))            -- not on the search_path
+    assert.is_false(m:table_exists("billing.nope"))
+    assert.is_false(m:table_exists("nope.invoices"))
+    assert.is_true(m:column_exists("billing.invoices", "total"))
+    assert.is_false(m:column_exists("billing.invoices", "missing"))
+    assert.is_true(m:index_exists("billing.inv_total"))
+    assert.is_false(m:index_exists("inv_total"))
+    assert.is_true(m:table_exists("Odd Name"))              -- exact names, no case folding
+    assert.is_true(m:column_exists("Odd Name", "Mixed Col"))
+    assert.is_false(m:table_exists("odd name"))
+    assert.is_false(m:table_exists('x"; DROP TABLE t; --'))
+  end)
+
+  it("quotes identifiers part by part", function()
+    assert.equal('"billing"."invoices"', m:ident("billing.invoices"))
+    assert.equal('"x""; DROP TABLE users; --"', m:ident('x"; DROP TABLE users; --'))
+    assert.equal('"a.b"."c"', m:ident({ "a.b", "c" }))
+    assert.equal("'it''s'", m:literal("it's"))
+    assert.equal("false", m:literal(false))
+    assert.equal("0", m:literal(0))
+  end)
+
+  it("decorates a failing statement with the migration and the SQL", function()
+    local ok, err = pcall(m.exec, m, "SELECT * FROM no_such_table")
+    assert.is_false(ok)
+    assert.equal("42P01", err.sqlstate)
+    assert.equal("20260101000001_spec", err.migration)
+    assert.equal("/specs/20260101000001_spec.lua", err.file)
+    assert.equal("SELECT * FROM no_such_table", err.sql)
+  end)
+
+  it("refuses transaction control in m:exec (the executor owns the transaction)", function()
+    local ok, err = pcall(m.exec, m, "COMMIT")
+    assert.is_false(ok)
+    assert.equal("lint", err.kind)
+    assert.matches("ML38", tostring(err))
+  end)
+
+  it("refuses an m:unsafe without a real reason", function()
+    local ok, err = pcall(m.unsafe, m, "ok", function() end)
+    assert.is_false(ok)
+    assert.matches("reason of at least 10 characters", tostring(err))
+    local ran = false
+    m:unsafe("dropping a scratch table created by this spec", function(mm) ran = mm == m end)
+    assert.is_true(ran)
+  end)
+
+  it("refuses SQL that does not parse, with the position", function()
+    local ok, err = pcall(m.exec, m, "SELEC 1")
+    assert.is_false(ok)
+    assert.matches("does not parse: syntax error at or near \"SELEC\"", tostring(err))
+  end)
+end)
