@@ -45,6 +45,9 @@ function M.check(m, sql)
       local finding = rule(m, s.stmt, s)
       if finding and finding.severity ~= "warning" then
         m:fail(errors.new("lint", finding.rule .. ": " .. finding.message, { sql = s.sql, rule = finding.rule, object = finding.object }))
+      elseif finding and m.log then
+        m.log:warn(finding.rule .. ": " .. finding.message, { rule = finding.rule, object = finding.object })
+        if m.findings then m.findings[#m.findings + 1] = finding end
       end
     end
     M.track(m, s)

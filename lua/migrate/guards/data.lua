@@ -1,0 +1,150 @@
+-- Guard clauses on data: batched backfill, explicit backup, truncate, and
+-- the lock-retry wrapper.
+local core = require "migrate.core"
+local errors = require "migrate.errors"
+local U = require "migrate.guards.util"
+
+local G = {}
+
+-- UPDATE tbl SET set_sql WHERE where_sql in key batches of opts.batch_size
+-- (default 10000), each its own transaction; resumable (a re-run continues
+-- with the rows where_sql still selects). Refused in a transactional migration.
+function G.backfill(m, tbl, set_sql, where_sql, opts)
+  opts = opts or {}
+  if type(set_sql) ~= "string" or set_sql == "" then U.usage(m, "backfill(tbl, set_sql, where_sql, opts): set_sql must be SQL such as \"status = 'active'\"") end
+  if where_sql then U.check_expr(m, where_sql, "where_sql") end
+  if m.transactional then
+    U.refuse(m, "ML34", U.key(tbl), string.format("m:backfill of %s needs a migration with transaction = false: inside one transaction every batch's row locks are held until commit; no row was touched",
+      U.key(tbl)))
+  end
+  U.require_table(m, tbl, "ML34", "backfill")
+  -- SET must be assignments only: parse it inside a real UPDATE
+  local tree = core.parse_sql("UPDATE t SET " .. set_sql)
+  local doc = tree and require("cjson").decode(tree)
+  if not (doc and #doc.stmts == 1 and doc.stmts[1].stmt.UpdateStmt and not doc.stmts[1].stmt.UpdateStmt.whereClause
+      and not doc.stmts[1].stmt.UpdateStmt.fromClause and not doc.stmts[1].stmt.UpdateStmt.returningList) then
+    U.usage(m, string.format("backfill: %q is not a SET list (col = expr, ...)", set_sql))
+  end
+  local key = opts.key or U.pk_cols(m, tbl)[1]
+  if type(key) == "table" then key = key[1] end
+  if not key or #U.pk_cols(m, tbl) > 1 and not opts.key then
+    U.refuse(m, "ML34", U.key(tbl), U.key(tbl) .. " has no single-column primary key to batch by; pass {key = \"unique_not_null_column\"}")
+  end
+  local batch = opts.batch_size or 10000
+  local pause = opts.pause_ms or 0
+  local k = m.conn:quote_ident(key)
+  local filter = where_sql and (" AND (" .. where_sql .. ")") or ""
+  local total, batches, last = 0, 0, nil
+  local sql_first = string.format([[WITH b AS (SELECT %s AS k FROM %s WHERE true%s ORDER BY %s LIMIT %d),
+      u AS (UPDATE %s t SET %s FROM b WHERE t.%s = b.k RETURNING 1)
+    SELECT (SELECT max(k)::text FROM b) AS last, (SELECT count(*) FROM b) AS seen, (SELECT count(*) FROM u) AS n]],
+    k, m:ident(tbl), filter, k, batch, m:ident(tbl), set_sql, k)
+  local sql_next = sql_first:gsub("WHERE true", string.format("WHERE %s > $1::text::%s", k,
+    U.column(m, tbl, key).type), 1)
+  if U.simulated(m) then
+    local n = U.q(m, string.format("SELECT count(*) AS n FROM %s WHERE true%s", m:ident(tbl), filter))[1].n
+    m:record_sql(sql_first)
+    U.info(m, string.format("backfill of %s would update %d rows in batches of %d", U.key(tbl), n, batch))
+    return n
+  end
+  local t0 = core.now_ms()
+  while true do
+    if core.interrupted() then errors.raise("interrupted", string.format("backfill of %s interrupted after %d rows (last key %s); the next run resumes it", U.key(tbl), total, tostring(last))) end
+    local r = last and U.run(m, sql_next, { query = true }, last) or U.run(m, sql_first, { query = true })
+    r = r[1]
+    if r.seen == 0 then break end
+    total, batches, last = total + r.n, batches + 1, r.last
+    m.stats.rows = m.stats.rows + r.n
+    if m.logger then
+      m.logger:event { migration = m.entry.version, status = "step", level = "info",
+        message = string.format("backfill %s: batch %d, %d rows so far, last key %s", U.key(tbl), batches, total, last),
+        metadata = { table = U.key(tbl), batch = batches, rows = total, last_key = last }, console = false }
+    end
+    if r.seen < batch then break end
+    if pause > 0 then core.sleep_ms(pause) end
+  end
+  U.info(m, string.format("backfill of %s: %d rows in %d batches (%.0f ms)", U.key(tbl), total, batches, core.now_ms() - t0))
+  return total
+end
+
+-- An explicit backup of tbl (or some columns, with the primary key); returns its id.
+function G.backup(m, tbl, cols)
+  U.require_table(m, tbl, "backup", "backup")
+  if cols then
+    cols = U.cols(cols)
+    local all = U.pk_cols(m, tbl)
+    for _, c in ipairs(cols) do
+      local dup = false
+      for _, p in ipairs(all) do if p == c then dup = true end end
+      if not dup then all[#all + 1] = c end
+    end
+    cols = all
+  end
+  if m.mode == "validate" then return nil end
+  return m:backup_before(tbl, cols, "explicit m:backup")
+end
+
+-- TRUNCATE ONLY after a backup; refuses CASCADE and tables referenced by non-empty ones.
+function G.safe_truncate(m, tbl, opts)
+  opts = opts or {}
+  U.require_table(m, tbl, "ML09", "safe_truncate")
+  if opts.cascade then
+    U.refuse(m, "ML09", U.key(tbl), "TRUNCATE ... CASCADE empties every table that references " .. U.key(tbl) .. "; truncate or delete from the children explicitly")
+  end
+  local refs = U.q(m, [[SELECT DISTINCT c.conrelid::regclass::text AS tbl FROM pg_catalog.pg_constraint c
+    WHERE c.confrelid = pg_catalog.to_regclass($1) AND c.contype = 'f' AND c.conrelid <> c.confrelid ORDER BY 1]], m:ident(tbl))
+  local busy = {}
+  for _, r in ipairs(refs) do
+    local n = U.q(m, "SELECT count(*) AS n FROM " .. r.tbl)[1].n
+    if n > 0 then busy[#busy + 1] = string.format("%s (%d rows)", r.tbl, n) end
+  end
+  if #busy > 0 then
+    U.refuse(m, "ML09", U.key(tbl), string.format("%s is referenced by non-empty tables: %s; empty those first", U.key(tbl), table.concat(busy, ", ")))
+  end
+  local n = U.q(m, "SELECT count(*) AS n FROM " .. m:ident(tbl))[1].n
+  if n == 0 then
+    U.info(m, "safe_truncate: " .. U.key(tbl) .. " is already empty (no-op)")
+    return false
+  end
+  if m.mode ~= "validate" then m:backup_before(tbl, nil, "truncate") end
+  if #refs > 0 then
+    -- TRUNCATE refuses a referenced table even when the children are empty
+    U.run(m, "DELETE FROM " .. m:ident(tbl))
+  else
+    U.run(m, "TRUNCATE ONLY " .. m:ident(tbl))
+  end
+  return true
+end
+
+-- Runs fn(m) in its own transaction under the lock policy (500 -> 1000 ->
+-- ... -> cap ms, back-off between attempts), in a transaction = false
+-- migration. Inside a transactional migration the executor already retries
+-- the whole transaction, so fn just runs.
+function G.with_lock_retries(m, fn, opts)
+  opts = opts or {}
+  if type(fn) ~= "function" then U.usage(m, "with_lock_retries(fn [, opts]): fn must be a function") end
+  if m.transactional or U.simulated(m) then return fn(m) end
+  local attempts = require("migrate.executor").lock_attempts(
+    setmetatable({ lock_retries = opts.attempts and (opts.attempts - 1) or nil }, { __index = m.config }))
+  local deadline = opts.budget_ms and (core.now_ms() + opts.budget_ms)
+  -- fn's own steps must not run their own retry loops inside this transaction
+  local was = m.transactional
+  for i, ms in ipairs(attempts) do
+    local result
+    m.transactional = true
+    local ok, err = pcall(m.conn.transaction, m.conn, function()
+      m.conn:exec(string.format("SET LOCAL lock_timeout = %d", ms))
+      result = fn(m)
+    end)
+    m.transactional = was
+    if ok then return result end
+    local e = U.decorate(err)
+    local more = i < #attempts and not core.interrupted() and (not deadline or core.now_ms() < deadline)
+    if e.sqlstate ~= "55P03" or not more then error(e, 0) end
+    local pause = math.floor(math.min(1000 * 2 ^ (i - 1), 30000) * (0.75 + math.random() * 0.5))
+    U.warn(m, "ML35", nil, string.format("lock timeout after %d ms (attempt %d of %d); retrying in %d ms", ms, i, #attempts, pause))
+    core.sleep_ms(pause)
+  end
+end
+
+return G

@@ -1,0 +1,384 @@
+-- The lint's rules: libpg_query node type -> function(m, stmt, s) returning
+-- nil or {rule, severity, object, message}. Each message says what the
+-- statement would do to a live table and names the guard clause to call
+-- instead (catalogue: shared/reference/unsafe-operations.md, section 4.3).
+-- Statements on a table created earlier in the same migration pass.
+local M = {}
+
+local function F(rule, object, message, severity)
+  return { rule = rule, object = object, message = message, severity = severity or "error" }
+end
+
+-- "schema.name" of a RangeVar (or the bare name).
+local function rv_name(rv)
+  if not rv then return nil end
+  return rv.schemaname and (rv.schemaname .. "." .. rv.relname) or rv.relname
+end
+
+-- Last element of a name list ([{String={sval=...}}...]), and the dotted whole.
+local function list_name(list)
+  local parts = {}
+  for _, n in ipairs(list or {}) do
+    if n.String then parts[#parts + 1] = n.String.sval end
+  end
+  return parts[#parts], table.concat(parts, ".")
+end
+
+local function is_new(m, name)
+  return name ~= nil and m.created and m.created[name] == true
+end
+
+-- Runs a read-only catalogue query; a failure (aborted transaction, no
+-- connection) makes the rule assume the worst rather than raise.
+local function ask(m, sql, ...)
+  if not m.conn then return nil end
+  local ok, rows = pcall(m.conn.query, m.conn, sql, ...)
+  if ok then return rows end
+end
+
+local function q(m, s)
+  if m.conn then return m.conn:quote_ident(s) end
+  return '"' .. s:gsub('"', '""') .. '"'
+end
+
+-- {====== expressions ======
+
+-- Every function called anywhere inside a parse-tree node.
+local function func_calls(node, out)
+  out = out or {}
+  if type(node) ~= "table" then return out end
+  if node.FuncCall then out[#out + 1] = (list_name(node.FuncCall.funcname)) end
+  for _, v in pairs(node) do func_calls(v, out) end
+  return out
+end
+M.func_calls = func_calls
+
+-- The first volatile function of an expression node (pg_proc.provolatile;
+-- a function the catalogue does not know counts as volatile), or nil.
+function M.volatile_function(m, node)
+  for _, fname in ipairs(func_calls(node)) do
+    local rows = ask(m, [[SELECT bool_or(provolatile = 'v') AS v, count(*) AS n
+                            FROM pg_catalog.pg_proc WHERE proname = $1]], fname)
+    if not rows or rows[1].n == 0 or rows[1].v then return fname end
+  end
+  return nil
+end
+
+-- }======
+
+local SERIAL = { serial = true, bigserial = true, smallserial = true, serial2 = true, serial4 = true, serial8 = true }
+
+local function add_column(m, tbl, def)
+  local cname = def.colname
+  local obj = tbl .. "." .. cname
+  local tname = list_name(def.typeName and def.typeName.names)
+  local has_default, not_null, default_expr
+  for _, c in ipairs(def.constraints or {}) do
+    local con = c.Constraint
+    local ct = con.contype
+    if ct == "CONSTR_DEFAULT" then has_default, default_expr = true, con.raw_expr
+    elseif ct == "CONSTR_NOTNULL" then not_null = true
+    elseif ct == "CONSTR_IDENTITY" then
+      return F("ML04", obj, string.format("ADD COLUMN %s ... GENERATED AS IDENTITY rewrites %s under an ACCESS EXCLUSIVE lock; add a nullable bigint with a sequence default and backfill it (m:backfill), or build a new table", cname, tbl))
+    elseif ct == "CONSTR_GENERATED" then
+      return F("ML03", obj, string.format("ADD COLUMN %s ... GENERATED ALWAYS AS (...) STORED rewrites %s under an ACCESS EXCLUSIVE lock; add a plain column filled by a trigger and m:backfill", cname, tbl))
+    elseif ct == "CONSTR_UNIQUE" or ct == "CONSTR_PRIMARY" or ct == "CONSTR_FOREIGN" or ct == "CONSTR_CHECK" then
+      local via = ({ CONSTR_UNIQUE = "m:safe_add_unique", CONSTR_PRIMARY = "m:safe_add_primary_key",
+                     CONSTR_FOREIGN = "m:safe_add_foreign_key", CONSTR_CHECK = "m:safe_add_check" })[ct]
+      return F("ML06", obj, string.format("ADD COLUMN %s with an inline %s constraint holds a long lock on %s while it builds or validates; add the column (m:safe_add_column), then %s as a separate step",
+        cname, ct:gsub("CONSTR_", ""):lower(), tbl, via))
+    end
+  end
+  if SERIAL[tname] then
+    return F("ML04", obj, string.format("ADD COLUMN %s %s rewrites %s (nextval for every row) under an ACCESS EXCLUSIVE lock; add a nullable bigint, set a sequence default (m:safe_set_default) and m:backfill it", cname, tname, tbl))
+  end
+  if not_null and not has_default then
+    return F("ML02", obj, string.format("ADD COLUMN %s ... NOT NULL without a default fails on a non-empty %s and breaks running INSERTs; use m:safe_add_column(%q, %q, type, {null = false, default = ...}) or add it nullable, m:backfill, then m:safe_set_not_null", cname, tbl, tbl, cname))
+  end
+  if default_expr then
+    local fname = M.volatile_function(m, default_expr)
+    if fname then
+      return F("ML01", obj, string.format("ADD COLUMN %s DEFAULT %s(...): a volatile default rewrites all of %s under an ACCESS EXCLUSIVE lock; add the column without default, m:safe_set_default, then m:backfill (or m:safe_add_column with {backfill = true})", cname, fname, tbl))
+    end
+  end
+  if tname == "json" then
+    return F("ML05", obj, string.format("column %s of %s is json: it has no equality operator (DISTINCT, UNION, GROUP BY fail); prefer jsonb", cname, tbl), "warning")
+  end
+end
+
+-- A validated CHECK (col IS NOT NULL) lets SET NOT NULL skip its scan (PG 12+).
+local function has_not_null_check(m, tbl, col)
+  local rows = ask(m, [[
+    SELECT pg_catalog.pg_get_constraintdef(c.oid) AS def FROM pg_catalog.pg_constraint c
+     WHERE c.conrelid = pg_catalog.to_regclass($1) AND c.contype = 'c' AND c.convalidated]], tbl)
+  for _, r in ipairs(rows or {}) do
+    local d = r.def:gsub("[()]", "")
+    if d == "CHECK " .. q(m, col) .. " IS NOT NULL" or d == "CHECK " .. col .. " IS NOT NULL" then return true end
+  end
+  return false
+end
+
+-- Does this backend already hold a lock on tbl that blocks writes (ML19)?
+local function holds_write_lock(m, tbl)
+  local rows = ask(m, [[
+    SELECT 1 FROM pg_catalog.pg_locks
+     WHERE pid = pg_catalog.pg_backend_pid() AND relation = pg_catalog.to_regclass($1)
+       AND mode IN ('AccessExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'ShareLock') AND granted]], tbl)
+  return rows and #rows > 0
+end
+M.holds_write_lock = holds_write_lock
+
+local function alter_cmd(m, tbl, cmd, objtype)
+  local st = cmd.subtype
+  local col = cmd.name
+  if st == "AT_AddColumn" then
+    return add_column(m, tbl, cmd.def.ColumnDef)
+  elseif st == "AT_DropColumn" then
+    return F("ML07", tbl .. "." .. col, string.format("DROP COLUMN %s loses the data of %s and breaks code that still reads it; use m:safe_drop_column(%q, %q) (backs the column up, checks dependants)", col, tbl, tbl, col))
+  elseif st == "AT_AlterColumnType" then
+    return F("ML13", tbl .. "." .. col, string.format("ALTER COLUMN %s TYPE may rewrite %s and its indexes under an ACCESS EXCLUSIVE lock; use m:safe_change_column_type(%q, %q, type) (allows the changes that need no rewrite, backs up, refuses a rewrite unless {allow_rewrite = true})", col, tbl, tbl, col))
+  elseif st == "AT_SetNotNull" then
+    if has_not_null_check(m, tbl, col) then return nil end
+    return F("ML15", tbl .. "." .. col, string.format("SET NOT NULL on %s.%s scans the whole table under an ACCESS EXCLUSIVE lock; use m:safe_set_not_null(%q, %q) (counts NULLs, CHECK NOT VALID + VALIDATE, then SET NOT NULL without a scan)", tbl, col, tbl, col))
+  elseif st == "AT_DropNotNull" then
+    return F("ML16", tbl .. "." .. col, string.format("DROP NOT NULL on %s.%s: code that assumes non-NULL values may break", tbl, col), "warning")
+  elseif st == "AT_ColumnDefault" then
+    return F("ML39", tbl .. "." .. col, string.format("changing the default of %s.%s: applications that cache defaults (ORMs) may keep writing the old one", tbl, col), "warning")
+  elseif st == "AT_AddConstraint" then
+    local con = cmd.def.Constraint
+    local name = con.conname or "(unnamed)"
+    local obj = tbl .. "." .. name
+    if con.contype == "CONSTR_CHECK" and not con.skip_validation then
+      return F("ML17", obj, string.format("ADD CONSTRAINT %s CHECK without NOT VALID scans %s under an ACCESS EXCLUSIVE lock; use m:safe_add_check(%q, %q, expr) (counts violations, NOT VALID, then VALIDATE)", name, tbl, tbl, name))
+    elseif con.contype == "CONSTR_FOREIGN" and not con.skip_validation then
+      return F("ML18", obj, string.format("ADD FOREIGN KEY %s without NOT VALID blocks writes on %s and %s while it scans; use m:safe_add_foreign_key(%q, cols, %q, ref_cols) (counts orphans, NOT VALID, then VALIDATE)", name, tbl, rv_name(con.pktable) or "?", tbl, rv_name(con.pktable) or "?"))
+    elseif con.contype == "CONSTR_UNIQUE" and not con.indexname then
+      return F("ML20", obj, string.format("ADD CONSTRAINT %s UNIQUE builds its index under an ACCESS EXCLUSIVE lock on %s; use m:safe_add_unique(%q, cols) (counts duplicates, CREATE UNIQUE INDEX CONCURRENTLY, then UNIQUE USING INDEX)", name, tbl, tbl))
+    elseif con.contype == "CONSTR_PRIMARY" and not con.indexname then
+      return F("ML21", obj, string.format("ADD PRIMARY KEY builds its index and checks NOT NULL under an ACCESS EXCLUSIVE lock on %s; use m:safe_add_primary_key(%q, cols) (NOT NULL via CHECK, unique index CONCURRENTLY, then PRIMARY KEY USING INDEX)", tbl, tbl))
+    elseif con.contype == "CONSTR_EXCLUSION" then
+      return F("ML22", obj, string.format("ADD CONSTRAINT %s EXCLUDE builds its index under an ACCESS EXCLUSIVE lock on %s and has no online path; build a new table and copy, or run it in a maintenance window inside m:unsafe", name, tbl))
+    end
+  elseif st == "AT_ValidateConstraint" then
+    if m.transactional and holds_write_lock(m, tbl) then
+      return F("ML19", tbl .. "." .. col, string.format("VALIDATE CONSTRAINT %s in the same transaction as an earlier lock-taking step on %s holds that lock through the whole scan; validate in a separate transaction (transaction = false) with m:safe_validate_constraint(%q, %q)", col, tbl, tbl, col))
+    end
+  elseif st == "AT_SetTableSpace" then
+    return F("ML29", tbl, string.format("SET TABLESPACE copies %s under an ACCESS EXCLUSIVE lock; move it out of band (pg_repack) or in a maintenance window inside m:unsafe", tbl))
+  elseif st == "AT_SetLogged" or st == "AT_SetUnLogged" then
+    return F("ML29", tbl, string.format("%s rewrites %s under an ACCESS EXCLUSIVE lock; do it out of band or in a maintenance window inside m:unsafe", st == "AT_SetLogged" and "SET LOGGED" or "SET UNLOGGED", tbl))
+  elseif st == "AT_DetachPartition" then
+    local pc = cmd.def and cmd.def.PartitionCmd
+    if pc and not pc.concurrent then
+      return F("ML30", tbl, string.format("DETACH PARTITION %s takes an ACCESS EXCLUSIVE lock on %s; use DETACH PARTITION ... CONCURRENTLY in a transaction = false migration", rv_name(pc.name) or "?", tbl))
+    end
+  elseif st == "AT_AttachPartition" then
+    return F("ML30", tbl, string.format("ATTACH PARTITION scans the partition under an ACCESS EXCLUSIVE lock unless a valid CHECK implies its bound; add that CHECK first with m:safe_add_check, then attach inside m:unsafe"), "warning")
+  elseif st == "AT_EnableTrig" or st == "AT_DisableTrig" or st == "AT_EnableTrigAll" or st == "AT_DisableTrigAll" then
+    return F("ML33", tbl, string.format("enabling or disabling a trigger takes a SHARE ROW EXCLUSIVE lock on %s: keep it a short step of its own", tbl), "warning")
+  end
+  return nil
+end
+
+-- Returns the first error finding of a multi-command ALTER TABLE, else the first warning.
+M.AlterTableStmt = function(m, stmt)
+  local tbl = rv_name(stmt.relation)
+  if is_new(m, tbl) then return nil end
+  local warning
+  for _, c in ipairs(stmt.cmds or {}) do
+    local f = alter_cmd(m, tbl, c.AlterTableCmd, stmt.objtype)
+    if f and f.severity ~= "warning" then return f end
+    warning = warning or f
+  end
+  return warning
+end
+
+M.RenameStmt = function(m, stmt)
+  local rt = stmt.renameType
+  local tbl = rv_name(stmt.relation)
+  if tbl and is_new(m, tbl) then return nil end
+  if rt == "OBJECT_COLUMN" then
+    return F("ML11", tbl .. "." .. stmt.subname, string.format("RENAME COLUMN %s of %s breaks running code that uses the old name at once; use m:safe_rename_column(%q, %q, %q) in a release after the code reads both (or a new column + trigger + m:backfill)", stmt.subname, tbl, tbl, stmt.subname, stmt.newname))
+  elseif rt == "OBJECT_TABLE" or rt == "OBJECT_VIEW" or rt == "OBJECT_MATVIEW" then
+    return F("ML12", tbl, string.format("RENAME %s to %s breaks running code that uses the old name; use m:safe_rename_table(%q, %q, {compat_view = true}) (leaves a view under the old name)", tbl, stmt.newname, tbl, stmt.newname))
+  elseif rt == "OBJECT_SCHEMA" then
+    return F("ML12", stmt.subname, string.format("RENAME SCHEMA %s breaks every query that names it; create the new schema and move objects with views left behind", stmt.subname))
+  end
+end
+
+M.AlterObjectSchemaStmt = function(m, stmt)
+  if stmt.objectType == "OBJECT_TABLE" and not is_new(m, rv_name(stmt.relation)) then
+    local tbl = rv_name(stmt.relation)
+    return F("ML12", tbl, string.format("SET SCHEMA moves %s to %s: code that names it breaks; use m:safe_rename_table with {compat_view = true}", tbl, stmt.newschema))
+  end
+end
+
+M.AlterEnumStmt = function(m, stmt)
+  local _, name = list_name(stmt.typeName)
+  if stmt.oldVal then
+    return F("ML31", name, string.format("RENAME VALUE %q of enum %s breaks clients that send the old value; add the new value, migrate the data, keep the old one", stmt.oldVal, name))
+  end
+  if not stmt.newValNeighbor then
+    return F("ML31", name, string.format("ADD VALUE %q to enum %s without BEFORE/AFTER appends it, which changes ORDER BY and < on the type; say where it goes", stmt.newVal or "?", name), "warning")
+  end
+end
+
+M.DropStmt = function(m, stmt)
+  local rt = stmt.removeType
+  local cascade = stmt.behavior == "DROP_CASCADE" and " (CASCADE also drops everything that depends on it)" or ""
+  if rt == "OBJECT_TABLE" then
+    for _, o in ipairs(stmt.objects or {}) do
+      local _, name = list_name(o.List and o.List.items)
+      if not is_new(m, name) then
+        return F("ML08", name, string.format("DROP TABLE %s loses its data and locks every table linked to it by a foreign key%s; use m:safe_drop_table(%q) (backs it up, checks references)", name, cascade, name))
+      end
+    end
+  elseif rt == "OBJECT_SCHEMA" then
+    local names = {}
+    for _, o in ipairs(stmt.objects or {}) do names[#names + 1] = o.String and o.String.sval or "?" end
+    local n = table.concat(names, ", ")
+    return F("ML10", n, string.format("DROP SCHEMA %s%s drops everything inside it; drop the objects explicitly with the guard clauses (m:safe_drop_table ...)", n, cascade))
+  elseif rt == "OBJECT_INDEX" then
+    local _, name = list_name(stmt.objects[1] and stmt.objects[1].List and stmt.objects[1].List.items)
+    if stmt.concurrent then
+      if m.transactional then
+        return F("ML24", name, string.format("DROP INDEX CONCURRENTLY %s cannot run inside a transaction block (error 25001); put it in a migration with transaction = false, or use m:safe_drop_index(%q)", name, name))
+      end
+      return nil
+    end
+    local rows = ask(m, [[SELECT i.indrelid::regclass::text AS tbl FROM pg_catalog.pg_index i
+                           WHERE i.indexrelid = pg_catalog.to_regclass($1)]], name)
+    local tbl = rows and rows[1] and rows[1].tbl
+    if tbl and is_new(m, tbl) then return nil end
+    return F("ML27", name, string.format("DROP INDEX %s takes an ACCESS EXCLUSIVE lock on %s and queues all traffic behind it%s; use m:safe_drop_index(%q) (DROP INDEX CONCURRENTLY in a transaction = false migration)", name, tbl or "its table", cascade, name))
+  end
+end
+
+M.DropdbStmt = function(m, stmt)
+  return F("ML10", stmt.dbname, string.format("DROP DATABASE %s from a migration destroys everything in it; never from a migration", stmt.dbname))
+end
+
+M.TruncateStmt = function(m, stmt)
+  for _, r in ipairs(stmt.relations or {}) do
+    local name = rv_name(r.RangeVar)
+    if not is_new(m, name) then
+      local cascade = stmt.behavior == "DROP_CASCADE" and " and CASCADE empties every table that references it" or ""
+      return F("ML09", name, string.format("TRUNCATE %s loses all its rows under an ACCESS EXCLUSIVE lock%s; use m:safe_truncate(%q) (backs up, refuses when referenced by non-empty tables)", name, cascade, name))
+    end
+  end
+end
+
+M.IndexStmt = function(m, stmt)
+  local tbl = rv_name(stmt.relation)
+  local name = stmt.idxname or ("index on " .. tbl)
+  if stmt.concurrent then
+    if m.transactional then
+      return F("ML24", name, string.format("CREATE INDEX CONCURRENTLY %s cannot run inside a transaction block (error 25001); put it in a migration with transaction = false, or use m:safe_add_index(%q, cols)", name, tbl))
+    end
+    return nil
+  end
+  if is_new(m, tbl) then return nil end
+  return F("ML23", name, string.format("CREATE INDEX %s without CONCURRENTLY blocks writes to %s for the whole build; use m:safe_add_index(%q, cols) in a migration with transaction = false (CREATE INDEX CONCURRENTLY)", name, tbl, tbl))
+end
+
+local function has_option(params, name)
+  for _, p in ipairs(params or {}) do
+    if p.DefElem and p.DefElem.defname == name then return true end
+  end
+  return false
+end
+
+M.ReindexStmt = function(m, stmt)
+  local name = rv_name(stmt.relation) or stmt.name or "?"
+  if has_option(stmt.params, "concurrently") then
+    if m.transactional then
+      return F("ML24", name, string.format("REINDEX CONCURRENTLY %s cannot run inside a transaction block; use a transaction = false migration and m:safe_reindex(%q)", name, name))
+    end
+    return nil
+  end
+  return F("ML28", name, string.format("REINDEX %s blocks writes (and reads through the index) while it rebuilds; use m:safe_reindex(%q) (REINDEX CONCURRENTLY in a transaction = false migration)", name, name))
+end
+
+M.VacuumStmt = function(m, stmt)
+  if stmt.is_vacuumcmd and has_option(stmt.options, "full") then
+    local rel = stmt.rels and stmt.rels[1] and stmt.rels[1].VacuumRelation
+    local name = rel and rv_name(rel.relation) or "every table"
+    return F("ML29", name, string.format("VACUUM FULL rewrites %s under an ACCESS EXCLUSIVE lock; use pg_repack or pg_squeeze out of band", name))
+  end
+end
+
+M.ClusterStmt = function(m, stmt)
+  local name = rv_name(stmt.relation) or "every clustered table"
+  return F("ML29", name, string.format("CLUSTER rewrites %s under an ACCESS EXCLUSIVE lock; use pg_repack out of band", name))
+end
+
+-- LOCK TABLE in a mode that blocks writes holds it until the migration commits.
+M.LockStmt = function(m, stmt)
+  if (stmt.mode or 8) < 5 then return nil end
+  for _, r in ipairs(stmt.relations or {}) do
+    local name = rv_name(r.RangeVar)
+    if not is_new(m, name) then
+      return F("ML36", name, string.format("LOCK TABLE %s blocks writes (or all access) until the migration commits; let the guard clauses take the locks they need, one short step at a time (m:with_lock_retries)", name))
+    end
+  end
+end
+
+-- Unbounded DML on an existing table: one huge transaction of row locks.
+local function dml(m, stmt, verb)
+  local tbl = rv_name(stmt.relation)
+  if stmt.whereClause or is_new(m, tbl) then return nil end
+  return F("ML34", tbl, string.format("%s of every row of %s without WHERE locks all its rows in one transaction (WAL burst, replica lag, bloat); use m:backfill(%q, set_sql, where_sql) (batches, one transaction each, in a transaction = false migration)", verb, tbl, tbl))
+end
+M.UpdateStmt = function(m, stmt) return dml(m, stmt, "UPDATE") end
+M.DeleteStmt = function(m, stmt) return dml(m, stmt, "DELETE") end
+
+local TIMEOUTS = { lock_timeout = true, statement_timeout = true }
+
+local function zero_value(args)
+  local a = args and args[1] and args[1].A_Const
+  if not a then return false end
+  if a.ival then return (a.ival.ival or 0) == 0 end
+  if a.sval then return tonumber((a.sval.sval or ""):match("^%s*(%d+)")) == 0 end
+  return false
+end
+
+M.VariableSetStmt = function(m, stmt)
+  if not TIMEOUTS[stmt.name] then return nil end
+  if stmt.kind == "VAR_RESET" or stmt.kind == "VAR_SET_DEFAULT" or (stmt.kind == "VAR_SET_VALUE" and zero_value(stmt.args)) then
+    return F("ML35", stmt.name, string.format("disabling %s lets a lock request wait forever while every later query queues behind it; the executor sets it for you (--lock-timeout); use m:with_lock_retries for a step that needs patience", stmt.name))
+  end
+end
+
+M.DoStmt = function(m, stmt)
+  return F("ML37", "DO block", "a DO block is opaque to the lint (it cannot see the statements inside); write the statements with m:exec or the guard clauses, or wrap it in m:unsafe(reason, fn)")
+end
+
+M.CallStmt = function(m, stmt)
+  local name = stmt.funccall and list_name(stmt.funccall.funcname) or "?"
+  return F("ML37", name, string.format("CALL %s is opaque to the lint; inline its statements, or wrap it in m:unsafe(reason, fn)", name))
+end
+
+M.AlterDomainStmt = function(m, stmt)
+  local _, name = list_name(stmt.typeName)
+  local con = stmt.def and stmt.def.Constraint
+  if stmt.subtype == "C" and con and not con.skip_validation then
+    return F("ML32", name, string.format("ALTER DOMAIN %s ADD CONSTRAINT without NOT VALID scans every column of the domain in every table; add it NOT VALID, then VALIDATE CONSTRAINT in a separate transaction", name))
+  end
+end
+
+M.CreateDomainStmt = function(m, stmt)
+  for _, c in ipairs(stmt.constraints or {}) do
+    if c.Constraint.contype == "CONSTR_CHECK" then
+      local _, name = list_name(stmt.domainname)
+      return F("ML32", name, string.format("domain %s has a CHECK: adding more later scans every column using it; prefer constraints on the columns", name), "warning")
+    end
+  end
+end
+
+M.CreateTrigStmt = function(m, stmt)
+  local tbl = rv_name(stmt.relation)
+  if is_new(m, tbl) then return nil end
+  return F("ML33", tbl, string.format("CREATE TRIGGER on %s takes a SHARE ROW EXCLUSIVE lock (writes wait); keep it a short step of its own", tbl), "warning")
+end
+
+return M
