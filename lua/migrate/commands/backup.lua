@@ -1,0 +1,113 @@
+-- migrate-lua backup list | restore ID [--force] | drop ID | prune --older-than DURATION
+local backup = require "migrate.backup"
+local executor = require "migrate.executor"
+local errors = require "migrate.errors"
+local json = require "migrate.json"
+
+local M = {}
+
+local function id_arg(args, verb)
+  local id = math.tointeger(tonumber(args[2] or ""))
+  if not id or id < 1 then
+    errors.raise("usage", string.format("backup %s needs a backup ID (a positive integer; see migrate-lua backup list)", verb))
+  end
+  if args[3] then errors.raise("usage", "backup " .. verb .. " takes one ID, got also " .. args[3]) end
+  return id
+end
+
+local function entry_doc(b)
+  return {
+    id = b.id, migration = b.migration or json.null, table = b.source_schema .. "." .. b.source_table,
+    kind = b.kind, columns = json.array(b.columns), primary_key = json.array(b.primary_key),
+    rows = b.row_count, size_bytes = b.size_bytes, checksum = b.checksum, created_at = b.created_at,
+    backup_table = backup.SCHEMA .. "." .. b.backup_table, owner = b.source_owner, reason = b.reason or json.null,
+  }
+end
+
+local function list(config, s)
+  local rows = backup.list(s.main)
+  local doc = { backups = json.array() }
+  for _, b in ipairs(rows) do doc.backups[#doc.backups + 1] = entry_doc(b) end
+  if not config.json then
+    local out = {}
+    if #rows == 0 then out[1] = "no backups" end
+    for _, b in ipairs(rows) do
+      out[#out + 1] = string.format("%4d  %s  %-14s  %-6s  %s%s  %d rows  %s", b.id, b.created_at, b.migration or "-",
+        b.kind, b.source_schema .. "." .. b.source_table,
+        b.kind == "column" and ("(" .. table.concat(b.columns, ", ") .. ")") or "",
+        b.row_count, backup.pretty_bytes(b.size_bytes))
+    end
+    io.stdout:write(table.concat(out, "\n"), "\n")
+  end
+  return 0, doc
+end
+
+local function restore(config, s, id)
+  local t0 = require("migrate.core").now_ms()
+  local r = backup.restore(s.main, id, { force = config.force, lock_timeout = config.lock_timeout })
+  local dur = require("migrate.core").now_ms() - t0
+  local what = r.kind == "column" and string.format("%s(%s)", r.table, table.concat(r.columns, ", ")) or r.table
+  local msg = string.format("restored backup %d into %s: %d rows%s%s, checksum verified (%s)", id, what, r.rows or 0,
+    r.recreated and ", table recreated" or "",
+    #r.readded > 0 and (", column re-added: " .. table.concat(r.readded, ", ")) or "", r.checksum or "")
+  s.logger:event { status = "restore", message = msg, duration_ms = dur, console = false,
+    metadata = { backup_id = id, table = r.table, rows = r.rows, added = r.added, removed = r.removed, force = config.force or false } }
+  if not config.json then
+    io.stdout:write(msg, "\n")
+    if (r.added or 0) > 0 or (r.removed or 0) > 0 then
+      io.stdout:write(string.format("  --force: %d row(s) added since the backup were left as they are; %d backed-up row(s) had no row to go back into%s\n",
+        r.added or 0, r.removed or 0, r.kind == "table" and " and were re-inserted" or ""))
+    end
+    for _, n in ipairs(r.notes) do io.stdout:write("  note: ", n, "\n") end
+  end
+  return 0, { ok = true, id = id, table = r.table, kind = r.kind, rows = r.rows, recreated = r.recreated or false,
+              readded = json.array(r.readded), added = r.added, removed = r.removed, checksum = r.checksum,
+              notes = json.array(r.notes), duration_ms = dur }
+end
+
+local function drop(config, s, id)
+  local b = backup.drop(s.main, id)
+  s.logger:event { status = "backup_drop", console = false, message = string.format("dropped backup %d (%s.%s)", id, b.source_schema, b.source_table),
+    metadata = { backup_id = id } }
+  if not config.json then io.stdout:write(string.format("dropped backup %d (%s.%s, %d rows)\n", id, b.source_schema, b.source_table, b.row_count)) end
+  return 0, { ok = true, dropped = json.array { id } }
+end
+
+local function prune(config, s)
+  local interval = backup.parse_duration(config.older_than)
+  if not interval then
+    errors.raise("usage", string.format("backup prune needs --older-than DURATION, e.g. 7d, 12h, 30m, 2w (got %s)", tostring(config.older_than)))
+  end
+  local dropped = backup.prune(s.main, interval)
+  local ids = json.array()
+  for _, b in ipairs(dropped) do ids[#ids + 1] = b.id end
+  s.logger:event { status = "backup_drop", console = false, message = string.format("pruned %d backup(s) older than %s", #ids, interval),
+    metadata = { backup_ids = ids } }
+  if not config.json then
+    io.stdout:write(string.format("pruned %d backup%s older than %s%s\n", #ids, #ids == 1 and "" or "s", config.older_than,
+      #ids > 0 and (": " .. table.concat(ids, ", ")) or ""))
+  end
+  return 0, { ok = true, dropped = ids }
+end
+
+function M.run(config, args)
+  local verb = args[1] or "list"
+  local handlers = { list = true, restore = true, drop = true, prune = true }
+  if not handlers[verb] then
+    errors.raise("usage", string.format("unknown backup command %q: use backup list | restore ID [--force] | drop ID | prune --older-than DURATION", verb))
+  end
+  local id = (verb == "restore" or verb == "drop") and id_arg(args, verb) or nil
+  -- list reads only; the others hold the migration lock so no run races them
+  local s = executor.open(config, { lock = verb ~= "list" })
+  local ok, code, doc = pcall(function()
+    if verb == "list" then return list(config, s)
+    elseif verb == "restore" then return restore(config, s, id)
+    elseif verb == "drop" then return drop(config, s, id)
+    else return prune(config, s) end
+  end)
+  executor.close(s)
+  if not ok then error(code, 0) end
+  return code, doc
+end
+
+return M
