@@ -40,6 +40,8 @@ M.options = {
   ["--status"] = { key = "status", kind = "string" },
   ["--metrics-file"] = { key = "metrics_file", kind = "string", env = "MIGRATE_LUA_METRICS_FILE" },
   ["--format"] = { key = "format", kind = "string" },   -- "text" | "github" (auto under GITHUB_ACTIONS)
+  ["--older-than"] = { key = "older_than", kind = "string" },   -- backup prune: 7d, 12h, 30m, 2w
+  ["--max-locked-copy-bytes"] = { key = "max_locked_copy_bytes", kind = "int", default = 268435456, min = 0 },
 }
 
 M.commands = {
