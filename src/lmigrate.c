@@ -24,6 +24,8 @@ static const luaL_Reg corelib[] = {
 	{"interrupted",     mig_l_interrupted},
 	{"sleep_ms",        mig_l_sleep_ms},
 	{"now_ms",          mig_l_now_ms},
+	{"alarm",           mig_l_alarm},
+	{"call_user",       mig_l_call_user},
 	{NULL, NULL}
 };
 

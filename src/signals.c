@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "migrate.h"
 
@@ -20,12 +21,26 @@ static volatile sig_atomic_t in_user = 0;
 static lua_State *volatile user_L = NULL;
 static PGcancel *volatile cancel_target = NULL;
 
+static const char *
+signal_name(int sig)
+{
+	switch (sig)
+	{
+		case SIGINT:  return "SIGINT";
+		case SIGTERM: return "SIGTERM";
+		case SIGALRM: return "timeout";
+		default:      return "signal";
+	}
+}
+
 static void
 stop_hook(lua_State *L, lua_Debug *ar)
 {
 	(void) ar;
+	if (pending_signal == SIGALRM && in_user)
+		luaL_error(L, "the migration exceeded --timeout");
 	if (pending_signal && in_user)
-		luaL_error(L, "interrupted by %s", pending_signal == SIGINT ? "SIGINT" : "SIGTERM");
+		luaL_error(L, "interrupted by %s", signal_name(pending_signal));
 }
 
 static void
@@ -50,7 +65,36 @@ mig_l_install_signals(lua_State *L)
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGALRM, &sa, NULL);
 	return 0;
+}
+
+/* alarm(seconds): arms the --timeout of one migration (0 disarms). */
+int
+mig_l_alarm(lua_State *L)
+{
+	lua_Integer s = luaL_checkinteger(L, 1);
+	alarm(s > 0 ? (unsigned int) s : 0);
+	return 0;
+}
+
+/*
+ * call_user(fn): runs migration code outside conn:transaction (transaction
+ * = false migrations) inside the region where a signal or the timeout
+ * raises; re-raises fn's error unchanged.
+ */
+int
+mig_l_call_user(lua_State *L)
+{
+	int status;
+	luaL_checktype(L, 1, LUA_TFUNCTION);
+	lua_settop(L, 1);
+	mig_signals_enter_user(L);
+	status = lua_pcall(L, 0, LUA_MULTRET, 0);
+	mig_signals_leave_user(L);
+	if (status != LUA_OK)
+		return lua_error(L);
+	return lua_gettop(L);
 }
 
 void
@@ -87,14 +131,14 @@ mig_signals_pending(void)
 	return pending_signal != 0;
 }
 
-/* interrupted() -> nil | "SIGINT" | "SIGTERM" */
+/* interrupted() -> nil | "SIGINT" | "SIGTERM" | "timeout" */
 int
 mig_l_interrupted(lua_State *L)
 {
 	if (pending_signal == 0)
 		lua_pushnil(L);
 	else
-		lua_pushstring(L, pending_signal == SIGINT ? "SIGINT" : "SIGTERM");
+		lua_pushstring(L, signal_name(pending_signal));
 	return 1;
 }
 

@@ -19,6 +19,7 @@ M.options = {
   ["--statement-timeout"] = { key = "statement_timeout", kind = "int", default = 0, min = 0 },
   ["--small-table-rows"] = { key = "small_table_rows", kind = "int", default = 10000, min = 0 },
   ["--wait"] = { key = "wait", kind = "int", default = 0, min = 0 },
+  ["--timeout"] = { key = "timeout", kind = "int", default = 0, min = 0 },   -- seconds per migration
   ["--json"] = { key = "json", kind = "flag" },
   ["--single-transaction"] = { key = "single_transaction", kind = "flag" },
   ["--allow-out-of-order"] = { key = "allow_out_of_order", kind = "flag" },

@@ -248,7 +248,7 @@ local function apply_one(s, entry, direction, mode, record)
     end
   else
     session_timeouts(conn, config)
-    body()
+    core.call_user(body)
     if direction == "up" then
       history.insert(conn, entry, core.now_ms() - t0, s.run_id, core.version)
     else
@@ -276,13 +276,19 @@ function M.migrate(s, pending, opts)
         message = "migrating " .. label(entry), console_text = "  -> " .. label(entry),
         metadata = { name = entry.name, file = entry.path, transaction = entry.transactional, mode = mode,
                      checksum = entry.checksum } }
+      core.alarm(s.config.timeout or 0)
       local ok, dur, m = pcall(apply_one, s, entry, "up", mode)
+      core.alarm(0)
       if not ok then
         local e = errors.wrap(dur)
         e.migration = e.migration or label(entry)
         e.file = e.file or entry.path
         local sig = core.interrupted()
-        if sig then
+        if sig == "timeout" then
+          e.kind = "interrupted"
+          e.message = string.format("%s exceeded --timeout %d s and was stopped (%s)", label(entry),
+            s.config.timeout or 0, e.message or "")
+        elseif sig then
           -- the cancel or the hook surfaced as some error: say what really happened
           e.kind = "interrupted"
           e.message = string.format("interrupted by %s while running %s (%s)", sig, label(entry), e.message or "")
@@ -347,7 +353,9 @@ function M.revert(s, entries, opts)
   for _, entry in ipairs(entries) do
     logger:event { migration = entry.version, status = "started", message = "reverting " .. label(entry),
       console_text = "  <- " .. label(entry), metadata = { direction = "down", transaction = entry.transactional } }
+    core.alarm(s.config.timeout or 0)
     local ok, dur = pcall(apply_one, s, entry, "down", opts.mode or "revert")
+    core.alarm(0)
     if not ok then
       local e = errors.wrap(dur)
       e.migration = e.migration or label(entry)
