@@ -94,7 +94,7 @@ function M.annotation(config, item, default_level)
     -- the annotation points at file:line already; drop that prefix
     local base = file:match("[^/]*$")
     for _, prefix in ipairs({ (item.where or "") .. ": ", file .. ":" .. tostring(line) .. ": ",
-                              base .. ":" .. tostring(line) .. ": ", file .. ": " }) do
+                              base .. ":" .. tostring(line) .. ": ", file .. ": ", file .. " " }) do
       if message:sub(1, #prefix) == prefix then message = message:sub(#prefix + 1); break end
     end
   end
