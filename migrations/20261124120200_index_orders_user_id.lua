@@ -1,12 +1,14 @@
--- An index on an existing table with rows: built CONCURRENTLY, which
--- PostgreSQL only allows outside a transaction, so this migration says so.
+-- An index on an existing table with rows: built CONCURRENTLY (writes go on
+-- while it builds), which PostgreSQL allows only outside a transaction, so
+-- this migration says transaction = false. Re-running it is a no-op, and an
+-- INVALID leftover of a failed build is dropped first.
 return {
   description = "index orders by user",
   transaction = false,
   up = function(m)
-    m:exec("CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_user_id_idx ON orders (user_id)")
+    m:safe_add_index("orders", { "user_id" }, { name = "orders_user_id_idx" })
   end,
   down = function(m)
-    m:exec("DROP INDEX CONCURRENTLY IF EXISTS orders_user_id_idx")
+    m:safe_drop_index("orders_user_id_idx")
   end,
 }

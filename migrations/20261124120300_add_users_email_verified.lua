@@ -1,13 +1,13 @@
 -- A NOT NULL column on a table that has rows: safe with a constant default
--- (PostgreSQL 11+ stores it in the catalog, no table rewrite).
+-- (PostgreSQL 11+ stores it in the catalog, no table rewrite). Without the
+-- default the guard clause would refuse: existing rows would violate it.
 return {
   description = "users can verify their e-mail",
   up = function(m)
-    m:exec("ALTER TABLE users ADD COLUMN email_verified boolean NOT NULL DEFAULT false")
+    m:safe_add_column("users", "email_verified", "boolean", { null = false, default = false })
   end,
   down = function(m)
-    m:unsafe("the column was added by this migration and holds only derived flags", function()
-      m:exec("ALTER TABLE users DROP COLUMN email_verified")
-    end)
+    -- backs the column's values up first (safe-run / rollback)
+    m:safe_drop_column("users", "email_verified")
   end,
 }

@@ -189,8 +189,9 @@ function M:now_ms() return core.now_ms() end
 -- Returns the backup id, or nil when none was taken.
 function M:backup_before(tbl, cols, reason)
   if self.mode == "run" or self.mode == "revert" then
-    self.log:warn(string.format("no backup of %s before %s: the plain '%s' path takes none (use safe-run)",
-      type(tbl) == "table" and table.concat(tbl, ".") or tbl, reason or "a destructive step", self.mode))
+    self.log:warn(string.format("no backup of %s before %s: the plain '%s' path takes none (use %s)",
+      type(tbl) == "table" and table.concat(tbl, ".") or tbl, reason or "a destructive step", self.mode,
+      self.mode == "revert" and "rollback" or "safe-run"))
     return nil
   end
   local ok_backup, backup = pcall(require, "migrate.backup")
