@@ -38,7 +38,7 @@ function M.check(m, sql)
   for _, s in ipairs(stmts) do
     if s.node == "TransactionStmt" then
       m:fail(errors.new("lint", "ML38: transaction control (BEGIN/COMMIT/ROLLBACK) is not allowed in m:exec: the executor owns the transaction; use transaction = false for a migration that must run outside one",
-        { sql = s.sql, rule = "ML38" }))
+        { sql = s.sql, rule = "ML38", object = s.sql }))
     end
     local rule = M.rules[s.node]
     if rule and m.unsafe_depth == 0 then

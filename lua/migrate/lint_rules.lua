@@ -181,14 +181,26 @@ local function alter_cmd(m, tbl, cmd, objtype)
 end
 
 -- Returns the first error finding of a multi-command ALTER TABLE, else the first warning.
+-- A transactional migration holds the lock of every ALTER TABLE it ran until
+-- it commits: m.altered remembers them (ML19), also within one m:exec string.
 M.AlterTableStmt = function(m, stmt)
   local tbl = rv_name(stmt.relation)
   if is_new(m, tbl) then return nil end
   local warning
   for _, c in ipairs(stmt.cmds or {}) do
-    local f = alter_cmd(m, tbl, c.AlterTableCmd, stmt.objtype)
+    local cmd = c.AlterTableCmd
+    local f
+    if cmd.subtype == "AT_ValidateConstraint" and m.transactional and m.altered and m.altered[tbl] then
+      f = F("ML19", tbl .. "." .. cmd.name, string.format("VALIDATE CONSTRAINT %s after an earlier ALTER TABLE on %s in the same transaction holds that lock through the whole scan; validate in a separate transaction (transaction = false) with m:safe_validate_constraint(%q, %q)", cmd.name, tbl, tbl, cmd.name))
+    else
+      f = alter_cmd(m, tbl, cmd, stmt.objtype)
+    end
     if f and f.severity ~= "warning" then return f end
     warning = warning or f
+  end
+  if m.transactional then
+    m.altered = m.altered or {}
+    m.altered[tbl] = true
   end
   return warning
 end

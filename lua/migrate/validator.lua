@@ -45,4 +45,103 @@ function M.has_errors(findings)
   return false
 end
 
+-- {====== live checks ======
+
+local cjson_ok, cjson = pcall(require, "cjson")
+
+-- Every relation named by a parse tree (RangeVar), as "schema.name" or "name".
+local function rangevars(node, out)
+  if type(node) ~= "table" then return out end
+  if node.relname and node.inh ~= nil then
+    out[#out + 1] = node.schemaname and (node.schemaname .. "." .. node.relname) or node.relname
+  end
+  for _, v in pairs(node) do rangevars(v, out) end
+  return out
+end
+
+-- Table names a migration file mentions: relations of the SQL strings it
+-- holds (parsed by libpg_query) and strings shaped like a table name. Cheap
+-- and static; the caller keeps those that exist.
+function M.mentioned_tables(source)
+  local core = require "migrate.core"
+  local names, seen = {}, {}
+  local function add(n)
+    if not seen[n] then seen[n] = true; names[#names + 1] = n end
+  end
+  local function literal(str)
+    if str:match("^[%a_][%w_]*$") or str:match("^[%a_][%w_]*%.[%a_][%w_]*$") then add(str); return end
+    local tree = core.parse_sql(str)
+    if tree and cjson_ok then
+      for _, n in ipairs(rangevars(cjson.decode(tree), {})) do add(n) end
+    end
+  end
+  for _, str in source:gmatch([[(["'])(.-[^\])%1]]) do literal(str) end
+  for _, str in source:gmatch("%[(=*)%[(.-)%]%1%]") do literal(str) end
+  return names
+end
+
+-- The existing tables among names: {regclass text = true}.
+local function existing(conn, names)
+  local out = {}
+  for _, n in ipairs(names) do
+    local ok, rows = pcall(conn.query, conn, [[SELECT c.oid::regclass::text AS t FROM pg_catalog.pg_class c
+      WHERE c.oid = pg_catalog.to_regclass($1) AND c.relkind IN ('r', 'p', 'm')]], n)
+    if ok and rows[1] then out[rows[1].t] = out[rows[1].t] or n end
+  end
+  return out
+end
+M.existing_tables = existing
+
+-- Live findings about tables (map regclass text -> migration version):
+-- INVALID indexes (ML25), NOT VALID constraints (ML19), transactions or
+-- sessions holding locks on them for longer than lock_timeout (ML35).
+function M.live_tables(conn, tables, config)
+  local findings = {}
+  local function add(sev, mig, rule, obj, msg) findings[#findings + 1] = { severity = sev, migration = mig, rule = rule, object = obj, message = msg } end
+  local cap = (config and config.lock_timeout or 5000)
+  for t, mig in pairs(tables) do
+    for _, r in ipairs(conn:query([[
+        SELECT i.indexrelid::regclass::text AS idx, pg_catalog.pg_size_pretty(pg_catalog.pg_relation_size(i.indexrelid)) AS size
+          FROM pg_catalog.pg_index i WHERE i.indrelid = $1::regclass AND NOT i.indisvalid]], t)) do
+      add("error", mig, "ML25", r.idx, string.format("index %s on %s is INVALID (left by a failed CREATE INDEX CONCURRENTLY, %s): it is still maintained on every write and never used; drop it with m:safe_drop_index(%q) or rebuild it with m:safe_add_index / m:safe_reindex",
+        r.idx, t, r.size, r.idx))
+    end
+    for _, r in ipairs(conn:query([[
+        SELECT c.conname, pg_catalog.pg_get_constraintdef(c.oid) AS def FROM pg_catalog.pg_constraint c
+         WHERE c.conrelid = $1::regclass AND NOT c.convalidated]], t)) do
+      add("warning", mig, "ML19", t .. "." .. r.conname, string.format("constraint %s on %s is NOT VALID (%s): existing rows are unchecked; finish it with m:safe_validate_constraint(%q, %q)",
+        r.conname, t, r.def, t, r.conname))
+    end
+    for _, r in ipairs(conn:query([[
+        SELECT a.pid, a.usename, a.application_name, a.state, l.mode,
+               round(extract(epoch FROM pg_catalog.now() - coalesce(a.xact_start, a.query_start)) * 1000)::bigint AS age_ms,
+               left(a.query, 200) AS query
+          FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+         WHERE l.relation = $1::regclass AND l.granted AND a.pid <> pg_catalog.pg_backend_pid()
+           AND coalesce(a.xact_start, a.query_start) < pg_catalog.now() - make_interval(secs => $2::float8 / 1000)
+         ORDER BY age_ms DESC]], t, cap)) do
+      add("error", mig, "ML35", t, string.format("pid %d (user %s, application %q, %s) has held %s on %s for %.1f s (longer than the %d ms lock timeout): a migration step on %s would wait behind it and time out; query: %s",
+        r.pid, r.usename or "?", r.application_name or "", r.state or "?", r.mode, t, r.age_ms / 1000, cap, t, (r.query or ""):gsub("%s+", " ")))
+    end
+  end
+  return findings
+end
+
+-- Live checks on the tables the pending migrations mention (static scan of
+-- their files): what dry-run and safe-run call before running.
+function M.live(conn, status, pending, config)
+  local tables = {}
+  for _, e in ipairs(pending or {}) do
+    local src = e.source or e.text
+    if not src and e.path then
+      local f = io.open(e.path, "rb")
+      if f then src = f:read("a"); f:close() end
+    end
+    for t in pairs(existing(conn, M.mentioned_tables(src or ""))) do tables[t] = tables[t] or e.version end
+  end
+  return M.live_tables(conn, tables, config)
+end
+
+-- }======
+
 return M

@@ -151,7 +151,7 @@ function U.run(m, sql, opts, ...)
   end
   local method = opts.query and "query" or "exec"
   local res
-  if m.transactional or opts.no_lock then
+  if m.transactional or opts.no_lock or U.simulated(m) then
     local ok, r = pcall(m.conn[method], m.conn, sql, ...)
     if not ok then m:fail(decorate(r)) end
     res = r
