@@ -138,7 +138,6 @@ function M.parse(argv)
   end
   config.dir = config.dir:gsub("/+$", "")
   if config.dir == "" then config.dir = "/" end
-  if os.getenv("NO_COLOR") == nil and os.getenv("TERM") ~= "dumb" then config.color = nil end
   return command, args, config
 end
 

@@ -96,7 +96,8 @@ end
 -- lifecycle row for them in migration_logs is 'started' or 'failed'.
 function M.incomplete(conn, applied)
   local out = {}
-  local rows = conn:query("SELECT pg_catalog.to_regclass('migration_logs') IS NOT NULL AS e")
+  local rows = conn:query([[SELECT CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false
+    ELSE pg_catalog.has_table_privilege('migration_logs', 'SELECT') END AS e]])
   if not rows[1].e then return out end
   rows = conn:query([[
     SELECT DISTINCT ON (migration_name) migration_name, status, metadata
@@ -172,14 +173,18 @@ function M.pending(status, config)
   return pending
 end
 
+-- One round trip for both settings; LOCAL ones end with the transaction.
+local function timeouts_sql(scope, config, lock_ms)
+  return string.format("SET %slock_timeout = %d; SET %sstatement_timeout = %d", scope,
+    lock_ms or config.lock_timeout or 5000, scope, config.statement_timeout or 0)
+end
+
 local function set_timeouts(conn, config, lock_ms)
-  conn:exec(string.format("SET LOCAL lock_timeout = %d", lock_ms or config.lock_timeout or 5000))
-  conn:exec(string.format("SET LOCAL statement_timeout = %d", config.statement_timeout or 0))
+  conn:exec(timeouts_sql("LOCAL ", config, lock_ms))
 end
 
 local function session_timeouts(conn, config, lock_ms)
-  conn:exec(string.format("SET lock_timeout = %d", lock_ms or config.lock_timeout or 5000))
-  conn:exec(string.format("SET statement_timeout = %d", config.statement_timeout or 0))
+  conn:exec(timeouts_sql("", config, lock_ms))
 end
 
 local function error_fields(e)
@@ -200,62 +205,90 @@ function M.lock_attempts(config)
   return attempts
 end
 
--- Applies one migration in direction "up" or "down". Returns duration_ms; raises on failure.
+-- Renders err.blockers (read by the side connection while the statement
+-- waited, see conn:set_watch) into the message, once.
+local function name_blockers(e)
+  if type(e.blockers) == "table" and #e.blockers > 0 and not e.blockers_named then
+    e.message = (e.message or "") .. "; blocked by " .. require("migrate.guards.util").describe_blockers(e.blockers)
+    e.blockers_named = true
+  end
+  return e
+end
+
+-- Watch the main connection from the side one, so a lock wait names its
+-- blockers before the timeout fires: at timeout - min(1 s, timeout / 2).
+local function watch(s, lock_ms)
+  if s.side then s.main:set_watch(s.side, math.max(50, lock_ms - math.min(1000, lock_ms // 2))) end
+end
+
+-- Applies one migration in direction "up" or "down".
+-- Returns duration_ms, m, {attempts, lock_wait_ms}; raises on failure
+-- (the error carries stats = m.stats and lock_wait_ms).
 local function apply_one(s, entry, direction, mode, record)
   local conn, config = s.main, s.config
   local fn = entry.def[direction]
   local t0 = core.now_ms()
   local m
+  local wait = { attempts = 0, lock_wait_ms = 0 }
   local function body()
     m = context.new { conn = conn, entry = entry, logger = s.logger, mode = mode, direction = direction,
                       config = config, record = record, backups = s.backups, validator = s.validator }
     fn(m)
   end
-  if s.outer_tx then
-    -- --single-transaction / dry-run: the whole batch shares one transaction
-    set_timeouts(conn, config)
-    body()
-    if direction == "up" then
-      history.insert(conn, entry, core.now_ms() - t0, s.run_id, core.version)
-    else
-      history.delete(conn, entry.version)
-    end
-  elseif entry.transactional then
-    local attempts = mode == "safe-run" and M.lock_attempts(config) or { config.lock_timeout or 5000 }
-    for i, lock_ms in ipairs(attempts) do
-      local ok, err = pcall(conn.transaction, conn, function()
-        set_timeouts(conn, config, lock_ms)
-        body()
-        if direction == "up" then
-          history.insert(conn, entry, core.now_ms() - t0, s.run_id, core.version)
-        else
-          history.delete(conn, entry.version)
-        end
-      end)
-      if ok then break end
-      err = errors.wrap(err)
-      if err.sqlstate == "55P03" and i < #attempts and not core.interrupted() then
-        local pause = math.min(1000 * 2 ^ (i - 1), 30000) * (0.75 + math.random() * 0.5)
-        s.logger:event { migration = entry.version, status = "retry", level = "warn",
-          message = string.format("lock timeout after %d ms (attempt %d of %d); retrying in %d ms",
-            lock_ms, i, #attempts, math.floor(pause)),
-          metadata = { lock_timeout_ms = lock_ms, attempt = i }, console_text = string.format(
-            "    lock timeout after %d ms, retrying in %.1f s (attempt %d/%d)", lock_ms, pause / 1000, i + 1, #attempts) }
-        core.sleep_ms(math.floor(pause))
-      else
-        error(err, 0)
-      end
-    end
-  else
-    session_timeouts(conn, config)
-    core.call_user(body)
+  local function finish()   -- the history row, in the same transaction when there is one
     if direction == "up" then
       history.insert(conn, entry, core.now_ms() - t0, s.run_id, core.version)
     else
       history.delete(conn, entry.version)
     end
   end
-  return core.now_ms() - t0, m
+  local function failed(err)
+    err = name_blockers(errors.wrap(err))
+    err.stats = err.stats or (m and m.stats)
+    err.lock_wait_ms = wait.lock_wait_ms
+    error(err, 0)
+  end
+
+  if s.outer_tx then
+    -- --single-transaction / dry-run: the whole batch shares one transaction
+    watch(s, config.lock_timeout or 5000)
+    local ok, err = pcall(function() set_timeouts(conn, config); body(); finish() end)
+    if not ok then failed(err) end
+  elseif entry.transactional then
+    -- a lock timeout retries the whole transaction, never sleeping inside it
+    local attempts = mode == "safe-run" and M.lock_attempts(config) or { config.lock_timeout or 5000 }
+    for i, lock_ms in ipairs(attempts) do
+      wait.attempts = i
+      watch(s, lock_ms)
+      local ok, err = pcall(conn.transaction, conn, function()
+        set_timeouts(conn, config, lock_ms)
+        body()
+        finish()
+      end)
+      if ok then break end
+      err = name_blockers(errors.wrap(err))
+      if err.sqlstate == "55P03" then wait.lock_wait_ms = wait.lock_wait_ms + lock_ms end
+      if err.sqlstate == "55P03" and i < #attempts and not core.interrupted() then
+        local pause = math.min(1000 * 2 ^ (i - 1), 30000) * (0.75 + math.random() * 0.5)
+        s.logger:event { migration = entry.version, status = "retry", level = "warn",
+          message = string.format("lock timeout after %d ms (attempt %d of %d); retrying in %d ms: %s",
+            lock_ms, i, #attempts, math.floor(pause), err.message or ""),
+          metadata = { lock_timeout_ms = lock_ms, attempt = i, blockers = err.blockers }, console_text = string.format(
+            "    lock timeout after %d ms, retrying in %.1f s (attempt %d/%d)", lock_ms, pause / 1000, i + 1, #attempts) }
+        core.sleep_ms(math.floor(pause))
+        wait.lock_wait_ms = wait.lock_wait_ms + pause
+      else
+        failed(err)
+      end
+    end
+  else
+    -- transaction = false: each statement commits on its own; guard clauses
+    -- retry their own lock-taking steps
+    watch(s, config.lock_timeout or 5000)
+    local ok, err = pcall(function() session_timeouts(conn, config); core.call_user(body); finish() end)
+    if not ok then failed(err) end
+  end
+  return core.now_ms() - t0, m, wait
 end
 M.apply_one = apply_one
 
@@ -277,7 +310,8 @@ function M.migrate(s, pending, opts)
         metadata = { name = entry.name, file = entry.path, transaction = entry.transactional, mode = mode,
                      checksum = entry.checksum } }
       core.alarm(s.config.timeout or 0)
-      local ok, dur, m = pcall(apply_one, s, entry, "up", mode)
+      local t0 = core.now_ms()
+      local ok, dur, m, wait = pcall(apply_one, s, entry, "up", mode)
       core.alarm(0)
       if not ok then
         local e = errors.wrap(dur)
@@ -294,6 +328,7 @@ function M.migrate(s, pending, opts)
           e.message = string.format("interrupted by %s while running %s (%s)", sig, label(entry), e.message or "")
         end
         result.failed_entry = entry
+        e.duration_ms = core.now_ms() - t0
         error(e, 0)
       end
       result.applied[#result.applied + 1] = entry.version
@@ -302,7 +337,8 @@ function M.migrate(s, pending, opts)
         message = string.format("applied %s", label(entry)),
         console_text = string.format("     applied %s (%.0f ms)", label(entry), dur),
         metadata = { transaction = entry.transactional, statements = m and m.stats.statements,
-                     rows = m and m.stats.rows } }
+                     rows = m and m.stats.rows, attempts = wait and wait.attempts,
+                     lock_wait_ms = wait and wait.lock_wait_ms } }
     end
   end
   local ok, err
@@ -327,9 +363,11 @@ function M.migrate(s, pending, opts)
     result.error = e
     result.failed = entry and entry.version or e.migration
     if entry then
-      logger:event { migration = entry.version, status = "failed", level = "error",
+      logger:event { migration = entry.version, status = "failed", level = "error", duration_ms = e.duration_ms,
         message = string.format("%s failed: %s", label(entry), tostring(e)),
-        error_message = tostring(e), metadata = { error = error_fields(e), transaction = entry.transactional },
+        error_message = tostring(e), metadata = { error = error_fields(e), transaction = entry.transactional,
+          statements = e.stats and e.stats.statements, rows = e.stats and e.stats.rows,
+          lock_wait_ms = e.lock_wait_ms, lock_timeout_ms = e.sqlstate == "55P03" and s.config.lock_timeout or nil },
         console = false }
       if entry.transactional then
         logger:event { migration = entry.version, status = "rolled_back", level = "warn",
@@ -354,6 +392,7 @@ function M.revert(s, entries, opts)
     logger:event { migration = entry.version, status = "started", message = "reverting " .. label(entry),
       console_text = "  <- " .. label(entry), metadata = { direction = "down", transaction = entry.transactional } }
     core.alarm(s.config.timeout or 0)
+    local t0 = core.now_ms()
     local ok, dur = pcall(apply_one, s, entry, "down", opts.mode or "revert")
     core.alarm(0)
     if not ok then
@@ -361,7 +400,7 @@ function M.revert(s, entries, opts)
       e.migration = e.migration or label(entry)
       e.file = e.file or entry.path
       result.ok, result.error, result.failed = false, e, entry.version
-      logger:event { migration = entry.version, status = "failed", level = "error",
+      logger:event { migration = entry.version, status = "failed", level = "error", duration_ms = core.now_ms() - t0,
         message = string.format("revert of %s failed: %s", label(entry), tostring(e)),
         error_message = tostring(e), metadata = { error = error_fields(e), direction = "down" }, console = false }
       logger:event { migration = entry.version, status = "rolled_back", level = "warn",

@@ -159,6 +159,10 @@ local function command(args, opts, files)
   -- (with_pg.sh disabled leak checks for the uninstrumented busted only).
   local asan = os.getenv("MIGRATE_TEST_ASAN_OPTIONS")
   if asan and env.ASAN_OPTIONS == nil then env.ASAN_OPTIONS = asan ~= "" and asan or false end
+  -- CI may itself run on GitHub Actions: annotations only where a spec asks
+  for _, k in ipairs({ "GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "GITHUB_WORKSPACE" }) do
+    if env[k] == nil then env[k] = false end
+  end
 
   local names = {}
   for k in pairs(env) do names[#names + 1] = k end
