@@ -88,7 +88,7 @@ describe("backup service", function()
     assert.same({ "shop", "code" }, b.primary_key)
     assert.truthy(b.created_at)
     -- catalogued with a checksum, the size and the source owner
-    assert.equal("1", T.psql(db, "SELECT count(*) FROM migrate_lua_backups.catalog WHERE checksum LIKE 'v1:4:%' AND size_bytes > 0 AND source_owner = 'postgres'"))
+    assert.equal("1", T.psql(db, "SELECT count(*) FROM migrate_lua_backups.catalog WHERE checksum LIKE 'v1_:4:%' AND size_bytes > 0 AND source_owner = 'postgres'"))
     -- restore re-adds the columns (absent) with their original types and the values by key
     r = cli("backup", "restore", tostring(b.id))
     assert.equal(0, r.code, r.stderr)

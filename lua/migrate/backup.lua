@@ -9,10 +9,10 @@
 -- it, the copy runs unlocked and is refused if the table's write counters
 -- moved while it ran.
 --
--- The content checksum is a multiset hash computed by the server: the sum of
--- the 128-bit md5 of every row's text (two 64-bit halves, summed as numeric)
--- plus the row count. Unlike md5(string_agg(... ORDER BY pk)) it needs no
--- sort and no 1 GB string, so it works on any table size.
+-- The content checksum is a multiset hash computed by the server: the row
+-- count and the sum (as numeric) of a 64-bit hash of every row (see
+-- M.checksum). Unlike md5(string_agg(... ORDER BY pk)) it needs no sort and
+-- no 1 GB string, so it works on any table size.
 local errors = require "migrate.errors"
 local json = require "migrate.json"
 local core = require "migrate.core"
@@ -85,16 +85,42 @@ local function on_tty()
   return stderr_tty
 end
 
--- The checksum of `SELECT <cols> FROM <from_sql>`: "v1:<rows>:<sum hi>:<sum lo>".
-function M.checksum(conn, cols_sql, from_sql)
-  local rows = conn:query(string.format([[
-    SELECT pg_catalog.count(*)::bigint AS n,
-           coalesce(pg_catalog.sum(('x' || pg_catalog.substr(h, 1, 16))::bit(64)::bigint), 0)::text AS hi,
-           coalesce(pg_catalog.sum(('x' || pg_catalog.substr(h, 17, 16))::bit(64)::bigint), 0)::text AS lo
-      FROM (SELECT pg_catalog.md5(r::text) AS h FROM (SELECT %s FROM %s) r) s]], cols_sql, from_sql))
-  local r = rows[1]
-  return string.format("v1:%d:%s:%s", r.n, r.hi, r.lo), r.n
+-- The checksum of `SELECT <cols> FROM <from_sql>`, by one of two methods:
+--   "h"  v1h:<rows>:<sum of hash_record_extended(row, 0)>  (per-type 64-bit
+--        hashes: about 3x cheaper than going through the row's text)
+--   "t"  v1t:<rows>:<sum hi>:<sum lo> of md5(row::text)  (any column type)
+-- method nil: "h" when every column type has an extended hash function
+-- (tried under a savepoint), else "t". Returns checksum, rows, method.
+function M.checksum(conn, cols_sql, from_sql, method)
+  local inner = string.format("(SELECT %s FROM %s) r", cols_sql, from_sql)
+  local function by_hash()
+    local r = conn:query(string.format([[SELECT pg_catalog.count(*)::bigint AS n,
+      coalesce(pg_catalog.sum(pg_catalog.hash_record_extended(r, 0)), 0)::text AS s FROM %s]], inner))[1]
+    return string.format("v1h:%d:%s", r.n, r.s), r.n, "h"
+  end
+  local function by_text()
+    local r = conn:query(string.format([[
+      SELECT pg_catalog.count(*)::bigint AS n,
+             coalesce(pg_catalog.sum(('x' || pg_catalog.substr(h, 1, 16))::bit(64)::bigint), 0)::text AS hi,
+             coalesce(pg_catalog.sum(('x' || pg_catalog.substr(h, 17, 16))::bit(64)::bigint), 0)::text AS lo
+        FROM (SELECT pg_catalog.md5(r::text) AS h FROM %s) s]], inner))[1]
+    return string.format("v1t:%d:%s:%s", r.n, r.hi, r.lo), r.n, "t"
+  end
+  if method == "h" then return by_hash() end
+  if method == "t" then return by_text() end
+  conn:exec("SAVEPOINT migrate_lua_checksum")
+  local ok, sum, n, m = pcall(by_hash)
+  if ok then
+    conn:exec("RELEASE SAVEPOINT migrate_lua_checksum")
+    return sum, n, m
+  end
+  conn:exec("ROLLBACK TO SAVEPOINT migrate_lua_checksum")
+  conn:exec("RELEASE SAVEPOINT migrate_lua_checksum")
+  return by_text()
 end
+
+-- The method a catalogued checksum was computed with.
+local function method_of(checksum) return checksum:match("^v1(%a):") end
 
 -- Relation facts: oid, schema, name, owner, relkind, size, estimated rows.
 local function relation(conn, ident)
@@ -387,7 +413,7 @@ local function verify_backup(conn, b)
   if not exists then
     errors.raise("validation", string.format("backup %d: its table %s.%s is gone", b.id, M.SCHEMA, b.backup_table))
   end
-  local sum = M.checksum(conn, collist(conn, b.columns), backup_rel(conn, b))
+  local sum = M.checksum(conn, collist(conn, b.columns), backup_rel(conn, b), method_of(b.checksum))
   if sum ~= b.checksum then
     errors.raise("validation", string.format("backup %d: %s.%s no longer matches its checksum (%s, catalogued %s): it was modified; not restored",
       b.id, M.SCHEMA, b.backup_table, sum, b.checksum))
@@ -455,8 +481,9 @@ end
 -- Checksums of the backed-up columns over the rows both sides share.
 local function shared_checksums(conn, b, src, dst)
   local match = key_match(conn, b.primary_key, "t", "b")
-  local a = M.checksum(conn, collist(conn, b.columns, "t"), string.format("%s t WHERE EXISTS (SELECT 1 FROM %s b WHERE %s)", src, dst, match))
-  local z = M.checksum(conn, collist(conn, b.columns, "b"), string.format("%s b WHERE EXISTS (SELECT 1 FROM %s t WHERE %s)", dst, src, match))
+  local mth = method_of(b.checksum)
+  local a = M.checksum(conn, collist(conn, b.columns, "t"), string.format("%s t WHERE EXISTS (SELECT 1 FROM %s b WHERE %s)", src, dst, match), mth)
+  local z = M.checksum(conn, collist(conn, b.columns, "b"), string.format("%s b WHERE EXISTS (SELECT 1 FROM %s t WHERE %s)", dst, src, match), mth)
   return a, z
 end
 
@@ -569,7 +596,7 @@ local function restore_table(conn, b, force, report)
   local rel = relation(conn, src)
   if not rel then
     recreate_table(conn, b, src, report)
-    verify_restored(b, (M.checksum(conn, collist(conn, b.columns), src)), b.checksum)
+    verify_restored(b, (M.checksum(conn, collist(conn, b.columns), src, method_of(b.checksum))), b.checksum)
     report.checksum = b.checksum
     return
   end
@@ -583,7 +610,7 @@ local function restore_table(conn, b, force, report)
     end
   end
   if #b.primary_key == 0 then
-    local sum = M.checksum(conn, collist(conn, b.columns), src)
+    local sum = M.checksum(conn, collist(conn, b.columns), src, method_of(b.checksum))
     if sum == b.checksum then report.rows, report.added, report.removed = 0, 0, 0; report.checksum = sum; return end
     errors.raise("validation", string.format("backup %d: %s.%s exists and differs from the backup, and has no primary key to match rows by; rename or drop it, then restore",
       b.id, b.source_schema, b.source_table))
@@ -593,7 +620,7 @@ local function restore_table(conn, b, force, report)
   if (added > 0 or removed > 0) and not force then diverged_error(b, added, removed) end
   report.rows = put_back_values(conn, b, src, dst, non_key(b)) + insert_missing(conn, b, src, dst)
   local got = M.checksum(conn, collist(conn, b.columns, "t"),
-    string.format("%s t WHERE EXISTS (SELECT 1 FROM %s b WHERE %s)", src, dst, key_match(conn, b.primary_key, "t", "b")))
+    string.format("%s t WHERE EXISTS (SELECT 1 FROM %s b WHERE %s)", src, dst, key_match(conn, b.primary_key, "t", "b")), method_of(b.checksum))
   verify_restored(b, got, b.checksum)
   report.checksum = got
 end

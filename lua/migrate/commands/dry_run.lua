@@ -184,11 +184,21 @@ local function plan_conn(conn)
   end })
 end
 
+-- Row count (exact below 64 MB, else the planner's estimate) and size.
+local facts_cache = {}
 local function table_facts(conn, name)
+  if facts_cache[name] ~= nil then return facts_cache[name] or nil end
   local ok, rows = pcall(conn.query, conn, [[
-    SELECT c.reltuples::bigint AS estimated_rows, pg_catalog.pg_total_relation_size(c.oid) AS size_bytes
+    SELECT c.reltuples::bigint AS estimated_rows, pg_catalog.pg_total_relation_size(c.oid) AS size_bytes,
+           pg_catalog.to_regclass($1)::text AS rel
       FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)]], name)
-  return ok and rows[1] or nil
+  local f = ok and rows[1] or nil
+  if f and f.size_bytes < 64 * 1024 * 1024 then
+    local okc, c = pcall(conn.query, conn, "SELECT pg_catalog.count(*)::bigint AS n FROM " .. f.rel)
+    if okc then f.estimated_rows, f.exact = c[1].n, true end
+  end
+  facts_cache[name] = f or false
+  return f
 end
 
 local function plan(config)
@@ -225,7 +235,7 @@ local function plan(config)
           for _, step in ipairs(M.classify(sql)) do
             if step.table then
               local f = table_facts(conn, step.table)
-              if f then step.estimated_rows, step.size_bytes = f.estimated_rows, f.size_bytes end
+              if f then step.rows, step.rows_exact, step.size_bytes = f.estimated_rows, f.exact or false, f.size_bytes end
             end
             step.notes = json.array(step.notes)
             mig.steps[#mig.steps + 1] = step
@@ -248,7 +258,7 @@ local function plan(config)
         for i, st in ipairs(mig.steps) do
           out[#out + 1] = string.format("%d. %s", i, st.sql)
           out[#out + 1] = string.format("   lock: %s%s  rewrite: %s%s", st.lock, st.table and (" on " .. st.table) or "", st.rewrite,
-            st.estimated_rows and string.format("  (~%d rows, %s)", st.estimated_rows, require("migrate.backup").pretty_bytes(st.size_bytes)) or "")
+            st.rows and string.format("  (%s%d rows, %s)", st.rows_exact and "" or "~", st.rows, require("migrate.backup").pretty_bytes(st.size_bytes)) or "")
           for _, n in ipairs(st.notes) do out[#out + 1] = "   note: " .. n end
         end
         for _, c in ipairs(mig.checks) do out[#out + 1] = string.format("   check [%s]: %s", c.status, c.message) end
@@ -323,8 +333,8 @@ function M.run(config, args)
   doc.ok = code == 0
   if not config.json then
     if code == 0 and #doc.migrations > 0 then
-      io.stderr:write(string.format("dry-run: %d migration%s ran and were rolled back; nothing changed\n",
-        #doc.migrations, #doc.migrations == 1 and "" or "s"))
+      io.stderr:write(string.format("dry-run: %d migration%s ran and %s rolled back; nothing changed\n",
+        #doc.migrations, #doc.migrations == 1 and "" or "s", #doc.migrations == 1 and "was" or "were"))
     elseif code ~= 0 then
       io.stderr:write("dry-run: rolled back; nothing changed\n")
     end
