@@ -1,47 +1,459 @@
--- Help text for `migrate-lua help [COMMAND]`.
+-- `migrate-lua help [COMMAND]`, `-h`/`--help` anywhere, and the man page.
+--
+-- Everything a user can look up is derived from cli.lua: the option list,
+-- aliases, defaults, environment variables and minimums come from
+-- cli.options, the command list from cli.commands, exit codes from
+-- errors.EXIT. This file only adds the words (OPTION_DOCS, COMMAND_DOCS,
+-- EXIT_DOCS). An option or command added to cli.lua without words here still
+-- appears, with what cli.lua knows about it; tests/help_spec.lua fails until
+-- it is described. docs/gen-man.lua renders the man page from M.man(), so
+-- help and man page cannot drift.
 local M = {}
 
-local GENERAL = [[
-migrate-lua %s: production-safe PostgreSQL schema migrations written in Lua
+-- {name, metavar (nil for a flag), description}; the display order.
+M.OPTION_DOCS = {
+  { "--database-url", "URL", "libpq connection string or URI; without it, libpq's own PGHOST, PGPORT, "
+    .. "PGDATABASE, PGUSER, PGPASSWORD, PGSERVICE and ~/.pgpass apply. Passwords are never printed" },
+  { "--dir", "DIR", "folder of the migration files <version>_<name>.lua" },
+  { "--log-file", "PATH", "JSON-lines log of every event (created 0600, appended)" },
+  { "--lock-timeout", "MS", "cap of each lock wait (SET LOCAL lock_timeout), so DDL never queues "
+    .. "behind live traffic for long; 0 is refused" },
+  { "--lock-retries", "N", "further attempts after a lock timeout, with back-off (0 = a single attempt)" },
+  { "--statement-timeout", "MS", "cap of each statement (0 = none)" },
+  { "--timeout", "SECONDS", "stop a migration that runs longer than this and roll it back (0 = none)" },
+  { "--small-table-rows", "N", "tables with fewer rows count as small: the guard clauses allow "
+    .. "operations on them that would lock a big table for long" },
+  { "--max-locked-copy-bytes", "BYTES", "backups of tables up to this size copy under a SHARE lock; "
+    .. "larger ones copy without it and fail if rows were written meanwhile" },
+  { "--wait", "SECONDS", "wait this long for another run's lock before exiting 4" },
+  { "--single-transaction", nil, "run the whole batch in one transaction (all or nothing)" },
+  { "--allow-out-of-order", nil, "apply pending migrations older than the newest applied one" },
+  { "--json", nil, "exactly one JSON document on standard output; human text goes to standard error" },
+  { "--format", "FORMAT", "text, or github: workflow annotations on the migration file and line, "
+    .. "and a step summary (automatic when GITHUB_ACTIONS=true)" },
+  { "--metrics-file", "PATH", "write run metrics in the Prometheus text format (counters accumulate "
+    .. "across runs)" },
+  { "--quiet", nil, "warnings and errors only; no progress output" },
+  { "--verbose", nil, "also the steps inside each migration, with their fields" },
+  { "--help", nil, "this help; after a command, that command's help" },
+  { "--version", nil, "print the version (with --json: a JSON document) and exit" },
+  -- command options
+  { "--check", nil, "exit 5 when anything is pending (for CI and deploy gates)" },
+  { "--plan", nil, "execute no DDL at all: print each step's SQL, the lock it takes and the live "
+    .. "data checks" },
+  { "--steps", "N", "revert the N newest applied migrations (default 1; never all by default)" },
+  { "--to", "VERSION", "revert every migration newer than VERSION (14 digits); VERSION stays applied" },
+  { "--force", nil, "restore even when rows were added or removed since the backup" },
+  { "--older-than", "DURATION", "with backup prune: drop backups older than this (7d, 12h, 30m, 2w)" },
+  { "--limit", "N", "how many of the latest log rows to show" },
+  { "--migration", "VERSION", "only the log rows of this migration (version or file name)" },
+  { "--status", "STATUS", "only log rows with this status (started, success, failed, rolled_back, "
+    .. "backup, guard, lint, unsafe, ...)" },
+}
 
-usage: migrate-lua [options] COMMAND [command options]
+-- Per command: arguments, the command options it reads (the rest are
+-- global), what it does, exit codes beyond 0/2, and one example.
+M.COMMAND_DOCS = {
+  { "generate", args = "NAME", options = {},
+    text = "Writes <dir>/<now UTC>_NAME.lua from a template (NAME: lower-case letters, digits, _). "
+      .. "Never overwrites a file.",
+    example = "migrate-lua generate add_users_email_verified" },
+  { "show", args = "[--check]", options = { "--check" },
+    text = "Lists every migration with its state: applied, pending, changed (the file changed after it "
+      .. "was applied), missing (applied, no file), failed (a transaction = false migration that stopped "
+      .. "part-way, with the steps that ran).",
+    exits = "3 a migration file is broken; 5 pending (with --check)",
+    example = "migrate-lua show --check" },
+  { "validate", args = "", options = {},
+    text = "Static checks (files load, up and down exist, no drift, order), the lint, a rehearsal of every "
+      .. "pending migration in a transaction that is rolled back, and live checks on the tables they "
+      .. "touch. Changes nothing.",
+    exits = "3 an error finding",
+    example = "migrate-lua validate --json" },
+  { "dry-run", args = "[--plan]", options = { "--plan" },
+    text = "Validates, then runs every pending migration inside one transaction that is always rolled "
+      .. "back, under a short lock timeout, and prints the SQL it ran. Changes nothing.",
+    exits = "1 a migration failed; 3 validation failed",
+    example = "migrate-lua dry-run --plan" },
+  { "safe-run", args = "", options = {},
+    text = "Validates, takes the migration lock, then applies each pending migration in its own "
+      .. "transaction with guard clauses, backups before destructive steps, lock-timeout retries and "
+      .. "full logging. Stops at the first failure; earlier migrations stay applied.",
+    exits = "1 a migration failed (rolled back); 3 validation failed or drift; 4 another run holds the lock",
+    example = "migrate-lua --database-url postgres://app@db/app safe-run" },
+  { "run", args = "", options = {},
+    text = "Applies pending migrations on the plain path: no validation and no backups (the lint and "
+      .. "the guard clauses still apply).",
+    exits = "1 a migration failed (rolled back); 4 another run holds the lock",
+    example = "migrate-lua run" },
+  { "rollback", args = "[--steps N | --to VERSION]", options = { "--steps", "--to" },
+    text = "Safely reverts the newest applied migration (or N, or down to VERSION): validates the downs, "
+      .. "backs data up before destructive steps, one transaction per migration, and prints the "
+      .. "command that restores each backup.",
+    exits = "1 a down failed (rolled back); 3 drift or no down; 4 another run holds the lock",
+    example = "migrate-lua rollback --steps 2" },
+  { "revert", args = "", options = {},
+    text = "Plainly reverts the newest applied migration (no validation, no backups).",
+    exits = "1 the down failed (rolled back); 4 another run holds the lock",
+    example = "migrate-lua revert" },
+  { "backup", args = "list | restore ID [--force] | drop ID | prune --older-than DURATION",
+    options = { "--force", "--older-than" },
+    text = "The backup catalogue (schema migrate_lua_backups). restore brings the data back exactly and "
+      .. "verifies its checksum; it refuses when rows were added or removed since, unless --force.",
+    exits = "1 a restore was refused or failed; 4 another run holds the lock",
+    example = "migrate-lua backup restore 3" },
+  { "logs", args = "[--limit N] [--migration VERSION] [--status STATUS]",
+    options = { "--limit", "--migration", "--status" },
+    text = "The latest rows of the migration_logs table, oldest first.",
+    example = "migrate-lua logs --migration 20261124120000 --status failed" },
+  { "help", args = "[COMMAND]", options = {},
+    text = "This help, or one command's.",
+    example = "migrate-lua help rollback" },
+  { "version", args = "", options = {},
+    text = "The version of migrate-lua, its Lua and libpq.",
+    example = "migrate-lua version --json" },
+}
 
-commands:
-%s
-options (before or after the command):
-  -d, --database-url URL   libpq conninfo or URI (env DATABASE_URL; else PGHOST, PGPORT,
-                           PGDATABASE, PGUSER, PGPASSWORD, PGSERVICE, ~/.pgpass)
-  --dir DIR                migrations folder (env MIGRATE_LUA_DIR; default ./migrations)
-  --log-file PATH          JSON-lines log (default ./migration-execution.log)
-  --lock-timeout MS        cap of each lock wait (default 5000; 0 is refused)
-  --lock-retries N         retries after a lock timeout (default 3)
-  --statement-timeout MS   per statement (default 0 = none)
-  --small-table-rows N     "small table" threshold of the guard clauses (default 10000)
-  --wait SECONDS           wait for another run's lock (default 0)
-  --single-transaction     run the whole batch in one transaction
-  --allow-out-of-order     apply pending migrations older than the newest applied one
-  --json                   one JSON document on stdout
-  -q, --quiet / -v, --verbose
-  --version, -h, --help
+-- errors.EXIT name -> meaning
+M.EXIT_DOCS = {
+  ok = "success",
+  failed = "a migration failed (and was rolled back), or a guard clause or the lint refused it",
+  usage = "usage or configuration error: bad flag, unreadable file, cannot connect",
+  validation = "validation failed or drift found (nothing ran)",
+  locked = "another run holds the migration lock (the holder is named)",
+  pending = "pending migrations (show --check only)",
+}
 
-exit codes: 0 ok · 1 a migration failed (rolled back) · 2 usage or configuration ·
-            3 validation failed or drift · 4 another run holds the lock · 5 pending (show --check)
-]]
+M.ENVIRONMENT = {
+  { "PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSERVICE, PGPASSFILE",
+    "libpq's defaults, used when neither --database-url nor DATABASE_URL is set" },
+  { "NO_COLOR", "set: no colour on the console even on a terminal" },
+  { "GITHUB_ACTIONS", "true: --format github is the default" },
+  { "MIGRATE_LUA_PATH", "a folder holding migrate/*.lua files that replace the embedded copies "
+    .. "(development only)" },
+}
 
-function M.text(command)
-  local cli = require "migrate.cli"
+local function cli() return require "migrate.cli" end
+
+local function by_name(list)
+  local t = {}
+  for i, d in ipairs(list) do t[d[1]] = d; d.order = i end
+  return t
+end
+
+-- Every option of cli.options (aliases folded in), each as
+-- {name, aliases, metavar, text, default, env, min, kind, command = bool},
+-- in the documented order, undocumented ones last.
+function M.options()
+  local spec, docs = cli().options, by_name(M.OPTION_DOCS)
+  local claimed = {}
+  for _, c in ipairs(M.COMMAND_DOCS) do
+    for _, o in ipairs(c.options) do claimed[o] = c[1] end
+  end
+  local aliases = {}
+  for name, s in pairs(spec) do
+    if s.alias then
+      aliases[s.alias] = aliases[s.alias] or {}
+      table.insert(aliases[s.alias], name)
+    end
+  end
+  local out = {}
+  for name, s in pairs(spec) do
+    if not s.alias then
+      local d = docs[name]
+      local metavar = d and d[2]
+      if not d and s.kind ~= "flag" then metavar = s.kind == "int" and "N" or "VALUE" end
+      local al = aliases[name] or {}
+      table.sort(al)
+      out[#out + 1] = { name = name, aliases = al, metavar = metavar, text = d and d[3],
+        default = s.default, env = s.env, min = s.min, kind = s.kind, command = claimed[name],
+        order = d and d.order or math.huge }
+    end
+  end
+  table.sort(out, function(a, b)
+    if a.order ~= b.order then return a.order < b.order end
+    return a.name < b.name
+  end)
+  return out
+end
+
+-- Every command of cli.commands, documented order first.
+function M.commands()
+  local docs, out = by_name(M.COMMAND_DOCS), {}
+  for name, summary in pairs(cli().commands) do
+    local d = docs[name] or { name, args = "", options = {} }
+    out[#out + 1] = { name = name, summary = summary, args = d.args, options = d.options, text = d.text,
+      exits = d.exits, example = d.example, order = d.order or math.huge }
+  end
+  table.sort(out, function(a, b)
+    if a.order ~= b.order then return a.order < b.order end
+    return a.name < b.name
+  end)
+  return out
+end
+
+function M.exit_codes()
+  local out = {}
+  for name, code in pairs(require("migrate.errors").EXIT) do
+    out[#out + 1] = { code = code, name = name, text = M.EXIT_DOCS[name] or name }
+  end
+  table.sort(out, function(a, b) return a.code < b.code end)
+  return out
+end
+
+-- "-d, --database-url URL"
+function M.signature(o)
   local names = {}
-  for name in pairs(cli.commands) do names[#names + 1] = name end
-  table.sort(names)
-  local lines = {}
-  for _, name in ipairs(names) do
-    lines[#lines + 1] = string.format("  %-10s %s", name, cli.commands[name])
+  for _, a in ipairs(o.aliases) do names[#names + 1] = a end
+  names[#names + 1] = o.name
+  return table.concat(names, ", ") .. (o.metavar and (" " .. o.metavar) or "")
+end
+
+-- "[default: 5000, env: DATABASE_URL, min: 1]"
+function M.facts(o)
+  local f = {}
+  if o.default ~= nil then f[#f + 1] = "default: " .. tostring(o.default) end
+  if o.env then f[#f + 1] = "env: " .. o.env end
+  if o.min and o.min > 0 then f[#f + 1] = "min: " .. o.min end
+  return #f > 0 and ("[" .. table.concat(f, ", ") .. "]") or ""
+end
+
+-- Greedy word wrap of text to width, every line indented by indent.
+local function wrap(text, width, indent)
+  local lines, line = {}, ""
+  for word in text:gmatch("%S+") do
+    if line ~= "" and #line + 1 + #word > width then
+      lines[#lines + 1] = line
+      line = word
+    else
+      line = line == "" and word or (line .. " " .. word)
+    end
   end
-  if command and cli.commands[command] then
-    return string.format("migrate-lua %s: %s\n\nusage: migrate-lua [options] %s\nrun 'migrate-lua help' for the options\n",
-      command, cli.commands[command], command)
+  if line ~= "" then lines[#lines + 1] = line end
+  return indent .. table.concat(lines, "\n" .. indent)
+end
+
+local COL = 30   -- where option descriptions start
+
+local function option_lines(opts)
+  local out = {}
+  for _, o in ipairs(opts) do
+    local sig = "  " .. M.signature(o)
+    local desc = (o.text or "(undocumented)")
+    local facts = M.facts(o)
+    if facts ~= "" then desc = desc .. " " .. facts end
+    local body = wrap(desc, 78 - COL, string.rep(" ", COL))
+    if #sig < COL - 1 then
+      out[#out + 1] = sig .. body:sub(#sig + 1)
+    else
+      out[#out + 1] = sig .. "\n" .. body
+    end
   end
-  return string.format(GENERAL, require("migrate.core").version, table.concat(lines, "\n"))
+  return table.concat(out, "\n")
+end
+
+local function exit_lines()
+  local out = {}
+  for _, e in ipairs(M.exit_codes()) do
+    out[#out + 1] = string.format("  %d  %s", e.code, e.text)
+  end
+  return table.concat(out, "\n")
+end
+
+local function usage(c)
+  return "migrate-lua [options] " .. c.name .. (c.args ~= "" and (" " .. c.args) or "")
+end
+
+function M.general()
+  local version = require("migrate.core").version
+  local cmds, globals, cmdopts = {}, {}, {}
+  local ex = {}
+  for _, c in ipairs(M.commands()) do
+    cmds[#cmds + 1] = string.format("  %-10s %s", c.name, c.summary)
+    if c.example then ex[#ex + 1] = "  " .. c.example end
+  end
+  local examples = table.concat(ex, "\n")
+  for _, o in ipairs(M.options()) do
+    if o.command then cmdopts[#cmdopts + 1] = o else globals[#globals + 1] = o end
+  end
+  return table.concat({
+    string.format("migrate-lua %s: production-safe PostgreSQL schema migrations written in Lua", version),
+    "",
+    "usage: migrate-lua [options] COMMAND [command options]",
+    "",
+    "commands:",
+    table.concat(cmds, "\n"),
+    "",
+    "options (before or after the command):",
+    option_lines(globals),
+    "",
+    "command options (see 'migrate-lua help COMMAND'):",
+    option_lines(cmdopts),
+    "",
+    "exit codes:",
+    exit_lines(),
+    "",
+    "examples (one per command):",
+    examples,
+    "",
+    "run 'migrate-lua help COMMAND' for one command; man migrate-lua for all of it.",
+    "",
+  }, "\n")
+end
+
+function M.command(name)
+  local c
+  for _, x in ipairs(M.commands()) do if x.name == name then c = x end end
+  if not c then return nil end
+  local own = {}
+  local wanted = {}
+  for _, o in ipairs(c.options) do wanted[o] = true end
+  for _, o in ipairs(M.options()) do if wanted[o.name] then own[#own + 1] = o end end
+  local out = {
+    string.format("migrate-lua %s: %s", c.name, c.summary),
+    "",
+    "usage: " .. usage(c),
+    "",
+  }
+  if c.text then out[#out + 1] = wrap(c.text, 76, "  "); out[#out + 1] = "" end
+  if #own > 0 then
+    out[#out + 1] = "options:"
+    out[#out + 1] = option_lines(own)
+    out[#out + 1] = ""
+  end
+  out[#out + 1] = "exit codes:"
+  out[#out + 1] = wrap("0 success; 2 usage or configuration" .. (c.exits and ("; " .. c.exits) or ""), 76, "  ")
+  out[#out + 1] = ""
+  if c.example then
+    out[#out + 1] = "example:"
+    out[#out + 1] = "  " .. c.example
+    out[#out + 1] = ""
+  end
+  out[#out + 1] = "global options (database, folder, timeouts, --json): run 'migrate-lua help'"
+  out[#out + 1] = ""
+  return table.concat(out, "\n")
+end
+
+local function unknown(topic)
+  local hint = cli().suggest(topic, cli().commands)
+  io.stderr:write(string.format("migrate-lua: unknown command %q%s\n", topic,
+    hint and (" (did you mean " .. hint .. "?)") or ""))
+end
+
+-- The text for `help [topic]`. An unknown topic is named on stderr with the
+-- nearest command, and gets the general help.
+function M.text(topic)
+  local text = topic and M.command(topic)
+  if topic and not text then unknown(topic) end
+  return text or M.general()
+end
+
+-- What cli.lua's help branch does: prints the help and returns the exit
+-- code. `help NOPE` and `NOPE --help` name the nearest command and exit 2.
+function M.main(command, args, config)
+  local topic = command
+  if command == "help" then topic = args and args[1] end
+  if topic and not cli().commands[topic] then
+    unknown(topic)
+    io.stderr:write("run 'migrate-lua help' for usage\n")
+    return 2
+  end
+  io.stdout:write(M.text(topic))
+  -- bare `migrate-lua` is a usage error that prints the help
+  return (command == nil and not (config and config.help)) and 2 or 0
+end
+
+-- {====== man page (roff), rendered by docs/gen-man.lua ======
+
+local function roff(s)
+  s = tostring(s):gsub("\\", "\\e"):gsub("%-", "\\-")
+  return (s:gsub("\n%.", "\n\\&."):gsub("^%.", "\\&."):gsub("\n'", "\n\\&'"))
+end
+
+local function man_options(out, opts)
+  for _, o in ipairs(opts) do
+    local names = {}
+    for _, a in ipairs(o.aliases) do names[#names + 1] = "\\fB" .. roff(a) .. "\\fR" end
+    names[#names + 1] = "\\fB" .. roff(o.name) .. "\\fR"
+    out[#out + 1] = ".TP"
+    out[#out + 1] = table.concat(names, ", ") .. (o.metavar and (" \\fI" .. roff(o.metavar) .. "\\fR") or "")
+    local facts = M.facts(o)
+    out[#out + 1] = roff((o.text or "(undocumented)") .. (facts ~= "" and (" " .. facts) or "") .. ".")
+  end
+end
+
+function M.man(date)
+  local core = require "migrate.core"
+  local out = {
+    string.format('.TH MIGRATE\\-LUA 1 "%s" "migrate-lua %s" "User Commands"', date or "", core.version),
+    ".SH NAME",
+    "migrate\\-lua \\- production\\-safe PostgreSQL schema migrations written in Lua",
+    ".SH SYNOPSIS",
+    ".B migrate\\-lua",
+    "[\\fIoptions\\fR] \\fICOMMAND\\fR [\\fIcommand options\\fR]",
+    ".SH DESCRIPTION",
+    roff("migrate-lua runs schema migrations written as Lua files (<version>_<name>.lua in the "
+      .. "migrations folder) against PostgreSQL. Each migration's up and down functions receive a "
+      .. "context m whose guard clauses (m:safe_add_column, m:safe_add_index, m:backfill, ...) check "
+      .. "the live data first, refuse operations that would lock or lose data, and back data up before "
+      .. "destructive steps. Raw SQL run through m:exec is linted with the PostgreSQL parser."),
+    ".SH COMMANDS",
+  }
+  for _, c in ipairs(M.commands()) do
+    out[#out + 1] = ".TP"
+    out[#out + 1] = "\\fB" .. roff(c.name) .. "\\fR" .. (c.args ~= "" and (" " .. roff(c.args)) or "")
+    out[#out + 1] = roff((c.text or c.summary))
+    if c.exits then
+      out[#out + 1] = ".br"
+      out[#out + 1] = roff("Exit codes besides 0 and 2: " .. c.exits .. ".")
+    end
+    if c.example then
+      out[#out + 1] = ".br"
+      out[#out + 1] = "Example: \\fB" .. roff(c.example) .. "\\fR"
+    end
+  end
+  local globals, cmdopts = {}, {}
+  for _, o in ipairs(M.options()) do
+    if o.command then cmdopts[#cmdopts + 1] = o else globals[#globals + 1] = o end
+  end
+  out[#out + 1] = ".SH OPTIONS"
+  out[#out + 1] = roff("Accepted before or after the command. Every value may also be given as --name=value.")
+  man_options(out, globals)
+  out[#out + 1] = ".SH COMMAND OPTIONS"
+  man_options(out, cmdopts)
+  out[#out + 1] = ".SH EXIT STATUS"
+  for _, e in ipairs(M.exit_codes()) do
+    out[#out + 1] = ".TP"
+    out[#out + 1] = "\\fB" .. e.code .. "\\fR"
+    out[#out + 1] = roff(e.text .. ".")
+  end
+  out[#out + 1] = ".SH ENVIRONMENT"
+  local envs = {}
+  for _, o in ipairs(M.options()) do
+    if o.env then envs[#envs + 1] = { o.env, "default of " .. o.name } end
+  end
+  for _, e in ipairs(M.ENVIRONMENT) do envs[#envs + 1] = e end
+  for _, e in ipairs(envs) do
+    out[#out + 1] = ".TP"
+    out[#out + 1] = "\\fB" .. roff(e[1]) .. "\\fR"
+    out[#out + 1] = roff(e[2] .. ".")
+  end
+  out[#out + 1] = ".SH FILES"
+  out[#out + 1] = ".TP"
+  out[#out + 1] = "\\fI./migrations/<version>_<name>.lua\\fR"
+  out[#out + 1] = roff("Migration files; version is 14 digits (UTC YYYYMMDDHHMMSS), name is [a-z0-9_]+.")
+  out[#out + 1] = ".TP"
+  out[#out + 1] = "\\fI./migration\\-execution.log\\fR"
+  out[#out + 1] = roff("The JSON-lines log (see --log-file).")
+  out[#out + 1] = ".SH EXAMPLES"
+  out[#out + 1] = ".nf"
+  for _, c in ipairs(M.commands()) do
+    if c.example then out[#out + 1] = roff(c.example) end
+  end
+  out[#out + 1] = ".fi"
+  out[#out + 1] = ".SH SEE ALSO"
+  out[#out + 1] = roff("docs/quick-reference.md and docs/best-practices.md in the source tree; psql(1).")
+  return table.concat(out, "\n") .. "\n"
 end
 
 return M
