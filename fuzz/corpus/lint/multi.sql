@@ -1,0 +1,1 @@
+UPDATE "we;ird""t" SET x = $1 WHERE y = 'a;b'; DROP TABLE t CASCADE; BEGIN; COMMIT;

@@ -1,0 +1,3 @@
+return {
+  up = function(m) m:exec("SELECT 1") end,
+}
