@@ -24,6 +24,7 @@ function M.new(opts)
   self.log = opts.logger and opts.logger:for_migration(entry.version) or {
     info = function() end, warn = function() end, error = function() end, debug = function() end }
   self.validator = opts.validator
+  self.watch_conn = opts.watch_conn   -- the side connection that reads pg_blocking_pids
   self.backups = opts.backups
   return self
 end

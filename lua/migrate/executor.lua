@@ -232,7 +232,8 @@ local function apply_one(s, entry, direction, mode, record)
   local wait = { attempts = 0, lock_wait_ms = 0 }
   local function body()
     m = context.new { conn = conn, entry = entry, logger = s.logger, mode = mode, direction = direction,
-                      config = config, record = record, backups = s.backups, validator = s.validator }
+                      config = config, record = record, backups = s.backups, validator = s.validator,
+                      watch_conn = s.side }
     fn(m)
   end
   local function finish()   -- the history row, in the same transaction when there is one

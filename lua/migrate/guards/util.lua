@@ -165,6 +165,8 @@ function U.run(m, sql, opts, ...)
     local attempts = require("migrate.executor").lock_attempts(m.config)
     for i, ms in ipairs(attempts) do
       set_lock_timeout(m, ms)
+      -- name the blockers before this attempt's timeout fires
+      if m.watch_conn then m.conn:set_watch(m.watch_conn, math.max(50, ms - math.min(1000, ms // 2))) end
       local ok, r = pcall(m.conn[method], m.conn, sql, ...)
       if ok then res = r; break end
       local e = decorate(r)
