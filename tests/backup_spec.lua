@@ -149,6 +149,20 @@ describe("backup service", function()
     assert.equal(before, content(db, cols))
   end)
 
+  it("copies a table above --max-locked-copy-bytes without the SHARE lock, checking the write counters", function()
+    local db, _, _, cli = setup("bk_big", { ["20260101000000_drop_cols.lua"] = DROP_COLS })
+    local cols = "shop, code, label, blob, doc, tags"
+    local before = content(db, cols)
+    local r = cli("--max-locked-copy-bytes", "0", "safe-run")
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("write-counters", T.psql(db, "SELECT consistency FROM migrate_lua_backups.catalog"))
+    local small_db, _, _, small_cli = setup("bk_small", { ["20260101000000_drop_cols.lua"] = DROP_COLS })
+    assert.equal(0, small_cli("safe-run").code)
+    assert.equal("share-lock", T.psql(small_db, "SELECT consistency FROM migrate_lua_backups.catalog"))
+    assert.equal(0, cli("backup", "restore", "1").code)
+    assert.equal(before, content(db, cols))
+  end)
+
   it("takes the backup in the migration's transaction: a failed migration leaves none", function()
     local db, _, _, cli = setup("bk_tx", { ["20260101000000_fails.lua"] = [[
 return { up = function(m)
