@@ -177,6 +177,8 @@ local function plan_conn(conn)
       if word and PASS[word:upper()] then return conn:exec(sql, ...) end
       return 0
     end,
+    -- a step that wants its own transaction runs inside the plan's one
+    transaction = function(_, fn) return fn() end,
   }, { __index = function(_, k)
     local v = conn[k]
     if type(v) == "function" then return function(_, ...) return v(conn, ...) end end
