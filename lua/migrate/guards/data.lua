@@ -80,8 +80,9 @@ function G.backup(m, tbl, cols)
     end
     cols = all
   end
-  if m.mode == "validate" then return nil end
-  return m:backup_before(tbl, cols, "explicit m:backup")
+  -- explicit: taken on every path, plain run included (the backup service
+  -- itself records instead of copying in dry-run, plan and validate)
+  return require("migrate.backup").take(m, tbl, cols, "explicit m:backup")
 end
 
 -- TRUNCATE ONLY after a backup; refuses CASCADE and tables referenced by non-empty ones.
