@@ -192,7 +192,8 @@ section=$tmp/section.md
       "$(ms2 "${C_ML[r]}")" "$(ms2 "${C_PG[r]}")" "$(ratio "${C_ML[r]}" "${C_PG[r]}")" "${RSS_A_ML[r]}" "${RSS_B_ML[r]}"
   done
   echo '```'
-  if [ -n "${BENCH_NOTES:-}" ] && [ -f "$BENCH_NOTES" ]; then echo; cat "$BENCH_NOTES"; fi
+  notes=${BENCH_NOTES:-$here/core-notes.md}   # hand-written analysis, kept across runs
+  if [ -f "$notes" ]; then echo; cat "$notes"; fi
   echo "<!-- bench:core:end -->"
 } >"$section"
 

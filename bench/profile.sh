@@ -91,12 +91,13 @@ echo '```'
 echo
 
 # ---- 3. A/B ----------------------------------------------------------------
-vars=$(python3 "$here/variants.py" "$REAL_LUA" "$tmp/var")
+vars=$(python3 "$here/variants.py" "$REAL_LUA" "$tmp/var" 2>"$tmp/var.err")
 echo "## 3. A/B: one cost removed or changed at a time (Lua overlays, bench/variants.py)"
 echo
 echo "\`run\` of $N from empty, fresh database each, median of $AB_ROUNDS rounds, variants rotated within a round."
 echo "'no_*' variants remove a feature (an upper bound of what optimising it can gain, not a proposal);"
 echo "set_config_1rt and log_rows_paired are drop-in proposals."
+if [ -s "$tmp/var.err" ]; then echo; sed 's/^variants.py: /Skipped: /' "$tmp/var.err"; fi
 echo
 declare -A T C
 list=(baseline $vars floor)

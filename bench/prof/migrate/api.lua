@@ -85,7 +85,7 @@ local done = {}
 function require(name) -- luacheck: ignore
   local mod
   if package.loaded[name] == nil and name:find("^migrate%.") then
-    mod = wrap("require (compile+run module)", real_require)(name)
+    mod = wrap("require " .. name, real_require)(name)
   else
     mod = real_require(name)
   end
