@@ -181,6 +181,9 @@ function M.main(argv)
     print_error(e, {})
     return errors.exit_code(e)
   end
+  if config.help or command == nil or command == "help" then
+    return require("migrate.help").main(command, args, config)
+  end
   if config.version or command == "version" then
     if config.json then
       io.stdout:write(json.encode { version = core.version, libpq = core.libpq_version, lua = _VERSION }, "\n")
@@ -188,11 +191,6 @@ function M.main(argv)
       io.stdout:write("migrate-lua ", core.version, " (", _VERSION, ", libpq ", tostring(core.libpq_version), ")\n")
     end
     return 0
-  end
-  if config.help or command == nil or command == "help" then
-    local help = require "migrate.help"
-    io.stdout:write(help.text(command == "help" and args[1] or (config.help and command) or nil))
-    return command == nil and not config.help and 2 or 0
   end
   local name = command
   if not M.commands[name] then

@@ -9,7 +9,7 @@ return {
 
   up = function(m)
     -- m:safe_create_table("widgets", {
-    --   { "id", "bigint generated always as identity primary key" },
+    --   { "id", "bigserial", primary_key = true },
     --   { "name", "text not null" },
     -- })
   end,
