@@ -352,7 +352,7 @@ end
 -- code. `help NOPE` and `NOPE --help` name the nearest command and exit 2.
 function M.main(command, args, config)
   local topic = command
-  if command == "help" then topic = args and args[1] end
+  if command == "help" then topic = (args and args[1]) or (config and config.help and "help") or nil end
   if topic and not cli().commands[topic] then
     unknown(topic)
     io.stderr:write("run 'migrate-lua help' for usage\n")
