@@ -20,6 +20,9 @@ typedef struct Conn {
 	int     busy;         /* a command is running: no re-entry */
 	int     depth;        /* nesting of conn:transaction */
 	int     watch_ms;     /* > 0: name the blockers of a statement waiting this long */
+	int     sent;         /* a conn:send is in flight: its results are read before the next command */
+	int     send_errors;  /* failed conn:send commands not yet reported */
+	char    send_error[256];
 } Conn;
 
 /* uservalue slots of a Conn */
@@ -69,11 +72,35 @@ check_conn(lua_State *L, int i)
 	return c;
 }
 
+/*
+ * Reads the results of the conn:send in flight (if any), remembering a
+ * failure for conn:send_errors. Raises nothing: it runs before other
+ * commands and in __gc.
+ */
+static void
+drain_sent(Conn *c)
+{
+	PGresult *r;
+	if (!c->sent || c->pg == NULL)
+		return;
+	c->sent = 0;
+	while ((r = PQgetResult(c->pg)) != NULL)
+	{
+		if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
+		{
+			c->send_errors++;
+			snprintf(c->send_error, sizeof c->send_error, "%s", PQresultErrorMessage(r));
+		}
+		PQclear(r);
+	}
+}
+
 static void
 close_conn(Conn *c)
 {
 	if (c->pg == NULL)
 		return;
+	drain_sent(c);              /* the last log rows must reach the table */
 	if (PQtransactionStatus(c->pg) == PQTRANS_ACTIVE)
 	{
 		PGcancel *cancel = PQgetCancel(c->pg);
@@ -137,6 +164,9 @@ l_connect(lua_State *L)
 	c->busy = 0;
 	c->depth = 0;
 	c->watch_ms = 0;
+	c->sent = 0;
+	c->send_errors = 0;
+	c->send_error[0] = '\0';
 	luaL_setmetatable(L, MIG_CONN_MT);
 	/* expand_dbname: conninfo may be a whole URI; "" falls back to PG* defaults */
 	c->pg = PQconnectdbParams(keys, vals, 1);
@@ -243,6 +273,7 @@ capture_blockers(lua_State *L, Conn *c, Conn *w)
 	PGresult **box;
 
 	snprintf(pidbuf, sizeof pidbuf, "%d", PQbackendPID(c->pg));
+	drain_sent(w);
 	box = new_result_box(L);
 	*box = PQexecParams(w->pg, BLOCKERS_SQL, 1, NULL, values, NULL, NULL, 0);
 	if (PQresultStatus(*box) != PGRES_TUPLES_OK)
@@ -330,6 +361,7 @@ run(lua_State *L, Conn *c, const char *sql)
 
 	if (c->busy)
 		luaL_error(L, "connection is busy: a query cannot run while another one is being read");
+	drain_sent(c);
 	if (c->watch_ms > 0)
 	{
 		lua_getiuservalue(L, 1, UV_WATCH);
@@ -401,6 +433,53 @@ affected(PGresult *res)
 	if (PQresultStatus(res) == PGRES_TUPLES_OK)
 		return PQntuples(res);
 	return 0;
+}
+
+/*
+ * conn:send(sql, ...) -> true | false, message
+ * Sends a command without waiting for it (the log rows: the server writes
+ * them while the migration connection works). Its result is read before
+ * the next command on this connection, or at close; a failure is counted
+ * for conn:send_errors(). Returns false when it could not even be sent.
+ */
+static int
+conn_send(lua_State *L)
+{
+	Conn *c = check_conn(L, 1);
+	const char *sql = luaL_checkstring(L, 2);
+	int nparams = lua_gettop(L) - 2;
+	const char **values = nparams > 0 ? bind_params(L, 3, nparams) : NULL;
+	int ok;
+
+	if (c->busy)
+		return luaL_error(L, "connection is busy: a query cannot run while another one is being read");
+	drain_sent(c);
+	ok = nparams > 0
+		? PQsendQueryParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0)
+		: PQsendQuery(c->pg, sql);
+	c->sent = ok;
+	lua_pushboolean(L, ok);
+	if (ok)
+		return 1;
+	lua_pushstring(L, PQerrorMessage(c->pg));
+	return 2;
+}
+
+/* conn:send_errors([wait]) -> count, last message: failures of conn:send
+ * since the last call (wait = true reads the one in flight first). */
+static int
+conn_send_errors(lua_State *L)
+{
+	Conn *c = check_conn(L, 1);
+	if (lua_toboolean(L, 2))
+		drain_sent(c);
+	lua_pushinteger(L, c->send_errors);
+	if (c->send_errors > 0)
+		lua_pushstring(L, c->send_error);
+	else
+		lua_pushnil(L);
+	c->send_errors = 0;
+	return 2;
 }
 
 /* conn:exec(sql, ...) -> rows affected by the last statement */
@@ -541,7 +620,9 @@ conn_tx_status(lua_State *L)
 static void
 command(lua_State *L, Conn *c, const char *sql)
 {
-	PGresult *res = PQexec(c->pg, sql);
+	PGresult *res;
+	drain_sent(c);
+	res = PQexec(c->pg, sql);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
 		mig_raise_pg_error(L, c->pg, res, sql);
 	PQclear(res);
@@ -618,6 +699,7 @@ conn_advisory_lock(lua_State *L)
 	struct timespec start, now, pause = {0, 100 * 1000 * 1000};
 
 	snprintf(keybuf, sizeof keybuf, "%lld", (long long) key);
+	drain_sent(c);
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	for (;;)
 	{
@@ -720,6 +802,8 @@ error_tostring(lua_State *L)
 
 static const luaL_Reg conn_methods[] = {
 	{"exec",          conn_exec},
+	{"send",          conn_send},
+	{"send_errors",   conn_send_errors},
 	{"query",         conn_query},
 	{"quote_ident",   conn_quote_ident},
 	{"quote_literal", conn_quote_literal},

@@ -183,3 +183,30 @@ describe("generate", function()
     assert.matches("bad migration name", r.stderr)
   end)
 end)
+
+describe("a password given with --database-url", function()
+  local function cmdline(pid)
+    local f = io.open("/proc/" .. pid .. "/cmdline", "rb")
+    local s = f and f:read("a") or ""
+    if f then f:close() end
+    return (s:gsub("%z", " "))
+  end
+
+  for _, form in ipairs({ "uri", "keyword" }) do
+    it("is masked in the process's command line (" .. form .. " form) and still used", function()
+      local p = P.new("argv" .. form)
+      p:add("20260101000001", "slow", M([[m:exec("SELECT pg_sleep(1.5)")]]))
+      local url = form == "uri"
+        and string.format("postgresql://postgres:sekret-in-argv@/%s?host=%s&port=%s", p.db, os.getenv("PGHOST"), os.getenv("PGPORT"))
+        or (p.conninfo .. " password='sekret in argv'")
+      local h = T.run_bg({ "--database-url", url, "--dir", p.dir, "--log-file", p.log, "run" })
+      T.sleep(0.7)
+      local seen = cmdline(h:pid())
+      local r = h:wait(20)
+      assert.equal(0, r.code, r.stderr)
+      assert.matches("database%-url", seen)
+      assert.is_nil(seen:find("sekret", 1, true))
+      assert.equal("20260101000001", p:applied())
+    end)
+  end
+end)

@@ -6,6 +6,8 @@ local errors = require "migrate.errors"
 local loader = require "migrate.loader"
 local history = require "migrate.history"
 local json = require "migrate.json"
+-- error text may quote a conninfo a migration printed: no password leaves
+local scrub = require("migrate.logger").scrub
 
 local M = {}
 
@@ -19,8 +21,8 @@ local function document(result)
     reverted = json.array(result.reverted or {}),
     failed = result.failed or json.null,
     error = e and {
-      message = tostring(e), kind = e.kind, migration = e.migration, file = e.file, where = e.where,
-      sqlstate = e.sqlstate, detail = e.detail, hint = e.hint, sql = e.sql, rule = e.rule,
+      message = scrub(tostring(e)), kind = e.kind, migration = e.migration, file = e.file, where = e.where,
+      sqlstate = e.sqlstate, detail = scrub(e.detail), hint = scrub(e.hint), sql = scrub(e.sql), rule = e.rule,
     } or json.null,
     run_id = result.run_id,
     durations_ms = result.durations,
@@ -33,7 +35,7 @@ local function report_failure(result, config)
   local e = result.error
   io.stderr:write("\nmigrate-lua: migration ", tostring(result.failed or "?"), " failed",
     e.kind == "interrupted" and " (interrupted)" or "", "\n")
-  io.stderr:write(tostring(e):gsub("^", "  "):gsub("\n", "\n  "), "\n")
+  io.stderr:write(scrub(tostring(e)):gsub("^", "  "):gsub("\n", "\n  "), "\n")
   if result.rolled_back_note then io.stderr:write("  ", result.rolled_back_note, "\n") end
   if config.quiet then return end
 end

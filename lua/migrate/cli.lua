@@ -141,8 +141,10 @@ function M.parse(argv)
   return command, args, config
 end
 
+local function scrub(s) return require("migrate.logger").scrub(s) end
+
 local function print_error(e, config)
-  local msg = tostring(e)
+  local msg = scrub(tostring(e))
   io.stderr:write("migrate-lua: ", msg, "\n")
   if e.kind == "usage" and not config.json then
     io.stderr:write("run 'migrate-lua help' for usage\n")
@@ -151,10 +153,10 @@ end
 
 -- The JSON document for a failure outside any command's own result.
 local function error_document(command, e)
-  local doc = { ok = false, error = { kind = e.kind, message = tostring(e), migration = e.migration,
+  local doc = { ok = false, error = { kind = e.kind, message = scrub(tostring(e)), migration = e.migration,
     file = e.file, sqlstate = e.sqlstate } }
   if command == "validate" or command == "dry-run" then
-    doc.findings = json.array { { severity = "error", migration = e.migration or json.null, message = tostring(e) } }
+    doc.findings = json.array { { severity = "error", migration = e.migration or json.null, message = scrub(tostring(e)) } }
   elseif command ~= "show" and command ~= "backup" and command ~= "logs" then
     doc.applied, doc.reverted, doc.failed = json.array(), json.array(), e.migration or json.null
   end
@@ -181,7 +183,7 @@ function M.main(argv)
     print_error(e, {})
     return errors.exit_code(e)
   end
-  if config.help or command == nil or command == "help" then
+  if config.help or command == "help" or (command == nil and not config.version) then
     return require("migrate.help").main(command, args, config)
   end
   if config.version or command == "version" then
@@ -201,6 +203,12 @@ function M.main(argv)
     return 2
   end
   core.install_signals()
+  -- the host returns its exit code from main; nothing in Lua may exit the
+  -- process (a migration's os.exit, even reached through _G, would skip the
+  -- rollback and the report)
+  os.exit = function()
+    error("os.exit is not allowed while migrate-lua runs (raise an error instead: the migration is rolled back)", 2)
+  end
   local mod = require("migrate.commands." .. name:gsub("%-", "_"))
   local code, doc
   ok, err = pcall(function() code, doc = mod.run(config, args) end)

@@ -129,12 +129,32 @@ function M.split_name(name)
   return nil, name
 end
 
+-- PostgreSQL cuts identifiers to 63 bytes with a NOTICE nobody sees; two
+-- long names would then silently be one. Refuse them instead.
+local function check_name_length(m, part)
+  if type(part) == "string" and #part > 63 then
+    local cut = part:sub(1, 63)
+    while #cut > 0 and not utf8.len(cut) do cut = cut:sub(1, -2) end   -- on a character boundary, as PostgreSQL does
+    m:fail(errors.new("usage", string.format(
+      "identifier %q is %d bytes: PostgreSQL would cut it to 63 (%q); use a shorter name", part, #part, cut),
+      { object = part }))
+  end
+end
+
+-- One unqualified name (a column, constraint, index), checked and quoted.
+function M:quote_name(part)
+  check_name_length(self, part)
+  return self.conn:quote_ident(part)
+end
+
 -- m:ident(name): the name quoted by libpq, schema and table part by part.
 function M:ident(name)
   if type(name) ~= "string" and type(name) ~= "table" then
     self:fail(errors.new("usage", "expected a table or column name, got " .. type(name)))
   end
   local schema, rel = M.split_name(name)
+  check_name_length(self, schema)
+  check_name_length(self, rel)
   if schema then
     return self.conn:quote_ident(schema) .. "." .. self.conn:quote_ident(rel)
   end

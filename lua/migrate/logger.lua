@@ -248,13 +248,23 @@ function M:event(ev)
     if not wok then self:warn_sink("file " .. tostring(self.path), err) end
   end
   if self.conn then
-    local ok, err = pcall(self.conn.exec, self.conn, [[
+    -- sent without waiting: the server writes the row while the migration
+    -- connection works; a failure surfaces at the next event or at close
+    local ok, sent, err = pcall(self.conn.send, self.conn, [[
       INSERT INTO migration_logs (run_id, migration_name, status, level, message, duration_ms, error_message, metadata)
       VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)]],
       self.run_id, ev.migration, ev.status, ev.level, ev.message,
       ev.duration_ms, ev.error_message, meta and cjson.encode(meta) or nil)
-    if not ok then self:warn_sink("table migration_logs", err) end
+    if not ok or not sent then self:warn_sink("table migration_logs", ok and err or sent) end
+    self:check_table_sink(false)
   end
+end
+
+-- Reports failed log-row INSERTs (wait = true also reads the one in flight).
+function M:check_table_sink(wait)
+  if not self.conn then return end
+  local ok, n, msg = pcall(self.conn.send_errors, self.conn, wait)
+  if ok and n > 0 then self:warn_sink("table migration_logs", msg) end
 end
 
 -- The m.log facade for migrations: m.log:info(msg, fields). Also callable
@@ -273,6 +283,7 @@ function M:for_migration(version)
 end
 
 function M:close()
+  self:check_table_sink(true)
   if self.file then self.file:close() end
   self.file = nil
 end

@@ -7,13 +7,13 @@ local U = require "migrate.guards.util"
 local G = {}
 
 local function validate_step(m, tbl, name)
-  U.run(m, string.format("ALTER TABLE %s VALIDATE CONSTRAINT %s", m:ident(tbl), m.conn:quote_ident(name)), { own_tx = true })
+  U.run(m, string.format("ALTER TABLE %s VALIDATE CONSTRAINT %s", m:ident(tbl), m:quote_name(name)), { own_tx = true })
 end
 
 -- Adds `CONSTRAINT name <spec>` NOT VALID, then validates per the rules.
 local function add_then_validate(m, tbl, name, spec, opts, rule, recipe)
   local validate = opts.validate ~= false
-  local add = string.format("ALTER TABLE %s ADD CONSTRAINT %s %s NOT VALID", m:ident(tbl), m.conn:quote_ident(name), spec)
+  local add = string.format("ALTER TABLE %s ADD CONSTRAINT %s %s NOT VALID", m:ident(tbl), m:quote_name(name), spec)
   if U.outside_tx(m) then
     U.run(m, add)                         -- brief lock, then commit
     if validate then validate_step(m, tbl, name) end   -- SHARE UPDATE EXCLUSIVE scan, own transaction
@@ -62,8 +62,8 @@ function G.count_orphans(m, tbl, cols, ref_tbl, ref_cols)
   cols, ref_cols = U.cols(cols), U.cols(ref_cols or { "id" })
   local conds, notnull = {}, {}
   for i, c in ipairs(cols) do
-    conds[#conds + 1] = string.format("p.%s = t.%s", m.conn:quote_ident(ref_cols[i]), m.conn:quote_ident(c))
-    notnull[#notnull + 1] = string.format("t.%s IS NOT NULL", m.conn:quote_ident(c))
+    conds[#conds + 1] = string.format("p.%s = t.%s", m:quote_name(ref_cols[i]), m:quote_name(c))
+    notnull[#notnull + 1] = string.format("t.%s IS NOT NULL", m:quote_name(c))
   end
   local where = string.format("%s AND NOT EXISTS (SELECT 1 FROM %s p WHERE %s)",
     table.concat(notnull, " AND "), m:ident(ref_tbl), table.concat(conds, " AND "))
@@ -74,7 +74,7 @@ function G.count_orphans(m, tbl, cols, ref_tbl, ref_cols)
 end
 
 function G.count_nulls(m, tbl, col)
-  local where = string.format("t.%s IS NULL", m.conn:quote_ident(col))
+  local where = string.format("t.%s IS NULL", m:quote_name(col))
   local n = U.count_where(m, tbl, where)
   local sample, keyname = {}, nil
   if n > 0 then sample, keyname = U.sample(m, tbl, where) end
@@ -85,7 +85,7 @@ end
 function G.count_duplicates(m, tbl, cols)
   cols = U.cols(cols)
   local list, notnull = U.col_list(m, cols), {}
-  for _, c in ipairs(cols) do notnull[#notnull + 1] = m.conn:quote_ident(c) .. " IS NOT NULL" end
+  for _, c in ipairs(cols) do notnull[#notnull + 1] = m:quote_name(c) .. " IS NOT NULL" end
   local rows = U.q(m, string.format([[SELECT count(*) OVER () AS groups, (ROW(%s))::text AS k, count(*) AS n
       FROM %s WHERE %s GROUP BY %s HAVING count(*) > 1 ORDER BY count(*) DESC LIMIT 5]],
     list, m:ident(tbl), table.concat(notnull, " AND "), list))
@@ -169,7 +169,7 @@ end
 -- Normalised definition of a CHECK as PostgreSQL would store it (probe).
 local function check_def(m, tbl, name, expr)
   local ok, def = U.probe(m, tbl, function(probe)
-    m.conn:exec(string.format("ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s) NOT VALID", probe, m.conn:quote_ident(name), expr))
+    m.conn:exec(string.format("ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s) NOT VALID", probe, m:quote_name(name), expr))
     return m.conn:query(string.format("SELECT pg_catalog.pg_get_constraintdef(oid) AS d FROM pg_catalog.pg_constraint WHERE conrelid = '%s'::regclass AND conname = $1", probe), name)[1].d
   end)
   if not ok then U.refuse(m, "ML17", U.key(tbl) .. "." .. name, "CHECK (" .. expr .. ") is not valid on " .. U.key(tbl) .. ": " .. tostring(U.decorate(def).message)) end
@@ -212,7 +212,7 @@ function G.safe_set_not_null(m, tbl, col, opts)
   end
   local _, rel = require("migrate.context").split_name(tbl)
   local cname = U.default_name(rel, col, "not_null")
-  local expr = m.conn:quote_ident(col) .. " IS NOT NULL"
+  local expr = m:quote_name(col) .. " IS NOT NULL"
   local have = U.constraint(m, tbl, cname)
   if have and not have.convalidated then
     validate_step(m, tbl, cname)
@@ -220,8 +220,8 @@ function G.safe_set_not_null(m, tbl, col, opts)
     add_then_validate(m, tbl, cname, "CHECK (" .. expr .. ")", {}, "ML15",
       "use transaction = false for m:safe_set_not_null (CHECK NOT VALID, commit, VALIDATE, SET NOT NULL)")
   end
-  U.run(m, string.format("ALTER TABLE %s ALTER COLUMN %s SET NOT NULL", m:ident(tbl), m.conn:quote_ident(col)))
-  U.run(m, string.format("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s", m:ident(tbl), m.conn:quote_ident(cname)))
+  U.run(m, string.format("ALTER TABLE %s ALTER COLUMN %s SET NOT NULL", m:ident(tbl), m:quote_name(col)))
+  U.run(m, string.format("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s", m:ident(tbl), m:quote_name(cname)))
   return true
 end
 
@@ -249,7 +249,7 @@ function G.safe_add_unique(m, tbl, cols, opts)
   end
   require("migrate.guards.indexes").safe_add_index(m, tbl, cols, { unique = true, name = name })
   U.run(m, string.format("ALTER TABLE %s ADD CONSTRAINT %s UNIQUE USING INDEX %s", m:ident(tbl),
-    m.conn:quote_ident(name), m.conn:quote_ident(name)))
+    m:quote_name(name), m:quote_name(name)))
   return true
 end
 
@@ -283,7 +283,7 @@ function G.safe_add_primary_key(m, tbl, cols, opts)
   local name = opts.name or U.default_name(rel, "pkey")
   require("migrate.guards.indexes").safe_add_index(m, tbl, cols, { unique = true, name = name })
   U.run(m, string.format("ALTER TABLE %s ADD CONSTRAINT %s PRIMARY KEY USING INDEX %s", m:ident(tbl),
-    m.conn:quote_ident(name), m.conn:quote_ident(name)))
+    m:quote_name(name), m:quote_name(name)))
   return true
 end
 
@@ -321,7 +321,7 @@ function G.safe_drop_constraint(m, tbl, name, opts)
   elseif c.contype == "f" then
     U.warn(m, "ML08", U.key(tbl) .. "." .. name, string.format("dropping foreign key %s locks %s and %s briefly", name, U.key(tbl), c.ref or "?"))
   end
-  U.run(m, string.format("ALTER TABLE %s DROP CONSTRAINT %s%s", m:ident(tbl), m.conn:quote_ident(name), opts.cascade and " CASCADE" or ""))
+  U.run(m, string.format("ALTER TABLE %s DROP CONSTRAINT %s%s", m:ident(tbl), m:quote_name(name), opts.cascade and " CASCADE" or ""))
   return true
 end
 

@@ -32,7 +32,7 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
   end
   local batch = opts.batch_size or 10000
   local pause = opts.pause_ms or 0
-  local k = m.conn:quote_ident(key)
+  local k = m:quote_name(key)
   local filter = where_sql and (" AND (" .. where_sql .. ")") or ""
   local total, batches, last = 0, 0, nil
   local sql_first = string.format([[WITH b AS (SELECT %s AS k FROM %s WHERE true%s ORDER BY %s LIMIT %d),

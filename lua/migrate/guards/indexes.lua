@@ -57,7 +57,7 @@ function G.safe_add_index(m, tbl, cols, opts)
   if v >= 140000 and v < 140004 then
     U.refuse(m, "ML26", name, "PostgreSQL 14.0 to 14.3 can corrupt indexes built CONCURRENTLY; upgrade to 14.4 or later first")
   end
-  local body = string.format("%s ON %s USING %s (%s)%s", m.conn:quote_ident(name), m:ident(tbl), method,
+  local body = string.format("%s ON %s USING %s (%s)%s", m:quote_name(name), m:ident(tbl), method,
     U.col_list(m, cols), opts.where and (" WHERE " .. opts.where) or "")
   local uniq = opts.unique and "UNIQUE " or ""
   if U.outside_tx(m) and not U.is_new(m, tbl) then

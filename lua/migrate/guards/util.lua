@@ -22,7 +22,7 @@ end
 
 function U.col_list(m, cols)
   local out = {}
-  for i, c in ipairs(cols) do out[i] = m.conn:quote_ident(c) end
+  for i, c in ipairs(cols) do out[i] = m:quote_name(c) end
   return table.concat(out, ", ")
 end
 
