@@ -10,8 +10,8 @@ local core = require "migrate.core"
 local errors = require "migrate.errors"
 local loader = require "migrate.loader"
 local history = require "migrate.history"
-local context = require "migrate.context"
-local Logger = require "migrate.logger"
+-- context (with the guard clauses) and the logger are loaded on first use:
+-- show and --version need neither, and start-up time is a feature
 
 local M = {}
 
@@ -58,15 +58,20 @@ end
 -- opts.lock = false skips the lock (show, validate: they change nothing).
 function M.open(config, opts)
   opts = opts or {}
-  local s = { config = config, run_id = new_run_id() }
+  local s = setmetatable({ config = config, run_id = new_run_id() }, { __index = function(t, k)
+    if k == "logger" then   -- created on first use
+      local logger = require("migrate.logger").new { log_file = config.log_file, quiet = config.quiet,
+        verbose = config.verbose, run_id = t.run_id }
+      rawset(t, "logger", logger)
+      return logger
+    end
+  end })
   s.main = connect(config)
-  if s.main:info().server_version >= 140000 then
+  if opts.lock ~= false and s.main:info().server_version >= 140000 then
     -- a killed migrate-lua must not leave its statement running (and its
     -- locks held) until the statement ends: the server checks every second
     s.main:exec("SET client_connection_check_interval = 1000")
   end
-  s.logger = Logger.new { log_file = config.log_file, quiet = config.quiet, verbose = config.verbose,
-                          run_id = s.run_id }
   if opts.lock ~= false then
     s.side = connect(config, "lock")
     s.side:exec("SET application_name = 'migrate-lua lock'")
@@ -87,7 +92,7 @@ function M.open(config, opts)
 end
 
 function M.close(s)
-  if s.logger then s.logger:close() end
+  if rawget(s, "logger") then s.logger:close() end
   if s.main then s.main:close() end
   if s.side then s.side:close() end   -- ends the session: releases the advisory lock
 end
@@ -125,7 +130,9 @@ function M.status(conn, dir)
   local entries, problems = loader.scan(dir)
   local applied, order = history.applied(conn)
   local by_file, list = {}, {}
-  local incomplete = M.incomplete(conn, applied)
+  local unapplied = false
+  for _, e in ipairs(entries) do if not applied[e.version] then unapplied = true end end
+  local incomplete = unapplied and M.incomplete(conn, applied) or {}
   for _, e in ipairs(entries) do
     by_file[e.version] = e
     loader.read(e)
@@ -231,7 +238,7 @@ local function apply_one(s, entry, direction, mode, record)
   local m
   local wait = { attempts = 0, lock_wait_ms = 0 }
   local function body()
-    m = context.new { conn = conn, entry = entry, logger = s.logger, mode = mode, direction = direction,
+    m = require("migrate.context").new { conn = conn, entry = entry, logger = s.logger, mode = mode, direction = direction,
                       config = config, record = record, backups = s.backups, validator = s.validator,
                       watch_conn = s.side }
     fn(m)
