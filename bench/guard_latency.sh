@@ -12,8 +12,9 @@
 #       (which rehearses the migration first).
 # Runs on a throwaway cluster (tests/with_pg.sh: unix socket, fsync=off) and
 # writes its section of bench/RESULTS.md (RESULTS=- prints it instead).
-# Usage: MIGRATE_BUILD_DIR=build-x bench/guard_latency.sh
-# Knobs: ROWS (1000000) ROUNDS (2) LOCK_TIMEOUT (2000 ms) BATCH (10000)
+# Usage: MIGRATE_BUILD_DIR=build-x bench/guard_latency.sh   (about 3 minutes)
+# KEEP=/some/dir keeps the raw pgbench and migrate-lua logs.
+# Knobs: ROWS (1000000) ROUNDS (3) LOCK_TIMEOUT (2000 ms) BATCH (10000)
 #        RATE (500 tps) WARMUP (3 s) COOL (2 s) SCENARIOS ("naive guard guard-safe")
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,7 +22,7 @@ if [ -z "${MIGRATE_TEST_PGDATA:-}" ]; then
   exec "$root/tests/with_pg.sh" "$0" "$@"
 fi
 rows=${ROWS:-1000000}
-rounds=${ROUNDS:-2}
+rounds=${ROUNDS:-3}
 lock_timeout=${LOCK_TIMEOUT:-2000}
 batch=${BATCH:-10000}
 rate=${RATE:-500}
@@ -81,6 +82,7 @@ for round in $(seq 1 "$rounds"); do
     "$bin" --database-url "$url" --dir "$d/migrations" --log-file "$d/migrate.log" \
       --lock-timeout "$lock_timeout" "$cmd" >"$d/migrate.out" 2>"$d/migrate.err" || rc=$?
     t1=$(ms)
+    echo "$t0 $t1" >"$d/times"
     sleep "$cool"
     # stop the writer: its backend terminated, pgbench ends the run and closes its log
     "${psql[@]}" -d postgres -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '$app'" >/dev/null
@@ -114,10 +116,11 @@ done
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
 pgver=$("${psql[@]}" -d postgres -c "SHOW server_version")
 rev=$(git -C "$root" rev-parse --short HEAD)
+built=$(date -u -r "$bin" '+%Y-%m-%d %H:%M UTC')
 dirty=$(git -C "$root" status --porcelain -- lua src | wc -l)
 python3 "$here/report.py" "$work" "${RESULTS:-$root/bench/RESULTS.md}" \
   rows="$rows" rounds="$rounds" lock_timeout="$lock_timeout" batch="$batch" rate="$rate" warmup="$warmup" cool="$cool" \
-  started="$started" load0="$load0" load1="$load1" pgver="$pgver" rev="$rev" dirty="$dirty" build="$build" \
+  started="$started" load0="$load0" load1="$load1" pgver="$pgver" rev="$rev" dirty="$dirty" build="$build" built="$built" \
   setup_ms="$setup_ms" table_size="$table_size" cmdline="MIGRATE_BUILD_DIR=$build ${ROWS:+ROWS=$rows }${ROUNDS:+ROUNDS=$rounds }bench/guard_latency.sh"
 if [ -n "${KEEP:-}" ]; then
   cp -r "$work" "$KEEP"

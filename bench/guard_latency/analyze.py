@@ -13,6 +13,7 @@ execution interval intersects [T0, T1].
 import json
 import math
 import re
+import statistics
 import sys
 from datetime import datetime, timezone
 
@@ -58,18 +59,30 @@ def main():
     dur = sorted(x[2] for x in during)
     dur_total = sorted(x[3] for x in during)
 
-    # steps: from one marker to the next ("startup" before the first one)
+    # steps: from one marker to the next ("startup" before the first one);
+    # a transaction belongs to the step it overlaps most (the markers' clock
+    # is a few ms late: the logger anchors it with a date(1) call)
     bounds = [(t0, "startup (connect, history, validation)")] + marks + [(t1, "exit")]
-    steps = []
+    spans = []
     for i in range(len(bounds) - 1):
-        s, name = bounds[i]
-        e = bounds[i + 1][0]
+        name = bounds[i][1]
         if name.startswith("done"):
             name = "after last step (history row, commit, exit)"
-        inside = [x for x in during if s <= x[0] < e]
+        spans.append((bounds[i][0], max(bounds[i][0], bounds[i + 1][0]), name))
+
+    def overlaps(x):
+        return [(min(x[1], e) - max(x[0], s), name) for s, e, name in spans if min(x[1], e) - max(x[0], s) > 0]
+
+    def home(x):
+        ov = overlaps(x)
+        return max(ov)[1] if ov else (spans[0][2] if x[0] < t0 else spans[-1][2])
+
+    homes = {id(x): home(x) for x in during}
+    steps = []
+    for s, e, name in spans:
+        inside = [x for x in during if homes[id(x)] == name]
         worst = max(inside, key=lambda x: x[2]) if inside else None
-        # the logger anchors its wall clock a few ms late (a date(1) call): clamp
-        steps.append({"step": name, "start_ms": round(s - t0), "duration_ms": max(0, round(e - s)),
+        steps.append({"step": name, "start_ms": round(s - t0), "duration_ms": round(e - s),
                       "writer_txns": len(inside),
                       "worst_ms": round(worst[2], 1) if worst else None,
                       "worst_at_ms": round(worst[0] - t0) if worst else None})
@@ -77,11 +90,20 @@ def main():
     def context(x):
         before = [m for t, m in events if t <= x[0]]
         within = [m for t, m in events if x[0] < t <= x[1]]
-        step = [m for t, m in marks if t <= x[0]]
         return {"exec_ms": round(x[2], 1), "start_ms": round(x[0] - t0), "end_ms": round(x[1] - t0),
-                "step": step[-1] if step else "startup (connect, history, validation)",
+                "step": homes[id(x)], "spans": [n for _, n in overlaps(x)],
                 "last_event_before": (before[-1][:160] if before else None),
                 "events_during": [m[:160] for m in within[:4]] + (["... %d more" % (len(within) - 4)] if len(within) > 4 else [])}
+
+    # backfill batches: the interval between consecutive batch events is one
+    # batch's transaction (plus a round trip): the longest a row lock is held
+    bt = [t for t, m in events if re.match(r"backfill .*: batch \d+,", m)]
+    first = [t for t, m in marks if m.startswith("backfill")]
+    if bt and first:
+        bt = [first[-1]] + bt
+    gaps = sorted(b - a for a, b in zip(bt, bt[1:]))
+    batches = {"count": len(gaps), "median_ms": round(statistics.median(gaps), 1) if gaps else None,
+               "max_ms": round(gaps[-1], 1) if gaps else None}
 
     top = sorted(during, key=lambda x: -x[2])[:5]
     out = {
@@ -91,7 +113,10 @@ def main():
         "during": {"txns": len(dur), "max_ms": round(dur[-1], 1) if dur else None,
                    "p99_ms": round(pct(dur, 99), 2) if dur else None,
                    "p50_ms": round(pct(dur, 50), 2) if dur else None,
-                   "max_with_lag_ms": round(dur_total[-1], 1) if dur_total else None},
+                   "max_with_lag_ms": round(dur_total[-1], 1) if dur_total else None,
+                   "p99_with_lag_ms": round(pct(dur_total, 99), 2) if dur_total else None},
+        "backfill_batches": batches,
+        "lock_retries": sum(1 for _, m in events if "lock timeout after" in m),
         "steps": steps,
         "top": [context(x) for x in top],
     }

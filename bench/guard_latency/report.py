@@ -2,7 +2,8 @@
 """Writes the bench:guards section of bench/RESULTS.md from the per-scenario
 analyses of bench/guard_latency.sh (WORK/*/analysis.json).
 
-Usage: report.py WORK RESULTS_FILE|- key=value...
+Usage: report.py WORK RESULTS_FILE|- key=value...   (the keys are saved in WORK/meta.json;
+       report.py WORK RESULTS_FILE|-                 re-renders a kept run from it)
 Only the text between <!-- bench:guards:begin --> and <!-- bench:guards:end -->
 is replaced (the markers are appended when absent); the file is re-read right
 before writing, since other benchmarks own other sections of it.
@@ -17,7 +18,7 @@ BEGIN, END = "<!-- bench:guards:begin -->", "<!-- bench:guards:end -->"
 LABEL = {
     "naive": "(a) naive: `run`, one transaction, inside `m:unsafe`",
     "guard": "(b) guard clauses: `run`, transaction = false",
-    "guard-safe": "(b') guard clauses: `safe-run` (validation + rehearsal first)",
+    "guard-safe": "(b') guard clauses: `safe-run` (static + live validation first)",
 }
 
 
@@ -31,7 +32,12 @@ def fmt(v, unit=" ms"):
 
 def main():
     work, dest = sys.argv[1], sys.argv[2]
-    kv = dict(a.split("=", 1) for a in sys.argv[3:])
+    meta = os.path.join(work, "meta.json")
+    if len(sys.argv) > 3:
+        kv = dict(a.split("=", 1) for a in sys.argv[3:])
+        json.dump(kv, open(meta, "w"), indent=1)
+    else:
+        kv = json.load(open(meta))
     runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(work, "*", "analysis.json")))]
     by = {}
     for r in runs:
@@ -49,8 +55,8 @@ def main():
     L.append("PostgreSQL %s, throwaway cluster of tests/with_pg.sh (unix socket, **fsync=off**, synchronous_commit=off, "
              "full_page_writes=off: I/O is cheaper than on a production server, so every duration here is a lower bound)." % kv["pgver"])
     dirty = int(kv["dirty"])
-    L.append("migrate-lua at commit %s%s, %s (RelWithDebInfo)." % (
-        kv["rev"], " plus %d uncommitted file(s) under lua/ src/ of other engineers" % dirty if dirty else "", kv["build"]))
+    L.append(kv.get("provenance") or "migrate-lua: %s/migrate-lua (RelWithDebInfo) built %s; HEAD %s at the run%s." % (
+        kv["build"], kv.get("built", "?"), kv["rev"], ", with %d uncommitted file(s) under lua/ src/ of other engineers" % dirty if dirty else ""))
     L.append("")
     L.append("- Table `big (id bigint PRIMARY KEY, owner_id bigint NOT NULL, n integer NOT NULL DEFAULT 0, payload text)`: "
              "%s rows (%s with its index), VACUUM ANALYZEd; `owners (id bigint PRIMARY KEY, name text)`: 1,000 rows."
@@ -72,8 +78,8 @@ def main():
     L.append("- `--lock-timeout %d` (lock steps of a transaction = false migration try 500 → 1000 → 2000 → 2000 ms, "
              "with back-off; CONCURRENTLY steps run without a lock timeout, as designed)." % lt)
     L.append("")
-    L.append("| scenario | migration wall time | `duration_ms` in history | writer worst stall | writer p99 | writer txns during | worst before the migration | schema after |")
-    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    L.append("| scenario | migration wall time | `duration_ms` in history | writer worst stall | writer p99 stall | writer worst / p99 incl. queueing | writer txns during | worst stall before the migration | schema after |")
+    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     worst = {}
     for sc in ("naive", "guard", "guard-safe"):
         rs = by.get(sc)
@@ -84,18 +90,21 @@ def main():
         worst[sc] = maxes
         ok = all(r["exit_code"] == 0 and r["verify"]["nulls_left"] == "0" and r["verify"]["index_valid"] == "true"
                  and r["verify"]["fk_validated"] == "true" and "clock_timestamp" in r["verify"]["default"] for r in rs)
-        L.append("| %s | %s | %s | **%s** | %s | %s | %s | %s |" % (
+        L.append("| %s | %s | %s | **%s** | %s | %s | %s | %s | %s |" % (
             LABEL[sc],
             " / ".join(fmt(w) for w in walls),
             " / ".join(fmt(r["duration_ms"], "") for r in rs),
             " / ".join(fmt(m) for m in maxes),
             " / ".join(fmt(r["during"]["p99_ms"]) for r in rs),
+            " · ".join("%s / %s" % (fmt(r["during"]["max_with_lag_ms"], ""), fmt(r["during"]["p99_with_lag_ms"])) for r in rs),
             " / ".join(str(r["during"]["txns"]) for r in rs),
             " / ".join(fmt(r["baseline"]["max_ms"]) for r in rs),
             "right (default set, 0 NULLs, index valid, FK validated)" if ok else
             "; ".join("round %d: exit %d %s" % (r["round"], r["exit_code"], r["verify"]) for r in rs)))
     L.append("")
-    L.append("Values are per round (round 1 / round 2 / …). Migration wall time: the migrate-lua process, start to exit.")
+    L.append("Values are per round (round 1 / round 2 / …). Migration wall time: the migrate-lua process, start to exit. "
+             "Stall = a transaction's own execution time; incl. queueing = pgbench's latency from the transaction's scheduled "
+             "start (the requests that arrived at %s tps while the writer was blocked wait too: that is what a client sees)." % kv["rate"])
     L.append("")
     if "naive" in worst:
         a_min = min(worst["naive"])
@@ -117,17 +126,25 @@ def main():
         r = max(rs, key=lambda x: x["during"]["max_ms"] or 0)
         L.append("%s, round %d (its worst): where the time goes and which step stalls the writer" % (LABEL[sc].split(":")[0], r["round"]))
         L.append("")
-        L.append("| step (from the migration's `bench step` log lines) | starts at | lasts | writer txns started in it | worst stall in it |")
+        L.append("| step (from the migration's `bench step` log lines) | starts at | lasts | writer txns (by largest overlap) | worst stall among them |")
         L.append("| --- | ---: | ---: | ---: | ---: |")
         for s in r["steps"]:
             L.append("| %s | %s | %s | %d | %s |" % (s["step"], fmt(s["start_ms"]), fmt(s["duration_ms"]), s["writer_txns"], fmt(s["worst_ms"])))
         L.append("")
-        L.append("Its three worst stalls (time from the migration's start; the log events around them):")
+        b = r.get("backfill_batches") or {}
+        if b.get("count"):
+            L.append("Backfill: %d batches of %s rows, %s each (median), longest %s: a writer that updates a row of the batch "
+                     "in flight waits for that batch's commit, so one batch's duration bounds its stall." % (
+                         b["count"], kv["batch"], fmt(b["median_ms"]), fmt(b["max_ms"])))
+            L.append("")
+        L.append("Lock-timeout retries logged: %d." % r.get("lock_retries", 0))
+        L.append("")
+        L.append("Its three worst stalls (time from the migration's start; the steps they overlap; the log events around them):")
         L.append("")
         for t in r["top"][:3]:
             ev = "; ".join(t["events_during"]) if t["events_during"] else "none"
-            L.append("- %s at %s–%s, in step *%s*; last event before: `%s`; events during: `%s`" % (
-                fmt(t["exec_ms"]), fmt(t["start_ms"]), fmt(t["end_ms"]), t["step"],
+            L.append("- %s at %s–%s, during *%s*; last event before: `%s`; events during: `%s`" % (
+                fmt(t["exec_ms"]), fmt(t["start_ms"]), fmt(t["end_ms"]), " → ".join(t["spans"]) or t["step"],
                 (t["last_event_before"] or "—").replace("`", "'"), ev.replace("`", "'")))
         L.append("")
     notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "NOTES.md")
