@@ -55,7 +55,8 @@ embedded_loader(lua_State *L)
 			goto loaded;
 		}
 	}
-	if (luaL_loadbufferx(L, e->source, e->len, e->chunkname, "t") != LUA_OK)
+	/* our own bytes, text or precompiled by luac at build time */
+	if (luaL_loadbufferx(L, e->source, e->len, e->chunkname, "bt") != LUA_OK)
 		return lua_error(L);
 loaded:
 	lua_pushvalue(L, 1);        /* module name */
