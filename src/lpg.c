@@ -616,22 +616,35 @@ conn_tx_status(lua_State *L)
 	return 1;
 }
 
-/* Runs a command that must succeed, for BEGIN/COMMIT/ROLLBACK; raises otherwise. */
+/*
+ * Runs BEGIN or COMMIT (with the statements sent along): when one fails,
+ * the transaction it leaves open or aborted is rolled back before the error
+ * is raised, so the connection is always idle after a failure.
+ */
 static void
-command(lua_State *L, Conn *c, const char *sql)
+command_or_rollback(lua_State *L, Conn *c, const char *sql)
 {
 	PGresult *res;
 	drain_sent(c);
 	res = PQexec(c->pg, sql);
-	if (PQresultStatus(res) != PGRES_COMMAND_OK)
-		mig_raise_pg_error(L, c->pg, res, sql);
+	if (PQresultStatus(res) == PGRES_COMMAND_OK)
+	{
+		PQclear(res);
+		return;
+	}
+	mig_push_pg_error(L, c->pg, res, sql);
 	PQclear(res);
+	if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+		PQclear(PQexec(c->pg, "ROLLBACK"));
+	lua_error(L);
 }
 
 /*
  * conn:transaction(fn [, opts]) -> results of fn
  * BEGIN; fn(); then COMMIT if the transaction is still open and healthy,
- * else ROLLBACK and raise. opts.rollback = true always rolls back (dry-run).
+ * else ROLLBACK and raise. opts.rollback = true always rolls back (dry-run);
+ * opts.prelude is sent with BEGIN and opts.epilogue with COMMIT, in the same
+ * round trip (SQL of our own: it can bind no parameters).
  * An error raised by fn is re-raised after the ROLLBACK, unchanged. This is
  * the executor's transaction boundary: no Lua path can leave it open.
  */
@@ -640,24 +653,48 @@ conn_transaction(lua_State *L)
 {
 	Conn *c = check_conn(L, 1);
 	int always_rollback = 0, status, nres;
+	const char *begin, *commit;
+
 	luaL_checktype(L, 2, LUA_TFUNCTION);
+	lua_settop(L, 3);
 	if (lua_istable(L, 3))
 	{
 		lua_getfield(L, 3, "rollback");
 		always_rollback = lua_toboolean(L, -1);
 		lua_pop(L, 1);
+		lua_getfield(L, 3, "prelude");      /* "SET LOCAL …": sent with BEGIN */
+		lua_getfield(L, 3, "epilogue");     /* the history row: sent with COMMIT */
 	}
+	else
+	{
+		lua_pushnil(L);
+		lua_pushnil(L);
+	}
+	if (lua_isstring(L, 4))
+		lua_pushfstring(L, "BEGIN; %s", lua_tostring(L, 4));
+	else
+		lua_pushliteral(L, "BEGIN");
+	if (lua_isstring(L, 5))
+		lua_pushfstring(L, "%s; COMMIT", lua_tostring(L, 5));
+	else
+		lua_pushliteral(L, "COMMIT");   /* [conn, fn, opts, prelude, epilogue, begin, commit] */
+	lua_replace(L, 3);
+	lua_replace(L, 4);
+	lua_settop(L, 4);                   /* [conn, fn, commit, begin] */
+	lua_rotate(L, 2, -1);               /* [conn, commit, begin, fn]: the strings stay anchored */
+	commit = lua_tostring(L, 2);
+	begin = lua_tostring(L, 3);
+
 	if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
 		return luaL_error(L, "cannot begin: the connection is already in a transaction (%s)",
 						  tx_status_name(c->pg));
-	lua_settop(L, 2);
-	command(L, c, "BEGIN");
+	command_or_rollback(L, c, begin);
 	c->depth++;
 	mig_signals_enter_user(L);
 	status = lua_pcall(L, 0, LUA_MULTRET, 0);
 	mig_signals_leave_user(L);
 	c->depth--;
-	nres = lua_gettop(L) - 1;   /* results or the error object, above conn */
+	nres = lua_gettop(L) - 3;   /* results or the error object, above [conn, commit, begin] */
 
 	if (PQstatus(c->pg) != CONNECTION_OK)
 		return status != LUA_OK ? lua_error(L) : luaL_error(L, "connection lost before COMMIT");
@@ -678,7 +715,7 @@ conn_transaction(lua_State *L)
 			return luaL_error(L, "the transaction was ended inside the migration (COMMIT or ROLLBACK in SQL); rolled back what remained");
 		return nres;
 	}
-	command(L, c, "COMMIT");
+	command_or_rollback(L, c, commit);
 	return nres;
 }
 

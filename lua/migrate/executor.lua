@@ -269,10 +269,9 @@ local function apply_one(s, entry, direction, mode, record)
       wait.attempts = i
       watch(s, lock_ms)
       local ok, err = pcall(conn.transaction, conn, function()
-        set_timeouts(conn, config, lock_ms)
         body()
         finish()
-      end)
+      end, { prelude = timeouts_sql("LOCAL ", config, lock_ms) })   -- one round trip with BEGIN
       if ok then break end
       err = name_blockers(errors.wrap(err))
       if err.sqlstate == "55P03" then wait.lock_wait_ms = wait.lock_wait_ms + lock_ms end

@@ -64,6 +64,13 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
     if pause > 0 then core.sleep_ms(pause) end
   end
   U.info(m, string.format("backfill of %s: %d rows in %d batches (%.0f ms)", U.key(tbl), total, batches, core.now_ms() - t0))
+  -- The batches left a dead version of every row: vacuum now, while nothing
+  -- waits (its SHARE UPDATE EXCLUSIVE lock lets reads and writes go on),
+  -- rather than let autovacuum start later and sit in front of the next
+  -- guard step's lock (bench/RESULTS.md, guards section). {vacuum = false} skips it.
+  if total > 0 and opts.vacuum ~= false then
+    U.run(m, "VACUUM (ANALYZE) " .. m:ident(tbl), { concurrent = true })
+  end
   return total
 end
 
