@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "migrate.h"
 
@@ -58,5 +59,13 @@ mig_l_isdir(lua_State *L)
 {
 	struct stat st;
 	lua_pushboolean(L, stat(luaL_checkstring(L, 1), &st) == 0 && S_ISDIR(st.st_mode));
+	return 1;
+}
+
+/* isatty(fd) -> boolean: colour and progress only on a terminal */
+int
+mig_l_isatty(lua_State *L)
+{
+	lua_pushboolean(L, isatty((int) luaL_checkinteger(L, 1)));
 	return 1;
 }

@@ -81,7 +81,7 @@ M.pretty_bytes = pretty_bytes
 
 local stderr_tty
 local function on_tty()
-  if stderr_tty == nil then stderr_tty = os.execute("test -t 2") == true end
+  if stderr_tty == nil then stderr_tty = core.isatty(2) end
   return stderr_tty
 end
 

@@ -113,12 +113,12 @@ M.iso_now = function() return iso(wall_ms()) end
 local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 -- Colour only on a terminal, never with NO_COLOR (https://no-color.org) or
--- TERM=dumb. `test -t 2` runs in a child that inherits our stderr.
+-- TERM=dumb.
 local function color_wanted()
   local nc = os.getenv("NO_COLOR")
   if nc and nc ~= "" then return false end
   if os.getenv("TERM") == "dumb" then return false end
-  return os.execute("test -t 2") == true
+  return require("migrate.core").isatty(2)
 end
 
 -- opts: log_file (path or false), quiet, verbose, color (nil = detect), run_id

@@ -48,6 +48,11 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
     return n
   end
   local t0 = core.now_ms()
+  -- the planner's estimate is enough for an ETA and costs no scan
+  local estimate = U.q(m, "SELECT greatest(reltuples, 0)::bigint AS n FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass($1)",
+    m:ident(tbl))[1]
+  local bar = require("migrate.progress").new("backfill " .. U.key(tbl), estimate and estimate.n > 0 and estimate.n or nil,
+    { quiet = m.config and m.config.quiet })
   while true do
     if core.interrupted() then errors.raise("interrupted", string.format("backfill of %s interrupted after %d rows (last key %s); the next run resumes it", U.key(tbl), total, tostring(last))) end
     local r = last and U.run(m, sql_next, { query = true }, last) or U.run(m, sql_first, { query = true })
@@ -60,9 +65,11 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
         message = string.format("backfill %s: batch %d, %d rows so far, last key %s", U.key(tbl), batches, total, last),
         metadata = { table = U.key(tbl), batch = batches, rows = total, last_key = last }, console = false }
     end
+    bar:update(total)
     if r.seen < batch then break end
     if pause > 0 then core.sleep_ms(pause) end
   end
+  bar:finish(total)
   U.info(m, string.format("backfill of %s: %d rows in %d batches (%.0f ms)", U.key(tbl), total, batches, core.now_ms() - t0))
   -- The batches left a dead version of every row: vacuum now, while nothing
   -- waits (its SHARE UPDATE EXCLUSIVE lock lets reads and writes go on),

@@ -1,0 +1,54 @@
+-- Progress of long steps (backfills) on a terminal: rows done / total,
+-- rate and ETA on one rewritten stderr line. Silent when stderr is not a
+-- TTY or with --quiet, so logs and pipelines never see it.
+local core = require "migrate.core"
+
+local M = {}
+M.__index = M
+
+local tty
+local function on_tty()
+  if tty == nil then tty = core.isatty(2) end
+  return tty
+end
+
+-- label: what runs; total: expected units (an estimate is fine, or nil);
+-- opts.quiet: --quiet; opts.unit: "rows".
+function M.new(label, total, opts)
+  opts = opts or {}
+  local self = setmetatable({ label = label, total = total, unit = opts.unit or "rows",
+    t0 = core.now_ms(), shown = 0, active = on_tty() and not opts.quiet }, M)
+  return self
+end
+
+local function eta(seconds)
+  if seconds >= 3600 then return string.format("%dh%02dm", seconds // 3600, seconds % 3600 // 60) end
+  if seconds >= 60 then return string.format("%dm%02ds", seconds // 60, seconds % 60) end
+  return string.format("%ds", seconds)
+end
+
+-- The line for done units after elapsed_ms (exposed for specs).
+function M.line(label, done, total, elapsed_ms, unit)
+  local rate = elapsed_ms > 0 and done * 1000 / elapsed_ms or 0
+  if total and total > 0 then
+    local left = rate > 0 and math.max(total - done, 0) / rate or 0
+    return string.format("  %s: %d/%d %s (%d%%), %.0f %s/s, ETA %s", label, done, total, unit,
+      math.min(100, done * 100 // total), rate, unit, eta(math.floor(left + 0.5)))
+  end
+  return string.format("  %s: %d %s, %.0f %s/s", label, done, unit, rate, unit)
+end
+
+function M:update(done)
+  if not self.active then return end
+  local now = core.now_ms()
+  if now - self.shown < 200 then return end   -- at most five redraws a second
+  self.shown = now
+  io.stderr:write("\r\27[K", M.line(self.label, done, self.total, now - self.t0, self.unit))
+end
+
+function M:finish(done)
+  if not self.active then return end
+  io.stderr:write("\r\27[K", M.line(self.label, done, self.total and math.max(self.total, done), core.now_ms() - self.t0, self.unit), "\n")
+end
+
+return M
