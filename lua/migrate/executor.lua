@@ -312,7 +312,7 @@ function M.migrate(s, pending, opts)
       if core.interrupted() then
         errors.raise("interrupted", "interrupted before " .. label(entry) .. "; nothing of it ran")
       end
-      logger:event { migration = entry.version, status = "started",
+      logger:event { migration = entry.version, status = "started", defer_table = entry.transactional,
         message = "migrating " .. label(entry), console_text = "  -> " .. label(entry),
         metadata = { name = entry.name, file = entry.path, transaction = entry.transactional, mode = mode,
                      checksum = entry.checksum } }

@@ -248,16 +248,43 @@ function M:event(ev)
     if not wok then self:warn_sink("file " .. tostring(self.path), err) end
   end
   if self.conn then
-    -- sent without waiting: the server writes the row while the migration
-    -- connection works; a failure surfaces at the next event or at close
-    local ok, sent, err = pcall(self.conn.send, self.conn, [[
-      INSERT INTO migration_logs (run_id, migration_name, status, level, message, duration_ms, error_message, metadata)
-      VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)]],
-      self.run_id, ev.migration, ev.status, ev.level, ev.message,
-      ev.duration_ms, ev.error_message, meta and cjson.encode(meta) or nil)
-    if not ok or not sent then self:warn_sink("table migration_logs", ok and err or sent) end
-    self:check_table_sink(false)
+    local row = { self.run_id, ev.migration, ev.status, ev.level, ev.message,
+                  ev.duration_ms, ev.error_message, meta and cjson.encode(meta) or cjson.null }
+    if ev.defer_table then
+      -- the `started` row of a transactional migration: nothing of it can
+      -- outlive a crash, so it travels with the migration's next row
+      self.held = row
+    else
+      self:send_rows(row)
+    end
   end
+end
+
+local INSERT_ONE = [[
+  INSERT INTO migration_logs (run_id, migration_name, status, level, message, duration_ms, error_message, metadata)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)]]
+local INSERT_TWO = INSERT_ONE .. ", ($9, $10, $11, $12, $13, $14, $15, $16::jsonb)"
+
+-- Sends the held row (if any) and row in one INSERT, without waiting: the
+-- server writes them while the migration connection works; a failure
+-- surfaces at the next event or at close.
+function M:send_rows(row)
+  local held = self.held
+  self.held = nil
+  if not held and not row then return end
+  local args, n = {}, 0
+  for _, r in ipairs({ held or false, row or false }) do
+    if r then
+      for i = 1, 8 do
+        n = n + 1
+        if r[i] ~= cjson.null then args[n] = r[i] end   -- holes bind as NULL
+      end
+    end
+  end
+  local sql = n == 16 and INSERT_TWO or INSERT_ONE
+  local ok, sent, err = pcall(self.conn.send, self.conn, sql, table.unpack(args, 1, n))
+  if not ok or not sent then self:warn_sink("table migration_logs", ok and err or sent) end
+  self:check_table_sink(false)
 end
 
 -- Reports failed log-row INSERTs (wait = true also reads the one in flight).
@@ -283,6 +310,7 @@ function M:for_migration(version)
 end
 
 function M:close()
+  if self.held and self.conn then self:send_rows(nil) end
   self:check_table_sink(true)
   if self.file then self.file:close() end
   self.file = nil
