@@ -27,6 +27,7 @@ int  mig_raise_pg_error(lua_State *L, PGconn *conn, PGresult *res, const char *s
 /* sha256.c, redact.c, fsdir.c, lint.c, signals.c: functions for the module table */
 int mig_l_checksum(lua_State *L);
 int mig_l_sha256(lua_State *L);
+int mig_l_checksum_file(lua_State *L);
 int mig_l_redact(lua_State *L);
 int mig_l_listdir(lua_State *L);
 int mig_l_isdir(lua_State *L);

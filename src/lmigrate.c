@@ -16,6 +16,7 @@
 static const luaL_Reg corelib[] = {
 	{"checksum",        mig_l_checksum},
 	{"sha256",          mig_l_sha256},
+	{"checksum_file",   mig_l_checksum_file},
 	{"redact",          mig_l_redact},
 	{"listdir",         mig_l_listdir},
 	{"isdir",           mig_l_isdir},

@@ -143,6 +143,18 @@ describe("migrate.core helpers", function()
     assert.equal("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", core.sha256("abc"))
   end)
 
+  it("checksums a file like its contents, CRLF folded, and fails cleanly on a missing one", function()
+    local dir = T.tmpdir()
+    local body = "return {\r\n up = function(m) end }\r\n" .. string.rep("x", 100000) .. "\r"
+    T.write(dir .. "/f.lua", body)
+    assert.equal(core.checksum(body), core.checksum_file(dir .. "/f.lua"))
+    T.write(dir .. "/empty.lua", "")
+    assert.equal(core.checksum(""), core.checksum_file(dir .. "/empty.lua"))
+    local none, err = core.checksum_file(dir .. "/nope.lua")
+    assert.is_nil(none)
+    assert.matches("nope%.lua: No such file", err)
+  end)
+
   it("redacts passwords from key=value strings and URIs", function()
     local r = core.redact("host=db user=app password=sekret123 dbname=shop")
     assert.is_nil(r:find("sekret123", 1, true))

@@ -135,7 +135,7 @@ function M.status(conn, dir)
   local incomplete = unapplied and M.incomplete(conn, applied) or {}
   for _, e in ipairs(entries) do
     by_file[e.version] = e
-    loader.read(e)
+    loader.checksum(e)
     local row = applied[e.version]
     local state
     if row then

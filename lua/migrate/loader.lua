@@ -73,7 +73,18 @@ function M.read(entry)
     errors.raise("config", "cannot read migration file: " .. err, { file = entry.path, migration = entry.version })
   end
   entry.source = data
-  entry.checksum = core.checksum(data)
+  entry.checksum = core.checksum(data)   -- of the bytes that will run, should the file change under us
+  return entry
+end
+
+-- Checksums a migration file without keeping its contents (show, drift).
+function M.checksum(entry)
+  if entry.checksum then return entry end
+  local sum, err = core.checksum_file(entry.path)
+  if not sum then
+    errors.raise("config", "cannot read migration file: " .. err, { file = entry.path, migration = entry.version })
+  end
+  entry.checksum = sum
   return entry
 end
 
