@@ -9,8 +9,8 @@
  *   memory        an allocator that fails past FUZZ_MEM_LIMIT (Lua raises
  *                 "not enough memory", which pcall catches)
  *   instructions  a count hook that raises once FUZZ_INSN_LIMIT VM
- *                 instructions ran, and again on every later tick, so a loop
- *                 that swallows errors with pcall still ends
+ *                 instructions ran, and again on every later instruction,
+ *                 so loops that swallow errors with pcall, nested or not, end
  *   side effects  once the function under test is on the stack, os.execute/
  *                 remove/rename/exit, io, loadfile/dofile, require/package
  *                 (so no core.sleep_ms or core.connect) and debug (but
@@ -64,7 +64,13 @@ fuzz_hook(lua_State *L, lua_Debug *ar)
 	lua_getallocf(L, (void **) &b);
 	b->insns += FUZZ_HOOK_EVERY;
 	if (b->insns > FUZZ_INSN_LIMIT)
+	{
+		/* from now on, every instruction: a raise caught by an inner pcall
+		 * must fire again in the loop around it, or nested pcall loops
+		 * (fuzz/corpus/loader/regression-nested-pcall-loops) never end */
+		lua_sethook(L, fuzz_hook, LUA_MASKCOUNT, 1);
 		luaL_error(L, "fuzz: instruction budget exhausted");
+	}
 }
 
 static int
