@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Usage: fuzz/run.sh [SECONDS per target, default 45] [target ...]
+# MIGRATE_FUZZ_SEED=N fixes libFuzzer's seed (CI: the same mutations every run,
+# so a finding is reproducible, not a coin toss; explore with no seed locally).
 # Builds the libFuzzer targets with clang (ASan + UBSan) in build-fuzz and
 # runs each for a bounded time. Each run first replays the checked-in seeds
 # of fuzz/corpus/<target>/ (where every crash ever found is kept as a
@@ -29,7 +31,7 @@ for t in "${targets[@]}"; do
   # detect_leaks: a leaked PGresult or lua_State would show here too.
   ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    "$build/fuzz/fuzz_$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+    "$build/fuzz/fuzz_$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 ${MIGRATE_FUZZ_SEED:+-seed="$MIGRATE_FUZZ_SEED"} \
       -max_len="$max_len" -print_final_stats=1 \
       -artifact_prefix="$build/artifacts/$t-" \
       "$build/corpus/$t" "fuzz/corpus/$t"
