@@ -42,8 +42,8 @@ int mig_l_call_user(lua_State *L);
 
 /* signals.c: the connection a SIGINT/SIGTERM should cancel, and the protected region */
 void mig_signals_set_cancel(PGconn *conn);   /* NULL clears */
-void mig_signals_enter_user(lua_State *L);
-void mig_signals_leave_user(lua_State *L);
+int  mig_signals_enter_user(lua_State *L);            /* returns the previous state */
+void mig_signals_leave_user(lua_State *L, int prev);
 int  mig_signals_pending(void);
 
 #endif

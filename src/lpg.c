@@ -21,6 +21,7 @@ typedef struct Conn {
 	int     depth;        /* nesting of conn:transaction */
 	int     watch_ms;     /* > 0: name the blockers of a statement waiting this long */
 	int     sent;         /* a conn:send is in flight: its results are read before the next command */
+	int     copy_refused; /* the last command was a COPY TO STDOUT (drained, refused) */
 	int     send_errors;  /* failed conn:send commands not yet reported */
 	char    send_error[256];
 } Conn;
@@ -165,6 +166,7 @@ l_connect(lua_State *L)
 	c->depth = 0;
 	c->watch_ms = 0;
 	c->sent = 0;
+	c->copy_refused = 0;
 	c->send_errors = 0;
 	c->send_error[0] = '\0';
 	luaL_setmetatable(L, MIG_CONN_MT);
@@ -260,6 +262,38 @@ static const char *BLOCKERS_SQL =
 
 static void push_rows(lua_State *L, PGresult *res);
 
+static const char COPY_REFUSED[] =
+	"COPY ... FROM STDIN / TO STDOUT cannot run in a migration (there is no client stream): "
+	"use INSERT ... SELECT, or COPY from or to a file on the server";
+
+/*
+ * A COPY to or from the client would leave the connection in COPY state and
+ * PQgetResult returning COPY results forever. End it (the server then
+ * reports an error for COPY FROM STDIN; COPY TO STDOUT is drained and marked
+ * refused). Returns 1 when r was such a result (and frees it).
+ */
+static int
+refuse_copy(Conn *c, PGresult *r)
+{
+	char *buf;
+	switch (PQresultStatus(r))
+	{
+		case PGRES_COPY_IN:
+		case PGRES_COPY_BOTH:
+			PQputCopyEnd(c->pg, COPY_REFUSED);
+			break;
+		case PGRES_COPY_OUT:
+			while (PQgetCopyData(c->pg, &buf, 0) > 0)
+				PQfreemem(buf);
+			c->copy_refused = 1;
+			break;
+		default:
+			return 0;
+	}
+	PQclear(r);
+	return 1;
+}
+
 /*
  * Reads the blockers of c's backend on the side connection w and leaves
  * them as an array on the stack (empty when nobody blocks). Never raises on
@@ -314,6 +348,8 @@ run_watched(lua_State *L, Conn *c, Conn *w, const char *sql, int nparams, const 
 			r = PQgetResult(c->pg);
 			if (r == NULL)
 				return last;
+			if (refuse_copy(c, r))
+				continue;                            /* the server answers with an error next */
 			if (last != NULL && PQresultStatus(last) == PGRES_FATAL_ERROR)
 				PQclear(r);                          /* keep the first error */
 			else
@@ -325,7 +361,7 @@ run_watched(lua_State *L, Conn *c, Conn *w, const char *sql, int nparams, const 
 		struct pollfd pfd = {PQsocket(c->pg), POLLIN, 0};
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		long elapsed = (long) ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000);
-		int timeout = next_ms > elapsed ? (int) (next_ms - elapsed) : 0;
+		int timeout = w == NULL ? -1 : next_ms > elapsed ? (int) (next_ms - elapsed) : 0;
 		if (poll(&pfd, 1, timeout) == 0 && w != NULL && w->pg != NULL)
 		{
 			/* waited watch_ms: ask who blocks us while we still wait */
@@ -370,26 +406,26 @@ run(lua_State *L, Conn *c, const char *sql)
 	}
 	box = new_result_box(L);
 	c->busy = 1;
+	c->copy_refused = 0;
 	mig_signals_set_cancel(c->pg);
-	if (w != NULL)
-	{
-		res = run_watched(L, c, w, sql, nparams, values);   /* [box, blockers] */
-		*box = res;                                  /* owned by the box from here */
-		lua_insert(L, -2);                           /* [blockers, box] */
-	}
-	else if (nparams > 0)
-		res = *box = PQexecParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0);
-	else
-		res = *box = PQexec(c->pg, sql);
+	res = run_watched(L, c, w, sql, nparams, values);   /* [box, blockers] */
+	*box = res;                                      /* owned by the box from here */
+	lua_insert(L, -2);                               /* [blockers, box] */
 	mig_signals_set_cancel(NULL);
 	c->busy = 0;
+	if (c->copy_refused)
+	{
+		*box = NULL;
+		PQclear(res);
+		luaL_error(L, "%s (SQL: %s)", COPY_REFUSED, sql);
+	}
 	st = PQresultStatus(res);
 	if (res == NULL || (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY))
 	{
 		*box = NULL;
 		mig_push_pg_error(L, c->pg, res, sql);       /* [.., box, err] */
 		PQclear(res);
-		if (w != NULL && !lua_isnil(L, -3))
+		if (!lua_isnil(L, -3))
 		{
 			lua_pushvalue(L, -3);
 			lua_setfield(L, -2, "blockers");
@@ -690,9 +726,9 @@ conn_transaction(lua_State *L)
 						  tx_status_name(c->pg));
 	command_or_rollback(L, c, begin);
 	c->depth++;
-	mig_signals_enter_user(L);
+	int prev_user = mig_signals_enter_user(L);
 	status = lua_pcall(L, 0, LUA_MULTRET, 0);
-	mig_signals_leave_user(L);
+	mig_signals_leave_user(L, prev_user);
 	c->depth--;
 	nres = lua_gettop(L) - 3;   /* results or the error object, above [conn, commit, begin] */
 

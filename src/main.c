@@ -60,7 +60,11 @@ mask_password(char *s)
 			v++;
 		if (*v == '\'')
 			for (v++; *v != '\0' && *v != '\''; v++)
+			{
+				if (*v == '\\' && v[1] != '\0')
+					*v++ = '*';     /* a backslash escapes the next character, a quote too */
 				*v = '*';
+			}
 		else
 			for (; *v != '\0' && *v != ' ' && *v != '&'; v++)
 				*v = '*';

@@ -89,9 +89,9 @@ mig_l_call_user(lua_State *L)
 	int status;
 	luaL_checktype(L, 1, LUA_TFUNCTION);
 	lua_settop(L, 1);
-	mig_signals_enter_user(L);
+	int prev = mig_signals_enter_user(L);
 	status = lua_pcall(L, 0, LUA_MULTRET, 0);
-	mig_signals_leave_user(L);
+	mig_signals_leave_user(L, prev);
 	if (status != LUA_OK)
 		return lua_error(L);
 	return lua_gettop(L);
@@ -108,20 +108,26 @@ mig_signals_set_cancel(PGconn *conn)
 		cancel_target = PQgetCancel(conn);
 }
 
-void
+/* Enters migration code; returns whether we were in it already (nesting:
+ * a with_lock_retries transaction inside a transaction = false migration). */
+int
 mig_signals_enter_user(lua_State *L)
 {
+	int prev = in_user;
 	user_L = L;
 	in_user = 1;
 	if (pending_signal)
 		lua_sethook(L, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+	return prev;
 }
 
+/* Leaves it, restoring the outer state: the hook stays armed while any outer
+ * migration code still runs, so a signal is never lost on the way out. */
 void
-mig_signals_leave_user(lua_State *L)
+mig_signals_leave_user(lua_State *L, int prev)
 {
-	in_user = 0;
-	if (pending_signal)
+	in_user = prev;
+	if (pending_signal && !prev)
 		lua_sethook(L, NULL, 0, 0);
 }
 

@@ -192,13 +192,14 @@ describe("a password given with --database-url", function()
     return (s:gsub("%z", " "))
   end
 
-  for _, form in ipairs({ "uri", "keyword" }) do
+  for _, form in ipairs({ "uri", "keyword", "escaped" }) do
     it("is masked in the process's command line (" .. form .. " form) and still used", function()
       local p = P.new("argv" .. form)
       p:add("20260101000001", "slow", M([[m:exec("SELECT pg_sleep(1.5)")]]))
       local url = form == "uri"
         and string.format("postgresql://postgres:sekret-in-argv@/%s?host=%s&port=%s", p.db, os.getenv("PGHOST"), os.getenv("PGPORT"))
-        or (p.conninfo .. " password='sekret in argv'")
+        or form == "keyword" and (p.conninfo .. " password='sekret in argv'")
+        or (p.conninfo .. [[ password='sek\'ret in argv']])
       local h = T.run_bg({ "--database-url", url, "--dir", p.dir, "--log-file", p.log, "run" })
       T.sleep(0.7)
       local seen = cmdline(h:pid())
@@ -206,6 +207,7 @@ describe("a password given with --database-url", function()
       assert.equal(0, r.code, r.stderr)
       assert.matches("database%-url", seen)
       assert.is_nil(seen:find("sekret", 1, true))
+      assert.is_nil(seen:find("ret in argv", 1, true))
       assert.equal("20260101000001", p:applied())
     end)
   end

@@ -61,6 +61,18 @@ describe("migrate.core connection", function()
     assert.equal(1, conn:query("SELECT count(*) AS n FROM u")[1].n)
   end)
 
+  it("refuses COPY from or to the client instead of hanging, and stays usable", function()
+    conn:exec("CREATE TABLE c (x int); INSERT INTO c VALUES (1)")
+    local ok, err = pcall(conn.exec, conn, "COPY c FROM STDIN")
+    assert.is_false(ok)
+    assert.matches("cannot run in a migration", tostring(err))
+    ok, err = pcall(conn.query, conn, "COPY c TO STDOUT")
+    assert.is_false(ok)
+    assert.matches("cannot run in a migration", tostring(err))
+    assert.equal(1, conn:query("SELECT count(*) AS n FROM c")[1].n)
+    assert.equal("idle", conn:tx_status())
+  end)
+
   it("quotes identifiers and literals through libpq", function()
     local evil = 'x"; DROP TABLE users; --'
     assert.equal('"x""; DROP TABLE users; --"', conn:quote_ident(evil))

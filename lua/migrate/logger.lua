@@ -47,10 +47,30 @@ M.CREATE_TABLE = CREATE_TABLE
 -- Defence in depth: nothing that looks like a password reaches a sink.
 -- Covers key=value conninfo (quoted or not), URIs (user:secret@host) and
 -- ?password=... query parameters.
+-- The end of a quoted conninfo value starting at i (just after the opening
+-- quote): libpq lets a backslash escape the next character, quote included.
+local function quoted_end(s, i)
+  while i <= #s do
+    local c = s:sub(i, i)
+    if c == "\\" then i = i + 2
+    elseif c == "'" then return i
+    else i = i + 1 end
+  end
+  return #s
+end
+
 local function scrub(s)
   if type(s) ~= "string" then return s end
-  s = s:gsub("([Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*)'[^']*'", "%1***")
-  s = s:gsub("([Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*)[^%s'&]+", "%1***")
+  local out, pos = {}, 1
+  while true do
+    local a, b = s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*'", pos)
+    if not a then break end
+    out[#out + 1] = s:sub(pos, b - 1) .. "***"
+    pos = quoted_end(s, b + 1) + 1
+  end
+  out[#out + 1] = s:sub(pos)
+  s = table.concat(out)
+  s = s:gsub("([Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*)[^%s'&*][^%s'&]*", "%1***")
   s = s:gsub("(%a[%w+.-]*://[^:/@%s]*):[^@%s]*@", "%1:***@")
   return s
 end
