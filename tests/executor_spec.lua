@@ -337,3 +337,82 @@ describe("a migration cannot get around the rollback or leak a password", functi
     assert.matches("cannot reach", doc.error.message)
   end)
 end)
+
+describe("revert and show around transaction = false migrations (review regressions)", function()
+  local function base(p)
+    p:add("20260101000001", "mk_t", M([[m:exec("CREATE TABLE t (id int PRIMARY KEY, a int, b int); INSERT INTO t SELECT g, g, g FROM generate_series(1, 5) g")]],
+      [[m:safe_drop_table("t")]]))
+  end
+
+  it("revert after a part-way failure undoes the failed migration, not the one before it", function()
+    local p = P.new("revfailed")
+    base(p)
+    p:add("20260101000002", "idx", M([[
+    m:safe_add_index("t", { "a" }, { name = "t_a_idx" })
+    error("stops after the first step")]], [[m:safe_drop_index("t_a_idx")]], "  transaction = false,\n"))
+    assert.equal(1, p:cli({ "run" }).code)
+    assert.equal("failed", p:json({ "show" }).migrations[2].state)
+    local doc, r = p:json({ "revert" })
+    assert.equal(0, r.code, r.stderr)
+    assert.same({ "20260101000002" }, doc.reverted)
+    assert.equal("5", p:sql("SELECT count(*) FROM t"))
+    assert.equal("f", p:sql("SELECT to_regclass('t_a_idx') IS NOT NULL"))
+    local show = p:json({ "show" })
+    assert.equal("applied", show.migrations[1].state)
+    assert.equal("pending", show.migrations[2].state)
+  end)
+
+  it("show says pending after a successful revert of a transaction = false migration", function()
+    local p = P.new("revnotx")
+    base(p)
+    p:add("20260101000002", "idx", M([[m:safe_add_index("t", { "a" }, { name = "t_a_idx" })]],
+      [[m:safe_drop_index("t_a_idx")]], "  transaction = false,\n"))
+    assert.equal(0, p:cli({ "run" }).code)
+    assert.equal(0, p:cli({ "revert" }).code)
+    assert.equal("pending", p:json({ "show" }).migrations[2].state)
+    assert.equal(0, p:cli({ "run" }).code)
+    assert.equal("applied", p:json({ "show" }).migrations[2].state)
+  end)
+
+  it("a revert of a transaction = false migration that stops part-way shows as failed, not applied", function()
+    local p = P.new("revhalf")
+    base(p)
+    p:add("20260101000002", "idx", M([[
+    m:safe_add_index("t", { "a" }, { name = "t_a_idx" })
+    m:safe_add_index("t", { "b" }, { name = "t_b_idx" })]], [[
+    m:safe_drop_index("t_b_idx")
+    error("down stops half-way")]], "  transaction = false,\n"))
+    assert.equal(0, p:cli({ "run" }).code)
+    assert.equal(1, p:cli({ "revert" }).code)
+    local st = p:json({ "show" }).migrations[2]
+    assert.equal("failed", st.state)
+    assert.equal("20260101000001,20260101000002", p:applied())
+    assert.equal("1", p:sql("SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000002' AND status = 'incomplete'"))
+    -- a run does not re-apply it: it is still in the history
+    assert.equal(0, p:cli({ "run" }).code)
+    assert.equal("20260101000001,20260101000002", p:applied())
+  end)
+end)
+
+describe("more review regressions", function()
+  it("--single-transaction failure marks the batch's earlier successes rolled back in migration_logs", function()
+    local p = P.new("singlelog")
+    p:add("20260101000001", "a", M([[m:exec("CREATE TABLE a (x int)")]]))
+    p:add("20260101000002", "b", M([[m:exec("SELECT 1/0")]]))
+    assert.equal(1, p:cli({ "run", "--single-transaction" }).code)
+    assert.equal("success,rolled_back", p:sql([[SELECT string_agg(status, ',' ORDER BY id) FROM migration_logs
+      WHERE migration_name = '20260101000001' AND status IN ('success', 'rolled_back')]]))
+  end)
+
+  it("rollback undoes the most recently applied migration, even one applied out of order", function()
+    local p = P.new("rbooo")
+    p:add("20260101000002", "second", M([[m:exec("CREATE TABLE second (x int)")]], [[m:unsafe("drops what up created here", function() m:exec("DROP TABLE second") end)]]))
+    assert.equal(0, p:cli({ "run" }).code)
+    p:add("20260101000001", "first", M([[m:exec("CREATE TABLE first (x int)")]], [[m:unsafe("drops what up created here", function() m:exec("DROP TABLE first") end)]]))
+    assert.equal(0, p:cli({ "run", "--allow-out-of-order" }).code)
+    local doc, r = p:json({ "rollback" })
+    assert.equal(0, r.code, r.stderr)
+    assert.same({ "20260101000001" }, doc.reverted)
+    assert.equal("t", p:sql("SELECT to_regclass('second') IS NOT NULL"))
+  end)
+end)

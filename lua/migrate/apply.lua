@@ -99,16 +99,25 @@ function M.down(config, opts)
   local ok, err = pcall(function()
     history.ensure(s.main)
     local status = executor.status(s.main, config.dir)
+    -- what can be reverted, in the order it was applied: history rows by
+    -- applied_at (an out-of-order migration applied last is undone first),
+    -- then a transaction = false migration that stopped part-way (it is the
+    -- most recent change: revert undoes its steps, CONTRACT section 5)
     local applied = {}
-    for _, st in ipairs(status) do if st.row then applied[#applied + 1] = st end end
+    for _, st in ipairs(status) do
+      if st.row or (st.state == "failed" and st.entry) then applied[#applied + 1] = st end
+    end
+    table.sort(applied, function(a, b)
+      local ka, kb = a.applied_at or "~", b.applied_at or "~"
+      if ka ~= kb then return ka < kb end
+      return a.version < b.version
+    end)
     local chosen = {}
     if opts.to then
-      local found = false
-      for _, st in ipairs(applied) do if st.version == opts.to then found = true end end
-      if not found then errors.raise("usage", "--to " .. opts.to .. ": no applied migration has that version") end
-      for i = #applied, 1, -1 do
-        if applied[i].version > opts.to then chosen[#chosen + 1] = applied[i] end
-      end
+      local at
+      for i, st in ipairs(applied) do if st.version == opts.to and st.row then at = i end end
+      if not at then errors.raise("usage", "--to " .. opts.to .. ": no applied migration has that version") end
+      for i = #applied, at + 1, -1 do chosen[#chosen + 1] = applied[i] end
     else
       for i = #applied, math.max(1, #applied - (opts.steps or 1) + 1), -1 do chosen[#chosen + 1] = applied[i] end
     end

@@ -97,8 +97,10 @@ function M.close(s)
   if s.side then s.side:close() end   -- ends the session: releases the advisory lock
 end
 
--- Versions of transaction = false migrations that stopped part-way: the last
--- lifecycle row for them in migration_logs is 'started' or 'failed'.
+-- transaction = false migrations that stopped part-way, by version: the
+-- last lifecycle row about them in migration_logs is a start, failure or
+-- "incomplete" of a transaction = false run. direction "up": not applied,
+-- the next run resumes it; "down": still in the history, its down half done.
 function M.incomplete(conn, applied)
   local out = {}
   local rows = conn:query([[SELECT CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false
@@ -107,18 +109,22 @@ function M.incomplete(conn, applied)
   rows = conn:query([[
     SELECT DISTINCT ON (migration_name) migration_name, status, metadata
       FROM migration_logs
-     WHERE status IN ('started', 'success', 'failed', 'rolled_back', 'reverted')
+     WHERE status IN ('started', 'success', 'failed', 'rolled_back', 'reverted', 'incomplete')
        AND metadata->>'transaction' = 'false'
      ORDER BY migration_name, id DESC]])
   for _, r in ipairs(rows) do
-    if (r.status == "started" or r.status == "failed") and not applied[r.migration_name] then
+    local meta = type(r.metadata) == "table" and r.metadata or {}
+    local direction = meta.direction or "up"
+    local stopped = (r.status == "started" or r.status == "failed" or r.status == "incomplete")
+      and meta.transaction == false
+    if stopped and (direction == "up") == not applied[r.migration_name] then
       local steps = conn:query([[SELECT message FROM migration_logs
         WHERE migration_name = $1 AND status = 'step'
           AND id > (SELECT max(id) FROM migration_logs WHERE migration_name = $1 AND status = 'started')
         ORDER BY id]], r.migration_name)
       local list = {}
       for _, st in ipairs(steps) do list[#list + 1] = st.message end
-      out[r.migration_name] = { status = r.status, steps = list }
+      out[r.migration_name] = { status = r.status, steps = list, direction = direction }
     end
   end
   return out
@@ -130,9 +136,7 @@ function M.status(conn, dir)
   local entries, problems = loader.scan(dir)
   local applied, order = history.applied(conn)
   local by_file, list = {}, {}
-  local unapplied = false
-  for _, e in ipairs(entries) do if not applied[e.version] then unapplied = true end end
-  local incomplete = unapplied and M.incomplete(conn, applied) or {}
+  local incomplete = M.incomplete(conn, applied)
   for _, e in ipairs(entries) do
     by_file[e.version] = e
     loader.checksum(e)
@@ -140,6 +144,7 @@ function M.status(conn, dir)
     local state
     if row then
       state = row.checksum == e.checksum and "applied" or "changed"
+      if incomplete[e.version] then state = "failed" end   -- its down stopped part-way
     elseif incomplete[e.version] then
       state = "failed"
     else
@@ -168,7 +173,7 @@ function M.pending(status, config)
   end
   local pending = {}
   for _, st in ipairs(status) do
-    if st.state == "pending" or st.state == "failed" then
+    if st.state == "pending" or (st.state == "failed" and not st.row) then
       if newest_applied and st.version < newest_applied and not config.allow_out_of_order then
         errors.raise("validation", string.format(
           "%s: migration %s is older than the newest applied migration %s (out of order); add a new migration with a later version, or pass --allow-out-of-order",
@@ -228,6 +233,18 @@ local function watch(s, lock_ms)
   if s.side then s.main:set_watch(s.side, math.max(50, lock_ms - math.min(1000, lock_ms // 2))) end
 end
 
+-- Backups listed by the backup service for the run's summary: a failed
+-- attempt's copies were rolled back with it, so they leave the list too.
+local function backups_mark()
+  local b = package.loaded["migrate.backup"]
+  return b and b.taken and #b.taken or 0
+end
+
+local function backups_reset(mark)
+  local b = package.loaded["migrate.backup"]
+  if b and b.taken then for i = #b.taken, mark + 1, -1 do b.taken[i] = nil end end
+end
+
 -- Applies one migration in direction "up" or "down".
 -- Returns duration_ms, m, {attempts, lock_wait_ms}; raises on failure
 -- (the error carries stats = m.stats and lock_wait_ms).
@@ -268,11 +285,13 @@ local function apply_one(s, entry, direction, mode, record)
     for i, lock_ms in ipairs(attempts) do
       wait.attempts = i
       watch(s, lock_ms)
+      local mark = backups_mark()
       local ok, err = pcall(conn.transaction, conn, function()
         body()
         finish()
       end, { prelude = timeouts_sql("LOCAL ", config, lock_ms) })   -- one round trip with BEGIN
       if ok then break end
+      backups_reset(mark)
       err = name_blockers(errors.wrap(err))
       if err.sqlstate == "55P03" then wait.lock_wait_ms = wait.lock_wait_ms + lock_ms end
       if err.sqlstate == "55P03" and i < #attempts and not core.interrupted() then
@@ -356,10 +375,20 @@ function M.migrate(s, pending, opts)
       end
     end
     s.outer_tx = true
+    local mark = backups_mark()
     ok, err = pcall(s.main.transaction, s.main, run_list, { rollback = opts.rollback })
     s.outer_tx = nil
+    if not ok or opts.rollback then backups_reset(mark) end
     if not ok or opts.rollback then result.applied_in_tx = result.applied end
-    if not ok then result.applied = {} end
+    if not ok then
+      -- their success rows stand in migration_logs: say they went with the batch
+      for _, v in ipairs(result.applied) do
+        logger:event { migration = v, status = "rolled_back", level = "warn", console = false,
+          message = v .. " rolled back with the rest of the batch (--single-transaction)",
+          metadata = { transaction = true, single_transaction = true } }
+      end
+      result.applied = {}
+    end
   else
     ok, err = pcall(run_list)
   end
@@ -409,14 +438,24 @@ function M.revert(s, entries, opts)
       result.ok, result.error, result.failed = false, e, entry.version
       logger:event { migration = entry.version, status = "failed", level = "error", duration_ms = core.now_ms() - t0,
         message = string.format("revert of %s failed: %s", label(entry), tostring(e)),
-        error_message = tostring(e), metadata = { error = error_fields(e), direction = "down" }, console = false }
-      logger:event { migration = entry.version, status = "rolled_back", level = "warn",
-        message = "the revert was rolled back: " .. label(entry) .. " stays applied", console = false }
+        error_message = tostring(e), metadata = { error = error_fields(e), direction = "down",
+          transaction = entry.transactional }, console = false }
+      if entry.transactional then
+        logger:event { migration = entry.version, status = "rolled_back", level = "warn",
+          message = "the revert was rolled back: " .. label(entry) .. " stays applied", console = false,
+          metadata = { direction = "down", transaction = true } }
+      else
+        -- its down's completed steps stay: show reports it failed until a
+        -- revert (or a fixed down) completes
+        logger:event { migration = entry.version, status = "incomplete", level = "warn",
+          message = string.format("the revert of %s stopped part-way (transaction = false): the down steps already run stay", label(entry)),
+          console = false, metadata = { direction = "down", transaction = false } }
+      end
       break
     end
     result.reverted[#result.reverted + 1] = entry.version
     logger:event { migration = entry.version, status = "reverted", duration_ms = dur,
-      message = "reverted " .. label(entry),
+      message = "reverted " .. label(entry), metadata = { direction = "down", transaction = entry.transactional },
       console_text = string.format("     reverted %s (%.0f ms)", label(entry), dur) }
   end
   return result
