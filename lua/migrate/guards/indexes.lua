@@ -44,8 +44,17 @@ function G.safe_add_index(m, tbl, cols, opts)
     have = nil
   end
   if have then
-    local same = have.cols == table.concat(cols, ",") and have.uniq == (opts.unique and true or false)
-      and have.amname == method and (have.pred ~= nil) == (opts.where ~= nil)
+    -- identical means what PostgreSQL says: build the wanted index on an
+    -- empty copy of the table and compare the definitions from USING on
+    -- (method, columns, opclasses, order, INCLUDE, predicate)
+    local ok, want = U.probe(m, tbl, function(probe)
+      m.conn:exec(string.format("CREATE %sINDEX migrate_lua_probe_idx ON %s USING %s (%s)%s", opts.unique and "UNIQUE " or "",
+        probe, method, U.col_list(m, cols), opts.where and (" WHERE " .. opts.where) or ""))
+      return m.conn:query("SELECT pg_catalog.pg_get_indexdef('pg_temp.migrate_lua_probe_idx'::regclass) AS def")[1].def
+    end)
+    if not ok then m:fail(U.decorate(want)) end
+    local function tail(def) return def:match(" USING (.*)$") end
+    local same = have.uniq == (opts.unique and true or false) and tail(have.def) == tail(want)
     if same then
       U.info(m, "safe_add_index: " .. name .. " already exists with this definition (no-op)")
       return false
