@@ -101,12 +101,14 @@ end
 -- last lifecycle row about them in migration_logs is a start, failure or
 -- "incomplete" of a transaction = false run. direction "up": not applied,
 -- the next run resumes it; "down": still in the history, its down half done.
-function M.incomplete(conn, applied)
+function M.incomplete(conn, applied, readable)
   local out = {}
-  local rows = conn:query([[SELECT CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false
-    ELSE pg_catalog.has_table_privilege('migration_logs', 'SELECT') END AS e]])
-  if not rows[1].e then return out end
-  rows = conn:query([[
+  if readable == nil then
+    readable = conn:query([[SELECT CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false
+      ELSE pg_catalog.has_table_privilege('migration_logs', 'SELECT') END AS e]])[1].e
+  end
+  if not readable then return out end
+  local rows = conn:query([[
     SELECT DISTINCT ON (migration_name) migration_name, status, metadata
       FROM migration_logs
      WHERE status IN ('started', 'success', 'failed', 'rolled_back', 'reverted', 'incomplete')
@@ -134,9 +136,13 @@ end
 -- Returns an array of {version, name, state, applied_at, checksum, entry, row}.
 function M.status(conn, dir)
   local entries, problems = loader.scan(dir)
-  local applied, order = history.applied(conn)
+  -- one round trip for what exists: the history, and a readable log table
+  local have = conn:query([[SELECT pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL AS history,
+    CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false
+         ELSE pg_catalog.has_table_privilege('migration_logs', 'SELECT') END AS logs]])[1]
+  local applied, order = history.applied(conn, have.history)
   local by_file, list = {}, {}
-  local incomplete = M.incomplete(conn, applied)
+  local incomplete = M.incomplete(conn, applied, have.logs)
   for _, e in ipairs(entries) do
     by_file[e.version] = e
     loader.checksum(e)

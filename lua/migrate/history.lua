@@ -31,10 +31,12 @@ function M.ensure(conn)
   if not M.exists(conn) then conn:exec(CREATE) end
 end
 
--- Applied rows keyed by version, plus the versions in order.
-function M.applied(conn)
+-- Applied rows keyed by version, plus the versions in order. exists: the
+-- caller already knows whether the table exists (saves a round trip).
+function M.applied(conn, exists)
   local by_version, order = {}, {}
-  if not M.exists(conn) then return by_version, order end
+  if exists == nil then exists = M.exists(conn) end
+  if not exists then return by_version, order end
   local rows = conn:query([[
     SELECT version, name, checksum, description, duration_ms, applied_by, tool_version, run_id,
            to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS applied_at
