@@ -19,33 +19,11 @@ static const char *const run =
 	"  assert(type(s.sql) == 'string', 'statement without text')\n"
 	"end\n";
 
-/* No user code runs here, so one state serves every input (much faster
- * than loading the module each time); the budget is reset per input. */
-static struct fuzz_budget budget;
-static lua_State *state;
-
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	if (state == NULL)
-	{
-		state = fuzz_state(&budget);
-		if (state == NULL)
-			abort();
-		if (luaL_loadstring(state, run) != LUA_OK)
-			abort();
-		fuzz_push_function(state, "migrate.lint", "parse");
-		fuzz_lockdown(state);
-		lua_setfield(state, LUA_REGISTRYINDEX, "fuzz.fn");
-		lua_setfield(state, LUA_REGISTRYINDEX, "fuzz.run");
-	}
-	lua_State *L = state;
-	budget.insns = 0;
-	lua_settop(L, 0);
-	lua_getfield(L, LUA_REGISTRYINDEX, "fuzz.run");
-	lua_getfield(L, LUA_REGISTRYINDEX, "fuzz.fn");
-	lua_pushlstring(L, (const char *) data, size);
-	if (lua_pcall(L, 2, 0, 0) != LUA_OK)
+	lua_State *L;
+	if (fuzz_call_cached(data, size, run, "migrate.lint", "parse", &L) != LUA_OK)
 	{
 		/* cjson refuses trees nested deeper than its limit: a clean error, not a bug */
 		const char *msg = lua_tostring(L, -1);

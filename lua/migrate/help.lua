@@ -144,6 +144,13 @@ end
 -- Every option of cli.options (aliases folded in), each as
 -- {name, aliases, metavar, text, default, env, min, kind, command = bool},
 -- in the documented order, undocumented ones last.
+
+-- documented order first, then by name
+local function by_order(a, b)
+  if a.order ~= b.order then return a.order < b.order end
+  return a.name < b.name
+end
+
 function M.options()
   local spec, docs = cli().options, by_name(M.OPTION_DOCS)
   local claimed = {}
@@ -170,10 +177,7 @@ function M.options()
         order = d and d.order or math.huge }
     end
   end
-  table.sort(out, function(a, b)
-    if a.order ~= b.order then return a.order < b.order end
-    return a.name < b.name
-  end)
+  table.sort(out, by_order)
   return out
 end
 
@@ -185,10 +189,7 @@ function M.commands()
     out[#out + 1] = { name = name, summary = summary, args = d.args, options = d.options, text = d.text,
       exits = d.exits, example = d.example, order = d.order or math.huge }
   end
-  table.sort(out, function(a, b)
-    if a.order ~= b.order then return a.order < b.order end
-    return a.name < b.name
-  end)
+  table.sort(out, by_order)
   return out
 end
 
