@@ -28,6 +28,8 @@ static const luaL_Reg corelib[] = {
 	{"now_ms",          mig_l_now_ms},
 	{"alarm",           mig_l_alarm},
 	{"call_user",       mig_l_call_user},
+	{"setenv",          mig_l_setenv},
+	{"conninfo_env",    mig_l_conninfo_env},
 	{NULL, NULL}
 };
 

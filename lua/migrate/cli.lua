@@ -43,6 +43,9 @@ M.options = {
   ["--format"] = { key = "format", kind = "string" },   -- "text" | "github" (auto under GITHUB_ACTIONS)
   ["--older-than"] = { key = "older_than", kind = "string" },   -- backup prune: 7d, 12h, 30m, 2w
   ["--max-locked-copy-bytes"] = { key = "max_locked_copy_bytes", kind = "int", default = 268435456, min = 0 },
+  -- issue 16
+  ["--config"] = { key = "config", kind = "string" },
+  ["--schema-file"] = { key = "schema_file", kind = "string" },
 }
 
 M.commands = {
@@ -58,6 +61,9 @@ M.commands = {
   logs = "show the latest rows of migration_logs",
   help = "show help",
   version = "show the version",
+  -- issue 16
+  config = "print each effective setting and where it came from",
+  schema = "dump PATH | check PATH: the schema file (pg_dump --schema-only)",
 }
 
 -- Levenshtein distance, for "did you mean".
@@ -128,14 +134,8 @@ function M.parse(argv)
     end
     i = i + 1
   end
-  -- defaults and environment
-  for _, spec in pairs(M.options) do
-    if spec.key and config[spec.key] == nil then
-      local env = spec.env and os.getenv(spec.env)
-      if env and env ~= "" then config[spec.key] = env
-      elseif spec.default ~= nil then config[spec.key] = spec.default end
-    end
-  end
+  -- environment, config file, .env, defaults (migrate.config)
+  require("migrate.config").apply(config, M.options)
   config.dir = config.dir:gsub("/+$", "")
   if config.dir == "" then config.dir = "/" end
   return command, args, config

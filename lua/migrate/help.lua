@@ -49,6 +49,12 @@ M.OPTION_DOCS = {
   { "--migration", "VERSION", "only the log rows of this migration (version or file name)" },
   { "--status", "STATUS", "only log rows with this status (started, success, failed, rolled_back, "
     .. "backup, guard, lint, unsafe, ...)" },
+  -- issue 16
+  { "--config", "PATH", "the config file (default ./migrate-lua.conf, if present): `option = value` lines "
+    .. "whose keys are the long option names; a flag or an environment variable wins over it, it wins over "
+    .. "./.env" },
+  { "--schema-file", "PATH", "after a successful change, write the schema there (pg_dump --schema-only, "
+    .. "without migrate-lua's own tables)" },
 }
 
 -- Per command: arguments, the command options it reads (the rest are
@@ -75,24 +81,24 @@ M.COMMAND_DOCS = {
       .. "back, under a short lock timeout, and prints the SQL it ran. Changes nothing.",
     exits = "1 a migration failed; 3 validation failed",
     example = "migrate-lua dry-run --plan" },
-  { "safe-run", args = "", options = {},
+  { "safe-run", args = "", options = { "--schema-file" },
     text = "Validates, takes the migration lock, then applies each pending migration in its own "
       .. "transaction with guard clauses, backups before destructive steps, lock-timeout retries and "
       .. "full logging. Stops at the first failure; earlier migrations stay applied.",
     exits = "1 a migration failed (rolled back); 3 validation failed or drift; 4 another run holds the lock",
     example = "migrate-lua --database-url postgres://app@db/app safe-run" },
-  { "run", args = "", options = {},
+  { "run", args = "", options = { "--schema-file" },
     text = "Applies pending migrations on the plain path: no validation and no backups (the lint and "
       .. "the guard clauses still apply).",
     exits = "1 a migration failed (rolled back); 4 another run holds the lock",
     example = "migrate-lua run" },
-  { "rollback", args = "[--steps N | --to VERSION]", options = { "--steps", "--to" },
+  { "rollback", args = "[--steps N | --to VERSION]", options = { "--steps", "--to", "--schema-file" },
     text = "Safely reverts the newest applied migration (or N, or down to VERSION): validates the downs, "
       .. "backs data up before destructive steps, one transaction per migration, and prints the "
       .. "command that restores each backup.",
     exits = "1 a down failed (rolled back); 3 drift or no down; 4 another run holds the lock",
     example = "migrate-lua rollback --steps 2" },
-  { "revert", args = "", options = {},
+  { "revert", args = "", options = { "--schema-file" },
     text = "Plainly reverts the newest applied migration (no validation, no backups).",
     exits = "1 the down failed (rolled back); 4 another run holds the lock",
     example = "migrate-lua revert" },
@@ -112,6 +118,18 @@ M.COMMAND_DOCS = {
   { "version", args = "", options = {},
     text = "The version of migrate-lua, its Lua and libpq.",
     example = "migrate-lua version --json" },
+  -- issue 16
+  { "config", args = "", options = {},
+    text = "Prints every setting with its effective value and where it came from: a flag, the environment, "
+      .. "the config file (with its line), ./.env, or the default. Passwords are shown as ***.",
+    example = "migrate-lua config" },
+  { "schema", args = "dump [PATH] | check PATH", options = {},
+    text = "dump writes the live schema (pg_dump --schema-only --no-owner --no-privileges, without "
+      .. "migrate_lua_migrations, migration_logs and the schema migrate_lua_backups, and without the "
+      .. "lines that change from one pg_dump run to the next) to PATH, or to standard output. check "
+      .. "compares the live schema with PATH and prints the difference as a unified diff.",
+    exits = "3 the live schema differs from the file (check)",
+    example = "migrate-lua schema check db/schema.sql" },
 }
 
 -- errors.EXIT name -> meaning
