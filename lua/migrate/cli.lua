@@ -220,6 +220,7 @@ function M.main(argv)
     M.report(config, command, errors.exit_code(e), doc, e)
     return errors.exit_code(e)
   end
+  code = require("migrate.schema").after_command(config, command, code, doc)   -- --schema-file
   if config.json and doc then io.stdout:write(json.encode(doc), "\n") end
   M.report(config, command, code, doc)
   return code

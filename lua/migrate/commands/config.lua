@@ -74,7 +74,7 @@ function M.run(config)
   local doc = { settings = json.array {}, config_file = config._config_file or json.null }
   for _, r in ipairs(rows) do
     doc.settings[#doc.settings + 1] = { option = r.option, value = r.value or json.null, source = r.source,
-                                        where = r.where or json.null }
+                                        where = r.where }
   end
   return 0, doc
 end

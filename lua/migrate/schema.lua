@@ -1,0 +1,177 @@
+-- The schema file (CONTRACT section 8): the live schema as the real
+-- `pg_dump --schema-only` prints it, without migrate-lua's own objects, and
+-- without the lines that change from one pg_dump run to the next, so a
+-- review sees a schema change as a minimal diff and `schema check` sees a
+-- hand-made change on a server.
+--
+-- The connection reaches pg_dump as libpq's own variables (PGHOST,
+-- PGPASSWORD, ...: core.conninfo_env), set in this process only while
+-- pg_dump runs, never in its argv (which `ps` shows to every local user).
+local errors = require "migrate.errors"
+local core = require "migrate.core"
+
+local M = {}
+
+-- migrate-lua's own objects: history, logs, backups
+M.EXCLUDE = { "--exclude-schema=migrate_lua_backups", "--exclude-table=*.migrate_lua_migrations",
+              "--exclude-table=*.migration_logs", "--exclude-table=*.migration_logs_id_seq" }
+
+-- What is stripped from pg_dump's output, and why: each of these differs
+-- between two dumps of the same schema.
+M.STRIP = {
+  "^%-%- Dumped from database version ",   -- the server's minor version
+  "^%-%- Dumped by pg_dump version ",      -- the client's
+  "^\\restrict ",                          -- a random key per dump (pg_dump 17.6, 16.10, 15.14, ...)
+  "^\\unrestrict ",
+}
+
+local function sh_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+local function executable(path)
+  return os.execute("test -x " .. sh_quote(path)) == true
+end
+
+-- pg_dump to use: $PG_BIN/pg_dump, else the newest /usr/lib/postgresql/*/bin
+-- (as tests/with_pg.sh finds PG_BIN: a pg_dump must be at least the
+-- server's version), else the one on PATH. nil when there is none.
+function M.find_pg_dump()
+  local pg_bin = os.getenv("PG_BIN")
+  if pg_bin and pg_bin ~= "" and executable(pg_bin .. "/pg_dump") then return pg_bin .. "/pg_dump" end
+  local p = io.popen("ls -d /usr/lib/postgresql/*/bin/pg_dump 2>/dev/null | sort -V | tail -n 1")
+  local found = p and p:read("l")
+  if p then p:close() end
+  if found and found ~= "" and executable(found) then return found end
+  p = io.popen("command -v pg_dump 2>/dev/null")
+  found = p and p:read("l")
+  if p then p:close() end
+  if found and found ~= "" then return found end
+end
+
+-- Drops the STRIP lines and folds the blank lines they leave.
+function M.normalize(text)
+  local out, blank = {}, false
+  for line in (text .. "\n"):gmatch("(.-)\r?\n") do
+    local drop = false
+    for _, pat in ipairs(M.STRIP) do
+      if line:find(pat) then drop = true break end
+    end
+    if not drop then
+      local is_blank = line == ""
+      if not (is_blank and blank) then out[#out + 1] = line end
+      blank = is_blank
+    end
+  end
+  while out[#out] == "" do out[#out] = nil end
+  return table.concat(out, "\n") .. "\n"
+end
+
+local function with_env(vars, fn)
+  local saved = {}
+  for k, v in pairs(vars) do
+    saved[k] = { os.getenv(k) }
+    core.setenv(k, v)
+  end
+  local ok, a, b = pcall(fn)
+  for k, old in pairs(saved) do core.setenv(k, old[1]) end
+  if not ok then error(a, 0) end
+  return a, b
+end
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- The normalized live schema of config.database_url (or libpq's defaults).
+function M.dump(config)
+  local bin = M.find_pg_dump()
+  if not bin then
+    errors.raise("config", "pg_dump not found (install postgresql-client of at least the server's version, "
+      .. "or set PG_BIN to the folder that holds it)")
+  end
+  local vars = {}
+  if config.database_url then
+    local env, err = core.conninfo_env(config.database_url)
+    if not env then errors.raise("connect", "bad --database-url for pg_dump: " .. tostring(err)) end
+    vars = env
+  end
+  local errf = os.tmpname()
+  local args = { sh_quote(bin), "--schema-only", "--no-owner", "--no-privileges", "--encoding=UTF8" }
+  for _, a in ipairs(M.EXCLUDE) do args[#args + 1] = sh_quote(a) end
+  local cmd = table.concat(args, " ") .. " 2>" .. sh_quote(errf) .. " </dev/null"
+  local out, ok = with_env(vars, function()
+    local p = assert(io.popen(cmd, "r"))
+    local text = p:read("a")
+    return text, (p:close())
+  end)
+  local err = read(errf) or ""
+  os.remove(errf)
+  if not ok then
+    local scrub = require("migrate.logger").scrub
+    errors.raise("connect", string.format("pg_dump (%s) failed: %s", bin, scrub(err:gsub("%s+$", ""))))
+  end
+  return M.normalize(out), bin
+end
+
+-- Writes the schema to path (a temporary file renamed over it, so a reader
+-- never sees half a file).
+function M.write(config, path)
+  local text = M.dump(config)
+  local tmp = path .. ".tmp"
+  local f, err = io.open(tmp, "wb")
+  if not f then errors.raise("config", "cannot write the schema file: " .. tostring(err), { file = path }) end
+  f:write(text)
+  f:close()
+  local ok, rerr = os.rename(tmp, path)
+  if not ok then
+    os.remove(tmp)
+    errors.raise("config", "cannot write the schema file: " .. tostring(rerr), { file = path })
+  end
+  return text
+end
+
+-- nil when the live schema is the file's, else the unified diff (file ->
+-- live).
+function M.check(config, path)
+  local want = read(path)
+  if not want then errors.raise("config", "cannot read the schema file " .. path, { file = path }) end
+  local live = M.dump(config)
+  want = M.normalize(want)
+  if want == live then return nil end
+  local a, b = os.tmpname(), os.tmpname()
+  local fa, fb = assert(io.open(a, "wb")), assert(io.open(b, "wb"))
+  fa:write(want); fa:close()
+  fb:write(live); fb:close()
+  local p = assert(io.popen(string.format("diff -u --label %s --label %s %s %s", sh_quote(path),
+    sh_quote("live database"), sh_quote(a), sh_quote(b))))
+  local diff = p:read("a")
+  p:close()
+  os.remove(a); os.remove(b)
+  return diff ~= "" and diff or "(the files differ)\n"
+end
+
+-- Commands whose success changes the schema (and their aliases).
+local CHANGES = { run = true, ["safe-run"] = true, rollback = true, revert = true, up = true, migrate = true,
+                  down = true }
+
+-- cli.main's hook after a command: with --schema-file, writes the schema
+-- when a changing command succeeded. Returns the exit code.
+function M.after_command(config, command, code, doc)
+  if code ~= 0 or not config.schema_file or not CHANGES[command] then return code end
+  local ok, e = pcall(M.write, config, config.schema_file)
+  if not ok then
+    e = errors.wrap(e)
+    io.stderr:write("migrate-lua: the change succeeded, but the schema file was not written: ",
+      require("migrate.logger").scrub(tostring(e)), "\n")
+    if type(doc) == "table" then doc.schema_file_error = tostring(e) end
+    return errors.exit_code(e)
+  end
+  if type(doc) == "table" then doc.schema_file = config.schema_file end
+  if not config.json and not config.quiet then io.stderr:write("schema written to ", config.schema_file, "\n") end
+  return code
+end
+
+return M
