@@ -31,12 +31,15 @@ local function executable(path)
   return os.execute("test -x " .. sh_quote(path)) == true
 end
 
--- pg_dump to use: $PG_BIN/pg_dump, else the newest /usr/lib/postgresql/*/bin
+-- pg_dump to use: $PG_BIN/pg_dump when PG_BIN is set, else the newest /usr/lib/postgresql/*/bin
 -- (as tests/with_pg.sh finds PG_BIN: a pg_dump must be at least the
 -- server's version), else the one on PATH. nil when there is none.
 function M.find_pg_dump()
   local pg_bin = os.getenv("PG_BIN")
-  if pg_bin and pg_bin ~= "" and executable(pg_bin .. "/pg_dump") then return pg_bin .. "/pg_dump" end
+  if pg_bin and pg_bin ~= "" then
+    if executable(pg_bin .. "/pg_dump") then return pg_bin .. "/pg_dump" end
+    return nil, "PG_BIN=" .. pg_bin .. " holds no pg_dump"
+  end
   local p = io.popen("ls -d /usr/lib/postgresql/*/bin/pg_dump 2>/dev/null | sort -V | tail -n 1")
   local found = p and p:read("l")
   if p then p:close() end
@@ -87,10 +90,10 @@ end
 
 -- The normalized live schema of config.database_url (or libpq's defaults).
 function M.dump(config)
-  local bin = M.find_pg_dump()
+  local bin, why = M.find_pg_dump()
   if not bin then
-    errors.raise("config", "pg_dump not found (install postgresql-client of at least the server's version, "
-      .. "or set PG_BIN to the folder that holds it)")
+    errors.raise("config", "pg_dump not found" .. (why and (": " .. why) or "") .. " (install postgresql-client "
+      .. "of at least the server's version, or set PG_BIN to the folder that holds it)")
   end
   local vars = {}
   if config.database_url then

@@ -1,0 +1,124 @@
+-- The schema file (CONTRACT section 8): `schema dump`, `--schema-file` after
+-- a change, `schema check` catching a hand-made change, with the real
+-- pg_dump of the test server's version.
+local T = require "helpers.env"
+local P = require "helpers.project"
+
+local pg_bin = os.getenv("MIGRATE_TEST_PG_BIN")
+
+local function project()
+  local p = P.new("schema")
+  p:add("20260101000001", "widgets", P.migration(
+    [[m:safe_create_table("widgets", { { "id", "bigint", primary_key = true }, { "name", "text" } })]],
+    [[m:safe_drop_table("widgets")]]))
+  p:add("20260101000002", "widgets_active", P.migration(
+    [[m:safe_add_column("widgets", "active", "boolean", { null = false, default = true })]],
+    [[m:safe_drop_column("widgets", "active")]]))
+  return p
+end
+
+-- the binary with PG_BIN pointing at the test server's pg_dump
+local function cli(p, args, env)
+  local e = { PG_BIN = pg_bin, NO_COLOR = "1" }
+  for k, v in pairs(env or {}) do e[k] = v end
+  return p:cli(args, { env = e })
+end
+
+describe("schema file", function()
+  it("--schema-file on safe-run writes the schema, without migrate-lua's own objects and run-specific lines", function()
+    local p = project()
+    local file = p.root .. "/db/schema.sql"
+    os.execute("mkdir -p " .. T.shell_quote(p.root .. "/db"))
+    local r = cli(p, { "safe-run", "--schema-file", file })
+    assert.equal(0, r.code, r.stderr)
+    local text = T.read(file)
+    assert.matches("CREATE TABLE public%.widgets %(\n    id bigint NOT NULL,\n    name text,\n    active boolean DEFAULT true NOT NULL\n%);", text)
+    assert.matches("ADD CONSTRAINT widgets_pkey PRIMARY KEY %(id%)", text)
+    -- safe-run created history, logs and (no) backups: none of them is in the file
+    assert.equal("t", p:sql("SELECT to_regclass('migration_logs') IS NOT NULL AND to_regclass('migrate_lua_migrations') IS NOT NULL"))
+    for _, own in ipairs { "migrate_lua_migrations", "migration_logs", "migrate_lua_backups" } do
+      assert.is_nil(text:find(own, 1, true), own)
+    end
+    assert.is_nil(text:find("Dumped from database version", 1, true))
+    assert.is_nil(text:find("Dumped by pg_dump version", 1, true))
+    assert.is_nil(text:find("\n\\restrict", 1, true))
+    -- stable: a second dump of the same schema is byte-identical
+    local again = cli(p, { "schema", "dump" })
+    assert.equal(0, again.code, again.stderr)
+    assert.equal(text, again.stdout)
+  end)
+
+  it("rollback --schema-file rewrites it, and the diff is the change alone", function()
+    local p = project()
+    local file = p.root .. "/schema.sql"
+    assert.equal(0, cli(p, { "safe-run", "--schema-file", file }).code)
+    local before = T.read(file)
+    local r = cli(p, { "rollback", "--schema-file", file })
+    assert.equal(0, r.code, r.stderr)
+    local after = T.read(file)
+    assert.is_nil(after:find("active", 1, true))
+    assert.equal(before:gsub(",\n    active boolean DEFAULT true NOT NULL", ""), after)
+  end)
+
+  it("a failed migration leaves the schema file alone", function()
+    local p = project()
+    local file = p.root .. "/schema.sql"
+    T.write(file, "untouched\n")
+    p:add("20260101000003", "boom", P.migration([[m:exec("CREATE TABLE half (id int)"); error("boom")]]))
+    local r = cli(p, { "run", "--schema-file", file })
+    assert.equal(1, r.code, r.stderr)
+    assert.equal("untouched\n", T.read(file))
+  end)
+
+  it("schema check exits 0 on the same schema and 3 with a unified diff after a hand-made change", function()
+    local p = project()
+    local file = p.root .. "/schema.sql"
+    assert.equal(0, cli(p, { "run" }).code)
+    local d = cli(p, { "schema", "dump", file })
+    assert.equal(0, d.code, d.stderr)
+    local ok = cli(p, { "schema", "check", file })
+    assert.equal(0, ok.code, ok.stderr)
+    -- somebody adds a column on the server by hand
+    p:sql("ALTER TABLE widgets ADD COLUMN hotfix text")
+    local r = cli(p, { "schema", "check", file })
+    assert.equal(3, r.code, r.stderr)
+    assert.matches("the live schema differs from " .. file:gsub("%p", "%%%0"), r.stdout)
+    assert.matches("\n%-%-%- " .. file:gsub("%p", "%%%0") .. "\n%+%+%+ live database\n", r.stdout)
+    assert.matches("\n%-    active boolean DEFAULT true NOT NULL\n%+    active boolean DEFAULT true NOT NULL,\n%+    hotfix text\n", r.stdout)
+    local doc, jr = p:json({ "schema", "check", file }, { env = { PG_BIN = pg_bin } })
+    assert.equal(3, jr.code)
+    assert.is_false(doc.ok)
+    assert.matches("%+    hotfix text", doc.diff)
+  end)
+
+  it("hands pg_dump the password in its environment, never in its argv", function()
+    local p = project()
+    -- a pg_dump that records what it was given, then runs the real one
+    local bin = p.root .. "/pgbin"
+    local record = p.root .. "/record"
+    T.write(bin .. "/pg_dump", table.concat({
+      "#!/bin/sh",
+      "printf 'argv: %s\\n' \"$*\" >" .. T.shell_quote(record),
+      "printf 'PGPASSWORD=%s PGDATABASE=%s\\n' \"$PGPASSWORD\" \"$PGDATABASE\" >>" .. T.shell_quote(record),
+      "exec " .. T.shell_quote(pg_bin .. "/pg_dump") .. " \"$@\"", "" }, "\n"))
+    os.execute("chmod +x " .. T.shell_quote(bin .. "/pg_dump"))
+    local url = p.conninfo .. " password=hunter2-secret"
+    local r = T.run({ "--database-url", url, "schema", "dump" }, { env = { PG_BIN = bin } })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("PostgreSQL database dump complete", r.stdout)
+    local rec = T.read(record)
+    assert.is_nil(rec:match("argv: [^\n]*hunter2"), rec)
+    assert.matches("PGPASSWORD=hunter2%-secret PGDATABASE=" .. p.db, rec)
+    assert.matches("%-%-schema%-only", rec)
+  end)
+
+  it("refuses clearly when no pg_dump can be found, and a bad subcommand", function()
+    local p = project()
+    local r = T.run({ "--database-url", p.conninfo, "schema", "dump" }, { env = { PG_BIN = p.root .. "/nothing" } })
+    assert.equal(2, r.code)
+    assert.matches("pg_dump not found: PG_BIN=[^ ]*/nothing holds no pg_dump %(install postgresql%-client", r.stderr)
+    local bad = T.run({ "schema", "frobnicate" })
+    assert.equal(2, bad.code)
+    assert.matches('schema needs dump %[PATH%] or check PATH, got "frobnicate"', bad.stderr)
+  end)
+end)
