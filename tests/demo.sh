@@ -4,7 +4,8 @@
 # it): the 60-second tour. Run as   tests/with_pg.sh tests/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=$(realpath "${MIGRATE_BUILD_DIR:-build}/migrate-lua")
+# MIGRATE_BIN=migrate-lua runs the installed binary found on PATH instead
+bin=${MIGRATE_BIN:-$(realpath "${MIGRATE_BUILD_DIR:-build}/migrate-lua")}
 work=$(mktemp -d "${MIGRATE_TEST_TMP:-/tmp}/demo.XXXXXX")
 export DATABASE_URL="host=$PGHOST port=$PGPORT user=${PGUSER:-postgres} dbname=postgres"
 export MIGRATE_LUA_DIR=$PWD/migrations
