@@ -289,7 +289,9 @@ function M.copy(conn, spec)
     consistency = "write-counters"
     before = write_counter(conn, rel.oid)
   end
-  local progress = on_tty() and rel.size >= 64 * 1024 * 1024 and not spec.quiet
+  -- a big copy is announced; off a terminal its end is shown too once it
+  -- took longer than the progress interval (migrate.progress)
+  local progress = not spec.quiet and rel.size >= 64 * 1024 * 1024
   if progress then
     io.stderr:write(string.format("    backing up %s (~%d rows, %s) ...\n", label, rel.estimate, pretty_bytes(rel.size)))
   end
@@ -333,8 +335,9 @@ function M.copy(conn, spec)
     json.encode(json.array(selected)), json.encode(json.array(coltypes)), json.encode(json.array(key)),
     nrows, size, checksum, rel.owner, consistency,
     definition and json.encode(definition) or nil, ddl, spec.reason, duration, spec.run_id)
-  if progress then
-    io.stderr:write(string.format("    backed up %s: %d rows, %s in %.1f s\n", label, nrows, pretty_bytes(size), duration / 1000))
+  if progress or (not spec.quiet and not on_tty() and duration >= require("migrate.progress").interval_ms()) then
+    io.stderr:write(string.format("    backed up %s: %d rows, %s in %.1f s, %.0f rows/s\n", label, nrows, pretty_bytes(size),
+      duration / 1000, duration > 0 and nrows * 1000 / duration or nrows))
   end
   return { id = id, kind = kind, table = label, backup_table = M.SCHEMA .. "." .. bname, columns = selected,
            rows = nrows, size_bytes = size, checksum = checksum, duration_ms = duration, owner = owner,

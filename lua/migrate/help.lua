@@ -149,6 +149,10 @@ M.ENVIRONMENT = {
   { "GITHUB_ACTIONS", "true: --format github is the default" },
   { "MIGRATE_LUA_PATH", "a folder holding migrate/*.lua files that replace the embedded copies "
     .. "(development only)" },
+  { "MIGRATE_LUA_PROGRESS_SECONDS", "off a terminal, seconds between progress lines of backfills and "
+    .. "backups (default 5)" },
+  { "PG_BIN", "the folder of the pg_dump that schema dump, schema check and --schema-file run (default: "
+    .. "the newest /usr/lib/postgresql/*/bin, else pg_dump on PATH)" },
 }
 
 local function cli() return require "migrate.cli" end
@@ -464,6 +468,12 @@ function M.man(date)
   out[#out + 1] = ".TP"
   out[#out + 1] = "\\fI./migration\\-execution.log\\fR"
   out[#out + 1] = roff("The JSON-lines log (see --log-file).")
+  out[#out + 1] = ".TP"
+  out[#out + 1] = "\\fI./migrate\\-lua.conf\\fR"
+  out[#out + 1] = roff("The config file (see --config): option = value lines, keys are the long option names.")
+  out[#out + 1] = ".TP"
+  out[#out + 1] = "\\fI./.env\\fR"
+  out[#out + 1] = roff("NAME=VALUE lines put into the environment when not already set there (as dbmate reads it).")
   out[#out + 1] = ".SH EXAMPLES"
   out[#out + 1] = ".nf"
   for _, c in ipairs(M.commands()) do

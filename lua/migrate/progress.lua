@@ -1,10 +1,13 @@
--- Progress of long steps (backfills) on a terminal: rows done / total,
--- rate and ETA on one rewritten stderr line. Silent when stderr is not a
--- TTY or with --quiet, so logs and pipelines never see it.
+-- Progress of long steps (backfills): rows done / total, rate and ETA.
+-- On a terminal, one stderr line rewritten at most five times a second; off
+-- a terminal (CI logs, pipes), a plain line every few seconds
+-- ($MIGRATE_LUA_PROGRESS_SECONDS, default 5), so a 14 s backfill shows in a
+-- CI log while it runs, and a short one prints nothing. Nothing with --quiet.
 local core = require "migrate.core"
 
 local M = {}
 M.__index = M
+M.DEFAULT_SECONDS = 5
 
 local tty
 local function on_tty()
@@ -12,12 +15,20 @@ local function on_tty()
   return tty
 end
 
+-- milliseconds between lines off a terminal
+function M.interval_ms()
+  local s = tonumber(os.getenv("MIGRATE_LUA_PROGRESS_SECONDS") or "")
+  return math.floor(((s and s >= 0) and s or M.DEFAULT_SECONDS) * 1000)
+end
+
 -- label: what runs; total: expected units (an estimate is fine, or nil);
 -- opts.quiet: --quiet; opts.unit: "rows".
 function M.new(label, total, opts)
   opts = opts or {}
+  local now = core.now_ms()
   local self = setmetatable({ label = label, total = total, unit = opts.unit or "rows",
-    t0 = core.now_ms(), shown = 0, active = on_tty() and not opts.quiet }, M)
+    t0 = now, shown = 0, lines = 0, tty = on_tty(), active = not opts.quiet }, M)
+  if not self.tty then self.every, self.shown = M.interval_ms(), now end
   return self
 end
 
@@ -41,6 +52,12 @@ end
 function M:update(done)
   if not self.active then return end
   local now = core.now_ms()
+  if not self.tty then
+    if now - self.shown < self.every then return end
+    self.shown, self.lines = now, self.lines + 1
+    io.stderr:write(M.line(self.label, done, self.total, now - self.t0, self.unit), "\n")
+    return
+  end
   if now - self.shown < 200 then return end   -- at most five redraws a second
   self.shown = now
   io.stderr:write("\r\27[K", M.line(self.label, done, self.total, now - self.t0, self.unit))
@@ -48,7 +65,13 @@ end
 
 function M:finish(done)
   if not self.active then return end
-  io.stderr:write("\r\27[K", M.line(self.label, done, self.total and math.max(self.total, done), core.now_ms() - self.t0, self.unit), "\n")
+  local line = M.line(self.label, done, self.total and math.max(self.total, done), core.now_ms() - self.t0, self.unit)
+  if not self.tty then
+    -- off a terminal, the last line only closes a series that was shown
+    if self.lines > 0 then io.stderr:write(line, "\n") end
+    return
+  end
+  io.stderr:write("\r\27[K", line, "\n")
 end
 
 return M
