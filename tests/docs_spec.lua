@@ -170,3 +170,97 @@ describe("docs/quick-reference.md", function()
     end
   end)
 end)
+
+-- The exit codes the help and man page name per command (help.lua
+-- COMMAND_DOCS `exits`), each reproduced through the binary. Exit 4 (another
+-- run holds the lock) is proven by tests/concurrency_spec.lua for every
+-- command that takes the lock.
+describe("documented exit codes", function()
+  local P = require "helpers.project"
+  local help = require "migrate.help"
+
+  local function good(p)
+    p:add("20260101000001", "t", P.migration([[m:exec("CREATE TABLE t (id int PRIMARY KEY, v int)")]],
+      [[m:exec("DROP TABLE t")]]))
+  end
+  local refused = P.migration([[m:exec("ALTER TABLE t DROP COLUMN v")]])   -- ML07
+  local failing = P.migration([[error("boom")]], [[error("boom")]])
+
+  -- "command N" -> the exit code of a scenario that should produce N
+  local scenarios = {
+    ["show 3"] = function(p)
+      good(p); p:add("20260101000001", "twin", P.migration("")); return p:cli({ "show" }).code   -- duplicate version
+    end,
+    ["show 5"] = function(p) good(p); return p:cli({ "show", "--check" }).code end,
+    ["validate 3"] = function(p) good(p); p:add("20260101000002", "bad", refused); return p:cli({ "validate" }).code end,
+    ["dry-run 1"] = function(p) good(p); p:add("20260101000002", "boom", failing); return p:cli({ "dry-run" }).code end,
+    ["dry-run 3"] = function(p) good(p); p:add("20260101000002", "bad", refused); return p:cli({ "dry-run" }).code end,
+    ["safe-run 1"] = function(p)
+      good(p); p:add("20260101000002", "boom", P.migration([[m:exec("SELECT 1/0")]])); return p:cli({ "safe-run" }).code
+    end,
+    ["safe-run 3"] = function(p)   -- drift: an applied file changed
+      local f = p:add("20260101000001", "t", P.migration([[m:exec("CREATE TABLE t (id int)")]]))
+      assert.equal(0, p:cli({ "run" }).code)
+      T.write(f, P.migration([[m:exec("CREATE TABLE t (id bigint)")]]))
+      return p:cli({ "safe-run" }).code
+    end,
+    ["run 1"] = function(p) good(p); p:add("20260101000002", "bad", refused); return p:cli({ "run" }).code end,
+    ["rollback 1"] = function(p)
+      good(p); p:add("20260101000002", "boom", failing:gsub('error%("boom"%)', "", 1))
+      assert.equal(0, p:cli({ "run" }).code)
+      return p:cli({ "rollback" }).code
+    end,
+    ["rollback 3"] = function(p)
+      p:add("20260101000001", "nodown", "return { up = function(m) m:exec('CREATE TABLE t (id int)') end }\n")
+      assert.equal(0, p:cli({ "run" }).code)
+      return p:cli({ "rollback" }).code
+    end,
+    ["revert 1"] = function(p)
+      good(p); p:add("20260101000002", "boom", failing:gsub('error%("boom"%)', "", 1))
+      assert.equal(0, p:cli({ "run" }).code)
+      return p:cli({ "revert" }).code
+    end,
+    ["backup 1"] = function(p)
+      -- the re-created column refuses the backed-up value: the restore fails and is rolled back
+      p:add("20260101000001", "t", P.migration([[m:exec("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'x')")]]))
+      p:add("20260101000002", "drop", P.migration([[m:safe_drop_column("t", "v")]],
+        [[m:exec("ALTER TABLE t ADD COLUMN v text"); m:safe_add_check("t", "v_not_x", "v <> 'x'")]]))
+      assert.equal(0, p:cli({ "safe-run" }).code)
+      assert.equal(0, p:cli({ "rollback" }).code)
+      local r = p:cli({ "backup", "restore", "1" })
+      assert.matches("v_not_x", r.stderr)
+      assert.equal("", p:sql("SELECT coalesce(string_agg(v, ','), '') FROM t"))   -- rolled back
+      return r.code
+    end,
+    ["backup 3"] = function(p)
+      p:add("20260101000001", "t", P.migration([[m:exec("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 1)")]]))
+      p:add("20260101000002", "drop", P.migration([[m:safe_drop_column("t", "v")]], [[m:exec("ALTER TABLE t ADD COLUMN v int")]]))
+      assert.equal(0, p:cli({ "safe-run" }).code)
+      assert.equal(0, p:cli({ "rollback" }).code)
+      p:sql("INSERT INTO t VALUES (2, NULL)")   -- diverged: refused without --force
+      return p:cli({ "backup", "restore", "1" }).code
+    end,
+    ["schema 3"] = function(p)
+      good(p)
+      assert.equal(0, p:cli({ "run" }).code)
+      local f = p.root .. "/schema.sql"
+      local env = { env = { PG_BIN = os.getenv("MIGRATE_TEST_PG_BIN") } }
+      assert.equal(0, p:cli({ "schema", "dump", f }, env).code)
+      p:sql("ALTER TABLE t ADD COLUMN by_hand int")
+      return p:cli({ "schema", "check", f }, env).code
+    end,
+  }
+
+  for _, c in ipairs(help.commands()) do
+    for code in (c.exits or ""):gmatch("%f[%d](%d)%f[%D] ") do
+      local key = c.name .. " " .. code
+      if code ~= "4" then
+        it(("%s exits %s as the man page says"):format(c.name, code), function()
+          local run = scenarios[key]
+          assert(run, "no scenario reproduces the documented exit code: " .. key)
+          assert.equal(tonumber(code), run(P.new("exit")))
+        end)
+      end
+    end
+  end
+end)

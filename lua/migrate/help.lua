@@ -21,8 +21,9 @@ M.OPTION_DOCS = {
   { "--lock-retries", "N", "further attempts after a lock timeout, with back-off (0 = a single attempt)" },
   { "--statement-timeout", "MS", "cap of each statement (0 = none)" },
   { "--timeout", "SECONDS", "stop a migration that runs longer than this and roll it back (0 = none)" },
-  { "--small-table-rows", "N", "tables with fewer rows count as small: the guard clauses allow "
-    .. "operations on them that would lock a big table for long" },
+  { "--small-table-rows", "N", "tables with at most this many rows count as small: on them "
+    .. "safe_add_foreign_key, safe_add_check and safe_set_not_null may validate in the migration's own "
+    .. "transaction (ML19). No other guard clause or lint rule is relaxed" },
   { "--max-locked-copy-bytes", "BYTES", "backups of tables up to this size copy under a SHARE lock; "
     .. "larger ones copy without it and fail if rows were written meanwhile" },
   { "--wait", "SECONDS", "wait this long for another run's lock before exiting 4" },
@@ -61,7 +62,8 @@ M.OPTION_DOCS = {
 -- global), what it does, exit codes beyond 0/2, and one example.
 M.COMMAND_DOCS = {
   { "generate", args = "NAME", options = {},
-    text = "Writes <dir>/<now UTC>_NAME.lua from a template (NAME: lower-case letters, digits, _). "
+    text = "Writes <dir>/<now UTC>_NAME.lua from a template (NAME: lower-case letters, digits, _); when "
+      .. "a file's version is now or later, the newest version + 1 s instead, so the new file sorts last. "
       .. "Never overwrites a file.",
     example = "migrate-lua generate add_users_email_verified" },
   { "show", args = "[--check]", options = { "--check" },
@@ -78,7 +80,9 @@ M.COMMAND_DOCS = {
     example = "migrate-lua validate --json" },
   { "dry-run", args = "[--plan]", options = { "--plan" },
     text = "Validates, then runs every pending migration inside one transaction that is always rolled "
-      .. "back, under a short lock timeout, and prints the SQL it ran. Changes nothing.",
+      .. "back, under a short lock timeout, and prints the SQL it ran. A transaction = false migration "
+      .. "(CREATE INDEX CONCURRENTLY, m:backfill) cannot run inside it: its steps are shown, not executed. "
+      .. "Changes nothing.",
     exits = "1 a migration failed; 3 validation failed",
     example = "migrate-lua dry-run --plan" },
   { "safe-run", args = "", options = { "--schema-file" },
@@ -106,7 +110,8 @@ M.COMMAND_DOCS = {
     options = { "--force", "--older-than" },
     text = "The backup catalogue (schema migrate_lua_backups). restore brings the data back exactly and "
       .. "verifies its checksum; it refuses when rows were added or removed since, unless --force.",
-    exits = "1 a restore was refused or failed; 4 another run holds the lock",
+    exits = "1 a restore failed (rolled back); 3 a restore was refused (the table diverged and --force was "
+      .. "not given, or the backup was modified); 4 another run holds the lock",
     example = "migrate-lua backup restore 3" },
   { "logs", args = "[--limit N] [--migration VERSION] [--status STATUS]",
     options = { "--limit", "--migration", "--status" },
