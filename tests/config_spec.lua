@@ -83,7 +83,7 @@ describe("the config file", function()
     assert.equal("20260101000001", p:applied())
     assert.is_true(T.exists(p.root .. "/from-conf.log"))
     local doc = config_json(p.root)
-    assert.same({ option = "--lock-timeout", value = "2500", source = "config", where = "./migrate-lua.conf:5" },
+    assert.same({ option = "--lock-timeout", value = 2500, source = "config", where = "./migrate-lua.conf:5" },
       setting(doc, "--lock-timeout"))
   end)
 
@@ -110,9 +110,12 @@ describe("the config file", function()
   it("--config PATH is read instead; a missing one is exit 2", function()
     local dir = T.tmpdir()
     T.write(dir .. "/migrate-lua.conf", "lock-retries = 7\n")
-    T.write(dir .. "/other.conf", "lock-retries = 9\njson = true\n")
+    T.write(dir .. "/other.conf", "lock-retries = 9\nverbose = yes\njson = false\n")
     local doc = config_json(dir, { "--config", "other.conf" })
-    assert.equal("9", setting(doc, "--lock-retries").value)
+    assert.equal(9, setting(doc, "--lock-retries").value)
+    assert.same({ option = "--verbose", value = true, source = "config", where = "other.conf:2" }, setting(doc, "--verbose"))
+    -- the --json flag wins over the file's json = false
+    assert.same({ option = "--json", value = true, source = "flag" }, setting(doc, "--json"))
     assert.equal("other.conf:1", setting(doc, "--lock-retries").where)
     local r = run(dir, { "--config", "missing.conf", "config" })
     assert.equal(2, r.code)

@@ -63,7 +63,7 @@ M.commands = {
   version = "show the version",
   -- issue 16
   config = "print each effective setting and where it came from",
-  schema = "dump PATH | check PATH: the schema file (pg_dump --schema-only)",
+  schema = "dump [PATH] | check PATH: the schema file (pg_dump --schema-only)",
 }
 
 -- Levenshtein distance, for "did you mean".

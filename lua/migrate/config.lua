@@ -152,14 +152,14 @@ end
 function M.load_dotenv(path)
   local text = read(path)
   local set = {}
-  if not text then return set end
+  if not text then return set, false end
   for _, v in ipairs(M.parse_dotenv(text, path)) do
     if os.getenv(v.name) == nil or set[v.name] then
       core.setenv(v.name, v.value)
       set[v.name] = v.line
     end
   end
-  return set
+  return set, true
 end
 
 -- The hook cli.parse calls once the flags are read: fills every option not
@@ -171,7 +171,7 @@ function M.apply(config, options)
   for _, spec in pairs(options) do
     if spec.key and config[spec.key] ~= nil then sources[spec.key] = { source = "flag" } end
   end
-  local dotenv = M.load_dotenv(M.DOTENV)
+  local dotenv, has_dotenv = M.load_dotenv(M.DOTENV)
   local path = config.config or M.DEFAULT_FILE
   local text = read(path)
   if not text and config.config then
@@ -198,7 +198,7 @@ function M.apply(config, options)
   end
   config._sources = sources
   config._config_file = text and path or nil
-  config._dotenv = dotenv
+  config._dotenv, config._dotenv_file = dotenv, has_dotenv and M.DOTENV or nil
   return config
 end
 

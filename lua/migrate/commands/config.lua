@@ -38,7 +38,10 @@ function M.settings(config)
       if not src and spec.kind == "flag" then src = { source = "default" } end
       -- command options only when something set them
       if not o.command or (src and src.source ~= "default") then
-        out[#out + 1] = { option = o.name, value = shown(o.name, config[key]) or (spec.kind == "flag" and "false" or nil), source = src and src.source or "unset",
+        local raw = config[key]
+        if type(raw) == "string" and o.name:find("url", 1, true) then raw = core.redact(raw) end
+        if raw == nil and spec.kind == "flag" then raw = false end
+        out[#out + 1] = { option = o.name, raw = raw, value = shown(o.name, config[key]) or (spec.kind == "flag" and "false" or nil), source = src and src.source or "unset",
                           where = src and src.where, text = describe(src) }
       end
     end
@@ -49,7 +52,7 @@ function M.settings(config)
     if v then
       if name == "PGPASSWORD" then v = "***" end
       local src = dotenv[name] and { source = ".env", where = "./.env:" .. dotenv[name] } or { source = "env", where = "$" .. name }
-      out[#out + 1] = { option = name, value = v, source = src.source, where = src.where, text = describe(src) }
+      out[#out + 1] = { option = name, value = v, raw = v, source = src.source, where = src.where, text = describe(src) }
     end
   end
   return out
@@ -68,12 +71,15 @@ function M.run(config)
       io.stdout:write(string.format("%-" .. w1 .. "s  %-" .. w2 .. "s  (%s)\n", r.option, r.value or "-", r.text))
     end
     io.stdout:write(string.format("config file: %s; .env: %s\n", config._config_file or "none",
-      next(config._dotenv or {}) and "./.env" or "none"))
+      config._dotenv_file or "none"))
   end
   local json = require "migrate.json"
-  local doc = { settings = json.array {}, config_file = config._config_file or json.null }
+  local doc = { settings = json.array {}, config_file = config._config_file or json.null,
+                dotenv = config._dotenv_file or json.null }
   for _, r in ipairs(rows) do
-    doc.settings[#doc.settings + 1] = { option = r.option, value = r.value or json.null, source = r.source,
+    local v = r.raw
+    if v == nil then v = json.null end
+    doc.settings[#doc.settings + 1] = { option = r.option, value = v, source = r.source,
                                         where = r.where }
   end
   return 0, doc
