@@ -16,6 +16,8 @@
 --   -- expect: refused ML02                 safe-run must exit 1 naming the rule
 --                                           (an example of what a guard refuses)
 --   -- expect: exit N                       safe-run must exit N
+--   -- validate: exit N                     validate, run first, must exit N
+--                                           (what the rehearsal says of it)
 local T = require "helpers.env"
 require "migrate"   -- registers the embedded migrate.* modules
 
@@ -84,6 +86,8 @@ local function directives(code)
       if rule then d.code, d.rule = 1, rule end
       local code = line:match("^%s*%-%-%s*expect:%s*exit%s+(%d+)")
       if code then d.code = tonumber(code) end
+      local vcode = line:match("^%s*%-%-%s*validate:%s*exit%s+(%d+)")
+      if vcode then d.validate = tonumber(vcode) end
     end
   end
   return d
@@ -110,6 +114,10 @@ describe("documentation examples", function()
         local function cli(...)
           return T.run({ "--database-url", conninfo, "--dir", dir .. "/migrations", "--log-file", dir .. "/run.log", ... },
             { cwd = dir, env = { NO_COLOR = "1" } })
+        end
+        if d.validate then
+          local v = cli("validate")
+          assert.equal(d.validate, v.code, ("%s: validate exited %d\n%s%s"):format(where, v.code, v.stdout, v.stderr))
         end
         local r = cli("safe-run")
         local report = ("%s: safe-run exited %d\n%s%s"):format(where, r.code, r.stdout, r.stderr)
