@@ -259,6 +259,23 @@ describe("documented exit codes", function()
     end,
   }
 
+  -- exit codes the docs state in prose: {file, the sentence, scenario}
+  local claims = {
+    { "docs/operations.md", "**Diverged targets are refused** (exit 3)", "backup 3" },
+    { "docs/quick-reference.md", "`--check` exits 5 if pending", "show 5" },
+    { "docs/ci.md", "| `3` | validation failed or drift found (`validate`, `dry-run`, `safe-run` before anything runs)",
+      "safe-run 3" },
+    { "docs/configuration.md", "exit 3 and a unified diff", "schema 3" },
+  }
+  for _, c in ipairs(claims) do
+    it(("%s: %q holds"):format(c[1], c[2]), function()
+      local text = T.read(T.root .. "/" .. c[1]):gsub("\n", " ")
+      assert.is_truthy(text:find(c[2], 1, true), c[1] .. " no longer says " .. c[2])
+      local want = tonumber(c[2]:match("exits? (%d)") or c[2]:match("`(%d)`"))
+      assert.equal(want, scenarios[c[3]](P.new("claim")))
+    end)
+  end
+
   for _, c in ipairs(help.commands()) do
     for code in (c.exits or ""):gmatch("%f[%d](%d)%f[%D] ") do
       local key = c.name .. " " .. code
