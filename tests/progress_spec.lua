@@ -68,7 +68,7 @@ describe("progress", function()
     assert.equal("0", p:sql("SELECT count(*) FROM t WHERE v IS DISTINCT FROM id"))
   end)
 
-  it("off a terminal, a backup slower than the interval prints its rows, size and rate; not with --quiet", function()
+  it("off a terminal, a backup or restore slower than the interval prints its rows and rate; not with --quiet", function()
     for _, quiet in ipairs { false, true } do
       local p = P.new(quiet and "progressbackupq" or "progressbackup")
       p:add("20260101000001", "t", P.migration([[m:exec("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 20000) g")]]))
@@ -80,6 +80,17 @@ describe("progress", function()
         assert.is_nil(r.stderr:find("backed up", 1, true), r.stderr)
       else
         assert.matches("    backed up public%.t: 20000 rows, [%d.]+ [kM]B in [%d.]+ s, %d+ rows/s\n", r.stderr)
+      end
+      -- the restore too, once the column is back
+      p:sql("ALTER TABLE t ADD COLUMN v int")
+      local rs = p:cli({ quiet and "--quiet" or "--verbose", "backup", "restore", "1" },
+        { env = { MIGRATE_LUA_PROGRESS_SECONDS = "0" } })
+      assert.equal(0, rs.code, rs.stderr)
+      assert.equal("20000", p:sql("SELECT count(v) FROM t"))
+      if quiet then
+        assert.is_nil(rs.stderr:find("restored public", 1, true), rs.stderr)
+      else
+        assert.matches("    restored public%.t: 20000 rows in [%d.]+ s, %d+ rows/s\n", rs.stderr)
       end
     end
   end)

@@ -154,8 +154,8 @@ M.ENVIRONMENT = {
   { "GITHUB_ACTIONS", "true: --format github is the default" },
   { "MIGRATE_LUA_PATH", "a folder holding migrate/*.lua files that replace the embedded copies "
     .. "(development only)" },
-  { "MIGRATE_LUA_PROGRESS_SECONDS", "off a terminal, seconds between progress lines of backfills and "
-    .. "backups (default 5)" },
+  { "MIGRATE_LUA_PROGRESS_SECONDS", "off a terminal, seconds between progress lines of backfills; backups "
+    .. "and restores that take longer print their rate (default 5)" },
   { "PG_BIN", "the folder of the pg_dump that schema dump, schema check and --schema-file run (default: "
     .. "the newest /usr/lib/postgresql/*/bin, else pg_dump on PATH)" },
 }

@@ -46,6 +46,11 @@ local function restore(config, s, id)
   local t0 = require("migrate.core").now_ms()
   local r = backup.restore(s.main, id, { force = config.force, lock_timeout = config.lock_timeout })
   local dur = require("migrate.core").now_ms() - t0
+  -- off a terminal, a restore slower than the progress interval shows its rate (migrate.progress)
+  if not config.quiet and not require("migrate.core").isatty(2) and dur >= require("migrate.progress").interval_ms() then
+    io.stderr:write(string.format("    restored %s: %d rows in %.1f s, %.0f rows/s\n", r.table, r.rows or 0, dur / 1000,
+      dur > 0 and (r.rows or 0) * 1000 / dur or (r.rows or 0)))
+  end
   local what = r.kind == "column" and string.format("%s(%s)", r.table, table.concat(r.columns, ", ")) or r.table
   local msg = string.format("restored backup %d into %s: %d rows%s%s, checksum verified (%s)", id, what, r.rows or 0,
     r.recreated and ", table recreated" or "",
