@@ -289,3 +289,34 @@ describe("documented exit codes", function()
     end
   end
 end)
+
+-- The man page's --small-table-rows: on a table under the limit a constraint
+-- validates in the migration's own transaction; no other rule is relaxed.
+describe("--small-table-rows as the man page says", function()
+  local P = require "helpers.project"
+  local function project(up)
+    local p = P.new("small")
+    p:sql("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 200) g")
+    p:add("20260101000001", "m", P.migration(up))
+    return p
+  end
+
+  it("lets safe_add_check validate in a transaction on a 200-row table only under the limit", function()
+    local up = [[m:safe_add_check("t", "v_positive", "v > 0")]]
+    local p = project(up)
+    local r = p:cli({ "--small-table-rows", "100", "safe-run" })
+    assert.equal(1, r.code)
+    assert.matches("ML19", r.stderr)
+    p = project(up)
+    r = p:cli({ "--small-table-rows", "1000", "safe-run" })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("t", p:sql("SELECT convalidated FROM pg_constraint WHERE conname = 'v_positive'"))
+  end)
+
+  it("still refuses a plain index build on the same table (ML23)", function()
+    local p = project([[m:safe_add_index("t", { "v" })]])
+    local r = p:cli({ "--small-table-rows", "1000000", "safe-run" })
+    assert.equal(1, r.code)
+    assert.matches("ML23", r.stderr)
+  end)
+end)
