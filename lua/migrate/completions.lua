@@ -90,9 +90,12 @@ function M.fish()
       if a:match("^%-%a$") then parts[#parts + 1] = "-s " .. a:sub(2) end
     end
     if o.metavar then
-      parts[#parts + 1] = "-r"
-      if VALUES[o.name] then parts[#parts + 1] = "-a " .. fq(table.concat(VALUES[o.name], " "))
-      elseif FILES[o.name] or DIRS[o.name] then parts[#parts + 1] = "-F" end
+      -- -r -F: a file name; -x: a value that is not a file (offered when known)
+      if FILES[o.name] or DIRS[o.name] then parts[#parts + 1] = "-r -F"
+      else
+        parts[#parts + 1] = "-x"
+        if VALUES[o.name] then parts[#parts + 1] = "-a " .. fq(table.concat(VALUES[o.name], " ")) end
+      end
     end
     parts[#parts + 1] = "-d " .. fq(summary(o))
     out[#out + 1] = table.concat(parts, " ")
