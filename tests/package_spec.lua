@@ -111,6 +111,8 @@ describe("cpack -G DEB", function()
     end
     if T.exists(T.build_dir .. "/migrate-lua.1") then
       assert.is_truthy(listing:find("./usr/share/man/man1/migrate-lua.1", 1, true))
+      assert.is_truthy(listing:find("./usr/share/zsh/vendor-completions/_migrate-lua", 1, true))
+      assert.is_truthy(listing:find("./usr/share/fish/vendor_completions.d/migrate-lua.fish", 1, true))
     end
   end)
 
