@@ -43,6 +43,10 @@ M.options = {
   ["--format"] = { key = "format", kind = "string" },   -- "text" | "github" (auto under GITHUB_ACTIONS)
   ["--older-than"] = { key = "older_than", kind = "string" },   -- backup prune: 7d, 12h, 30m, 2w
   ["--max-locked-copy-bytes"] = { key = "max_locked_copy_bytes", kind = "int", default = 268435456, min = 0 },
+  -- issue 12
+  ["--reason"] = { key = "reason", kind = "string" },
+  ["--forget-missing"] = { key = "forget_missing", kind = "flag" },
+  ["--from"] = { key = "from", kind = "string" },
 }
 
 M.commands = {
@@ -58,6 +62,9 @@ M.commands = {
   logs = "show the latest rows of migration_logs",
   help = "show help",
   version = "show the version",
+  -- issue 12
+  repair = "re-record the checksum of changed migrations; --forget-missing drops missing ones",
+  baseline = "record migrations up to VERSION (or --from TOOL) as applied, not run",
 }
 
 -- Levenshtein distance, for "did you mean".

@@ -49,6 +49,10 @@ M.OPTION_DOCS = {
   { "--migration", "VERSION", "only the log rows of this migration (version or file name)" },
   { "--status", "STATUS", "only log rows with this status (started, success, failed, rolled_back, "
     .. "backup, guard, lint, unsafe, ...)" },
+  { "--reason", "TEXT", "with repair and baseline: why the history is changed (logged with who and when)" },
+  { "--forget-missing", nil, "with repair: also remove the history rows of missing migrations (file gone)" },
+  { "--from", "TOOL", "with baseline: read the history of typeorm, flyway, dbmate or golang-migrate on the "
+    .. "same database" },
 }
 
 -- Per command: arguments, the command options it reads (the rest are
@@ -112,6 +116,22 @@ M.COMMAND_DOCS = {
   { "version", args = "", options = {},
     text = "The version of migrate-lua, its Lua and libpq.",
     example = "migrate-lua version --json" },
+  { "repair", args = "[VERSION...] --reason TEXT [--forget-missing]", options = { "--reason", "--forget-missing" },
+    text = "Re-records the checksum of changed migrations (their file was edited after they ran, e.g. a "
+      .. "comment) so drift no longer blocks; with --forget-missing, removes the history rows of missing ones. "
+      .. "Without VERSION: every changed (and missing) migration. Each change is a migration_logs row with "
+      .. "status repair, the reason, the role and the OS user.",
+    exits = "2 no --reason, or a VERSION that is not changed/missing; 4 another run holds the lock",
+    example = "migrate-lua repair 20261124120000 --reason \"comment edited after deploy\"" },
+  { "baseline", args = "VERSION --reason TEXT | --from TOOL", options = { "--reason", "--from" },
+    text = "Adopts a database that already has its schema: records every migration file up to and "
+      .. "including VERSION as applied without running it (show: applied; --json: \"baseline\": true). "
+      .. "--from typeorm|flyway|dbmate|golang-migrate marks applied the files that tool's history table "
+      .. "lists (TypeORM: migrations.timestamp in ms -> UTC YYYYMMDDHHMMSS; the others: equal version; "
+      .. "golang-migrate: every file up to its current version).",
+    exits = "2 no --reason, unknown VERSION or tool; 3 the other tool's history is dirty or failed "
+      .. "(nothing recorded); 4 another run holds the lock",
+    example = "migrate-lua baseline --from typeorm" },
 }
 
 -- errors.EXIT name -> meaning
