@@ -259,3 +259,101 @@ describe("a transaction = false migration that stopped part-way", function()
     assert.equal("pending", p:json({ "show" }).migrations[1].state)
   end)
 end)
+
+describe("restore rebuilds what users expect", function()
+  it("a re-added column gets its NOT NULL and DEFAULT back", function()
+    local p = P.new("restore_col")
+    p:sql([[CREATE TABLE acct (id bigint PRIMARY KEY, tier text NOT NULL DEFAULT 'free', n int);
+      INSERT INTO acct SELECT g, CASE WHEN g % 2 = 0 THEN 'pro' ELSE 'free' END, g FROM generate_series(1, 10) g]])
+    p:add("20260101000000", "drop_tier", P.migration([[m:safe_drop_column("acct", "tier")]], ""))
+    assert.equal(0, p:cli({ "safe-run" }).code)
+    local r = p:cli({ "backup", "restore", "1" })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("rebuilt: tier: NOT NULL, DEFAULT 'free'::text", r.stdout)
+    assert.equal("t|'free'::text", p:sql([[SELECT a.attnotnull, pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a
+      JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum WHERE a.attrelid = 'acct'::regclass AND a.attname = 'tier']]))
+    assert.equal("5", p:sql("SELECT count(*) FROM acct WHERE tier = 'pro'"))
+    p:sql("INSERT INTO acct (id, n) VALUES (11, 11)")
+    assert.equal("free", p:sql("SELECT tier FROM acct WHERE id = 11"))
+  end)
+
+  it("a recreated table gets its indexes, constraints, triggers, comments, policies and grants", function()
+    local p = P.new("restore_tbl")
+    p:sql([[
+      CREATE ROLE restore_reader_]] .. T.pid .. [[;
+      CREATE TABLE parent (id int PRIMARY KEY); INSERT INTO parent VALUES (1), (2);
+      CREATE TABLE orders (
+        id bigserial PRIMARY KEY,
+        parent_id int REFERENCES parent (id),
+        code text NOT NULL UNIQUE,
+        qty int NOT NULL DEFAULT 1 CHECK (qty > 0),
+        total numeric GENERATED ALWAYS AS (qty * 2) STORED,
+        touched timestamptz);
+      CREATE INDEX orders_lower_code ON orders (lower(code)) WHERE qty > 1;
+      CREATE FUNCTION orders_touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.touched := now(); RETURN NEW; END $$;
+      CREATE TRIGGER orders_touch BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION orders_touch();
+      COMMENT ON TABLE orders IS 'customer orders; it''s important';
+      COMMENT ON COLUMN orders.code IS 'the public order code';
+      ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
+      CREATE POLICY orders_small ON orders AS PERMISSIVE FOR SELECT TO restore_reader_]] .. T.pid .. [[ USING (qty < 100 AND EXISTS (SELECT 1 FROM parent WHERE parent.id = parent_id));
+      GRANT SELECT, INSERT ON orders TO restore_reader_]] .. T.pid .. [[;
+      INSERT INTO orders (parent_id, code, qty) SELECT 1 + g % 2, 'c' || g, g FROM generate_series(1, 12) g;]])
+    local function shape()
+      return p:sql([[SELECT concat_ws(E'\n',
+        (SELECT string_agg(pg_get_indexdef(indexrelid), ';' ORDER BY pg_get_indexdef(indexrelid)) FROM pg_index WHERE indrelid = 'orders'::regclass),
+        (SELECT string_agg(conname || ' ' || pg_get_constraintdef(oid), ';' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'orders'::regclass),
+        (SELECT string_agg(pg_get_triggerdef(oid), ';') FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal),
+        obj_description('orders'::regclass, 'pg_class'), col_description('orders'::regclass, 3),
+        (SELECT relrowsecurity::text FROM pg_class WHERE oid = 'orders'::regclass),
+        (SELECT string_agg(policyname || ' ' || cmd || ' ' || roles::text || ' ' || qual, ';') FROM pg_policies WHERE tablename = 'orders'),
+        (SELECT string_agg(grantee || ' ' || privilege_type, ';' ORDER BY grantee, privilege_type) FROM information_schema.role_table_grants
+          WHERE table_name = 'orders' AND grantee <> current_user),
+        (SELECT string_agg(column_name || ' ' || coalesce(column_default, '-') || ' ' || is_nullable, ';' ORDER BY ordinal_position)
+          FROM information_schema.columns WHERE table_name = 'orders'))]])
+    end
+    local before, rows = shape(), p:sql("SELECT string_agg(concat_ws(',', id, parent_id, code, qty, total), ';' ORDER BY id) FROM orders")
+    p:add("20260101000000", "drop_orders", P.migration([[m:safe_drop_table("orders")]], ""))
+    local r = p:cli({ "safe-run" })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("", p:sql("SELECT to_regclass('orders')"))
+    r = p:cli({ "backup", "restore", "1" })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("rebuilt: trigger orders_touch", r.stdout)
+    assert.matches("rebuilt: policy orders_small", r.stdout)
+    -- NOT VALID foreign key aside, the shape is the same
+    assert.equal(before:gsub("REFERENCES parent%(id%)", "REFERENCES parent(id) NOT VALID"), shape())
+    assert.equal(rows, p:sql("SELECT string_agg(concat_ws(',', id, parent_id, code, qty, total), ';' ORDER BY id) FROM orders"))
+    -- the trigger works, the sequence goes on after the highest id
+    p:sql("UPDATE orders SET qty = 5 WHERE id = 1")
+    assert.equal("t", p:sql("SELECT touched IS NOT NULL FROM orders WHERE id = 1"))
+    assert.equal("13", p:sql("INSERT INTO orders (code) VALUES ('new') RETURNING id"))
+  end)
+
+  it("refuses a catalog row whose definition was rewritten, and a stacked statement", function()
+    local p = P.new("restore_forged")
+    p:sql([[CREATE TABLE victim (id int PRIMARY KEY, v text); INSERT INTO victim VALUES (1, 'a');
+      CREATE INDEX victim_v ON victim (v); CREATE TABLE bystander (id int)]])
+    p:add("20260101000000", "drop_victim", P.migration([[m:safe_drop_table("victim")]], ""))
+    assert.equal(0, p:cli({ "safe-run" }).code)
+    local def = p:sql("SELECT definition::text FROM migrate_lua_backups.catalog WHERE id = 1")
+    -- a writer of the catalog swaps the index for a stacked DROP
+    p:sql([[UPDATE migrate_lua_backups.catalog SET definition = jsonb_set(definition, '{indexes,0,def}',
+      '"CREATE INDEX victim_v ON public.victim (v); DROP TABLE public.bystander"') WHERE id = 1]])
+    local r = p:cli({ "backup", "restore", "1" })
+    assert.equal(3, r.code, r.stderr)
+    assert.matches("no longer matches the seal", r.stderr)
+    assert.equal("bystander", p:sql("SELECT to_regclass('bystander')"))
+    assert.equal("", p:sql("SELECT to_regclass('victim')"))
+    -- even without the seal (a backup from before seals), the parser refuses it
+    p:sql("COMMENT ON TABLE migrate_lua_backups.b1_victim IS NULL")
+    r = p:cli({ "backup", "restore", "1" })
+    assert.equal(3, r.code, r.stderr)
+    assert.matches("not the single IndexStmt", r.stderr)
+    assert.equal("bystander", p:sql("SELECT to_regclass('bystander')"))
+    -- the genuine definition restores
+    p:sql("UPDATE migrate_lua_backups.catalog SET definition = '" .. def:gsub("'", "''") .. "'::jsonb WHERE id = 1")
+    r = p:cli({ "backup", "restore", "1" })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("victim_v", p:sql("SELECT to_regclass('victim_v')"))
+  end)
+end)

@@ -17,6 +17,7 @@ local errors = require "migrate.errors"
 local json = require "migrate.json"
 local core = require "migrate.core"
 local V = require "migrate.backup_values"
+local D = require "migrate.backup_ddl"
 
 local M = {}
 
@@ -176,7 +177,7 @@ local function definition_of(conn, oid, cols)
   def.referenced_by = conn:query([[
     SELECT conrelid::regclass::text AS "table", conname AS name, pg_catalog.pg_get_constraintdef(oid) AS def
       FROM pg_catalog.pg_constraint WHERE confrelid = $1::oid AND contype = 'f' AND conrelid <> confrelid]], oid)
-  return def
+  return D.capture(conn, oid, def)
 end
 
 -- Human-readable DDL of a table definition (kept in the catalog).
@@ -259,6 +260,7 @@ function M.copy(conn, spec)
       end
       if not seen[c] then selected[#selected + 1] = c; seen[c] = true end
     end
+    definition = { columns = D.column_facts(all, spec.cols) }
   else
     for _, c in ipairs(all) do selected[#selected + 1] = c.name end
     definition = definition_of(conn, rel.oid, all)
@@ -298,6 +300,7 @@ function M.copy(conn, spec)
   end
   local checksum, nrows = M.checksum(conn, collist(conn, selected), dst)
   conn:exec("REVOKE ALL ON " .. dst .. " FROM PUBLIC")
+  D.seal(conn, dst, json.encode(definition))
   local me = conn:query("SELECT current_user AS u")[1].u
   local owner = me
   if rel.owner ~= me then
@@ -509,7 +512,8 @@ local function restore_column(conn, b, force, report)
   end
   for i, c in ipairs(b.columns) do
     if not present[c] then
-      conn:exec(string.format("ALTER TABLE %s ADD COLUMN %s %s", src, qi(conn, c), b.column_types[i]))
+      conn:exec(D.checked(b, string.format("ALTER TABLE %s ADD COLUMN %s %s", src, qi(conn, c), b.column_types[i]),
+        "AlterTableStmt", { schema = b.source_schema, name = b.source_table }, "AT_AddColumn"))
       report.readded[#report.readded + 1] = c
     elseif present[c] ~= b.column_types[i] then
       errors.raise("validation", string.format("backup %d: column %s.%s.%s is now %s, the backup holds %s; change it back first",
@@ -526,6 +530,7 @@ local function restore_column(conn, b, force, report)
   verify_restored(b, got, want)
   if added == 0 and removed == 0 then verify_restored(b, got, b.checksum) end
   report.checksum = got
+  for _, c in ipairs(report.readded) do D.finish_column(conn, b, src, rel, c, report) end
 end
 
 -- Recreates a dropped table from its catalogued definition.
@@ -540,7 +545,8 @@ local function recreate_table(conn, b, src, report)
     if c.not_null then s = s .. " NOT NULL" end
     cols[#cols + 1] = s
   end
-  conn:exec(string.format("CREATE TABLE %s (%s)", src, table.concat(cols, ", ")))
+  local target = { schema = b.source_schema, name = b.source_table }
+  conn:exec(D.checked(b, string.format("CREATE TABLE %s (%s)", src, table.concat(cols, ", ")), "CreateStmt", target))
   report.recreated = true
   local dst = backup_rel(conn, b)
   local icols = insertable(b)
@@ -554,12 +560,19 @@ local function recreate_table(conn, b, src, report)
   for _, c in ipairs(def.columns or {}) do
     if c.default and c.generated ~= "s" and not c.identity:match("[ad]") then
       local seq = c.default:match("^nextval%('(.-)'::regclass%)$")
+      if seq then
+        -- the name re-quoted part by part: nothing of the catalog row is pasted
+        local parts = conn:query("SELECT pg_catalog.array_to_json(pg_catalog.parse_ident($1)) AS p", (seq:gsub("''", "'")))[1].p
+        for i, part in ipairs(parts) do parts[i] = qi(conn, part) end
+        seq = table.concat(parts, ".")
+      end
       if seq and not conn:query("SELECT pg_catalog.to_regclass($1) IS NOT NULL AS e", seq)[1].e then
         conn:exec(string.format("CREATE SEQUENCE %s OWNED BY %s.%s", seq, src, qi(conn, c.name)))
         conn:exec(string.format("SELECT pg_catalog.setval($1::regclass, coalesce((SELECT pg_catalog.max(%s) FROM %s), 0) + 1, false)",
           qi(conn, c.name), src), seq)
       end
-      conn:exec(string.format("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s", src, qi(conn, c.name), c.default))
+      conn:exec(D.checked(b, string.format("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s", src, qi(conn, c.name), c.default),
+        "AlterTableStmt", target, "AT_ColumnDefault"))
     elseif c.identity:match("[ad]") then
       conn:exec(string.format("SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence($1, $2), coalesce((SELECT pg_catalog.max(%s) FROM %s), 0) + 1, false)",
         qi(conn, c.name), src), src, c.name)
@@ -569,15 +582,25 @@ local function recreate_table(conn, b, src, report)
     if k.type == "f" then
       -- another table's rows may be gone: add it unvalidated, never fail the restore on it
       conn:exec("SAVEPOINT migrate_lua_restore_fk")
-      local ok = pcall(conn.exec, conn, string.format("ALTER TABLE %s ADD CONSTRAINT %s %s NOT VALID", src, qi(conn, k.name), k.def))
+      local sql = D.checked(b, string.format("ALTER TABLE %s ADD CONSTRAINT %s %s NOT VALID", src, qi(conn, k.name), k.def),
+        "AlterTableStmt", target, "AT_AddConstraint")
+      local ok = pcall(conn.exec, conn, sql)
       conn:exec(ok and "RELEASE SAVEPOINT migrate_lua_restore_fk" or "ROLLBACK TO SAVEPOINT migrate_lua_restore_fk")
       report.notes[#report.notes + 1] = ok and string.format("foreign key %s restored NOT VALID: run ALTER TABLE %s VALIDATE CONSTRAINT %s", k.name, src, qi(conn, k.name))
         or string.format("foreign key %s not restored (%s): its referenced rows are gone", k.name, k.def)
     else
-      conn:exec(string.format("ALTER TABLE %s ADD CONSTRAINT %s %s", src, qi(conn, k.name), k.def))
+      conn:exec(D.checked(b, string.format("ALTER TABLE %s ADD CONSTRAINT %s %s", src, qi(conn, k.name), k.def),
+        "AlterTableStmt", target, "AT_AddConstraint"))
     end
   end
-  for _, i in ipairs(def.indexes or {}) do conn:exec(i.def) end
+  for _, i in ipairs(def.indexes or {}) do conn:exec(D.checked(b, i.def, "IndexStmt", target)) end
+  -- while the migration role still owns it
+  D.finish_table(conn, b, src, report)
+  for _, g in ipairs(def.grants or {}) do
+    if not D.PRIVILEGES[g.privilege] then
+      errors.raise("validation", string.format("backup %d: catalogued grant %q is not a table privilege; not restored", b.id, tostring(g.privilege)))
+    end
+  end
   conn:exec("SAVEPOINT migrate_lua_restore_owner")
   local ok = pcall(function()
     conn:exec(string.format("ALTER TABLE %s OWNER TO %s", src, qi(conn, b.source_owner)))
@@ -632,13 +655,14 @@ end
 -- opts: force, lock_timeout. Returns a report table.
 function M.restore(conn, id, opts)
   opts = opts or {}
-  local report = { id = id, readded = {}, notes = {} }
+  local report = { id = id, readded = {}, notes = {}, rebuilt = {} }
   conn:transaction(function()
     conn:exec(string.format("SET LOCAL lock_timeout = %d", opts.lock_timeout or 5000))
     local b = M.get(conn, id, true)
     report.kind, report.table, report.columns = b.kind, b.source_schema .. "." .. b.source_table, b.columns
     verify_backup(conn, b)
     V.text_set(conn, b, backup_rel(conn, b))
+    D.verify_seal(conn, b, backup_rel(conn, b))
     if b.kind == "column" then restore_column(conn, b, opts.force, report)
     else restore_table(conn, b, opts.force, report) end
   end)
