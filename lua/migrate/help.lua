@@ -83,7 +83,8 @@ M.COMMAND_DOCS = {
     text = "Validates, takes the migration lock, then applies each pending migration in its own "
       .. "transaction with guard clauses, backups before destructive steps, lock-timeout retries and "
       .. "full logging. Stops at the first failure; earlier migrations stay applied.",
-    exits = "1 a migration failed (rolled back); 3 validation failed or drift; 4 another run holds the lock",
+    exits = "1 a migration failed (rolled back; a transaction = false one stops partial, its committed steps "
+      .. "stay); 3 validation failed or drift; 4 another run holds the lock",
     example = "migrate-lua --database-url postgres://app@db/app safe-run" },
   { "run", args = "", options = {},
     text = "Applies pending migrations on the plain path: no validation and no backups (the lint and "
@@ -94,7 +95,8 @@ M.COMMAND_DOCS = {
     text = "Safely reverts the newest applied migration (or N, or down to VERSION): validates the downs, "
       .. "backs data up before destructive steps, one transaction per migration, and prints the "
       .. "command that restores each backup.",
-    exits = "1 a down failed (rolled back); 3 drift or no down; 4 another run holds the lock",
+    exits = "1 a down failed (rolled back; a transaction = false one stops partial: run rollback again); "
+      .. "3 drift or no down; 4 another run holds the lock",
     example = "migrate-lua rollback --steps 2" },
   { "revert", args = "", options = {},
     text = "Plainly reverts the newest applied migration (no validation, no backups).",
