@@ -197,7 +197,10 @@ describe("baseline --from", function()
     assert.matches("20260102000000", r.stderr)
     assert.matches("success = false", r.stderr)
     assert.equal("", p:applied())
-    p:sql("UPDATE flyway_schema_history SET success = true WHERE installed_rank = 3")
+    p:sql([[UPDATE flyway_schema_history SET success = true WHERE installed_rank = 3;
+      INSERT INTO flyway_schema_history (installed_rank, version, description, type, script, checksum, installed_by, execution_time, success) VALUES
+      (4, '20260103000000', 'three', 'SQL', 'V20260103000000__three.sql', 789, 'app', 3, true),
+      (5, '20260103000000', 'three', 'DELETE', 'V20260103000000__three.sql', 789, 'app', 0, true)]])
     local doc
     doc, r = p:json({ "baseline", "--from", "flyway", "--reason", "switching from flyway" })
     assert.equal(0, r.code, r.stderr)

@@ -123,6 +123,17 @@ describe("backups in transaction = false migrations", function()
     assert.equal("0", p:sql("SELECT count(*) FROM items WHERE score IS DISTINCT FROM id * 10"))
   end)
 
+  it("an explicit m:backup in a transaction = false migration is taken in a transaction of its own", function()
+    local p = P.new("notx_explicit")
+    items(p, 5)
+    p:add("20260101000000", "explicit", P.migration([[
+    local id = m:backup("items")
+    m.log:info("took backup " .. tostring(id))]], "", NOTX))
+    local r = p:cli({ "run" })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("table|5|share-lock", p:sql("SELECT kind, row_count, consistency FROM migrate_lua_backups.catalog WHERE migration = '20260101000000'"))
+  end)
+
   it("copy and drop see the same rows under a concurrent writer", function()
     local p = P.new("notx_writer")
     p:sql("CREATE TABLE feed (id bigint PRIMARY KEY, v text NOT NULL); INSERT INTO feed SELECT g, 'v' || g FROM generate_series(1, 100) g")

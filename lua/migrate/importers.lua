@@ -41,16 +41,25 @@ function M.typeorm(conn)
 end
 
 -- Flyway: flyway_schema_history(version, success); repeatable migrations
--- have no version; an entry with success = false is a failed migration.
+-- have no version; an entry with success = false is a failed migration; a
+-- later DELETE (flyway repair) or UNDO entry takes its version back out.
 function M.flyway(conn)
-  need_table(conn, "flyway", "flyway_schema_history", { "installed_rank", "version", "success" })
-  local rows = conn:query([[SELECT version, success, script FROM flyway_schema_history
+  need_table(conn, "flyway", "flyway_schema_history", { "installed_rank", "version", "type", "success" })
+  local rows = conn:query([[SELECT version, success, script, type FROM flyway_schema_history
      WHERE version IS NOT NULL ORDER BY installed_rank]])
-  local bad, ok = {}, {}
+  local bad, applied, order = {}, {}, {}
   for _, r in ipairs(rows) do
-    if r.success then ok[#ok + 1] = r.version
-    else bad[#bad + 1] = string.format("version %s (%s) has success = false", r.version, r.script or "?") end
+    if not r.success then
+      bad[#bad + 1] = string.format("version %s (%s) has success = false", r.version, r.script or "?")
+    elseif r.type == "DELETE" or (r.type or ""):match("^UNDO_") then
+      applied[r.version] = nil
+    else
+      if applied[r.version] == nil then order[#order + 1] = r.version end
+      applied[r.version] = true
+    end
   end
+  local ok = {}
+  for _, v in ipairs(order) do if applied[v] then ok[#ok + 1] = v end end
   return { table = "flyway_schema_history", versions = ok, bad = bad }
 end
 
