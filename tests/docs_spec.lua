@@ -248,6 +248,16 @@ describe("documented exit codes", function()
       p:sql("INSERT INTO t VALUES (2, NULL)")   -- diverged: refused without --force
       return p:cli({ "backup", "restore", "1" }).code
     end,
+    ["repair 2"] = function(p)   -- no --reason
+      good(p); assert.equal(0, p:cli({ "run" }).code); return p:cli({ "repair" }).code
+    end,
+    ["baseline 2"] = function(p) good(p); return p:cli({ "baseline", "20260101000001" }).code end,   -- no --reason
+    ["baseline 3"] = function(p)   -- the other tool's history is dirty
+      good(p)
+      p:sql("CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL);"
+        .. " INSERT INTO schema_migrations VALUES (20260101000001, true)")
+      return p:cli({ "baseline", "--from", "golang-migrate" }).code
+    end,
     ["schema 3"] = function(p)
       good(p)
       assert.equal(0, p:cli({ "run" }).code)
@@ -334,4 +344,148 @@ describe("generate as the man page says", function()
     assert.equal("30000101000000", doc.version)
     assert.is_true(T.exists(p.dir .. "/30000101000000_second.lua"))
   end)
+end)
+
+-- docs/operations.md "Getting unstuck": every ```sh block after an
+-- `<!-- unstuck: NAME -->` comment runs, line by line, against a database
+-- put in the state NAME (SCENARIOS below); `# exit N` is the expected code.
+describe("docs/operations.md getting unstuck", function()
+  local P = require "helpers.project"
+  local NOTX = "  transaction = false,\n"
+  local function table_mig(n)
+    return P.migration(string.format([[m:safe_create_table("t%d", { { "id", "bigint", primary_key = true } })]], n),
+      string.format([[m:safe_drop_table("t%d")]], n))
+  end
+
+  local SCENARIOS = {
+    changed = {
+      setup = function(p)
+        local path = p:add("20260101000000", "create_t1", table_mig(1))
+        assert.equal(0, p:cli({ "safe-run" }).code)
+        T.write(path, "-- the comment, fixed\n" .. table_mig(1))
+      end,
+      after = function(p) assert.equal("applied", p:json({ "show" }).migrations[1].state) end,
+    },
+    missing = {
+      setup = function(p)
+        local path = p:add("20260101000000", "create_t1", table_mig(1))
+        p:add("20260102000000", "create_t2", table_mig(2))
+        assert.equal(0, p:cli({ "safe-run" }).code)
+        os.remove(path)
+      end,
+      after = function(p) assert.equal("20260102000000", p:applied()) end,
+    },
+    partial = {
+      setup = function(p)
+        p:add("20260101000000", "two_steps", P.migration([[
+    m:safe_create_table("first_step", { { "id", "bigint", primary_key = true } })
+    if m:table_exists("cause") then error("the cause of the failure") end]], [[m:safe_drop_table("first_step")]], NOTX))
+        p:sql("CREATE TABLE cause ()")
+        assert.equal(1, p:cli({ "safe-run" }).code)
+      end,
+      after = function(p)
+        assert.equal("f", p:sql("SELECT to_regclass('first_step') IS NOT NULL"))
+        assert.equal("pending", p:json({ "show" }).migrations[1].state)
+      end,
+    },
+    ["partial-down"] = {
+      setup = function(p)
+        p:sql("CREATE TABLE items (id bigint PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 10)")
+        p:add("20260101000000", "add_score", P.migration([[
+    m:safe_add_column("items", "score", "integer")
+    m:backfill("items", "score = id", "score IS NULL")]], [[
+    m:safe_drop_column("items", "score")
+    if m:table_exists("cause") then error("the cause of the failure") end]], NOTX))
+        assert.equal(0, p:cli({ "safe-run" }).code)
+        p:sql("CREATE TABLE cause ()")
+        assert.equal(1, p:cli({ "rollback" }).code)
+        assert.equal("failed", p:json({ "show" }).migrations[1].state)
+        p:sql("DROP TABLE cause")
+      end,
+      after = function(p)
+        assert.equal("", p:applied())
+        assert.equal("1", p:sql("SELECT count(*) FROM migrate_lua_backups.catalog WHERE migration = '20260101000000'"))
+      end,
+    },
+    adopt = {
+      setup = function(p)
+        p:sql("CREATE TABLE t1 (id bigint PRIMARY KEY)")
+        p:add("20260101000000", "create_t1", table_mig(1))
+        p:add("20260102000000", "create_t2", table_mig(2))
+      end,
+      after = function(p)
+        assert.equal("20260101000000,20260102000000", p:applied())
+        assert.equal("true|false", p:sql("SELECT string_agg(baseline::text, '|' ORDER BY version) FROM migrate_lua_migrations"))
+      end,
+    },
+    typeorm = {
+      setup = function(p)
+        p:sql([[CREATE TABLE t1 (id bigint PRIMARY KEY);
+          CREATE TABLE "migrations" ("id" SERIAL NOT NULL, "timestamp" bigint NOT NULL, "name" character varying NOT NULL,
+            CONSTRAINT "PK_8c82d7f526340ab734260ea46be" PRIMARY KEY ("id"));
+          INSERT INTO migrations ("timestamp", name) VALUES (1767225600000, 'CreateT11767225600000')]])
+        p:add("20260101000000", "create_t1", table_mig(1))
+        p:add("20260102000000", "create_t2", table_mig(2))
+      end,
+      after = function(p) assert.equal("20260101000000", p:applied()) end,
+    },
+  }
+
+  -- {name, line, commands = {{args, exit}}}
+  local function unstuck_blocks()
+    local out, pending, cur = {}, nil, nil
+    local n = 0
+    for line in (T.read(T.root .. "/docs/operations.md") .. "\n"):gmatch("(.-)\n") do
+      n = n + 1
+      local name = line:match("^<!%-%- unstuck: ([%w%-]+) %-%->$")
+      if name then pending = name
+      elseif pending and line:match("^```sh%s*$") then cur = { name = pending, line = n, commands = {} }; pending = nil
+      elseif cur and line:match("^```%s*$") then out[#out + 1] = cur; cur = nil
+      elseif cur and line:match("%S") then
+        local code = tonumber(line:match("#%s*exit%s+(%d+)%s*$") or "0")
+        local cmd = line:gsub("%s+#.*$", "")
+        -- split on spaces outside double quotes
+        local args = {}
+        local i = 1
+        while i <= #cmd do
+          local c = cmd:sub(i, i)
+          if c == " " then i = i + 1
+          elseif c == '"' then
+            local j = cmd:find('"', i + 1, true)
+            args[#args + 1] = cmd:sub(i + 1, j - 1)
+            i = j + 1
+          else
+            local j = cmd:find(" ", i, true) or (#cmd + 1)
+            args[#args + 1] = cmd:sub(i, j - 1)
+            i = j
+          end
+        end
+        cur.commands[#cur.commands + 1] = { args = args, exit = code, text = line }
+      end
+    end
+    return out
+  end
+
+  local found = unstuck_blocks()
+  it("has a block for every case it describes", function()
+    local names = {}
+    for _, b in ipairs(found) do names[#names + 1] = b.name end
+    table.sort(names)
+    assert.same({ "adopt", "changed", "missing", "partial", "partial-down", "typeorm" }, names)
+  end)
+
+  for _, b in ipairs(found) do
+    it("runs the " .. b.name .. " commands (docs/operations.md:" .. b.line .. ")", function()
+      local sc = SCENARIOS[b.name]
+      assert.is_truthy(sc, "no scenario " .. b.name .. " in tests/docs_spec.lua")
+      local p = P.new("unstuck")
+      sc.setup(p)
+      for _, c in ipairs(b.commands) do
+        assert.equal("migrate-lua", c.args[1], c.text)
+        local r = p:cli({ table.unpack(c.args, 2) })
+        assert.equal(c.exit, r.code, ("docs/operations.md: %s\n%s%s"):format(c.text, r.stdout, r.stderr))
+      end
+      sc.after(p)
+    end)
+  end
 end)

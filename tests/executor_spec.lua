@@ -387,7 +387,7 @@ describe("revert and show around transaction = false migrations (review regressi
     local st = p:json({ "show" }).migrations[2]
     assert.equal("failed", st.state)
     assert.equal("20260101000001,20260101000002", p:applied())
-    assert.equal("1", p:sql("SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000002' AND status = 'incomplete'"))
+    assert.equal("1", p:sql("SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000002' AND status = 'partial'"))
     -- a run does not re-apply it: it is still in the history
     assert.equal(0, p:cli({ "run" }).code)
     assert.equal("20260101000001,20260101000002", p:applied())

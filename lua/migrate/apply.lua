@@ -26,6 +26,10 @@ local function document(result)
     } or json.null,
     run_id = result.run_id,
     durations_ms = result.durations,
+    -- a transaction = false migration that stopped part-way: nothing was
+    -- rolled back, these steps stay committed
+    partial = result.partial or nil,
+    steps_done = result.partial and json.array(result.steps_done or {}) or nil,
   }
 end
 M.document = document
@@ -34,7 +38,9 @@ local function report_failure(result, config)
   if result.ok then return end
   local e = result.error
   io.stderr:write("\nmigrate-lua: migration ", tostring(result.failed or "?"), " failed",
-    e.kind == "interrupted" and " (interrupted)" or "", "\n")
+    e.kind == "interrupted" and " (interrupted)" or "",
+    result.partial and string.format(" part-way (transaction = false: %d completed step(s) stay, nothing of it was undone)",
+      #(result.steps_done or {})) or "", "\n")
   io.stderr:write(scrub(tostring(e)):gsub("^", "  "):gsub("\n", "\n  "), "\n")
   if result.rolled_back_note then io.stderr:write("  ", result.rolled_back_note, "\n") end
   if config.quiet then return end

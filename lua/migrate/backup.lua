@@ -16,6 +16,8 @@
 local errors = require "migrate.errors"
 local json = require "migrate.json"
 local core = require "migrate.core"
+local V = require "migrate.backup_values"
+local D = require "migrate.backup_ddl"
 
 local M = {}
 
@@ -62,13 +64,6 @@ local function collist(conn, cols, alias)
   local out = {}
   for i, c in ipairs(cols) do out[i] = (alias and (alias .. ".") or "") .. qi(conn, c) end
   return table.concat(out, ", ")
-end
-
--- "t.k1 = b.k1 AND t.k2 = b.k2"
-local function key_match(conn, keys, a, b)
-  local out = {}
-  for i, k in ipairs(keys) do out[i] = string.format("%s.%s = %s.%s", a, qi(conn, k), b, qi(conn, k)) end
-  return table.concat(out, " AND ")
 end
 
 local function pretty_bytes(n)
@@ -137,7 +132,8 @@ local function columns_of(conn, oid)
   return conn:query([[
     SELECT a.attname AS name, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type,
            a.attnotnull AS not_null, pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS "default",
-           a.attidentity::text AS identity, a.attgenerated::text AS generated
+           a.attidentity::text AS identity, a.attgenerated::text AS generated,
+           a.atttypid::bigint >= 16384 AS user_type
       FROM pg_catalog.pg_attribute a
       LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
      WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -181,7 +177,7 @@ local function definition_of(conn, oid, cols)
   def.referenced_by = conn:query([[
     SELECT conrelid::regclass::text AS "table", conname AS name, pg_catalog.pg_get_constraintdef(oid) AS def
       FROM pg_catalog.pg_constraint WHERE confrelid = $1::oid AND contype = 'f' AND conrelid <> confrelid]], oid)
-  return def
+  return D.capture(conn, oid, def)
 end
 
 -- Human-readable DDL of a table definition (kept in the catalog).
@@ -246,8 +242,8 @@ function M.copy(conn, spec)
   end
   local label = rel.schema .. "." .. rel.name
   local all = columns_of(conn, rel.oid)
-  local types = {}
-  for _, c in ipairs(all) do types[c.name] = c.type end
+  local types, user = {}, {}
+  for _, c in ipairs(all) do types[c.name] = c.type; user[c.name] = c.user_type end
   local key = key_of(conn, rel.oid)
   local kind, selected, definition, ddl = "table", {}, nil, nil
   if spec.cols then
@@ -264,6 +260,7 @@ function M.copy(conn, spec)
       end
       if not seen[c] then selected[#selected + 1] = c; seen[c] = true end
     end
+    definition = { columns = D.column_facts(all, spec.cols) }
   else
     for _, c in ipairs(all) do selected[#selected + 1] = c.name end
     definition = definition_of(conn, rel.oid, all)
@@ -295,7 +292,7 @@ function M.copy(conn, spec)
   if progress then
     io.stderr:write(string.format("    backing up %s (~%d rows, %s) ...\n", label, rel.estimate, pretty_bytes(rel.size)))
   end
-  conn:exec(string.format("CREATE TABLE %s AS SELECT %s FROM %s", dst, collist(conn, selected), src))
+  conn:exec(string.format("CREATE TABLE %s AS SELECT %s FROM %s", dst, V.copy_list(conn, selected, user), src))
   if before then
     local after = write_counter(conn, rel.oid)
     if after ~= before then
@@ -305,6 +302,7 @@ function M.copy(conn, spec)
   end
   local checksum, nrows = M.checksum(conn, collist(conn, selected), dst)
   conn:exec("REVOKE ALL ON " .. dst .. " FROM PUBLIC")
+  D.seal(conn, dst, json.encode(definition))
   local me = conn:query("SELECT current_user AS u")[1].u
   local owner = me
   if rel.owner ~= me then
@@ -426,7 +424,7 @@ end
 -- Rows of the target with no backup row (added) and backup rows with no
 -- target row (removed), matched by key.
 local function divergence(conn, b, src, dst)
-  local match = key_match(conn, b.primary_key, "t", "b")
+  local match = V.key_match(conn, b.primary_key, "t", "b", b.text_set)
   local r = conn:query(string.format([[
     SELECT (SELECT pg_catalog.count(*) FROM %s t WHERE NOT EXISTS (SELECT 1 FROM %s b WHERE %s))::bigint AS added,
            (SELECT pg_catalog.count(*) FROM %s b WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE %s))::bigint AS removed]],
@@ -460,11 +458,11 @@ local function put_back_values(conn, b, src, dst, cols)
   local gen = generated_set(b)
   local sets = {}
   for _, c in ipairs(cols) do
-    if not gen[c] then sets[#sets + 1] = string.format("%s = b.%s", qi(conn, c), qi(conn, c)) end
+    if not gen[c] then sets[#sets + 1] = string.format("%s = %s", qi(conn, c), V.value(conn, "b", c, b.text_set, b.live_types)) end
   end
   if #sets == 0 then return 0 end
   return conn:exec(string.format("UPDATE %s AS t SET %s FROM %s AS b WHERE %s", src, table.concat(sets, ", "), dst,
-    key_match(conn, b.primary_key, "t", "b")))
+    V.key_match(conn, b.primary_key, "t", "b", b.text_set)))
 end
 
 local function insertable(b)
@@ -476,16 +474,17 @@ end
 -- Puts back the backup rows whose key is missing from the target.
 local function insert_missing(conn, b, src, dst)
   local cols = collist(conn, insertable(b))
-  local bcols = collist(conn, insertable(b), "b")
+  local vals = {}
+  for i, c in ipairs(insertable(b)) do vals[i] = V.value(conn, "b", c, b.text_set, b.live_types) end
   return conn:exec(string.format("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s AS b WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE %s)",
-    src, cols, bcols, dst, src, key_match(conn, b.primary_key, "t", "b")))
+    src, cols, table.concat(vals, ", "), dst, src, V.key_match(conn, b.primary_key, "t", "b", b.text_set)))
 end
 
 -- Checksums of the backed-up columns over the rows both sides share.
 local function shared_checksums(conn, b, src, dst)
-  local match = key_match(conn, b.primary_key, "t", "b")
+  local match = V.key_match(conn, b.primary_key, "t", "b", b.text_set)
   local mth = method_of(b.checksum)
-  local a = M.checksum(conn, collist(conn, b.columns, "t"), string.format("%s t WHERE EXISTS (SELECT 1 FROM %s b WHERE %s)", src, dst, match), mth)
+  local a = M.checksum(conn, V.stored_list(conn, b.columns, "t", b.text_set), string.format("%s t WHERE EXISTS (SELECT 1 FROM %s b WHERE %s)", src, dst, match), mth)
   local z = M.checksum(conn, collist(conn, b.columns, "b"), string.format("%s b WHERE EXISTS (SELECT 1 FROM %s t WHERE %s)", dst, src, match), mth)
   return a, z
 end
@@ -516,13 +515,16 @@ local function restore_column(conn, b, force, report)
   end
   for i, c in ipairs(b.columns) do
     if not present[c] then
-      conn:exec(string.format("ALTER TABLE %s ADD COLUMN %s %s", src, qi(conn, c), b.column_types[i]))
+      conn:exec(D.checked(b, string.format("ALTER TABLE %s ADD COLUMN %s %s", src, qi(conn, c), b.column_types[i]),
+        "AlterTableStmt", { schema = b.source_schema, name = b.source_table }, "AT_AddColumn"))
       report.readded[#report.readded + 1] = c
     elseif present[c] ~= b.column_types[i] then
       errors.raise("validation", string.format("backup %d: column %s.%s.%s is now %s, the backup holds %s; change it back first",
         b.id, b.source_schema, b.source_table, c, present[c], b.column_types[i]))
     end
   end
+  b.live_types = {}
+  for _, c in ipairs(columns_of(conn, rel.oid)) do b.live_types[c.name] = c.type end
   local added, removed = divergence(conn, b, src, dst)
   report.added, report.removed = added, removed
   if (added > 0 or removed > 0) and not force then diverged_error(b, added, removed) end
@@ -531,6 +533,7 @@ local function restore_column(conn, b, force, report)
   verify_restored(b, got, want)
   if added == 0 and removed == 0 then verify_restored(b, got, b.checksum) end
   report.checksum = got
+  for _, c in ipairs(report.readded) do D.finish_column(conn, b, src, rel, c, report) end
 end
 
 -- Recreates a dropped table from its catalogued definition.
@@ -545,22 +548,34 @@ local function recreate_table(conn, b, src, report)
     if c.not_null then s = s .. " NOT NULL" end
     cols[#cols + 1] = s
   end
-  conn:exec(string.format("CREATE TABLE %s (%s)", src, table.concat(cols, ", ")))
+  local target = { schema = b.source_schema, name = b.source_table }
+  conn:exec(D.checked(b, string.format("CREATE TABLE %s (%s)", src, table.concat(cols, ", ")), "CreateStmt", target))
   report.recreated = true
   local dst = backup_rel(conn, b)
   local icols = insertable(b)
+  b.live_types = {}
+  for _, c in ipairs(columns_of(conn, relation(conn, src).oid)) do b.live_types[c.name] = c.type end
+  local vals = {}
+  for i, c in ipairs(icols) do vals[i] = V.value(conn, nil, c, b.text_set, b.live_types) end
   report.rows = conn:exec(string.format("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s",
-    src, collist(conn, icols), collist(conn, icols), dst))
+    src, collist(conn, icols), table.concat(vals, ", "), dst))
   -- defaults; a serial's sequence went with the table: recreate it
   for _, c in ipairs(def.columns or {}) do
     if c.default and c.generated ~= "s" and not c.identity:match("[ad]") then
       local seq = c.default:match("^nextval%('(.-)'::regclass%)$")
+      if seq then
+        -- the name re-quoted part by part: nothing of the catalog row is pasted
+        local parts = conn:query("SELECT pg_catalog.array_to_json(pg_catalog.parse_ident($1)) AS p", (seq:gsub("''", "'")))[1].p
+        for i, part in ipairs(parts) do parts[i] = qi(conn, part) end
+        seq = table.concat(parts, ".")
+      end
       if seq and not conn:query("SELECT pg_catalog.to_regclass($1) IS NOT NULL AS e", seq)[1].e then
         conn:exec(string.format("CREATE SEQUENCE %s OWNED BY %s.%s", seq, src, qi(conn, c.name)))
         conn:exec(string.format("SELECT pg_catalog.setval($1::regclass, coalesce((SELECT pg_catalog.max(%s) FROM %s), 0) + 1, false)",
           qi(conn, c.name), src), seq)
       end
-      conn:exec(string.format("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s", src, qi(conn, c.name), c.default))
+      conn:exec(D.checked(b, string.format("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s", src, qi(conn, c.name), c.default),
+        "AlterTableStmt", target, "AT_ColumnDefault"))
     elseif c.identity:match("[ad]") then
       conn:exec(string.format("SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence($1, $2), coalesce((SELECT pg_catalog.max(%s) FROM %s), 0) + 1, false)",
         qi(conn, c.name), src), src, c.name)
@@ -570,15 +585,25 @@ local function recreate_table(conn, b, src, report)
     if k.type == "f" then
       -- another table's rows may be gone: add it unvalidated, never fail the restore on it
       conn:exec("SAVEPOINT migrate_lua_restore_fk")
-      local ok = pcall(conn.exec, conn, string.format("ALTER TABLE %s ADD CONSTRAINT %s %s NOT VALID", src, qi(conn, k.name), k.def))
+      local sql = D.checked(b, string.format("ALTER TABLE %s ADD CONSTRAINT %s %s NOT VALID", src, qi(conn, k.name), k.def),
+        "AlterTableStmt", target, "AT_AddConstraint")
+      local ok = pcall(conn.exec, conn, sql)
       conn:exec(ok and "RELEASE SAVEPOINT migrate_lua_restore_fk" or "ROLLBACK TO SAVEPOINT migrate_lua_restore_fk")
       report.notes[#report.notes + 1] = ok and string.format("foreign key %s restored NOT VALID: run ALTER TABLE %s VALIDATE CONSTRAINT %s", k.name, src, qi(conn, k.name))
         or string.format("foreign key %s not restored (%s): its referenced rows are gone", k.name, k.def)
     else
-      conn:exec(string.format("ALTER TABLE %s ADD CONSTRAINT %s %s", src, qi(conn, k.name), k.def))
+      conn:exec(D.checked(b, string.format("ALTER TABLE %s ADD CONSTRAINT %s %s", src, qi(conn, k.name), k.def),
+        "AlterTableStmt", target, "AT_AddConstraint"))
     end
   end
-  for _, i in ipairs(def.indexes or {}) do conn:exec(i.def) end
+  for _, i in ipairs(def.indexes or {}) do conn:exec(D.checked(b, i.def, "IndexStmt", target)) end
+  -- while the migration role still owns it
+  D.finish_table(conn, b, src, report)
+  for _, g in ipairs(def.grants or {}) do
+    if not D.PRIVILEGES[g.privilege] then
+      errors.raise("validation", string.format("backup %d: catalogued grant %q is not a table privilege; not restored", b.id, tostring(g.privilege)))
+    end
+  end
   conn:exec("SAVEPOINT migrate_lua_restore_owner")
   local ok = pcall(function()
     conn:exec(string.format("ALTER TABLE %s OWNER TO %s", src, qi(conn, b.source_owner)))
@@ -599,13 +624,14 @@ local function restore_table(conn, b, force, report)
   local rel = relation(conn, src)
   if not rel then
     recreate_table(conn, b, src, report)
-    verify_restored(b, (M.checksum(conn, collist(conn, b.columns), src, method_of(b.checksum))), b.checksum)
+    verify_restored(b, (M.checksum(conn, V.stored_list(conn, b.columns, nil, b.text_set), src, method_of(b.checksum))), b.checksum)
     report.checksum = b.checksum
     return
   end
   conn:exec("LOCK TABLE " .. src .. " IN SHARE ROW EXCLUSIVE MODE")
   local present = {}
   for _, c in ipairs(columns_of(conn, rel.oid)) do present[c.name] = c.type end
+  b.live_types = present
   for i, c in ipairs(b.columns) do
     if present[c] ~= b.column_types[i] then
       errors.raise("validation", string.format("backup %d: %s.%s exists with a different definition (column %s is %s, the backup holds %s); not restored",
@@ -613,7 +639,7 @@ local function restore_table(conn, b, force, report)
     end
   end
   if #b.primary_key == 0 then
-    local sum = M.checksum(conn, collist(conn, b.columns), src, method_of(b.checksum))
+    local sum = M.checksum(conn, V.stored_list(conn, b.columns, nil, b.text_set), src, method_of(b.checksum))
     if sum == b.checksum then report.rows, report.added, report.removed = 0, 0, 0; report.checksum = sum; return end
     errors.raise("validation", string.format("backup %d: %s.%s exists and differs from the backup, and has no primary key to match rows by; rename or drop it, then restore",
       b.id, b.source_schema, b.source_table))
@@ -622,8 +648,8 @@ local function restore_table(conn, b, force, report)
   report.added, report.removed = added, removed
   if (added > 0 or removed > 0) and not force then diverged_error(b, added, removed) end
   report.rows = put_back_values(conn, b, src, dst, non_key(b)) + insert_missing(conn, b, src, dst)
-  local got = M.checksum(conn, collist(conn, b.columns, "t"),
-    string.format("%s t WHERE EXISTS (SELECT 1 FROM %s b WHERE %s)", src, dst, key_match(conn, b.primary_key, "t", "b")), method_of(b.checksum))
+  local got = M.checksum(conn, V.stored_list(conn, b.columns, "t", b.text_set),
+    string.format("%s t WHERE EXISTS (SELECT 1 FROM %s b WHERE %s)", src, dst, V.key_match(conn, b.primary_key, "t", "b", b.text_set)), method_of(b.checksum))
   verify_restored(b, got, b.checksum)
   report.checksum = got
 end
@@ -632,12 +658,14 @@ end
 -- opts: force, lock_timeout. Returns a report table.
 function M.restore(conn, id, opts)
   opts = opts or {}
-  local report = { id = id, readded = {}, notes = {} }
+  local report = { id = id, readded = {}, notes = {}, rebuilt = {} }
   conn:transaction(function()
     conn:exec(string.format("SET LOCAL lock_timeout = %d", opts.lock_timeout or 5000))
     local b = M.get(conn, id, true)
     report.kind, report.table, report.columns = b.kind, b.source_schema .. "." .. b.source_table, b.columns
     verify_backup(conn, b)
+    V.text_set(conn, b, backup_rel(conn, b))
+    D.verify_seal(conn, b, backup_rel(conn, b))
     if b.kind == "column" then restore_column(conn, b, opts.force, report)
     else restore_table(conn, b, opts.force, report) end
   end)

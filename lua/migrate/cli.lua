@@ -46,6 +46,10 @@ M.options = {
   -- issue 16
   ["--config"] = { key = "config", kind = "string" },
   ["--schema-file"] = { key = "schema_file", kind = "string" },
+  -- issue 12
+  ["--reason"] = { key = "reason", kind = "string" },
+  ["--forget-missing"] = { key = "forget_missing", kind = "flag" },
+  ["--from"] = { key = "from", kind = "string" },
 }
 
 M.commands = {
@@ -64,6 +68,9 @@ M.commands = {
   -- issue 16
   config = "print each effective setting and where it came from",
   schema = "dump [PATH] | check PATH: the schema file (pg_dump --schema-only)",
+  -- issue 12
+  repair = "re-record the checksum of changed migrations; --forget-missing drops missing ones",
+  baseline = "record migrations up to VERSION (or --from TOOL) as applied, not run",
 }
 
 -- Levenshtein distance, for "did you mean".

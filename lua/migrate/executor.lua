@@ -111,13 +111,13 @@ function M.incomplete(conn, applied, readable)
   local rows = conn:query([[
     SELECT DISTINCT ON (migration_name) migration_name, status, metadata
       FROM migration_logs
-     WHERE status IN ('started', 'success', 'failed', 'rolled_back', 'reverted', 'incomplete')
+     WHERE status IN ('started', 'success', 'failed', 'rolled_back', 'reverted', 'incomplete', 'partial')
        AND metadata->>'transaction' = 'false'
      ORDER BY migration_name, id DESC]])
   for _, r in ipairs(rows) do
     local meta = type(r.metadata) == "table" and r.metadata or {}
     local direction = meta.direction or "up"
-    local stopped = (r.status == "started" or r.status == "failed" or r.status == "incomplete")
+    local stopped = (r.status == "started" or r.status == "failed" or r.status == "incomplete" or r.status == "partial")
       and meta.transaction == false
     if stopped and (direction == "up") == not applied[r.migration_name] then
       local steps = conn:query([[SELECT message FROM migration_logs
@@ -276,6 +276,7 @@ local function apply_one(s, entry, direction, mode, record)
   local function failed(err)
     err = name_blockers(errors.wrap(err))
     err.stats = err.stats or (m and m.stats)
+    err.steps = err.steps or (m and m.steps)   -- a transaction = false migration's committed steps
     err.lock_wait_ms = wait.lock_wait_ms
     error(err, 0)
   end
@@ -417,9 +418,10 @@ function M.migrate(s, pending, opts)
           metadata = { transaction = true }, console = false }
       else
         -- nothing to roll back: the steps that ran stay, and show reports it failed
-        logger:event { migration = entry.version, status = "incomplete", level = "warn",
-          message = string.format("%s stopped part-way (transaction = false): the steps already run stay; the next run resumes it",
-            label(entry)), metadata = { transaction = false }, console = false }
+        result.partial, result.steps_done = true, e.steps or {}
+        logger:event { migration = entry.version, status = "partial", level = "warn",
+          message = string.format("%s stopped part-way (transaction = false): %d completed step(s) stay; the next run resumes it",
+            label(entry), #result.steps_done), metadata = { transaction = false, steps_done = result.steps_done }, console = false }
       end
     end
   end
@@ -442,6 +444,7 @@ function M.revert(s, entries, opts)
       e.migration = e.migration or label(entry)
       e.file = e.file or entry.path
       result.ok, result.error, result.failed = false, e, entry.version
+      if not entry.transactional then result.partial, result.steps_done = true, e.steps or {} end
       logger:event { migration = entry.version, status = "failed", level = "error", duration_ms = core.now_ms() - t0,
         message = string.format("revert of %s failed: %s", label(entry), tostring(e)),
         error_message = tostring(e), metadata = { error = error_fields(e), direction = "down",
@@ -453,9 +456,10 @@ function M.revert(s, entries, opts)
       else
         -- its down's completed steps stay: show reports it failed until a
         -- revert (or a fixed down) completes
-        logger:event { migration = entry.version, status = "incomplete", level = "warn",
-          message = string.format("the revert of %s stopped part-way (transaction = false): the down steps already run stay", label(entry)),
-          console = false, metadata = { direction = "down", transaction = false } }
+        logger:event { migration = entry.version, status = "partial", level = "warn",
+          message = string.format("the revert of %s stopped part-way (transaction = false): %d completed down step(s) stay; it is still applied: run rollback again to finish",
+            label(entry), #result.steps_done),
+          console = false, metadata = { direction = "down", transaction = false, steps_done = result.steps_done } }
       end
       break
     end

@@ -56,6 +56,10 @@ M.OPTION_DOCS = {
     .. "./.env" },
   { "--schema-file", "PATH", "after a successful change, write the schema there (pg_dump --schema-only, "
     .. "without migrate-lua's own tables)" },
+  { "--reason", "TEXT", "with repair and baseline: why the history is changed (logged with who and when)" },
+  { "--forget-missing", nil, "with repair: also remove the history rows of missing migrations (file gone)" },
+  { "--from", "TOOL", "with baseline: read the history of typeorm, flyway, dbmate or golang-migrate on the "
+    .. "same database" },
 }
 
 -- Per command: arguments, the command options it reads (the rest are
@@ -89,7 +93,8 @@ M.COMMAND_DOCS = {
     text = "Validates, takes the migration lock, then applies each pending migration in its own "
       .. "transaction with guard clauses, backups before destructive steps, lock-timeout retries and "
       .. "full logging. Stops at the first failure; earlier migrations stay applied.",
-    exits = "1 a migration failed (rolled back); 3 validation failed or drift; 4 another run holds the lock",
+    exits = "1 a migration failed (rolled back; a transaction = false one stops partial, its committed steps "
+      .. "stay); 3 validation failed or drift; 4 another run holds the lock",
     example = "migrate-lua --database-url postgres://app@db/app safe-run" },
   { "run", args = "", options = { "--schema-file" },
     text = "Applies pending migrations on the plain path: no validation and no backups (the lint and "
@@ -100,7 +105,8 @@ M.COMMAND_DOCS = {
     text = "Safely reverts the newest applied migration (or N, or down to VERSION): validates the downs, "
       .. "backs data up before destructive steps, one transaction per migration, and prints the "
       .. "command that restores each backup.",
-    exits = "1 a down failed (rolled back); 3 drift or no down; 4 another run holds the lock",
+    exits = "1 a down failed (rolled back; a transaction = false one stops partial: run rollback again); "
+      .. "3 drift or no down; 4 another run holds the lock",
     example = "migrate-lua rollback --steps 2" },
   { "revert", args = "", options = { "--schema-file" },
     text = "Plainly reverts the newest applied migration (no validation, no backups).",
@@ -135,6 +141,22 @@ M.COMMAND_DOCS = {
       .. "compares the live schema with PATH and prints the difference as a unified diff.",
     exits = "3 the live schema differs from the file (check)",
     example = "migrate-lua schema check db/schema.sql" },
+  { "repair", args = "[VERSION...] --reason TEXT [--forget-missing]", options = { "--reason", "--forget-missing" },
+    text = "Re-records the checksum of changed migrations (their file was edited after they ran, e.g. a "
+      .. "comment) so drift no longer blocks; with --forget-missing, removes the history rows of missing ones. "
+      .. "Without VERSION: every changed (and missing) migration. Each change is a migration_logs row with "
+      .. "status repair, the reason, the role and the OS user.",
+    exits = "2 no --reason, or a VERSION that is not changed/missing; 4 another run holds the lock",
+    example = "migrate-lua repair 20261124120000 --reason \"comment edited after deploy\"" },
+  { "baseline", args = "VERSION --reason TEXT | --from TOOL", options = { "--reason", "--from" },
+    text = "Adopts a database that already has its schema: records every migration file up to and "
+      .. "including VERSION as applied without running it (show: applied; --json: \"baseline\": true). "
+      .. "--from typeorm|flyway|dbmate|golang-migrate marks applied the files that tool's history table "
+      .. "lists (TypeORM: migrations.timestamp in ms -> UTC YYYYMMDDHHMMSS; the others: equal version; "
+      .. "golang-migrate: every file up to its current version).",
+    exits = "2 no --reason, unknown VERSION or tool; 3 the other tool's history is dirty or failed "
+      .. "(nothing recorded); 4 another run holds the lock",
+    example = "migrate-lua baseline --from typeorm" },
 }
 
 -- errors.EXIT name -> meaning

@@ -15,7 +15,8 @@ CREATE TABLE IF NOT EXISTS migrate_lua_migrations (
   duration_ms  integer NOT NULL,
   applied_by   text NOT NULL DEFAULT current_user,
   tool_version text NOT NULL,
-  run_id       text NOT NULL
+  run_id       text NOT NULL,
+  baseline     boolean NOT NULL DEFAULT false
 );
 REVOKE ALL ON migrate_lua_migrations FROM PUBLIC;
 ]]
@@ -25,10 +26,17 @@ function M.exists(conn)
   return rows[1].e
 end
 
--- Creates the table on first use. Runs under the advisory lock, so two
--- runs cannot race on it.
+-- Creates the table on first use, and upgrades one made by an older
+-- version (the baseline column: a constant default, so no rewrite). Runs
+-- under the advisory lock, so two runs cannot race on it.
 function M.ensure(conn)
-  if not M.exists(conn) then conn:exec(CREATE) end
+  local r = conn:query([[SELECT pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL AS e,
+    EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass('migrate_lua_migrations')
+             AND attname = 'baseline' AND NOT attisdropped) AS b]])[1]
+  if not r.e then conn:exec(CREATE)
+  elseif not r.b then
+    conn:exec("ALTER TABLE migrate_lua_migrations ADD COLUMN IF NOT EXISTS baseline boolean NOT NULL DEFAULT false")
+  end
 end
 
 -- Applied rows keyed by version, plus the versions in order. exists: the
@@ -39,8 +47,9 @@ function M.applied(conn, exists)
   if not exists then return by_version, order end
   local rows = conn:query([[
     SELECT version, name, checksum, description, duration_ms, applied_by, tool_version, run_id,
+           coalesce((pg_catalog.to_jsonb(h) ->> 'baseline')::boolean, false) AS baseline,
            to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS applied_at
-      FROM migrate_lua_migrations ORDER BY version]])
+      FROM migrate_lua_migrations h ORDER BY version]])
   for _, r in ipairs(rows) do
     by_version[r.version] = r
     order[#order + 1] = r.version
@@ -54,6 +63,21 @@ function M.insert(conn, entry, duration_ms, run_id, tool_version)
       VALUES ($1, $2, $3, $4, $5, $6, $7)]],
     entry.version, entry.name, entry.checksum, entry.description,
     math.floor(duration_ms + 0.5), tool_version, run_id)
+end
+
+-- A migration recorded as applied without running it (baseline): the
+-- schema already has what it does.
+function M.insert_baseline(conn, entry, run_id, tool_version)
+  conn:exec([[INSERT INTO migrate_lua_migrations
+      (version, name, checksum, description, duration_ms, tool_version, run_id, baseline)
+      VALUES ($1, $2, $3, $4, 0, $5, $6, true)]],
+    entry.version, entry.name, entry.checksum, entry.description, tool_version, run_id)
+end
+
+-- Re-records the checksum of an applied migration whose file changed (repair).
+function M.set_checksum(conn, version, old, new)
+  return conn:exec("UPDATE migrate_lua_migrations SET checksum = $3 WHERE version = $1 AND checksum = $2",
+    version, old, new)
 end
 
 function M.delete(conn, version)

@@ -267,7 +267,7 @@ function M:event(ev)
     if ok then wok, err = f:write(line, "\n") end
     if not wok then self:warn_sink("file " .. tostring(self.path), err) end
   end
-  if self.conn then
+  if self.conn and ev.table ~= false then   -- table = false: the caller wrote the row in its transaction
     local row = { self.run_id, ev.migration, ev.status, ev.level, ev.message,
                   ev.duration_ms, ev.error_message, meta and cjson.encode(meta) or cjson.null }
     if ev.defer_table then

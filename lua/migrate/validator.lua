@@ -24,7 +24,9 @@ function M.static(status, problems)
     elseif st.state == "missing" then
       add("error", st, string.format("applied migration %s has no file (missing)", label(st)), { rule = "drift" })
     elseif st.state == "failed" then
-      add("warning", st, string.format("%s stopped part-way in an earlier run (transaction = false); the next run resumes it", label(st)),
+      add("warning", st, st.row
+        and string.format("the rollback of %s stopped part-way in an earlier run (transaction = false): it is still applied; run rollback again to finish undoing it", label(st))
+        or string.format("%s stopped part-way in an earlier run (transaction = false); the next run resumes it", label(st)),
         { object = st.entry.path, rule = "incomplete" })
     end
     if st.entry and (st.state == "pending" or st.state == "failed") then

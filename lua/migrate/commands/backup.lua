@@ -63,11 +63,12 @@ local function restore(config, s, id)
       io.stdout:write(string.format("  --force: %d row(s) added since the backup were left as they are; %d backed-up row(s) had no row to go back into%s\n",
         r.added or 0, r.removed or 0, r.kind == "table" and " and were re-inserted" or ""))
     end
+    for _, n in ipairs(r.rebuilt or {}) do io.stdout:write("  rebuilt: ", n, "\n") end
     for _, n in ipairs(r.notes) do io.stdout:write("  note: ", n, "\n") end
   end
   return 0, { ok = true, id = id, table = r.table, kind = r.kind, rows = r.rows, recreated = r.recreated or false,
               readded = json.array(r.readded), added = r.added, removed = r.removed, checksum = r.checksum,
-              notes = json.array(r.notes), duration_ms = dur }
+              notes = json.array(r.notes), rebuilt = json.array(r.rebuilt or {}), duration_ms = dur }
 end
 
 local function drop(config, s, id)

@@ -18,6 +18,9 @@ function M.run(config)
       applied_at = st.applied_at or json.null, checksum = st.checksum,
       applied_checksum = st.applied_checksum,
       steps_done = st.incomplete and json.array(st.incomplete.steps) or nil,
+      partial = st.incomplete and true or nil,
+      direction = st.incomplete and st.incomplete.direction or nil,
+      baseline = (st.row and st.row.baseline) or nil,
     }
   end
   doc.problems = json.array()
@@ -27,8 +30,11 @@ function M.run(config)
     if #list == 0 then out[#out + 1] = "no migrations in " .. config.dir end
     for _, st in ipairs(list) do
       out[#out + 1] = string.format("%-8s %s_%s%s", st.state, st.version, st.name,
-        st.applied_at and ("  (applied " .. st.applied_at .. ")") or "")
+        st.applied_at and ("  (applied " .. st.applied_at .. (st.row and st.row.baseline and ", baseline" or "") .. ")") or "")
       if st.incomplete then
+        out[#out + 1] = string.format("           partial: %s stopped part-way (transaction = false), %d step(s) done; %s",
+          st.incomplete.direction == "down" and "its rollback" or "it", #st.incomplete.steps,
+          st.incomplete.direction == "down" and "run rollback again to finish" or "the next run resumes it, rollback undoes it")
         for _, step in ipairs(st.incomplete.steps) do out[#out + 1] = "           done: " .. step end
       end
     end

@@ -96,7 +96,15 @@ function G.backup(m, tbl, cols)
   end
   -- explicit: taken on every path, plain run included (the backup service
   -- itself records instead of copying in dry-run, plan and validate)
-  return require("migrate.backup").take(m, tbl, cols, "explicit m:backup")
+  local backup = require "migrate.backup"
+  if m.transactional == false and not U.simulated(m) and m.mode ~= "plan" then
+    -- transaction = false: a consistent copy in a short transaction of its own
+    local mark = #backup.taken
+    local id = G.with_lock_retries(m, function() return backup.take(m, tbl, cols, "explicit m:backup") end)
+    for i = mark + 1, #backup.taken do backup.taken[i].committed = true end
+    return id
+  end
+  return backup.take(m, tbl, cols, "explicit m:backup")
 end
 
 -- TRUNCATE ONLY after a backup; refuses CASCADE and tables referenced by non-empty ones.
@@ -121,13 +129,14 @@ function G.safe_truncate(m, tbl, opts)
     U.info(m, "safe_truncate: " .. U.key(tbl) .. " is already empty (no-op)")
     return false
   end
-  if m.mode ~= "validate" then m:backup_before(tbl, nil, "truncate") end
-  if #refs > 0 then
-    -- TRUNCATE refuses a referenced table even when the children are empty
-    U.run(m, "DELETE FROM " .. m:ident(tbl))
-  else
-    U.run(m, "TRUNCATE ONLY " .. m:ident(tbl))
-  end
+  U.backed_up(m, tbl, nil, "truncate", function()
+    if #refs > 0 then
+      -- TRUNCATE refuses a referenced table even when the children are empty
+      U.run(m, "DELETE FROM " .. m:ident(tbl))
+    else
+      U.run(m, "TRUNCATE ONLY " .. m:ident(tbl))
+    end
+  end)
   return true
 end
 

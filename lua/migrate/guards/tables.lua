@@ -128,11 +128,13 @@ function G.safe_drop_table(m, tbl, opts)
     U.refuse(m, "ML08", f.table, string.format("table %s (%d rows) is still used: %s; drop those first (m:safe_drop_constraint) or pass {cascade = true}",
       f.table, f.rows, table.concat(what, ", ")), { findings = f })
   end
-  if not U.simulated(m) or m.mode == "dry-run" then m:backup_before(tbl, nil, "drop table " .. f.table) end
-  for _, r in ipairs(f.referenced_by) do
-    U.run(m, string.format("ALTER TABLE %s DROP CONSTRAINT %s", r.tbl, m:quote_name(r.conname)))
+  local function drop()
+    for _, r in ipairs(f.referenced_by) do
+      U.run(m, string.format("ALTER TABLE %s DROP CONSTRAINT %s", r.tbl, m:quote_name(r.conname)))
+    end
+    U.run(m, string.format("DROP TABLE %s%s", m:ident(tbl), #f.views > 0 and " CASCADE" or ""))
   end
-  U.run(m, string.format("DROP TABLE %s%s", m:ident(tbl), #f.views > 0 and " CASCADE" or ""))
+  if m.mode == "validate" then drop() else U.backed_up(m, tbl, nil, "drop table " .. f.table, drop) end
   return true
 end
 
@@ -210,8 +212,9 @@ function G.safe_drop_column(m, tbl, col, opts)
   end
   local cols = U.pk_cols(m, tbl)
   cols[#cols + 1] = col
-  if m.mode ~= "validate" then m:backup_before(tbl, cols, "drop column " .. col) end
-  U.run(m, string.format("ALTER TABLE %s DROP COLUMN %s%s", m:ident(tbl), m:quote_name(col), opts.cascade and " CASCADE" or ""))
+  U.backed_up(m, tbl, cols, "drop column " .. col, function()
+    U.run(m, string.format("ALTER TABLE %s DROP COLUMN %s%s", m:ident(tbl), m:quote_name(col), opts.cascade and " CASCADE" or ""))
+  end)
   return true
 end
 
@@ -348,13 +351,17 @@ function G.safe_change_column_type(m, tbl, col, typ, opts)
     U.refuse(m, "ML13", obj, string.format("changing %s from %s to %s rewrites %s (%s rows, %s) and its indexes under an ACCESS EXCLUSIVE lock; add a new column, sync it with a trigger, m:backfill, then swap; or pass {allow_rewrite = true} in a maintenance window",
       obj, c.type, typ, U.key(tbl), rows > 1000000 and "more than 1000000" or tostring(rows), size))
   end
+  local function change()
+    U.run(m, string.format("ALTER TABLE %s ALTER COLUMN %s TYPE %s%s", m:ident(tbl), m:quote_name(col), typ,
+      opts.using and (" USING " .. opts.using) or ""))
+  end
   if (rewrite or opts.using) and m.mode ~= "validate" and not U.is_new(m, tbl) then
     local cols = U.pk_cols(m, tbl)
     cols[#cols + 1] = col
-    m:backup_before(tbl, cols, string.format("change type of %s to %s", col, typ))
+    U.backed_up(m, tbl, cols, string.format("change type of %s to %s", col, typ), change)
+  else
+    change()
   end
-  U.run(m, string.format("ALTER TABLE %s ALTER COLUMN %s TYPE %s%s", m:ident(tbl), m:quote_name(col), typ,
-    opts.using and (" USING " .. opts.using) or ""))
   return true
 end
 

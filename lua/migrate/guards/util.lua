@@ -361,4 +361,35 @@ function U.volatile(m, expr)
 end
 
 U.lint = lint
+-- A destructive step with its backup. In a transaction = false migration
+-- the copy and the step run together in one short transaction of their own
+-- (under the lock policy of m:with_lock_retries, while the run holds the
+-- migration lock): the copy's SHARE lock is held until the step's own lock
+-- replaces it at commit, so no write can land between the copy and the
+-- step. Elsewhere the migration's transaction already does that.
+function U.backed_up(m, tbl, cols, reason, step)
+  if m.transactional or U.simulated(m) or m.mode == "plan" or m.mode == "run" or m.mode == "revert" then
+    if m.mode ~= "validate" then m:backup_before(tbl, cols, reason) end
+    return step()
+  end
+  local backup = require "migrate.backup"
+  local mark, n0 = #backup.taken, #m.steps
+  local ok, result = pcall(require("migrate.guards.data").with_lock_retries, m, function()
+    for i = #m.steps, n0 + 1, -1 do m.steps[i] = nil end   -- a retried attempt starts over
+    m:backup_before(tbl, cols, reason)
+    return step()
+  end)
+  -- the steps of the transaction: journalled once it committed, forgotten if not
+  local done = table.move(m.steps, n0 + 1, #m.steps, 1, {})
+  for i = #m.steps, n0 + 1, -1 do m.steps[i] = nil end
+  if not ok then
+    for i = #backup.taken, mark + 1, -1 do backup.taken[i] = nil end
+    error(result, 0)
+  end
+  for _, sql in ipairs(done) do m:journal("guard", sql) end
+  -- committed with the step: it outlives a later failure of the migration
+  for i = mark + 1, #backup.taken do backup.taken[i].committed = true end
+  return result
+end
+
 return U
