@@ -74,7 +74,7 @@ function M.up(config, opts)
     for _, entry in ipairs(pending) do loader.load(entry) end
     if opts.before then opts.before(s, pending, status) end
     if #pending == 0 then
-      if not config.json then io.stderr:write("nothing to do: no pending migrations in ", config.dir, "\n") end
+      if not config.json then io.stderr:write("nothing to do: no pending migrations in ", config.dir, require("migrate.target").describe(config), "\n") end
       result = { ok = true, applied = {}, reverted = {} }
       return
     end

@@ -179,13 +179,15 @@ function M.pending(status, config)
   end
   local pending = {}
   for _, st in ipairs(status) do
-    if st.state == "pending" or (st.state == "failed" and not st.row) then
-      if newest_applied and st.version < newest_applied and not config.allow_out_of_order then
-        errors.raise("validation", string.format(
-          "%s: migration %s is older than the newest applied migration %s (out of order); add a new migration with a later version, or pass --allow-out-of-order",
-          st.entry.path, st.version, newest_applied), { migration = st.version, file = st.entry.path })
-      end
-      pending[#pending + 1] = st.entry
+    if st.state == "pending" or (st.state == "failed" and not st.row) then pending[#pending + 1] = st.entry end
+  end
+  -- --to / --steps first: only what will run must be in order
+  pending = require("migrate.target").select(pending, config)
+  for _, e in ipairs(pending) do
+    if newest_applied and e.version < newest_applied and not config.allow_out_of_order then
+      errors.raise("validation", string.format(
+        "%s: migration %s is older than the newest applied migration %s (out of order); add a new migration with a later version, or pass --allow-out-of-order",
+        e.path, e.version, newest_applied), { migration = e.version, file = e.path })
     end
   end
   return pending
