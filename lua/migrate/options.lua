@@ -15,6 +15,7 @@ local function keys_of(spec)
   local out = {}
   for k in pairs(spec) do out[#out + 1] = type(k) == "number" and ("[" .. k .. "]") or tostring(k) end
   table.sort(out)
+  if #out == 0 then out[1] = "(none)" end
   return out
 end
 
