@@ -202,7 +202,7 @@ function M.main(argv)
     -- issue 11: a flag of another command is refused, never ignored
     local checked = command or (config.help and "help") or (config.version and "version") or "help"
     if M.commands[checked] then require("migrate.flags").check(checked, given) end
-    if M.commands[command] then require("migrate.target").check(command, config) end
+    if M.commands[command] and not config.help then require("migrate.target").check(command, config) end
   end)
   if not ok then
     local e = errors.wrap(err, "usage")
