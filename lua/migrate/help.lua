@@ -58,7 +58,7 @@ M.OPTION_DOCS = {
 M.COMMAND_DOCS = {
   { "generate", args = "NAME", options = {},
     text = "Writes <dir>/<now UTC>_NAME.lua from a template (NAME: lower-case letters, digits, _). "
-      .. "Never overwrites a file.",
+      .. "Never overwrites a file; creates the migrations folder when it does not exist.",
     example = "migrate-lua generate add_users_email_verified" },
   { "show", args = "[--check]", options = { "--check" },
     text = "Lists every migration with its state: applied, pending, changed (the file changed after it "
