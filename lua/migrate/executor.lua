@@ -329,6 +329,27 @@ M.apply_one = apply_one
 
 local function label(entry) return entry.version .. "_" .. entry.name end
 
+-- Rewrites the error a signal surfaced as (the hook's raise, a cancelled
+-- statement, a connection the signal took down) into what happened: the
+-- signal, what was rolled back, what stays applied. The statement that was
+-- running is kept apart, so a cancelled SET is not mistaken for the cause.
+function M.interrupted_error(e, sig, entry, result, single)
+  local undone
+  if single then
+    undone = "the whole batch was rolled back (--single-transaction): nothing of it was applied"
+  elseif entry.transactional then
+    undone = "its transaction was rolled back: nothing of it was applied"
+  else
+    undone = "it is transaction = false: the steps already run stay, and the next run resumes it"
+  end
+  local kept = (not single and #result.applied > 0) and ("; applied before it and kept: " .. table.concat(result.applied, ", ")) or ""
+  e.kind = "interrupted"
+  e.message = string.format("interrupted by %s while running %s; %s%s", sig, label(entry), undone, kept)
+  e.interrupted_sql = e.sql and e.sql:sub(1, 200)
+  e.sql, e.detail, e.hint, e.sqlstate = nil, nil, nil, nil
+  return e
+end
+
 -- Runs `up` of each pending migration. opts.mode: "run" | "safe-run".
 -- Returns a result {ok, applied = {versions}, failed, error, durations}.
 function M.migrate(s, pending, opts)
@@ -359,8 +380,7 @@ function M.migrate(s, pending, opts)
             s.config.timeout or 0, e.message or "")
         elseif sig then
           -- the cancel or the hook surfaced as some error: say what really happened
-          e.kind = "interrupted"
-          e.message = string.format("interrupted by %s while running %s (%s)", sig, label(entry), e.message or "")
+          M.interrupted_error(e, sig, entry, result, opts.single_transaction)
         end
         result.failed_entry = entry
         e.duration_ms = core.now_ms() - t0
@@ -444,6 +464,12 @@ function M.revert(s, entries, opts)
       local e = errors.wrap(dur)
       e.migration = e.migration or label(entry)
       e.file = e.file or entry.path
+      local sig = core.interrupted()
+      if sig and sig ~= "timeout" then
+        M.interrupted_error(e, sig, entry, { applied = {} })
+        e.message = e.message:gsub("while running", "while reverting", 1):gsub("nothing of it was applied", label(entry) .. " stays applied", 1)
+          .. (#result.reverted > 0 and ("; reverted before it: " .. table.concat(result.reverted, ", ")) or "")
+      end
       result.ok, result.error, result.failed = false, e, entry.version
       logger:event { migration = entry.version, status = "failed", level = "error", duration_ms = core.now_ms() - t0,
         message = string.format("revert of %s failed: %s", label(entry), tostring(e)),
