@@ -226,8 +226,9 @@ end
 function G.safe_add_column(m, tbl, col, typ, opts)
   O.check(m, "safe_add_column", opts, { null = "boolean", nullable = "boolean", default = "value", default_sql = "string", unique = "boolean",
     references = { [1] = "string", [2] = "names", table = "string", cols = "names", on_delete = "string" },
-    check = "string", identity = "boolean", generated_sql = "string" })
+    check = "string", identity = "boolean", generated_sql = "string", backfill = "boolean" })
   opts = opts or {}
+  if opts.backfill then return require("migrate.guards.backfill_column").run(m, tbl, col, typ, opts) end
   U.check_type(m, typ)
   local obj = U.key(tbl) .. "." .. col
   U.require_table(m, tbl, "ML02", "safe_add_column")
@@ -276,7 +277,7 @@ function G.safe_add_column(m, tbl, col, typ, opts)
     if opts.default_sql then
       local fname = U.volatile(m, opts.default_sql)
       if fname then
-        U.refuse(m, "ML01", obj, string.format("default %s calls the volatile function %s(): adding it rewrites all %s rows of %s under an ACCESS EXCLUSIVE lock; add the column without default, m:safe_set_default, then m:backfill",
+        U.refuse(m, "ML01", obj, string.format("default %s calls the volatile function %s(): adding it rewrites all %s rows of %s under an ACCESS EXCLUSIVE lock; add the column without default, m:safe_set_default, then m:backfill: {backfill = true} does all three (transaction = false)",
           opts.default_sql, fname, shown, U.key(tbl)))
       end
     end
