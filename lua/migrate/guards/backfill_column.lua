@@ -62,13 +62,7 @@ function M.run(m, tbl, col, typ, opts)
       m:safe_set_not_null(tbl, col)
     end
   end
-  if opts.unique then m:safe_add_unique(tbl, { col }) end
-  if opts.references then
-    local r = opts.references
-    if type(r) == "string" then r = { r } end
-    m:safe_add_foreign_key(tbl, { col }, r[1] or r.table, U.cols(r[2] or r.cols or { "id" }), { on_delete = r.on_delete })
-  end
-  if opts.check then m:safe_add_check(tbl, U.default_name(U.key(tbl), col, "check"), opts.check) end
+  U.inline_constraints(m, tbl, col, opts)
   return true
 end
 

@@ -290,14 +290,7 @@ function G.safe_add_column(m, tbl, col, typ, opts)
   end
   if typ:lower():match("^%s*json%s*$") then U.warn(m, "ML05", obj, "json has no equality operator (DISTINCT, UNION fail); prefer jsonb") end
   U.run(m, sql)
-  -- inline constraints become separate guarded steps (ML06)
-  if opts.unique then m:safe_add_unique(tbl, { col }) end
-  if opts.references then
-    local r = opts.references
-    if type(r) == "string" then r = { r } end
-    m:safe_add_foreign_key(tbl, { col }, r[1] or r.table, U.cols(r[2] or r.cols or { "id" }), { on_delete = r.on_delete })
-  end
-  if opts.check then m:safe_add_check(tbl, U.default_name(U.key(tbl), col, "check"), opts.check) end
+  U.inline_constraints(m, tbl, col, opts)
   return true
 end
 
