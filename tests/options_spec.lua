@@ -154,3 +154,27 @@ describe("strict option tables through the binary", function()
     end
   end)
 end)
+
+describe("every guard clause with an option table checks it", function()
+  it("its first line is options.check with its own name (so a guard added later cannot forget)", function()
+    local p = io.popen("ls " .. T.shell_quote(T.root .. "/lua/migrate/guards") .. "/*.lua")
+    local seen = 0
+    for path in p:lines() do
+      local lines = {}
+      for line in io.lines(path) do lines[#lines + 1] = line end
+      for i, line in ipairs(lines) do
+        local name, args = line:match("^function G%.([%w_]+)%(m, (.-)%)")
+        if name and args:match("opts$") then
+          seen = seen + 1
+          local driven = false
+          for _, c in ipairs(CALLS) do if c[1] == name then driven = true end end
+          assert.is_true(driven, "m:" .. name .. " is not driven by the CALLS table above")
+          assert.matches('^  O%.check%(m, "' .. name .. '", opts, ', lines[i + 1] or "",
+            path:match("[^/]+$") .. ":" .. (i + 1) .. ": m:" .. name .. " does not check its options first")
+        end
+      end
+    end
+    p:close()
+    assert.is_true(seen >= 18, "found only " .. seen .. " guard clauses with options")
+  end)
+end)
