@@ -333,18 +333,23 @@ local function label(entry) return entry.version .. "_" .. entry.name end
 -- statement, a connection the signal took down) into what happened: the
 -- signal, what was rolled back, what stays applied. The statement that was
 -- running is kept apart, so a cancelled SET is not mistaken for the cause.
-function M.interrupted_error(e, sig, entry, result, single)
+function M.interrupted_error(e, sig, entry, done, how)
+  how = how or {}
   local undone
-  if single then
+  if how.down then
+    undone = entry.transactional and ("its transaction was rolled back: " .. label(entry) .. " stays applied")
+      or "it is transaction = false: the down steps already run stay, and show reports it failed"
+  elseif how.single then
     undone = "the whole batch was rolled back (--single-transaction): nothing of it was applied"
   elseif entry.transactional then
     undone = "its transaction was rolled back: nothing of it was applied"
   else
     undone = "it is transaction = false: the steps already run stay, and the next run resumes it"
   end
-  local kept = (not single and #result.applied > 0) and ("; applied before it and kept: " .. table.concat(result.applied, ", ")) or ""
+  local kept = (not how.single and #done > 0)
+    and (string.format("; %s before it and kept: %s", how.down and "reverted" or "applied", table.concat(done, ", "))) or ""
   e.kind = "interrupted"
-  e.message = string.format("interrupted by %s while running %s; %s%s", sig, label(entry), undone, kept)
+  e.message = string.format("interrupted by %s while %s %s; %s%s", sig, how.down and "reverting" or "running", label(entry), undone, kept)
   e.interrupted_sql = e.sql and e.sql:sub(1, 200)
   e.sql, e.detail, e.hint, e.sqlstate = nil, nil, nil, nil
   return e
@@ -380,7 +385,7 @@ function M.migrate(s, pending, opts)
             s.config.timeout or 0, e.message or "")
         elseif sig then
           -- the cancel or the hook surfaced as some error: say what really happened
-          M.interrupted_error(e, sig, entry, result, opts.single_transaction)
+          M.interrupted_error(e, sig, entry, result.applied, { single = opts.single_transaction })
         end
         result.failed_entry = entry
         e.duration_ms = core.now_ms() - t0
@@ -466,9 +471,7 @@ function M.revert(s, entries, opts)
       e.file = e.file or entry.path
       local sig = core.interrupted()
       if sig and sig ~= "timeout" then
-        M.interrupted_error(e, sig, entry, { applied = {} })
-        e.message = e.message:gsub("while running", "while reverting", 1):gsub("nothing of it was applied", label(entry) .. " stays applied", 1)
-          .. (#result.reverted > 0 and ("; reverted before it: " .. table.concat(result.reverted, ", ")) or "")
+        M.interrupted_error(e, sig, entry, result.reverted, { down = true })
       end
       result.ok, result.error, result.failed = false, e, entry.version
       logger:event { migration = entry.version, status = "failed", level = "error", duration_ms = core.now_ms() - t0,
