@@ -31,6 +31,7 @@ int mig_l_checksum_file(lua_State *L);
 int mig_l_redact(lua_State *L);
 int mig_l_listdir(lua_State *L);
 int mig_l_isdir(lua_State *L);
+int mig_l_mkdir(lua_State *L);
 int mig_l_isatty(lua_State *L);
 int mig_l_parse_sql(lua_State *L);
 int mig_l_install_signals(lua_State *L);

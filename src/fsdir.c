@@ -62,6 +62,39 @@ mig_l_isdir(lua_State *L)
 	return 1;
 }
 
+/*
+ * mkdir(path) -> true | nil, message: creates the folder and its missing
+ * parents (mode 0777 less the umask), as `generate` needs for a new project.
+ */
+int
+mig_l_mkdir(lua_State *L)
+{
+	size_t len;
+	const char *path = luaL_checklstring(L, 1, &len);
+	luaL_Buffer b;
+	char *buf = luaL_buffinitsize(L, &b, len + 1);
+	size_t i;
+
+	memcpy(buf, path, len + 1);
+	for (i = 1; i <= len; i++)
+	{
+		if (buf[i] != '/' && buf[i] != '\0')
+			continue;
+		buf[i] = '\0';
+		if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+		{
+			int en = errno;
+			luaL_pushfail(L);
+			lua_pushfstring(L, "%s: %s", buf, strerror(en));
+			return 2;
+		}
+		if (i < len)
+			buf[i] = '/';
+	}
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 /* isatty(fd) -> boolean: colour and progress only on a terminal */
 int
 mig_l_isatty(lua_State *L)

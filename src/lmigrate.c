@@ -20,6 +20,7 @@ static const luaL_Reg corelib[] = {
 	{"redact",          mig_l_redact},
 	{"listdir",         mig_l_listdir},
 	{"isdir",           mig_l_isdir},
+	{"mkdir",           mig_l_mkdir},
 	{"isatty",          mig_l_isatty},
 	{"parse_sql",       mig_l_parse_sql},
 	{"install_signals", mig_l_install_signals},

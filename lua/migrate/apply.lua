@@ -77,10 +77,15 @@ function M.up(config, opts)
     local status, problems = executor.status(s.main, config.dir)
     check_set(status, problems, opts)
     local pending = executor.pending(status, config)
-    for _, entry in ipairs(pending) do loader.load(entry) end
+    for _, entry in ipairs(pending) do
+      loader.load(entry)
+      if opts.mode == "run" and loader.empty_up(entry) then   -- safe-run's validation refuses it; run warns
+        io.stderr:write("warning: ", entry.path, ": up has no statement (still the template's empty body); it is recorded as applied all the same\n")
+      end
+    end
     if opts.before then opts.before(s, pending, status) end
     if #pending == 0 then
-      if not config.json then io.stderr:write("nothing to do: no pending migrations in ", config.dir, "\n") end
+      if not config.json then io.stderr:write("nothing to do: no pending migrations in ", config.dir, require("migrate.target").describe(config), "\n") end
       result = { ok = true, applied = {}, reverted = {} }
       return
     end

@@ -73,6 +73,9 @@ M.commands = {
   baseline = "record migrations up to VERSION (or --from TOOL) as applied, not run",
 }
 
+-- issue 11: familiar words for commands (CONTRACT section 8); help lists them
+M.aliases = { status = "show", new = "generate", up = "run", migrate = "run", down = "rollback" }
+
 -- Levenshtein distance, for "did you mean".
 local function distance(a, b)
   local prev = {}
@@ -97,9 +100,26 @@ function M.suggest(word, candidates)
   if best and bestd <= math.max(2, #word // 3) then return best end
 end
 
--- Parses argv into {command, args = {positional}, config}. Raises usage errors.
+-- The command named in argv (for messages about a flag before it is known).
+local function command_in(argv)
+  for _, a in ipairs(argv) do
+    if M.commands[a] or M.aliases[a] then return M.aliases[a] or a end
+  end
+end
+
+-- Every command name and alias (for "did you mean").
+function M.words()
+  local words = {}
+  for c in pairs(M.commands) do words[c] = true end
+  for a in pairs(M.aliases) do words[a] = true end
+  return words
+end
+
+-- Parses argv into {command, args = {positional}, config, given}. given:
+-- the flags typed, in order ({name = canonical, typed}). Raises usage errors.
 function M.parse(argv)
   local config, args, command = {}, {}, nil
+  local given = {}
   local i = 1
   while i <= #argv do
     local a = argv[i]
@@ -109,9 +129,11 @@ function M.parse(argv)
       local spec = M.options[name]
       if spec and spec.alias then name = spec.alias; spec = M.options[name] end
       if not spec then
-        local hint = M.suggest(name, M.options)
-        errors.raise("usage", string.format("unknown option %s%s", name, hint and (" (did you mean " .. hint .. "?)") or ""))
+        local flags, cmd = require "migrate.flags", command_in(argv)
+        errors.raise("usage", string.format("unknown option %s%s%s", name, flags.hint(cmd, name),
+          cmd and ("; " .. cmd .. " accepts " .. flags.describe(cmd)) or ""), { flag = name })
       end
+      given[#given + 1] = { name = name, typed = a:match("^[^=]*") }
       if spec.kind == "flag" then
         if inline then errors.raise("usage", name .. " takes no value") end
         config[spec.key] = true
@@ -145,7 +167,7 @@ function M.parse(argv)
   require("migrate.config").apply(config, M.options)
   config.dir = config.dir:gsub("/+$", "")
   if config.dir == "" then config.dir = "/" end
-  return command, args, config
+  return command, args, config, given
 end
 
 local function scrub(s) return require("migrate.logger").scrub(s) end
@@ -180,8 +202,15 @@ function M.report(config, command, code, doc, err)
 end
 
 function M.main(argv)
-  local command, args, config
-  local ok, err = pcall(function() command, args, config = M.parse(argv) end)
+  local command, args, config, given
+  local ok, err = pcall(function()
+    command, args, config, given = M.parse(argv)
+    command = command and M.aliases[command] or command
+    -- issue 11: a flag of another command is refused, never ignored
+    local checked = command or (config.help and "help") or (config.version and "version") or "help"
+    if M.commands[checked] then require("migrate.flags").check(checked, given) end
+    if M.commands[command] and not config.help then require("migrate.target").check(command, config) end
+  end)
   if not ok then
     local e = errors.wrap(err, "usage")
     local wants_json = false
@@ -203,7 +232,7 @@ function M.main(argv)
   end
   local name = command
   if not M.commands[name] then
-    local hint = M.suggest(name, M.commands)
+    local hint = M.suggest(name, M.words())
     local e = errors.new("usage", string.format("unknown command %q%s", name, hint and (" (did you mean " .. hint .. "?)") or ""))
     if config.json then io.stdout:write(json.encode(error_document(nil, e)), "\n") end
     print_error(e, config)

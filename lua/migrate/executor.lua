@@ -135,7 +135,8 @@ end
 -- The state of every migration: files + history.
 -- Returns an array of {version, name, state, applied_at, checksum, entry, row}.
 function M.status(conn, dir)
-  local entries, problems = loader.scan(dir)
+  local entries, problems, warnings = loader.scan(dir)
+  for _, w in ipairs(warnings or {}) do io.stderr:write("warning: ", w.message, "\n") end
   -- one round trip for what exists: the history, and a readable log table
   local have = conn:query([[SELECT pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL AS history,
     CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false
@@ -179,13 +180,15 @@ function M.pending(status, config)
   end
   local pending = {}
   for _, st in ipairs(status) do
-    if st.state == "pending" or (st.state == "failed" and not st.row) then
-      if newest_applied and st.version < newest_applied and not config.allow_out_of_order then
-        errors.raise("validation", string.format(
-          "%s: migration %s is older than the newest applied migration %s (out of order); add a new migration with a later version, or pass --allow-out-of-order",
-          st.entry.path, st.version, newest_applied), { migration = st.version, file = st.entry.path })
-      end
-      pending[#pending + 1] = st.entry
+    if st.state == "pending" or (st.state == "failed" and not st.row) then pending[#pending + 1] = st.entry end
+  end
+  -- --to / --steps first: only what will run must be in order
+  pending = require("migrate.target").select(pending, config)
+  for _, e in ipairs(pending) do
+    if newest_applied and e.version < newest_applied and not config.allow_out_of_order then
+      errors.raise("validation", string.format(
+        "%s: migration %s is older than the newest applied migration %s (out of order); add a new migration with a later version, or pass --allow-out-of-order",
+        e.path, e.version, newest_applied), { migration = e.version, file = e.path })
     end
   end
   return pending
@@ -327,6 +330,32 @@ M.apply_one = apply_one
 
 local function label(entry) return entry.version .. "_" .. entry.name end
 
+-- Rewrites the error a signal surfaced as (the hook's raise, a cancelled
+-- statement, a connection the signal took down) into what happened: the
+-- signal, what was rolled back, what stays applied. The statement that was
+-- running is kept apart, so a cancelled SET is not mistaken for the cause.
+function M.interrupted_error(e, sig, entry, done, how)
+  how = how or {}
+  local undone
+  if how.down then
+    undone = entry.transactional and ("its transaction was rolled back: " .. label(entry) .. " stays applied")
+      or "it is transaction = false: the down steps already run stay, and show reports it failed"
+  elseif how.single then
+    undone = "the whole batch was rolled back (--single-transaction): nothing of it was applied"
+  elseif entry.transactional then
+    undone = "its transaction was rolled back: nothing of it was applied"
+  else
+    undone = "it is transaction = false: the steps already run stay, and the next run resumes it"
+  end
+  local kept = (not how.single and #done > 0)
+    and (string.format("; %s before it and kept: %s", how.down and "reverted" or "applied", table.concat(done, ", "))) or ""
+  e.kind = "interrupted"
+  e.message = string.format("interrupted by %s while %s %s; %s%s", sig, how.down and "reverting" or "running", label(entry), undone, kept)
+  e.interrupted_sql = e.sql and e.sql:sub(1, 200)
+  e.sql, e.detail, e.hint, e.sqlstate = nil, nil, nil, nil
+  return e
+end
+
 -- Runs `up` of each pending migration. opts.mode: "run" | "safe-run".
 -- Returns a result {ok, applied = {versions}, failed, error, durations}.
 function M.migrate(s, pending, opts)
@@ -357,8 +386,7 @@ function M.migrate(s, pending, opts)
             s.config.timeout or 0, e.message or "")
         elseif sig then
           -- the cancel or the hook surfaced as some error: say what really happened
-          e.kind = "interrupted"
-          e.message = string.format("interrupted by %s while running %s (%s)", sig, label(entry), e.message or "")
+          M.interrupted_error(e, sig, entry, result.applied, { single = opts.single_transaction })
         end
         result.failed_entry = entry
         e.duration_ms = core.now_ms() - t0
@@ -443,6 +471,10 @@ function M.revert(s, entries, opts)
       local e = errors.wrap(dur)
       e.migration = e.migration or label(entry)
       e.file = e.file or entry.path
+      local sig = core.interrupted()
+      if sig and sig ~= "timeout" then
+        M.interrupted_error(e, sig, entry, result.reverted, { down = true })
+      end
       result.ok, result.error, result.failed = false, e, entry.version
       if not entry.transactional then result.partial, result.steps_done = true, e.steps or {} end
       logger:event { migration = entry.version, status = "failed", level = "error", duration_ms = core.now_ms() - t0,

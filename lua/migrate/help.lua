@@ -42,8 +42,10 @@ M.OPTION_DOCS = {
   { "--check", nil, "exit 5 when anything is pending (for CI and deploy gates)" },
   { "--plan", nil, "execute no DDL at all: print each step's SQL, the lock it takes and the live "
     .. "data checks" },
-  { "--steps", "N", "revert the N newest applied migrations (default 1; never all by default)" },
-  { "--to", "VERSION", "revert every migration newer than VERSION (14 digits); VERSION stays applied" },
+  { "--steps", "N", "run, safe-run, dry-run, validate: only the next N pending migrations; rollback: revert "
+    .. "the N newest applied migrations (default 1; never all by default)" },
+  { "--to", "VERSION", "run, safe-run, dry-run, validate: the pending migrations up to and including VERSION "
+    .. "(14 digits, a migration file); rollback: revert every migration newer than VERSION, which stays applied" },
   { "--force", nil, "restore even when rows were added or removed since the backup" },
   { "--older-than", "DURATION", "with backup prune: drop backups older than this (7d, 12h, 30m, 2w)" },
   { "--limit", "N", "how many of the latest log rows to show" },
@@ -68,7 +70,7 @@ M.COMMAND_DOCS = {
   { "generate", args = "NAME", options = {},
     text = "Writes <dir>/<now UTC>_NAME.lua from a template (NAME: lower-case letters, digits, _); when "
       .. "a file's version is now or later, the newest version + 1 s instead, so the new file sorts last. "
-      .. "Never overwrites a file.",
+      .. "Never overwrites a file; creates the migrations folder when it does not exist.",
     example = "migrate-lua generate add_users_email_verified" },
   { "show", args = "[--check]", options = { "--check" },
     text = "Lists every migration with its state: applied, pending, changed (the file changed after it "
@@ -76,27 +78,29 @@ M.COMMAND_DOCS = {
       .. "part-way, with the steps that ran).",
     exits = "3 a migration file is broken; 5 pending (with --check)",
     example = "migrate-lua show --check" },
-  { "validate", args = "", options = {},
+  { "validate", args = "[--to VERSION | --steps N]", options = { "--to", "--steps" },
     text = "Static checks (files load, up and down exist, no drift, order), the lint, a rehearsal of every "
       .. "pending migration in a transaction that is rolled back, and live checks on the tables they "
       .. "touch. Changes nothing.",
     exits = "3 an error finding",
     example = "migrate-lua validate --json" },
-  { "dry-run", args = "[--plan]", options = { "--plan" },
+  { "dry-run", args = "[--plan] [--to VERSION | --steps N]", options = { "--plan", "--to", "--steps" },
     text = "Validates, then runs every pending migration inside one transaction that is always rolled "
       .. "back, under a short lock timeout, and prints the SQL it ran. A transaction = false migration "
       .. "(CREATE INDEX CONCURRENTLY, m:backfill) cannot run inside it: its steps are shown, not executed. "
       .. "Changes nothing.",
     exits = "1 a migration failed; 3 validation failed",
     example = "migrate-lua dry-run --plan" },
-  { "safe-run", args = "", options = { "--schema-file" },
+  { "safe-run", args = "[--to VERSION | --steps N] [--schema-file PATH]",
+    options = { "--to", "--steps", "--schema-file" },
     text = "Validates, takes the migration lock, then applies each pending migration in its own "
       .. "transaction with guard clauses, backups before destructive steps, lock-timeout retries and "
       .. "full logging. Stops at the first failure; earlier migrations stay applied.",
     exits = "1 a migration failed (rolled back; a transaction = false one stops partial, its committed steps "
       .. "stay); 3 validation failed or drift; 4 another run holds the lock",
     example = "migrate-lua --database-url postgres://app@db/app safe-run" },
-  { "run", args = "", options = { "--schema-file" },
+  { "run", args = "[--to VERSION | --steps N] [--schema-file PATH]",
+    options = { "--to", "--steps", "--schema-file" },
     text = "Applies pending migrations on the plain path: no validation and no backups (the lint and "
       .. "the guard clauses still apply).",
     exits = "1 a migration failed (rolled back); 4 another run holds the lock",
@@ -230,13 +234,26 @@ function M.options()
   return out
 end
 
+-- The aliases of a command (cli.aliases), sorted.
+function M.aliases_of(name)
+  local out = {}
+  for a, c in pairs(cli().aliases or {}) do if c == name then out[#out + 1] = a end end
+  table.sort(out)
+  return out
+end
+
+-- " (also: status)"
+local function also(c)
+  return #c.aliases > 0 and (" (also: " .. table.concat(c.aliases, ", ") .. ")") or ""
+end
+
 -- Every command of cli.commands, documented order first.
 function M.commands()
   local docs, out = by_name(M.COMMAND_DOCS), {}
   for name, summary in pairs(cli().commands) do
     local d = docs[name] or { name, args = "", options = {} }
     out[#out + 1] = { name = name, summary = summary, args = d.args, options = d.options, text = d.text,
-      exits = d.exits, example = d.example, order = d.order or math.huge }
+      exits = d.exits, example = d.example, order = d.order or math.huge, aliases = M.aliases_of(name) }
   end
   table.sort(out, by_order)
   return out
@@ -319,7 +336,7 @@ function M.general()
   local cmds, globals, cmdopts = {}, {}, {}
   local ex = {}
   for _, c in ipairs(M.commands()) do
-    cmds[#cmds + 1] = string.format("  %-10s %s", c.name, c.summary)
+    cmds[#cmds + 1] = string.format("  %-10s %s%s", c.name, c.summary, also(c))
     if c.example then ex[#ex + 1] = "  " .. c.example end
   end
   local examples = table.concat(ex, "\n")
@@ -362,7 +379,7 @@ function M.command(name)
   local out = {
     string.format("migrate-lua %s: %s", c.name, c.summary),
     "",
-    "usage: " .. usage(c),
+    "usage: " .. usage(c) .. also(c),
     "",
   }
   if c.text then out[#out + 1] = wrap(c.text, 76, "  "); out[#out + 1] = "" end
@@ -385,7 +402,7 @@ function M.command(name)
 end
 
 local function unknown(topic)
-  local hint = cli().suggest(topic, cli().commands)
+  local hint = cli().suggest(topic, cli().words())
   io.stderr:write(string.format("migrate-lua: unknown command %q%s\n", topic,
     hint and (" (did you mean " .. hint .. "?)") or ""))
 end
@@ -403,14 +420,51 @@ end
 function M.main(command, args, config)
   local topic = command
   if command == "help" then topic = (args and args[1]) or (config and config.help and "help") or nil end
+  topic = topic and cli().aliases[topic] or topic
   if topic and not cli().commands[topic] then
     unknown(topic)
     io.stderr:write("run 'migrate-lua help' for usage\n")
+    if config and config.json then M.write_json { ok = false, error = { kind = "usage", message = "unknown command " .. topic } } end
     return 2
+  end
+  if config and config.json then
+    -- under --json, standard output holds one JSON document, never text
+    if command == nil and not config.help then
+      M.write_json { ok = false, error = { kind = "usage", message = "no command given (run 'migrate-lua help')" } }
+      return 2
+    end
+    M.write_json(M.document(topic))
+    return 0
   end
   io.stdout:write(M.text(topic))
   -- bare `migrate-lua` is a usage error that prints the help
   return (command == nil and not (config and config.help)) and 2 or 0
+end
+
+function M.write_json(doc)
+  io.stdout:write(require("migrate.json").encode(doc), "\n")
+end
+
+-- `--json help [COMMAND]`: the same facts as the text, as data.
+function M.document(topic)
+  local json = require "migrate.json"
+  local function option_doc(o)
+    return { name = o.name, aliases = json.array(o.aliases), metavar = o.metavar, text = o.text,
+      default = o.default, env = o.env, min = o.min, command_option = o.command and true or false }
+  end
+  local function command_doc(c)
+    return { name = c.name, summary = c.summary, args = c.args, options = json.array(c.options),
+      aliases = json.array(c.aliases), text = c.text, exits = c.exits, example = c.example }
+  end
+  if topic and topic ~= "help" then
+    for _, c in ipairs(M.commands()) do if c.name == topic then return { ok = true, command = command_doc(c) } end end
+  end
+  local doc = { ok = true, version = require("migrate.core").version, commands = json.array(),
+    options = json.array(), exit_codes = json.array() }
+  for _, c in ipairs(M.commands()) do doc.commands[#doc.commands + 1] = command_doc(c) end
+  for _, o in ipairs(M.options()) do doc.options[#doc.options + 1] = option_doc(o) end
+  for _, e in ipairs(M.exit_codes()) do doc.exit_codes[#doc.exit_codes + 1] = { code = e.code, name = e.name, text = e.text } end
+  return doc
 end
 
 -- {====== man page (roff), rendered by docs/gen-man.lua ======
@@ -453,6 +507,12 @@ function M.man(date)
     out[#out + 1] = ".TP"
     out[#out + 1] = "\\fB" .. roff(c.name) .. "\\fR" .. (c.args ~= "" and (" " .. roff(c.args)) or "")
     out[#out + 1] = roff((c.text or c.summary))
+    if #c.aliases > 0 then
+      out[#out + 1] = ".br"
+      out[#out + 1] = roff("Also: " .. table.concat(c.aliases, ", ") .. ".")
+    end
+    out[#out + 1] = ".br"
+    out[#out + 1] = roff("Options: " .. (#c.options > 0 and table.concat(c.options, ", ") or "none") .. " (and the global ones).")
     if c.exits then
       out[#out + 1] = ".br"
       out[#out + 1] = roff("Exit codes besides 0 and 2: " .. c.exits .. ".")

@@ -98,7 +98,7 @@ local function add_column(m, tbl, def)
   if default_expr then
     local fname = M.volatile_function(m, default_expr)
     if fname then
-      return F("ML01", obj, string.format("ADD COLUMN %s DEFAULT %s(...): a volatile default rewrites all of %s under an ACCESS EXCLUSIVE lock; add the column without default, m:safe_set_default, then m:backfill (or m:safe_add_column with {backfill = true})", cname, fname, tbl))
+      return F("ML01", obj, string.format("ADD COLUMN %s DEFAULT %s(...): a volatile default rewrites all of %s under an ACCESS EXCLUSIVE lock; add the column without default, m:safe_set_default, then m:backfill (m:safe_add_column with {default_sql = ..., backfill = true} in a transaction = false migration does all three)", cname, fname, tbl))
     end
   end
   if tname == "json" then

@@ -14,23 +14,59 @@ function M.parse_name(file)
   return nil
 end
 
+-- What is wrong with a version's date and time (UTC YYYYMMDDHHMMSS), or nil:
+-- "month 13", "day 31 of 2026-02"... An impossible date would sort among
+-- real ones and could never have been written by generate.
+function M.bad_date(version)
+  local y, mo, d, h, mi, se = version:match("^(%d%d%d%d)(%d%d)(%d%d)(%d%d)(%d%d)(%d%d)$")
+  y, mo, d, h, mi, se = tonumber(y), tonumber(mo), tonumber(d), tonumber(h), tonumber(mi), tonumber(se)
+  if mo < 1 or mo > 12 then return string.format("month %02d", mo) end
+  local leap = (y % 4 == 0 and y % 100 ~= 0) or y % 400 == 0
+  local days = ({ 31, leap and 29 or 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 })[mo]
+  if d < 1 or d > days then return string.format("day %02d of %04d-%02d", d, y, mo) end
+  if h > 23 then return string.format("hour %02d", h) end
+  if mi > 59 then return string.format("minute %02d", mi) end
+  if se > 59 then return string.format("second %02d", se) end
+end
+
+-- Files that look meant as migrations but are not run: SQL files, and .lua
+-- in another case. Returns a warning message, or nil for other files.
+local function ignored(dir, file)
+  local lower = file:lower()
+  if lower:sub(-4) == ".sql" then
+    return string.format("%s/%s is not run: migrate-lua runs only <version>_<name>.lua files (put the SQL in m:exec of a .lua migration)", dir, file)
+  elseif lower:sub(-4) == ".lua" and file:sub(-4) ~= ".lua" then
+    return string.format("%s/%s is not run: the extension must be lower-case .lua", dir, file)
+  end
+end
+
 -- Lists the migrations folder. Returns an array of entries
 -- {version, name, file, path} ordered by version, and an array of problems
 -- ({message, file}) for .lua files that break the naming rules or share a
--- version. A missing folder raises a config error.
+-- version or an impossible date, and an array of warnings ({message, file})
+-- for files that are not run but look meant to be (.sql, .LUA). A missing
+-- folder raises a config error.
 function M.scan(dir)
   local names, err = core.listdir(dir)
   if not names then
     errors.raise("config", "cannot read migrations folder " .. err, { file = dir })
   end
-  local entries, problems, seen = {}, {}, {}
+  local entries, problems, seen, warnings = {}, {}, {}, {}
   for _, file in ipairs(names) do
+    local w = ignored(dir, file)
+    if w then warnings[#warnings + 1] = { file = file, message = w } end
     if file:sub(-4) == ".lua" then
       local version, name = M.parse_name(file)
       if not version then
         problems[#problems + 1] = {
           file = file,
           message = string.format("%s/%s: bad migration file name: expected <14-digit UTC version>_<name>.lua with name in [a-z0-9_], e.g. 20261124120000_add_users.lua", dir, file),
+        }
+      elseif M.bad_date(version) then
+        problems[#problems + 1] = {
+          file = file, migration = version,
+          message = string.format("%s/%s: bad migration version %s: %s is not a date (the version is the UTC time YYYYMMDDHHMMSS)",
+            dir, file, version, M.bad_date(version)),
         }
       elseif seen[version] then
         problems[#problems + 1] = {
@@ -43,7 +79,7 @@ function M.scan(dir)
       end
     end
   end
-  return entries, problems
+  return entries, problems, warnings
 end
 
 local function read_file(path)
@@ -126,6 +162,28 @@ function M.load(entry)
   entry.transactional = def.transaction ~= false
   entry.description = def.description
   return entry
+end
+
+-- True when the migration's up has no statement at all: still the
+-- template's body (comments only), or `function(m) end`. Applying it would
+-- record the migration as done while it changed nothing.
+function M.empty_up(entry)
+  local up = entry.def and entry.def.up
+  if type(up) ~= "function" or not entry.source then return false end
+  local info = debug.getinfo(up, "SL")
+  if info.what ~= "Lua" or info.source ~= entry.chunkname then return false end
+  for line in pairs(info.activelines or {}) do
+    if line ~= info.lastlinedefined then return false end
+  end
+  local lines = {}
+  for l in (entry.source .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = l end
+  local first, last = lines[info.linedefined] or "", lines[info.lastlinedefined] or ""
+  local head = first:match("function%s*%b()(.*)$")
+  if not head then return false end
+  if info.linedefined == info.lastlinedefined then
+    return head:match("^%s*end%f[^%w_]") ~= nil
+  end
+  return (head:match("^%s*$") or head:match("^%s*%-%-")) ~= nil and last:match("^%s*end%f[^%w_]") ~= nil
 end
 
 return M

@@ -33,6 +33,9 @@ function M.static(status, problems)
       local ok, err = pcall(loader.load, st.entry)
       if not ok then
         add("error", st, tostring(err), { object = st.entry.path, rule = "load" })
+      elseif loader.empty_up(st.entry) then
+        add("error", st, string.format("%s: up has no statement (still the template's empty body): applying it would record %s as done while changing nothing; write the migration or delete the file",
+          st.entry.path, label(st)), { object = st.entry.path, rule = "empty" })
       elseif not st.entry.def.down then
         add("warning", st, string.format("%s has no down function: it cannot be rolled back", st.entry.path),
           { object = st.entry.path, rule = "no-down" })

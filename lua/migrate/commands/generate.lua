@@ -13,7 +13,12 @@ function M.run(config, args)
     errors.raise("usage", string.format("bad migration name %q: use lower-case letters, digits and _ (e.g. add_users_email)", name))
   end
   if not core.isdir(config.dir) then
-    errors.raise("config", "migrations folder " .. config.dir .. " does not exist (create it, or pass --dir)", { file = config.dir })
+    -- a new project: create the folder, as dbmate and Rails do, and say so
+    local ok, err = core.mkdir(config.dir)
+    if not ok or not core.isdir(config.dir) then
+      errors.raise("config", "cannot create the migrations folder " .. tostring(err or config.dir), { file = config.dir })
+    end
+    io.stderr:write("created the migrations folder ", config.dir, "\n")
   end
   -- the version is now (UTC), or one second after the newest existing file
   local entries = loader.scan(config.dir)

@@ -125,6 +125,7 @@ function M.run(config)
       for _, st in ipairs(status) do
         if st.state == "pending" or st.state == "failed" then pending[#pending + 1] = st.entry end
       end
+      pending = require("migrate.target").select(pending, config)
     end
     local runnable = {}
     for _, e in ipairs(pending) do

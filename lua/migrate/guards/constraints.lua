@@ -3,6 +3,7 @@
 -- it NOT VALID and validates it in a separate transaction (transaction =
 -- false), or in the same one only for a new or small table (Decisions taken).
 local U = require "migrate.guards.util"
+local O = require "migrate.options"   -- strict option tables (issue 11)
 
 local G = {}
 
@@ -111,6 +112,7 @@ local ON_DELETE = { cascade = "CASCADE", ["set null"] = "SET NULL", ["set defaul
 
 -- opts: name, on_delete, validate (default true).
 function G.safe_add_foreign_key(m, tbl, cols, ref_tbl, ref_cols, opts)
+  O.check(m, "safe_add_foreign_key", opts, { name = "string", on_delete = "string", validate = "boolean" })
   opts = opts or {}
   cols = U.cols(cols)
   U.require_table(m, tbl, "ML18", "safe_add_foreign_key")
@@ -177,6 +179,7 @@ local function check_def(m, tbl, name, expr)
 end
 
 function G.safe_add_check(m, tbl, name, expr, opts)
+  O.check(m, "safe_add_check", opts, { validate = "boolean" })
   opts = opts or {}
   U.check_expr(m, expr, "check expression")
   U.require_table(m, tbl, "ML17", "safe_add_check")
@@ -197,6 +200,7 @@ end
 -- Counts NULLs; CHECK (col IS NOT NULL) NOT VALID -> VALIDATE -> SET NOT NULL
 -- (no scan: PostgreSQL 12+ uses the valid CHECK) -> drop the CHECK.
 function G.safe_set_not_null(m, tbl, col, opts)
+  O.check(m, "safe_set_not_null", opts, {})
   opts = opts or {}
   U.require_table(m, tbl, "ML15", "safe_set_not_null")
   local c = U.require_column(m, tbl, col, "ML15")
@@ -227,6 +231,7 @@ end
 
 -- Unique index CONCURRENTLY, then the constraint USING INDEX (brief lock).
 function G.safe_add_unique(m, tbl, cols, opts)
+  O.check(m, "safe_add_unique", opts, { name = "string" })
   opts = opts or {}
   cols = U.cols(cols)
   U.require_table(m, tbl, "ML20", "safe_add_unique")
@@ -254,6 +259,7 @@ function G.safe_add_unique(m, tbl, cols, opts)
 end
 
 function G.safe_add_primary_key(m, tbl, cols, opts)
+  O.check(m, "safe_add_primary_key", opts, { name = "string" })
   opts = opts or {}
   cols = U.cols(cols)
   U.require_table(m, tbl, "ML21", "safe_add_primary_key")
@@ -304,6 +310,7 @@ function G.safe_validate_constraint(m, tbl, name)
 end
 
 function G.safe_drop_constraint(m, tbl, name, opts)
+  O.check(m, "safe_drop_constraint", opts, { cascade = "boolean" })
   opts = opts or {}
   local c = m:table_exists(tbl) and U.constraint(m, tbl, name)
   if not c then

@@ -3,6 +3,7 @@
 local core = require "migrate.core"
 local errors = require "migrate.errors"
 local U = require "migrate.guards.util"
+local O = require "migrate.options"   -- strict option tables (issue 11)
 
 local G = {}
 
@@ -10,6 +11,7 @@ local G = {}
 -- (default 10000), each its own transaction; resumable (a re-run continues
 -- with the rows where_sql still selects). Refused in a transactional migration.
 function G.backfill(m, tbl, set_sql, where_sql, opts)
+  O.check(m, "backfill", opts, { batch_size = "integer", key = "names", pause_ms = "number", vacuum = "boolean" })
   opts = opts or {}
   if type(set_sql) ~= "string" or set_sql == "" then U.usage(m, "backfill(tbl, set_sql, where_sql, opts): set_sql must be SQL such as \"status = 'active'\"") end
   if where_sql then U.check_expr(m, where_sql, "where_sql") end
@@ -35,10 +37,13 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
   local k = m:quote_name(key)
   local filter = where_sql and (" AND (" .. where_sql .. ")") or ""
   local total, batches, last = 0, 0, nil
-  local sql_first = string.format([[WITH b AS (SELECT %s AS k FROM %s WHERE true%s ORDER BY %s LIMIT %d),
-      u AS (UPDATE %s t SET %s FROM b WHERE t.%s = b.k RETURNING 1)
-    SELECT (SELECT max(k)::text FROM b) AS last, (SELECT count(*) FROM b) AS seen, (SELECT count(*) FROM u) AS n]],
-    k, m:ident(tbl), filter, k, batch, m:ident(tbl), set_sql, k)
+  -- the target is not aliased, so set_sql and where_sql name it by its own
+  -- name (users.n); the batch's names are ones no table column is likely to have
+  local sql_first = string.format([[WITH migrate_lua_batch AS (SELECT %s AS migrate_lua_k FROM %s WHERE true%s ORDER BY %s LIMIT %d),
+      migrate_lua_done AS (UPDATE %s SET %s FROM migrate_lua_batch WHERE %s.%s = migrate_lua_batch.migrate_lua_k RETURNING 1)
+    SELECT (SELECT max(migrate_lua_k)::text FROM migrate_lua_batch) AS last, (SELECT count(*) FROM migrate_lua_batch) AS seen,
+           (SELECT count(*) FROM migrate_lua_done) AS n]],
+    k, m:ident(tbl), filter, k, batch, m:ident(tbl), set_sql, m:ident(tbl), k)
   local sql_next = sql_first:gsub("WHERE true", string.format("WHERE %s > $1::text::%s", k,
     U.column(m, tbl, key).type), 1)
   if U.simulated(m) then
@@ -83,6 +88,7 @@ end
 
 -- An explicit backup of tbl (or some columns, with the primary key); returns its id.
 function G.backup(m, tbl, cols)
+  O.arg(m, "backup", "the columns", cols, "names")
   U.require_table(m, tbl, "backup", "backup")
   if cols then
     cols = U.cols(cols)
@@ -109,6 +115,7 @@ end
 
 -- TRUNCATE ONLY after a backup; refuses CASCADE and tables referenced by non-empty ones.
 function G.safe_truncate(m, tbl, opts)
+  O.check(m, "safe_truncate", opts, { cascade = "boolean" })
   opts = opts or {}
   U.require_table(m, tbl, "ML09", "safe_truncate")
   if opts.cascade then
@@ -145,6 +152,7 @@ end
 -- migration. Inside a transactional migration the executor already retries
 -- the whole transaction, so fn just runs.
 function G.with_lock_retries(m, fn, opts)
+  O.check(m, "with_lock_retries", opts, { attempts = "integer", budget_ms = "number" })
   opts = opts or {}
   if type(fn) ~= "function" then U.usage(m, "with_lock_retries(fn [, opts]): fn must be a function") end
   if m.transactional or U.simulated(m) then return fn(m) end

@@ -1,6 +1,7 @@
 -- Guard clauses on indexes: add (CONCURRENTLY, INVALID leftovers cleaned),
 -- drop, reindex.
 local U = require "migrate.guards.util"
+local O = require "migrate.options"   -- strict option tables (issue 11)
 
 local G = {}
 
@@ -28,6 +29,7 @@ end
 
 -- opts: unique, name, where (SQL predicate), using (access method).
 function G.safe_add_index(m, tbl, cols, opts)
+  O.check(m, "safe_add_index", opts, { unique = "boolean", name = "string", where = "string", using = "string" })
   opts = opts or {}
   cols = U.cols(cols)
   local _, rel = require("migrate.context").split_name(tbl)
@@ -90,6 +92,7 @@ end
 
 -- name may be "schema.index".
 function G.safe_drop_index(m, name, opts)
+  O.check(m, "safe_drop_index", opts, {})
   opts = opts or {}
   local info = U.q(m, [[
     SELECT i.indrelid::regclass::text AS tbl, i.indisvalid AS valid,

@@ -1,5 +1,6 @@
 -- Guard clauses on tables and columns: create, drop, add, rename, retype.
 local U = require "migrate.guards.util"
+local O = require "migrate.options"   -- strict option tables (issue 11)
 
 local G = {}
 
@@ -53,6 +54,8 @@ local function column_specs(m, columns)
 end
 
 function G.safe_create_table(m, name, columns, opts)
+  O.check(m, "safe_create_table", opts, { primary_key = "names" })
+  for i, c in ipairs(type(columns) == "table" and columns or {}) do O.check(m, "safe_create_table column " .. i, c, O.COLUMN) end
   opts = opts or {}
   local specs = column_specs(m, columns)
   local pk = opts.primary_key and U.cols(opts.primary_key) or {}
@@ -115,6 +118,7 @@ end
 -- Drops tbl after a backup; refuses when other tables reference it or views
 -- depend on it unless opts.cascade (then the foreign keys go first, one step each).
 function G.safe_drop_table(m, tbl, opts)
+  O.check(m, "safe_drop_table", opts, { cascade = "boolean" })
   opts = opts or {}
   local f = G.guard_table_drop(m, tbl)
   if not f.exists then
@@ -139,6 +143,7 @@ function G.safe_drop_table(m, tbl, opts)
 end
 
 function G.safe_rename_table(m, old, new, opts)
+  O.check(m, "safe_rename_table", opts, { compat_view = "boolean" })
   opts = opts or {}
   local schema = require("migrate.context").split_name(old)
   local target = schema and { schema, new } or new
@@ -196,6 +201,7 @@ function G.guard_column_drop(m, tbl, col)
 end
 
 function G.safe_drop_column(m, tbl, col, opts)
+  O.check(m, "safe_drop_column", opts, { cascade = "boolean" })
   opts = opts or {}
   U.require_table(m, tbl, "ML07", "safe_drop_column")
   local f = G.guard_column_drop(m, tbl, col)
@@ -221,7 +227,11 @@ end
 -- opts: null/nullable, default (Lua value), default_sql, unique, references
 -- = {table, cols}, check = expr, identity, generated_sql.
 function G.safe_add_column(m, tbl, col, typ, opts)
+  O.check(m, "safe_add_column", opts, { null = "boolean", nullable = "boolean", default = "value", default_sql = "string", unique = "boolean",
+    references = { [1] = "string", [2] = "names", table = "string", cols = "names", on_delete = "string" },
+    check = "string", identity = "boolean", generated_sql = "string", backfill = "boolean" })
   opts = opts or {}
+  if opts.backfill then return require("migrate.guards.backfill_column").run(m, tbl, col, typ, opts) end
   U.check_type(m, typ)
   local obj = U.key(tbl) .. "." .. col
   U.require_table(m, tbl, "ML02", "safe_add_column")
@@ -270,7 +280,7 @@ function G.safe_add_column(m, tbl, col, typ, opts)
     if opts.default_sql then
       local fname = U.volatile(m, opts.default_sql)
       if fname then
-        U.refuse(m, "ML01", obj, string.format("default %s calls the volatile function %s(): adding it rewrites all %s rows of %s under an ACCESS EXCLUSIVE lock; add the column without default, m:safe_set_default, then m:backfill",
+        U.refuse(m, "ML01", obj, string.format("default %s calls the volatile function %s(): adding it rewrites all %s rows of %s under an ACCESS EXCLUSIVE lock; add the column without default, m:safe_set_default, then m:backfill: {backfill = true} does all three (transaction = false)",
           opts.default_sql, fname, shown, U.key(tbl)))
       end
     end
@@ -283,14 +293,7 @@ function G.safe_add_column(m, tbl, col, typ, opts)
   end
   if typ:lower():match("^%s*json%s*$") then U.warn(m, "ML05", obj, "json has no equality operator (DISTINCT, UNION fail); prefer jsonb") end
   U.run(m, sql)
-  -- inline constraints become separate guarded steps (ML06)
-  if opts.unique then m:safe_add_unique(tbl, { col }) end
-  if opts.references then
-    local r = opts.references
-    if type(r) == "string" then r = { r } end
-    m:safe_add_foreign_key(tbl, { col }, r[1] or r.table, U.cols(r[2] or r.cols or { "id" }), { on_delete = r.on_delete })
-  end
-  if opts.check then m:safe_add_check(tbl, U.default_name(U.key(tbl), col, "check"), opts.check) end
+  U.inline_constraints(m, tbl, col, opts)
   return true
 end
 
@@ -327,6 +330,7 @@ local function would_rewrite(m, tbl, col, typ, using)
 end
 
 function G.safe_change_column_type(m, tbl, col, typ, opts)
+  O.check(m, "safe_change_column_type", opts, { using = "string", allow_rewrite = "boolean" })
   opts = opts or {}
   U.check_type(m, typ)
   if opts.using then U.check_expr(m, opts.using, "using") end
@@ -366,6 +370,7 @@ function G.safe_change_column_type(m, tbl, col, typ, opts)
 end
 
 function G.safe_set_default(m, tbl, col, value, opts)
+  O.check(m, "safe_set_default", opts, { sql = "string" })
   opts = opts or {}
   U.require_table(m, tbl, "ML39", "safe_set_default")
   U.require_column(m, tbl, col, "ML39")

@@ -190,6 +190,17 @@ function U.run(m, sql, opts, ...)
   return res
 end
 
+-- m:safe_add_column's inline constraints become separate guarded steps (ML06).
+function U.inline_constraints(m, tbl, col, opts)
+  if opts.unique then m:safe_add_unique(tbl, { col }) end
+  if opts.references then
+    local r = opts.references
+    if type(r) == "string" then r = { r } end
+    m:safe_add_foreign_key(tbl, { col }, r[1] or r.table, U.cols(r[2] or r.cols or { "id" }), { on_delete = r.on_delete })
+  end
+  if opts.check then m:safe_add_check(tbl, U.default_name(U.key(tbl), col, "check"), opts.check) end
+end
+
 -- A read-only catalogue or data query (no lock policy, decorated failures).
 function U.q(m, sql, ...)
   local ok, rows = pcall(m.conn.query, m.conn, sql, ...)
