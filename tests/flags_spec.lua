@@ -19,6 +19,7 @@ local function argv_for(flag)
   if spec.kind == "flag" then return { flag } end
   if spec.kind == "int" then return { flag, tostring(math.max(spec.min or 1, 1)) } end
   if flag == "--to" or flag == "--migration" then return { flag, "20260101000000" } end
+  if flag == "--config" then return { flag, "/dev/null" } end   -- a readable (empty) config file
   return { flag, "x" }
 end
 
@@ -104,7 +105,7 @@ describe("per-command flags", function()
   it("a typo close to one of the command's own flags: did you mean, and what the command accepts", function()
     local r = run { "run", "--step", "1" }
     assert.equal(2, r.code)
-    assert.matches("unknown option %-%-step %(did you mean %-%-steps%?%); run accepts %-%-to VERSION, %-%-steps N and the global options", r.stderr)
+    assert.matches("unknown option %-%-step %(did you mean %-%-steps%?%); run accepts %-%-to VERSION, %-%-steps N, %-%-schema%-file PATH and the global options", r.stderr)
     r = run { "safe-run", "--plann" }
     assert.equal(2, r.code)
     assert.matches("unknown option %-%-plann", r.stderr)
@@ -210,7 +211,7 @@ describe("--json help", function()
   it("help COMMAND, --help after a command, an unknown topic and no command are JSON too", function()
     local doc = T.json(run({ "--json", "help", "safe-run" }).stdout)
     assert.equal("safe-run", doc.command.name)
-    assert.same({ "--to", "--steps" }, doc.command.options)
+    assert.same({ "--to", "--steps", "--schema-file" }, doc.command.options)
     doc = T.json(run({ "rollback", "--json", "--help" }).stdout)
     assert.equal("rollback", doc.command.name)
     local r = run { "--json", "help", "nope" }
