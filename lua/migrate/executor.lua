@@ -263,7 +263,7 @@ local function apply_one(s, entry, direction, mode, record)
   local function body()
     m = require("migrate.context").new { conn = conn, entry = entry, logger = s.logger, mode = mode, direction = direction,
                       config = config, record = record, backups = s.backups, validator = s.validator,
-                      watch_conn = s.side }
+                      watch_conn = s.side, session = s }
     fn(m)
   end
   local function finish()   -- the history row, in the same transaction when there is one

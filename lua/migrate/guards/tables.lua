@@ -307,16 +307,10 @@ function G.safe_rename_column(m, tbl, old, new)
   return true
 end
 
--- Rewrites the table? Asked of PostgreSQL on an empty TEMP copy: the change
--- rewrites exactly when the copy's relfilenode changes.
-local function would_rewrite(m, tbl, col, typ, using)
-  local ok, res = U.probe(m, tbl, function(probe)
-    local before = m.conn:query(string.format("SELECT pg_catalog.pg_relation_filenode('%s') AS f", probe))[1].f
-    m.conn:exec(string.format("ALTER TABLE %s ALTER COLUMN %s TYPE %s%s", probe, m:quote_name(col), typ,
-      using and (" USING " .. using) or ""))
-    local after = m.conn:query(string.format("SELECT pg_catalog.pg_relation_filenode('%s') AS f", probe))[1].f
-    return before ~= after
-  end)
+-- Rewrites the table, rebuilds indexes, re-checks CHECKs? Asked of
+-- PostgreSQL on an empty TEMP copy (U.type_change_probe).
+local function probe_change(m, tbl, col, typ, using)
+  local ok, res = U.type_change_probe(m, tbl, col, typ, using)
   if not ok then
     U.refuse(m, "ML13", U.key(tbl) .. "." .. col, string.format("%s.%s cannot become %s: %s", U.key(tbl), col, typ, tostring(U.decorate(res).message)))
   end
@@ -330,7 +324,8 @@ function G.safe_change_column_type(m, tbl, col, typ, opts)
   local obj = U.key(tbl) .. "." .. col
   U.require_table(m, tbl, "ML13", "safe_change_column_type")
   local c = U.require_column(m, tbl, col, "ML13")
-  local rewrite = would_rewrite(m, tbl, col, typ, opts.using)
+  local change = probe_change(m, tbl, col, typ, opts.using)
+  local rewrite = change.rewrite
   if not rewrite and not opts.using then
     -- no rewrite: same type after normalisation is a no-op, else catalog-only
     local ok, same = U.probe(m, tbl, function(probe)
@@ -347,6 +342,17 @@ function G.safe_change_column_type(m, tbl, col, typ, opts)
     local size = U.q(m, "SELECT pg_catalog.pg_size_pretty(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass($1))) AS s", m:ident(tbl))[1].s
     U.refuse(m, "ML13", obj, string.format("changing %s from %s to %s rewrites %s (%s rows, %s) and its indexes under an ACCESS EXCLUSIVE lock; add a new column, sync it with a trigger, m:backfill, then swap; or pass {allow_rewrite = true} in a maintenance window",
       obj, c.type, typ, U.key(tbl), rows > 1000000 and "more than 1000000" or tostring(rows), size))
+  end
+  if not rewrite and (#change.rebuilt > 0 or #change.checks > 0) and not opts.allow_rewrite then
+    -- no rewrite, but an index rebuild or a CHECK scan under ACCESS EXCLUSIVE
+    local small, n = U.is_small(m, tbl)
+    if not small then
+      local why = {}
+      if #change.rebuilt > 0 then why[#why + 1] = "rebuilds the index(es) " .. table.concat(change.rebuilt, ", ") end
+      if #change.checks > 0 then why[#why + 1] = "re-checks the CHECK constraint(s) " .. table.concat(change.checks, ", ") .. " with a full scan" end
+      U.refuse(m, "ML13", obj, string.format("changing %s from %s to %s does not rewrite %s (more than %d rows, --small-table-rows) but %s under an ACCESS EXCLUSIVE lock; drop them first (m:safe_drop_index / m:safe_drop_constraint), change the type, then rebuild them (m:safe_add_index, m:safe_add_check); or pass {allow_rewrite = true} in a maintenance window",
+        obj, c.type, typ, U.key(tbl), m.config.small_table_rows or 10000, table.concat(why, " and ")), { rows = n })
+    end
   end
   if (rewrite or opts.using) and m.mode ~= "validate" and not U.is_new(m, tbl) then
     local cols = U.pk_cols(m, tbl)
