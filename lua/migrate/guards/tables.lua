@@ -274,6 +274,12 @@ function G.safe_add_column(m, tbl, col, typ, opts)
     if opts.identity then
       U.refuse(m, "ML04", obj, string.format("an identity column rewrites all %s rows of %s under an ACCESS EXCLUSIVE lock; add a nullable bigint with a sequence default and m:backfill it", shown, U.key(tbl)))
     end
+    local base = typ:lower():match("^%s*(%a+%d?)%s*$")
+    if base == "serial" or base == "bigserial" or base == "smallserial" or base == "serial2" or base == "serial4" or base == "serial8" then
+      -- the same as the lint's ML04: nextval() fills every existing row
+      U.refuse(m, "ML04", obj, string.format("a %s column rewrites all %s rows of %s (nextval for each) under an ACCESS EXCLUSIVE lock; add a nullable bigint, create a sequence, m:safe_set_default(%q, %q, nil, {sql = \"nextval('...')\"}), then m:backfill it",
+        base, shown, U.key(tbl), U.key(tbl), col))
+    end
     if opts.generated_sql then
       U.refuse(m, "ML03", obj, string.format("a stored generated column rewrites all %s rows of %s under an ACCESS EXCLUSIVE lock; use a plain column + trigger + m:backfill", shown, U.key(tbl)))
     end

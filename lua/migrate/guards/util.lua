@@ -354,6 +354,33 @@ function U.probe(m, tbl, fn, like)
   return ok, res
 end
 
+-- Runs the SQL sql_fn(probe) builds on an empty TEMP copy of tbl with its
+-- indexes, defaults and constraints: {rewrite = the copy's file changed,
+-- indexes_changed = how many of its indexes got a new file}. The real table
+-- is neither locked nor touched. Returns ok, result | error.
+function U.rewrite_probe(m, tbl, sql_fn)
+  local sql_idx = [[SELECT c.relname, c.relfilenode FROM pg_catalog.pg_index i
+      JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = '%s'::regclass ORDER BY 1]]
+  return U.probe(m, tbl, function(probe)
+    local function nodes()
+      local t = { file = m.conn:query(string.format("SELECT pg_catalog.pg_relation_filenode('%s') AS f", probe))[1].f, idx = {} }
+      for _, r in ipairs(m.conn:query(string.format(sql_idx, probe))) do t.idx[r.relname] = r.relfilenode end
+      return t
+    end
+    local before = nodes()
+    local sql = sql_fn(probe)
+    if type(sql) == "table" then
+      for _, one in ipairs(sql) do m.conn:exec(one) end
+    elseif type(sql) == "string" then
+      m.conn:exec(sql)
+    end
+    local after = nodes()
+    local changed = 0
+    for n, f in pairs(before.idx) do if after.idx[n] ~= f then changed = changed + 1 end end
+    return { rewrite = before.file ~= after.file, indexes_changed = changed }
+  end, "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES")
+end
+
 -- What ALTER COLUMN col TYPE typ [USING using] does to tbl, asked of
 -- PostgreSQL on an empty TEMP copy that has tbl's indexes (LIKE ...
 -- INCLUDING INDEXES): {rewrite = the table's file changes, rebuilt = the
@@ -363,22 +390,10 @@ end
 -- with a full scan}. One implementation for m:safe_change_column_type,
 -- the lint (ML13) and m:will_rewrite. Returns ok, result | error.
 function U.type_change_probe(m, tbl, col, typ, using)
-  local sql_idx = [[SELECT c.relname, c.relfilenode FROM pg_catalog.pg_index i
-      JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = '%s'::regclass ORDER BY 1]]
-  local ok, res = U.probe(m, tbl, function(probe)
-    local function nodes()
-      local t = { file = m.conn:query(string.format("SELECT pg_catalog.pg_relation_filenode('%s') AS f", probe))[1].f, idx = {} }
-      for _, r in ipairs(m.conn:query(string.format(sql_idx, probe))) do t.idx[r.relname] = r.relfilenode end
-      return t
-    end
-    local before = nodes()
-    m.conn:exec(string.format("ALTER TABLE %s ALTER COLUMN %s TYPE %s%s", probe, m:quote_name(col), typ,
-      using and (" USING " .. using) or ""))
-    local after = nodes()
-    local changed = 0
-    for n, f in pairs(before.idx) do if after.idx[n] ~= f then changed = changed + 1 end end
-    return { rewrite = before.file ~= after.file, indexes_changed = changed }
-  end, "INCLUDING INDEXES")
+  local ok, res = U.rewrite_probe(m, tbl, function(probe)
+    return string.format("ALTER TABLE %s ALTER COLUMN %s TYPE %s%s", probe, m:quote_name(col), typ,
+      using and (" USING " .. using) or "")
+  end)
   if not ok then return false, res end
   res.rebuilt, res.checks = {}, {}
   if res.rewrite or res.indexes_changed > 0 then
