@@ -44,7 +44,8 @@ end
 -- The planner's own estimate (reltuples scaled to the file's current size,
 -- as PostgreSQL does) is used when it is far from the threshold; near it,
 -- or when there are no statistics yet, an exact count bounded by LIMIT.
-function M.table_size(m, name, threshold)
+-- prefer_stats: take the estimate whenever there is one (m:table_stats).
+function M.table_size(m, name, threshold, prefer_stats)
   threshold = threshold or (m.config and m.config.small_table_rows) or 10000
   local rows = query(m, [[
     SELECT c.relkind, c.reltuples::float8 AS reltuples, c.relpages,
@@ -62,7 +63,7 @@ function M.table_size(m, name, threshold)
   elseif r.relkind ~= "p" and r.reltuples >= 0 and r.relpages > 0 then
     estimate = math.floor(r.reltuples / r.relpages * pages_now + 0.5)
   end
-  if f.rows == nil and estimate and (estimate > threshold * 4 or estimate * 4 < threshold) then
+  if f.rows == nil and estimate and (prefer_stats or estimate > threshold * 4 or estimate * 4 < threshold) then
     f.rows, f.exact = estimate, false
     f.source = string.format("statistics: pg_class.reltuples %.0f over %d pages, %d pages now", r.reltuples, r.relpages, pages_now)
   elseif f.rows == nil then

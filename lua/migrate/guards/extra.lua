@@ -173,7 +173,7 @@ end
 -- decides with, for a migration that decides by hand.
 function G.table_stats(m, tbl)
   U.require_table(m, tbl, "ML08", "table_stats")
-  local f = require("migrate.facts").table_size(m, U.key(tbl)) or {}
+  local f = require("migrate.facts").table_size(m, U.key(tbl), nil, true) or {}
   local cols = server_version(m) >= 160000 and ", last_seq_scan::text AS last_seq_scan, last_idx_scan::text AS last_idx_scan" or ""
   local st = U.q(m, "SELECT seq_scan, idx_scan, n_live_tup, n_dead_tup" .. cols ..
     " FROM pg_catalog.pg_stat_user_tables WHERE relid = pg_catalog.to_regclass($1)", m:ident(tbl))[1] or {}
