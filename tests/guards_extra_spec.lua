@@ -138,3 +138,41 @@ describe("misses of the older guard clauses", function()
       "ML18", "user_id 90001, 90002 have no match in users(id)", "e.g. id 31, 32")
   end)
 end)
+
+describe("partitions", function()
+  setup(function()
+    fresh()
+    q([[CREATE TABLE parted(k int, v text) PARTITION BY RANGE (k);
+        CREATE TABLE parted_0 PARTITION OF parted FOR VALUES FROM (0) TO (10);
+        INSERT INTO parted SELECT g % 10, 'v' FROM generate_series(1, 20000) g;
+        CREATE TABLE loose(k int, v text); INSERT INTO loose SELECT 10 + g % 10, 'w' FROM generate_series(1, 20000) g;
+        CREATE TABLE bad(k int, v text); INSERT INTO bad VALUES (25, 'x');]])
+  end)
+  teardown(function() conn:close() end)
+
+  it("safe_attach_partition: refuses rows outside the bound, attaches with a CHECK first (no scan under the lock), re-runs as a no-op", function()
+    refused(run(function(m) m:safe_attach_partition("parted", "bad", "FOR VALUES FROM (30) TO (40)") end, { transactional = false }),
+      "ML30", "1 rows of bad fall outside")
+    for _ = 1, 2 do
+      fine(run(function(m) m:safe_attach_partition("parted", "loose", "FOR VALUES FROM (10) TO (20)") end, { transactional = false }))
+    end
+    assert.equal("FOR VALUES FROM (10) TO (20)", q("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'loose'"))
+    assert.equal("0", q("SELECT count(*) FROM pg_constraint WHERE conname = 'loose_partition_bound'"))
+    assert.equal("40000", q("SELECT count(*) FROM parted"))
+  end)
+
+  it("safe_add_index on a partitioned table: an index per partition CONCURRENTLY, attached; re-runs as a no-op", function()
+    for _ = 1, 2 do fine(run(function(m) m:safe_add_index("parted", { "v" }) end, { transactional = false })) end
+    assert.equal("true|2|2", q([[SELECT i.indisvalid || '|' || (SELECT count(*) FROM pg_inherits WHERE inhparent = 'parted_v_idx'::regclass)
+      || '|' || (SELECT count(*) FROM pg_inherits WHERE inhparent = 'parted'::regclass)
+      FROM pg_index i WHERE i.indexrelid = 'parted_v_idx'::regclass]]))
+    -- inside a transaction on a table with rows: refused as before
+    refused(run(function(m) m:safe_add_index("parted", { "k" }) end), "ML23")
+  end)
+
+  it("safe_detach_partition: refuses inside a transaction on a big table, detaches CONCURRENTLY, re-runs as a no-op", function()
+    refused(run(function(m) m:safe_detach_partition("parted", "loose") end), "ML30", "transaction = false")
+    for _ = 1, 2 do fine(run(function(m) m:safe_detach_partition("parted", "loose") end, { transactional = false })) end
+    assert.equal("0|20000", q("SELECT (SELECT count(*) FROM pg_inherits WHERE inhrelid = 'loose'::regclass) || '|' || (SELECT count(*) FROM parted)"))
+  end)
+end)

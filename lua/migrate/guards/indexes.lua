@@ -38,6 +38,11 @@ function G.safe_add_index(m, tbl, cols, opts)
   U.require_table(m, tbl, "ML23", "safe_add_index")
   for _, c in ipairs(cols) do U.require_column(m, tbl, c, "ML23") end
 
+  if U.outside_tx(m) and not U.is_new(m, tbl) and U.relkind(m, tbl) == "p" then
+    -- CONCURRENTLY does not work on a partitioned table: index each partition
+    require "migrate.guards.partitions"
+    return U.partitioned_index(m, tbl, cols, opts, name, method)
+  end
   local have = U.index(m, tbl, name)
   if have and not have.valid then
     drop_leftover(m, tbl, name)

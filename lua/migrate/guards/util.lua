@@ -205,6 +205,11 @@ function U.oid(m, tbl)
   return U.q(m, "SELECT pg_catalog.to_regclass($1)::oid AS oid", m:ident(tbl))[1].oid
 end
 
+function U.relkind(m, tbl)
+  local r = U.q(m, "SELECT relkind FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass($1)", m:ident(tbl))[1]
+  return r and r.relkind
+end
+
 function U.require_table(m, tbl, rule, what)
   local oid = U.oid(m, tbl)
   if not oid or not m:table_exists(tbl) then
