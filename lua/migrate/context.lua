@@ -102,6 +102,28 @@ function M:query(sql, ...)
   return self:call("query", sql, ...)
 end
 
+local function unsafe_run(self, reason, fn, allow, list)
+  if type(reason) ~= "string" or #reason:gsub("%s", "") < 10 then
+    self:fail(errors.new("usage", "m:unsafe needs a reason of at least 10 characters saying why this is safe"))
+  end
+  if type(fn) ~= "function" then
+    self:fail(errors.new("usage", "m:unsafe(reason, fn): fn must be a function"))
+  end
+  if self.logger then
+    self.logger:event { migration = self.entry.version, status = "unsafe", level = "warn",
+      message = "unsafe block: " .. reason .. (list and (" (allows " .. table.concat(list, ", ") .. ")") or ""),
+      metadata = { reason = reason, where = self:where(), allow = list },
+      console_text = "    unsafe: " .. reason }
+  end
+  self.unsafe_allow = self.unsafe_allow or {}
+  self.unsafe_allow[#self.unsafe_allow + 1] = allow
+  self.unsafe_depth = self.unsafe_depth + 1
+  local ok, err = pcall(fn, self)
+  self.unsafe_depth = self.unsafe_depth - 1
+  self.unsafe_allow[#self.unsafe_allow] = nil
+  if not ok then error(err, 0) end
+end
+
 -- m:unsafe(reason, fn): runs fn(m) with the lint relaxed; the reason is logged.
 -- m:unsafe{reason = ..., allow = {"ML07", ...}}(fn) (or m:unsafe({...}, fn))
 -- relaxes only the listed rules ("parse": SQL the lint's parser cannot read).
@@ -125,33 +147,11 @@ function M:unsafe(reason, fn)
       allow[r] = true
     end
     if fn == nil then
-      return function(f) return self:unsafe_run(spec.reason, f, allow, spec.allow) end
+      return function(f) return unsafe_run(self, spec.reason, f, allow, spec.allow) end
     end
-    return self:unsafe_run(spec.reason, fn, allow, spec.allow)
+    return unsafe_run(self, spec.reason, fn, allow, spec.allow)
   end
-  return self:unsafe_run(reason, fn, true)
-end
-
-function M:unsafe_run(reason, fn, allow, list)
-  if type(reason) ~= "string" or #reason:gsub("%s", "") < 10 then
-    self:fail(errors.new("usage", "m:unsafe needs a reason of at least 10 characters saying why this is safe"))
-  end
-  if type(fn) ~= "function" then
-    self:fail(errors.new("usage", "m:unsafe(reason, fn): fn must be a function"))
-  end
-  if self.logger then
-    self.logger:event { migration = self.entry.version, status = "unsafe", level = "warn",
-      message = "unsafe block: " .. reason .. (list and (" (allows " .. table.concat(list, ", ") .. ")") or ""),
-      metadata = { reason = reason, where = self:where(), allow = list },
-      console_text = "    unsafe: " .. reason }
-  end
-  self.unsafe_allow = self.unsafe_allow or {}
-  self.unsafe_allow[#self.unsafe_allow + 1] = allow
-  self.unsafe_depth = self.unsafe_depth + 1
-  local ok, err = pcall(fn, self)
-  self.unsafe_depth = self.unsafe_depth - 1
-  self.unsafe_allow[#self.unsafe_allow] = nil
-  if not ok then error(err, 0) end
+  return unsafe_run(self, reason, fn, true)
 end
 
 -- {====== names ======
