@@ -96,8 +96,8 @@ local function unparseable(m, sql, msg, pos)
     return
   end
   m:fail(errors.new("lint", string.format(
-    "SQL does not parse with the lint's parser (libpg_query, PostgreSQL %s grammar): %s (at character %d); the server is PostgreSQL %s. If this is valid syntax newer than PostgreSQL %s, run it inside m:unsafe(reason, fn) (or m:unsafe{reason = ..., allow = {\"parse\"}}(fn)): it then goes to the server unlinted, and the log records that; otherwise fix the SQL",
-    parser, msg, pos or 0, server, parser), { sql = sql, rule = "parse", parser_version = parser, server_version = server }))
+    "SQL does not parse: %s (at character %d) with the lint's parser (libpg_query, PostgreSQL %s grammar); the server is PostgreSQL %s. If this is valid syntax newer than PostgreSQL %s, run it inside m:unsafe(reason, fn) (or m:unsafe{reason = ..., allow = {\"parse\"}}(fn)): it then goes to the server unlinted, and the log records that; otherwise fix the SQL",
+    msg, pos or 0, parser, server, parser), { sql = sql, rule = "parse", parser_version = parser, server_version = server }))
 end
 
 -- Statements PostgreSQL refuses inside a transaction block (25001), which a
