@@ -172,6 +172,10 @@ describe("partitions", function()
 
   it("safe_detach_partition: refuses inside a transaction on a big table, detaches CONCURRENTLY, re-runs as a no-op", function()
     refused(run(function(m) m:safe_detach_partition("parted", "loose") end), "ML30", "transaction = false")
+    -- a small partitioned table: a plain DETACH inside the transaction
+    q("CREATE TABLE tiny(k int) PARTITION BY LIST (k); CREATE TABLE tiny_1 PARTITION OF tiny FOR VALUES IN (1); INSERT INTO tiny VALUES (1)")
+    fine(run(function(m) m:safe_detach_partition("tiny", "tiny_1") end))
+    assert.equal("0", q("SELECT count(*) FROM pg_inherits WHERE inhrelid = 'tiny_1'::regclass"))
     for _ = 1, 2 do fine(run(function(m) m:safe_detach_partition("parted", "loose") end, { transactional = false })) end
     assert.equal("0|20000", q("SELECT (SELECT count(*) FROM pg_inherits WHERE inhrelid = 'loose'::regclass) || '|' || (SELECT count(*) FROM parted)"))
   end)

@@ -131,6 +131,36 @@ describe("lint with the live table", function()
   end)
 end)
 
+describe("lint: the same lock-only hazards on a small table are notes", function()
+  setup(fresh)
+  teardown(function() conn:close() end)
+
+  -- each refused on big (above), let through on small with a note naming the numbers
+  local CASES = {
+    { "ML29", "VACUUM (FULL TRUE) small", false },
+    { "ML28", "REINDEX (CONCURRENTLY FALSE) INDEX small_email_idx", false },
+    { "ML19", "ALTER TABLE small ADD CONSTRAINT n_pos CHECK (n > 0) NOT VALID; ALTER TABLE small VALIDATE CONSTRAINT n_pos", false },
+    { "ML21", "ALTER TABLE small DROP CONSTRAINT small_pkey, ADD PRIMARY KEY (id)", true },
+    { "ML13", "ALTER TABLE small ALTER COLUMN x TYPE bigint", true },
+    { "ML34", "UPDATE small SET x = 1", true },
+  }
+  for _, c in ipairs(CASES) do
+    it(c[1] .. ": " .. c[2], function()
+      local m = H.ctx(conn, { transactional = c[3] })
+      local ok, err
+      if c[3] then ok, err = pcall(conn.transaction, conn, function() m:exec(c[2]) end)
+      else ok, err = pcall(function() m:exec(c[2]) end) end
+      fine(ok, err)
+      assert.equal(c[1], m.lint_notes[1] and m.lint_notes[1].rule)
+      assert.matches("small: ", m.lint_notes[1].note_why, 1, true)
+      assert.matches("--small-table-rows 10000", m.lint_notes[1].note_why, 1, true)
+    end)
+  end
+  it("the same VACUUM FULL on big is refused", function()
+    refused("ML29", { run("VACUUM (FULL TRUE) big", { transactional = false }) }, "big: about")
+  end)
+end)
+
 describe("lint of multi-statement strings", function()
   setup(fresh)
   teardown(function() conn:close() end)
