@@ -4,23 +4,12 @@
 -- m:table_stats / m:will_rewrite. Same rules as the others: live checks
 -- first, refusal with the rule id, numbers and recipe, idempotent.
 local U = require "migrate.guards.util"
-local core = require "migrate.core"
-local cjson = require "cjson"
 
 local G = {}
 
-local function server_version(m)
-  return U.q(m, "SELECT current_setting('server_version_num')::int AS v")[1].v
-end
+local server_version = U.server_version
 
--- Parses sql and returns its only statement's {node, stmt}, or nil.
-local function one_statement(sql)
-  local tree = core.parse_sql(sql)
-  local doc = tree and cjson.decode(tree)
-  if not (doc and doc.stmts and #doc.stmts == 1) then return nil end
-  local node, body = next(doc.stmts[1].stmt)
-  return node, body
-end
+local one_statement = U.one_statement
 
 -- {====== columns ======
 

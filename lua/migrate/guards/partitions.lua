@@ -3,14 +3,10 @@
 -- built one partition at a time (CREATE INDEX CONCURRENTLY does not work on
 -- the partitioned table itself).
 local U = require "migrate.guards.util"
-local core = require "migrate.core"
-local cjson = require "cjson"
 
 local G = {}
 
-local function server_version(m)
-  return U.q(m, "SELECT current_setting('server_version_num')::int AS v")[1].v
-end
+local server_version = U.server_version
 
 -- {parent = "schema.table" text, pending = bool} when part is a partition.
 local function parent_of(m, part)
@@ -107,9 +103,8 @@ function G.safe_attach_partition(m, parent, part, bound)
   U.require_table(m, part, "ML30", "safe_attach_partition: partition")
   local obj = U.key(parent) .. "." .. U.key(part)
   local sql = string.format("ALTER TABLE %s ATTACH PARTITION %s %s", m:ident(parent), m:ident(part), bound)
-  local tree = core.parse_sql(sql)
-  local doc = tree and cjson.decode(tree)
-  local st = doc and #doc.stmts == 1 and doc.stmts[1].stmt.AlterTableStmt
+  local node, st = U.one_statement(sql)
+  st = node == "AlterTableStmt" and st
   local cmd = st and #st.cmds == 1 and st.cmds[1].AlterTableCmd
   local pc = cmd and cmd.subtype == "AT_AttachPartition" and cmd.def and cmd.def.PartitionCmd
   if not (pc and pc.bound) then U.usage(m, string.format("safe_attach_partition: %q is not a partition bound", bound)) end

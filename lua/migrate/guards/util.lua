@@ -205,6 +205,18 @@ function U.oid(m, tbl)
   return U.q(m, "SELECT pg_catalog.to_regclass($1)::oid AS oid", m:ident(tbl))[1].oid
 end
 
+function U.server_version(m)
+  return U.q(m, "SELECT current_setting('server_version_num')::int AS v")[1].v
+end
+
+-- sql's only statement as node name, body; nil when it is not exactly one.
+function U.one_statement(sql)
+  local tree = core.parse_sql(sql)
+  local doc = tree and cjson.decode(tree)
+  if not (doc and doc.stmts and #doc.stmts == 1) then return nil end
+  return next(doc.stmts[1].stmt)
+end
+
 function U.relkind(m, tbl)
   local r = U.q(m, "SELECT relkind FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass($1)", m:ident(tbl))[1]
   return r and r.relkind
