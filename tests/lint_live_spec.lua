@@ -275,6 +275,21 @@ describe("lint across a run", function()
     assert.equal(1, r.code, r.stderr)
     local doc = T.json(r.stdout)
     assert.equal("ML23", doc.error.rule)
+    assert.same({ "ML23" }, doc.error.rules)
     assert.matches("events: more than 10000 rows", doc.error.message, 1, true)
+  end)
+
+  it("unreadable SQL inside m:unsafe reaches the server, and migration_logs says it went unlinted with both versions", function()
+    local d, c = T.fresh_db("lintparse")
+    local dir = H.dir {
+      ["20260101000000_newer.lua"] = [[return { up = function(m)
+        m:unsafe("PostgreSQL 17 syntax, reviewed by hand", function() m:exec("ALTER TABLE t MERGE PARTITIONS") end)
+      end }]],
+    }
+    local r = H.run(c, dir, { "run", "--json" })
+    assert.equal(1, r.code, r.stderr)
+    assert.equal("42601", T.json(r.stdout).error.sqlstate)
+    local row = T.psql(d, "SELECT metadata->>'parser_version' || '|' || (metadata->>'server_version' ~ '^[0-9]+[.][0-9]+$')::text || '|' || message FROM migration_logs WHERE status = 'lint'")
+    assert.matches("^15%.%d+|true|not linted: the lint's parser", row)
   end)
 end)

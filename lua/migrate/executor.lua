@@ -208,7 +208,7 @@ end
 local function error_fields(e)
   return { sqlstate = e.sqlstate, message = e.message, detail = e.detail, hint = e.hint,
            position = e.position, sql = e.sql and e.sql:sub(1, 2000), where = e.where,
-           rule = e.rule, kind = e.kind }
+           rule = e.rule, rules = e.rules, kind = e.kind }
 end
 
 -- Lock-timeout attempts: 500 -> 1000 -> 2000 -> ... capped at --lock-timeout,
