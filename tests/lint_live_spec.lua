@@ -260,14 +260,17 @@ describe("lint across a run", function()
       ["20260101000000_create.lua"] = [[return { up = function(m)
         m:exec("CREATE TABLE events(id bigint PRIMARY KEY, kind text)")
         m:exec("INSERT INTO events SELECT g, 'k' FROM generate_series(1, 20000) g")
+        m:safe_create_table("audit", { { "id", "bigint", primary_key = true }, { "what", "text" } })
+        m:exec("INSERT INTO audit SELECT g, 'w' FROM generate_series(1, 20000) g")
       end }]],
       ["20260101000001_index.lua"] = [[return { up = function(m)
         m:exec("CREATE INDEX events_kind_idx ON events(kind)")
+        m:exec("CREATE INDEX audit_what_idx ON audit(what)")
       end }]],
     }
     local r = H.run(c, dir, { "run" })
     assert.equal(0, r.code, r.stderr)
-    assert.equal("events_kind_idx", T.psql(d, "SELECT to_regclass('events_kind_idx')"))
+    assert.equal("events_kind_idx|audit_what_idx", T.psql(d, "SELECT to_regclass('events_kind_idx') || '|' || to_regclass('audit_what_idx')"))
     T.write(dir .. "/20260101000002_index2.lua", [[return { up = function(m)
         m:exec("CREATE INDEX events_kind2_idx ON events(kind)")
       end }]])

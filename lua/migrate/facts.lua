@@ -28,7 +28,7 @@ function M.note_created(m, name)
   if not (m.run_facts and name) then return end
   local rows = query(m, "SELECT pg_catalog.to_regclass($1)::oid AS oid", M.ident(m, name))
   local oid = rows and rows[1] and rows[1].oid
-  if oid then m.run_facts.created[name] = oid end
+  if oid then m.run_facts.created[type(name) == "table" and (name[1] .. "." .. name[2]) or name] = oid end
 end
 
 -- Was `name` created earlier in this run (and is it still that table)?

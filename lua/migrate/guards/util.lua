@@ -239,6 +239,7 @@ end
 
 function U.mark_new(m, tbl)
   m.created[U.key(tbl)] = true
+  require("migrate.facts").note_created(m, tbl)   -- and this run's, for later migrations
 end
 
 -- Column facts: {attnum, type, notnull, default} or nil.
