@@ -125,6 +125,12 @@ describe("lint with the live table", function()
     assert.equal("", T.psql(db, "SELECT to_regclass('big_4_idx')"))
   end)
 
+  it("refuses CREATE INDEX CONCURRENTLY on a partitioned table (PostgreSQL cannot), naming m:safe_add_index", function()
+    T.psql(db, "CREATE TABLE pt(k int) PARTITION BY RANGE (k); CREATE TABLE pt_0 PARTITION OF pt FOR VALUES FROM (0) TO (10)")
+    refused("ML23", { run("CREATE INDEX CONCURRENTLY pt_k_idx ON pt(k)", { transactional = false }) }, "partitioned table pt", "m:safe_add_index")
+    fine(run("CREATE INDEX CONCURRENTLY pt_0_k_idx ON pt_0(k)", { transactional = false }))
+  end)
+
   it("ML32 refuses ALTER DOMAIN ADD CONSTRAINT even NOT VALID when a big table uses the domain", function()
     refused("ML32", { run("ALTER DOMAIN posint ADD CONSTRAINT pos CHECK (VALUE > 0) NOT VALID") }, "dom_big", "SHARE lock")
     fine(run("CREATE DOMAIN unused_d AS int; ALTER DOMAIN unused_d ADD CONSTRAINT pos CHECK (VALUE > 0)"))

@@ -393,6 +393,11 @@ M.IndexStmt = function(m, stmt)
       out[#out + 1] = F("ML24", name, string.format("CREATE INDEX CONCURRENTLY %s cannot run inside a transaction block (error 25001); put it in a migration with transaction = false, or use m:safe_add_index(%q, cols)", name, tbl))
       out[#out].always = true
     end
+    local kind = ask(m, "SELECT relkind FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass($1)", facts_ident(m, tbl))
+    if kind and kind[1] and kind[1].relkind == "p" then
+      out[#out + 1] = F("ML23", name, string.format("CREATE INDEX CONCURRENTLY does not work on the partitioned table %s (PostgreSQL refuses it); use m:safe_add_index(%q, cols) in a transaction = false migration: CREATE INDEX ON ONLY the parent, CONCURRENTLY on each partition, then ATTACH PARTITION", tbl, tbl))
+      out[#out].always = true
+    end
     return out
   end
   if is_new(m, tbl) then return out end
