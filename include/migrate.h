@@ -34,6 +34,7 @@ int mig_l_isdir(lua_State *L);
 int mig_l_mkdir(lua_State *L);
 int mig_l_isatty(lua_State *L);
 int mig_l_parse_sql(lua_State *L);
+int mig_l_parser_version(lua_State *L);
 int mig_l_install_signals(lua_State *L);
 int mig_l_interrupted(lua_State *L);
 int mig_l_sleep_ms(lua_State *L);

@@ -33,3 +33,11 @@ mig_l_parse_sql(lua_State *L)
 	pg_query_free_parse_result(r);
 	return 1;
 }
+
+/* parser_version() -> the PostgreSQL version whose grammar libpg_query has */
+int
+mig_l_parser_version(lua_State *L)
+{
+	lua_pushstring(L, PG_VERSION);
+	return 1;
+}

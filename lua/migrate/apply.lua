@@ -23,6 +23,7 @@ local function document(result)
     error = e and {
       message = scrub(tostring(e)), kind = e.kind, migration = e.migration, file = e.file, where = e.where,
       sqlstate = e.sqlstate, detail = scrub(e.detail), hint = scrub(e.hint), sql = scrub(e.sql), rule = e.rule,
+      rules = e.rules and json.array(e.rules) or nil,   -- every rule a lint refusal found
     } or json.null,
     run_id = result.run_id,
     durations_ms = result.durations,

@@ -26,6 +26,8 @@ function M.new(opts)
   self.validator = opts.validator
   self.watch_conn = opts.watch_conn   -- the side connection that reads pg_blocking_pids
   self.backups = opts.backups
+  -- facts of the whole run (tables created by earlier migrations of it)
+  self.run_facts = require("migrate.facts").of(opts.session)
   return self
 end
 
@@ -85,6 +87,7 @@ function M:exec(sql, ...)
     return 0   -- shown, not executed: it cannot run inside the dry-run transaction
   end
   local n = self:call("exec", sql, ...)
+  lint.ran(self)
   self.stats.statements = self.stats.statements + 1
   self.stats.rows = self.stats.rows + n
   self:journal("exec", sql, { rows = n })
@@ -99,8 +102,7 @@ function M:query(sql, ...)
   return self:call("query", sql, ...)
 end
 
--- m:unsafe(reason, fn): runs fn(m) with the lint relaxed; the reason is logged.
-function M:unsafe(reason, fn)
+local function unsafe_run(self, reason, fn, allow, list)
   if type(reason) ~= "string" or #reason:gsub("%s", "") < 10 then
     self:fail(errors.new("usage", "m:unsafe needs a reason of at least 10 characters saying why this is safe"))
   end
@@ -109,13 +111,47 @@ function M:unsafe(reason, fn)
   end
   if self.logger then
     self.logger:event { migration = self.entry.version, status = "unsafe", level = "warn",
-      message = "unsafe block: " .. reason, metadata = { reason = reason, where = self:where() },
+      message = "unsafe block: " .. reason .. (list and (" (allows " .. table.concat(list, ", ") .. ")") or ""),
+      metadata = { reason = reason, where = self:where(), allow = list },
       console_text = "    unsafe: " .. reason }
   end
+  self.unsafe_allow = self.unsafe_allow or {}
+  self.unsafe_allow[#self.unsafe_allow + 1] = allow
   self.unsafe_depth = self.unsafe_depth + 1
   local ok, err = pcall(fn, self)
   self.unsafe_depth = self.unsafe_depth - 1
+  self.unsafe_allow[#self.unsafe_allow] = nil
   if not ok then error(err, 0) end
+end
+
+-- m:unsafe(reason, fn): runs fn(m) with the lint relaxed; the reason is logged.
+-- m:unsafe{reason = ..., allow = {"ML07", ...}}(fn) (or m:unsafe({...}, fn))
+-- relaxes only the listed rules ("parse": SQL the lint's parser cannot read).
+function M:unsafe(reason, fn)
+  local allow
+  if type(reason) == "table" then
+    local spec = reason
+    for k in pairs(spec) do
+      if k ~= "reason" and k ~= "allow" then
+        self:fail(errors.new("usage", string.format("m:unsafe{...}: unknown key %q (accepted: reason, allow)", tostring(k))))
+      end
+    end
+    if type(spec.allow) ~= "table" or #spec.allow == 0 then
+      self:fail(errors.new("usage", "m:unsafe{reason = ..., allow = {\"ML07\", ...}}: allow must list the rule ids it relaxes"))
+    end
+    allow = {}
+    for _, r in ipairs(spec.allow) do
+      if type(r) ~= "string" or not (r:match("^ML%d%d$") or r == "parse") then
+        self:fail(errors.new("usage", string.format("m:unsafe{allow = ...}: %q is not a rule id (ML01 ... ML41, or \"parse\")", tostring(r))))
+      end
+      allow[r] = true
+    end
+    if fn == nil then
+      return function(f) return unsafe_run(self, spec.reason, f, allow, spec.allow) end
+    end
+    return unsafe_run(self, spec.reason, fn, allow, spec.allow)
+  end
+  return unsafe_run(self, reason, fn, true)
 end
 
 -- {====== names ======

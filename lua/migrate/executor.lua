@@ -211,7 +211,7 @@ end
 local function error_fields(e)
   return { sqlstate = e.sqlstate, message = e.message, detail = e.detail, hint = e.hint,
            position = e.position, sql = e.sql and e.sql:sub(1, 2000), where = e.where,
-           rule = e.rule, kind = e.kind }
+           rule = e.rule, rules = e.rules, kind = e.kind }
 end
 
 -- Lock-timeout attempts: 500 -> 1000 -> 2000 -> ... capped at --lock-timeout,
@@ -266,7 +266,7 @@ local function apply_one(s, entry, direction, mode, record)
   local function body()
     m = require("migrate.context").new { conn = conn, entry = entry, logger = s.logger, mode = mode, direction = direction,
                       config = config, record = record, backups = s.backups, validator = s.validator,
-                      watch_conn = s.side }
+                      watch_conn = s.side, session = s }
     fn(m)
   end
   local function finish()   -- the history row, in the same transaction when there is one

@@ -6,7 +6,8 @@
 local M = {}
 
 for _, part in ipairs { "migrate.guards.tables", "migrate.guards.indexes",
-                        "migrate.guards.constraints", "migrate.guards.data" } do
+                        "migrate.guards.constraints", "migrate.guards.data", "migrate.guards.extra",
+                        "migrate.guards.partitions" } do
   for k, v in pairs(require(part)) do
     assert(M[k] == nil, "guard clause defined twice: " .. k)
     M[k] = v

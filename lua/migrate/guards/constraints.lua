@@ -69,9 +69,19 @@ function G.count_orphans(m, tbl, cols, ref_tbl, ref_cols)
   local where = string.format("%s AND NOT EXISTS (SELECT 1 FROM %s p WHERE %s)",
     table.concat(notnull, " AND "), m:ident(ref_tbl), table.concat(conds, " AND "))
   local n = U.count_where(m, tbl, where)
-  local sample, keyname = {}, nil
-  if n > 0 then sample, keyname = U.sample(m, tbl, where) end
-  return n, sample, keyname
+  local sample, keyname, values = {}, nil, {}
+  if n > 0 then
+    sample, keyname = U.sample(m, tbl, where)
+    -- the orphan key values themselves: what the operator must look up
+    local qualified = {}
+    for k, c in ipairs(cols) do qualified[k] = "t." .. m:quote_name(c) end
+    local key = #cols > 1 and ("ROW(" .. table.concat(qualified, ", ") .. ")") or qualified[1]
+    for _, r in ipairs(U.q(m, string.format("SELECT DISTINCT (%s)::text AS v FROM %s t WHERE %s ORDER BY 1 LIMIT 5",
+        key, m:ident(tbl), where))) do
+      values[#values + 1] = r.v
+    end
+  end
+  return n, sample, keyname, values
 end
 
 function G.count_nulls(m, tbl, col)
@@ -150,10 +160,12 @@ function G.safe_add_foreign_key(m, tbl, cols, ref_tbl, ref_cols, opts)
   if #uniq == 0 then
     U.refuse(m, "ML18", obj, string.format("%s(%s) has no unique index: a foreign key needs one; add it first (m:safe_add_unique)", U.key(ref_tbl), table.concat(ref_cols, ", ")))
   end
-  local n, sample, keyname = G.count_orphans(m, tbl, cols, ref_tbl, ref_cols)
+  local n, sample, keyname, values = G.count_orphans(m, tbl, cols, ref_tbl, ref_cols)
   if n > 0 then
-    U.refuse(m, "ML18", obj, string.format("%d rows of %s have %s values with no match in %s(%s)%s; fix or delete them (or set them NULL) before adding the foreign key",
-      n, U.key(tbl), table.concat(cols, ", "), U.key(ref_tbl), table.concat(ref_cols, ", "), U.sample_text(sample, keyname)), { count = n, sample = sample })
+    U.refuse(m, "ML18", obj, string.format("%d rows of %s have %s values with no match in %s(%s): %s %s have no match in %s(%s)%s; fix or delete them (or set them NULL) before adding the foreign key",
+      n, U.key(tbl), table.concat(cols, ", "), U.key(ref_tbl), table.concat(ref_cols, ", "),
+      table.concat(cols, ","), table.concat(values, ", "), U.key(ref_tbl), table.concat(ref_cols, ", "),
+      U.sample_text(sample, keyname)), { count = n, sample = sample, values = values })
   end
   -- an unindexed referencing column makes every DELETE on the parent scan the child
   local idx = U.q(m, [[SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a

@@ -39,7 +39,18 @@ function G.safe_add_index(m, tbl, cols, opts)
   if opts.where then U.check_expr(m, opts.where, "where") end
   U.require_table(m, tbl, "ML23", "safe_add_index")
   for _, c in ipairs(cols) do U.require_column(m, tbl, c, "ML23") end
+  local lint_rules = require "migrate.lint_rules"
+  if not opts.unique and #cols > lint_rules.MAX_INDEX_COLUMNS and not require("migrate.lint").allowed(m, "ML41") then
+    -- the lint's ML41, so the guard and the raw SQL agree
+    U.refuse(m, "ML41", name, string.format("a non-unique index over %d columns (%s) rarely serves a query better than one on its first %d, and every write pays for it; index fewer columns, or call it inside m:unsafe{reason = ..., allow = {\"ML41\"}} when a query plan shows it is needed",
+      #cols, table.concat(cols, ", "), lint_rules.MAX_INDEX_COLUMNS))
+  end
 
+  if U.outside_tx(m) and not U.is_new(m, tbl) and U.relkind(m, tbl) == "p" then
+    -- CONCURRENTLY does not work on a partitioned table: index each partition
+    require "migrate.guards.partitions"
+    return U.partitioned_index(m, tbl, cols, opts, name, method)
+  end
   local have = U.index(m, tbl, name)
   if have and not have.valid then
     drop_leftover(m, tbl, name)

@@ -287,6 +287,12 @@ function G.safe_add_column(m, tbl, col, typ, opts)
     if opts.identity then
       U.refuse(m, "ML04", obj, string.format("an identity column rewrites all %s rows of %s under an ACCESS EXCLUSIVE lock; add a nullable bigint with a sequence default and m:backfill it", shown, U.key(tbl)))
     end
+    local base = typ:lower():match("^%s*(%a+%d?)%s*$")
+    if base == "serial" or base == "bigserial" or base == "smallserial" or base == "serial2" or base == "serial4" or base == "serial8" then
+      -- the same as the lint's ML04: nextval() fills every existing row
+      U.refuse(m, "ML04", obj, string.format("a %s column rewrites all %s rows of %s (nextval for each) under an ACCESS EXCLUSIVE lock; add a nullable bigint, create a sequence, m:safe_set_default(%q, %q, nil, {sql = \"nextval('...')\"}), then m:backfill it",
+        base, shown, U.key(tbl), U.key(tbl), col))
+    end
     if opts.generated_sql then
       U.refuse(m, "ML03", obj, string.format("a stored generated column rewrites all %s rows of %s under an ACCESS EXCLUSIVE lock; use a plain column + trigger + m:backfill", shown, U.key(tbl)))
     end
@@ -313,16 +319,10 @@ function G.safe_rename_column(m, tbl, old, new)
   return true
 end
 
--- Rewrites the table? Asked of PostgreSQL on an empty TEMP copy: the change
--- rewrites exactly when the copy's relfilenode changes.
-local function would_rewrite(m, tbl, col, typ, using)
-  local ok, res = U.probe(m, tbl, function(probe)
-    local before = m.conn:query(string.format("SELECT pg_catalog.pg_relation_filenode('%s') AS f", probe))[1].f
-    m.conn:exec(string.format("ALTER TABLE %s ALTER COLUMN %s TYPE %s%s", probe, m:quote_name(col), typ,
-      using and (" USING " .. using) or ""))
-    local after = m.conn:query(string.format("SELECT pg_catalog.pg_relation_filenode('%s') AS f", probe))[1].f
-    return before ~= after
-  end)
+-- Rewrites the table, rebuilds indexes, re-checks CHECKs? Asked of
+-- PostgreSQL on an empty TEMP copy (U.type_change_probe).
+local function probe_change(m, tbl, col, typ, using)
+  local ok, res = U.type_change_probe(m, tbl, col, typ, using)
   if not ok then
     U.refuse(m, "ML13", U.key(tbl) .. "." .. col, string.format("%s.%s cannot become %s: %s", U.key(tbl), col, typ, tostring(U.decorate(res).message)))
   end
@@ -337,7 +337,8 @@ function G.safe_change_column_type(m, tbl, col, typ, opts)
   local obj = U.key(tbl) .. "." .. col
   U.require_table(m, tbl, "ML13", "safe_change_column_type")
   local c = U.require_column(m, tbl, col, "ML13")
-  local rewrite = would_rewrite(m, tbl, col, typ, opts.using)
+  local change = probe_change(m, tbl, col, typ, opts.using)
+  local rewrite = change.rewrite
   if not rewrite and not opts.using then
     -- no rewrite: same type after normalisation is a no-op, else catalog-only
     local ok, same = U.probe(m, tbl, function(probe)
@@ -355,16 +356,27 @@ function G.safe_change_column_type(m, tbl, col, typ, opts)
     U.refuse(m, "ML13", obj, string.format("changing %s from %s to %s rewrites %s (%s rows, %s) and its indexes under an ACCESS EXCLUSIVE lock; add a new column, sync it with a trigger, m:backfill, then swap; or pass {allow_rewrite = true} in a maintenance window",
       obj, c.type, typ, U.key(tbl), rows > 1000000 and "more than 1000000" or tostring(rows), size))
   end
-  local function change()
+  if not rewrite and (#change.rebuilt > 0 or #change.checks > 0) and not opts.allow_rewrite then
+    -- no rewrite, but an index rebuild or a CHECK scan under ACCESS EXCLUSIVE
+    local small, n = U.is_small(m, tbl)
+    if not small then
+      local why = {}
+      if #change.rebuilt > 0 then why[#why + 1] = "rebuilds the index(es) " .. table.concat(change.rebuilt, ", ") end
+      if #change.checks > 0 then why[#why + 1] = "re-checks the CHECK constraint(s) " .. table.concat(change.checks, ", ") .. " with a full scan" end
+      U.refuse(m, "ML13", obj, string.format("changing %s from %s to %s does not rewrite %s (more than %d rows, --small-table-rows) but %s under an ACCESS EXCLUSIVE lock; drop them first (m:safe_drop_index / m:safe_drop_constraint), change the type, then rebuild them (m:safe_add_index, m:safe_add_check); or pass {allow_rewrite = true} in a maintenance window",
+        obj, c.type, typ, U.key(tbl), m.config.small_table_rows or 10000, table.concat(why, " and ")), { rows = n })
+    end
+  end
+  local function alter()
     U.run(m, string.format("ALTER TABLE %s ALTER COLUMN %s TYPE %s%s", m:ident(tbl), m:quote_name(col), typ,
       opts.using and (" USING " .. opts.using) or ""))
   end
   if (rewrite or opts.using) and m.mode ~= "validate" and not U.is_new(m, tbl) then
     local cols = U.pk_cols(m, tbl)
     cols[#cols + 1] = col
-    U.backed_up(m, tbl, cols, string.format("change type of %s to %s", col, typ), change)
+    U.backed_up(m, tbl, cols, string.format("change type of %s to %s", col, typ), alter)
   else
-    change()
+    alter()
   end
   return true
 end

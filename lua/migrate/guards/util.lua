@@ -216,6 +216,23 @@ function U.oid(m, tbl)
   return U.q(m, "SELECT pg_catalog.to_regclass($1)::oid AS oid", m:ident(tbl))[1].oid
 end
 
+function U.server_version(m)
+  return U.q(m, "SELECT current_setting('server_version_num')::int AS v")[1].v
+end
+
+-- sql's only statement as node name, body; nil when it is not exactly one.
+function U.one_statement(sql)
+  local tree = core.parse_sql(sql)
+  local doc = tree and cjson.decode(tree)
+  if not (doc and doc.stmts and #doc.stmts == 1) then return nil end
+  return next(doc.stmts[1].stmt)
+end
+
+function U.relkind(m, tbl)
+  local r = U.q(m, "SELECT relkind FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass($1)", m:ident(tbl))[1]
+  return r and r.relkind
+end
+
 function U.require_table(m, tbl, rule, what)
   local oid = U.oid(m, tbl)
   if not oid or not m:table_exists(tbl) then
@@ -233,6 +250,7 @@ end
 
 function U.mark_new(m, tbl)
   m.created[U.key(tbl)] = true
+  require("migrate.facts").note_created(m, tbl)   -- and this run's, for later migrations
 end
 
 -- Column facts: {attnum, type, notnull, default} or nil.
@@ -347,12 +365,13 @@ end
 -- when a transaction is open, and drops it. Lets a guard ask PostgreSQL itself
 -- (would this rewrite? what does this constraint normalise to?) without
 -- touching the real table.
-function U.probe(m, tbl, fn)
+-- like: extra LIKE options ("INCLUDING INDEXES", ...).
+function U.probe(m, tbl, fn, like)
   local name = "migrate_lua_probe"
   local in_tx = m.conn:tx_status() ~= "idle"
   if in_tx then m.conn:exec("SAVEPOINT migrate_lua_probe") end
   local ok, res = pcall(function()
-    m.conn:exec(string.format("CREATE TEMP TABLE %s (LIKE %s)", name, m:ident(tbl)))
+    m.conn:exec(string.format("CREATE TEMP TABLE %s (LIKE %s%s)", name, m:ident(tbl), like and (" " .. like) or ""))
     return fn("pg_temp." .. name)
   end)
   if in_tx then
@@ -362,6 +381,70 @@ function U.probe(m, tbl, fn)
     pcall(m.conn.exec, m.conn, "DROP TABLE IF EXISTS pg_temp." .. name)
   end
   return ok, res
+end
+
+-- Runs the SQL sql_fn(probe) builds on an empty TEMP copy of tbl with its
+-- indexes, defaults and constraints: {rewrite = the copy's file changed,
+-- indexes_changed = how many of its indexes got a new file}. The real table
+-- is neither locked nor touched. Returns ok, result | error.
+function U.rewrite_probe(m, tbl, sql_fn)
+  local sql_idx = [[SELECT c.relname, c.relfilenode FROM pg_catalog.pg_index i
+      JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = '%s'::regclass ORDER BY 1]]
+  return U.probe(m, tbl, function(probe)
+    local function nodes()
+      local t = { file = m.conn:query(string.format("SELECT pg_catalog.pg_relation_filenode('%s') AS f", probe))[1].f, idx = {} }
+      for _, r in ipairs(m.conn:query(string.format(sql_idx, probe))) do t.idx[r.relname] = r.relfilenode end
+      return t
+    end
+    local before = nodes()
+    local sql = sql_fn(probe)
+    if type(sql) == "table" then
+      for _, one in ipairs(sql) do m.conn:exec(one) end
+    elseif type(sql) == "string" then
+      m.conn:exec(sql)
+    end
+    local after = nodes()
+    local changed = 0
+    for n, f in pairs(before.idx) do if after.idx[n] ~= f then changed = changed + 1 end end
+    return { rewrite = before.file ~= after.file, indexes_changed = changed }
+  end, "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES")
+end
+
+-- What ALTER COLUMN col TYPE typ [USING using] does to tbl, asked of
+-- PostgreSQL on an empty TEMP copy that has tbl's indexes (LIKE ...
+-- INCLUDING INDEXES): {rewrite = the table's file changes, rebuilt = the
+-- real indexes PostgreSQL rebuilds (an index whose file changes on the
+-- copy: e.g. text -> citext changes the operator class), checks = the
+-- validated CHECK constraints on the column, which PostgreSQL re-checks
+-- with a full scan}. One implementation for m:safe_change_column_type,
+-- the lint (ML13) and m:will_rewrite. Returns ok, result | error.
+function U.type_change_probe(m, tbl, col, typ, using)
+  local ok, res = U.rewrite_probe(m, tbl, function(probe)
+    return string.format("ALTER TABLE %s ALTER COLUMN %s TYPE %s%s", probe, m:quote_name(col), typ,
+      using and (" USING " .. using) or "")
+  end)
+  if not ok then return false, res end
+  res.rebuilt, res.checks = {}, {}
+  if res.rewrite or res.indexes_changed > 0 then
+    -- name the real indexes on the column (plain, expression or predicate)
+    for _, r in ipairs(U.q(m, [[
+        SELECT DISTINCT d.objid::regclass::text AS name FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+          JOIN pg_catalog.pg_class ic ON ic.oid = d.objid AND ic.relkind IN ('i', 'I')
+         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refobjid = pg_catalog.to_regclass($1) AND a.attname = $2
+         ORDER BY 1]], m:ident(tbl), col)) do
+      res.rebuilt[#res.rebuilt + 1] = r.name
+    end
+    if #res.rebuilt == 0 and res.indexes_changed > 0 then res.rebuilt[1] = res.indexes_changed .. " index(es)" end
+  end
+  for _, r in ipairs(U.q(m, [[
+      SELECT c.conname FROM pg_catalog.pg_constraint c
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+       WHERE c.conrelid = pg_catalog.to_regclass($1) AND a.attname = $2 AND c.contype = 'c' AND c.convalidated
+       ORDER BY 1]], m:ident(tbl), col)) do
+    res.checks[#res.checks + 1] = r.conname
+  end
+  return true, res
 end
 
 -- Lints an SQL expression the caller gave as a default: a volatile function
