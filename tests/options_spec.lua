@@ -69,6 +69,10 @@ local CALLS = {
     { cascde = true }, "cascade", { cascade = "y" }, "cascade" },
   { "backfill", function(m, o) m:backfill("users", "n = 0", "n IS NOT NULL", o) end,
     { batch_sise = 10 }, "batch_size", { batch_size = "10" }, "batch_size", false },
+  { "safe_add_text_limit", function(m, o) m:safe_add_text_limit("users", "email", 100, o) end,
+    { nmae = "x" }, "name", { validate = "no" }, "validate" },
+  { "safe_add_enum_value", function(m, o) m:safe_add_enum_value("mood", "ok", o) end,
+    { aftr = "sad" }, "after", { after = 1 }, "after" },
   { "with_lock_retries", function(m, o) m:with_lock_retries(function(x) x:exec("SELECT 1") end, o) end,
     { attemps = 3 }, "attempts", { attempts = "3" }, "attempts", false },
 }

@@ -4,6 +4,7 @@
 -- m:table_stats / m:will_rewrite. Same rules as the others: live checks
 -- first, refusal with the rule id, numbers and recipe, idempotent.
 local U = require "migrate.guards.util"
+local O = require "migrate.options"   -- strict option tables (issue 11)
 
 local G = {}
 
@@ -63,6 +64,7 @@ end
 -- A text limit without the varchar(n) rewrite: CHECK (char_length(col) <= n)
 -- NOT VALID, then VALIDATE (m:safe_add_check: counts the longer rows first).
 function G.safe_add_text_limit(m, tbl, col, n, opts)
+  O.check(m, "safe_add_text_limit", opts, { name = "string", validate = "boolean" })
   opts = opts or {}
   if math.type(n) ~= "integer" or n < 1 then U.usage(m, "safe_add_text_limit(tbl, col, n): n must be a positive integer, got " .. tostring(n)) end
   U.require_table(m, tbl, "ML13", "safe_add_text_limit")
@@ -88,6 +90,7 @@ end
 -- ALTER TYPE ... ADD VALUE IF NOT EXISTS ... BEFORE/AFTER. Inside a
 -- transaction (PostgreSQL 12+) the new value cannot be used before commit.
 function G.safe_add_enum_value(m, typ, value, opts)
+  O.check(m, "safe_add_enum_value", opts, { before = "string", after = "string" })
   opts = opts or {}
   if type(value) ~= "string" or value == "" then U.usage(m, "safe_add_enum_value(type, value, opts): value must be a non-empty string") end
   if opts.before and opts.after then U.usage(m, "safe_add_enum_value: give before or after, not both") end
