@@ -26,6 +26,9 @@ function M.static(status, problems)
     elseif st.state == "failed" then
       add("warning", st, string.format("%s stopped part-way in an earlier run (transaction = false); the next run resumes it", label(st)),
         { object = st.entry.path, rule = "incomplete" })
+    elseif st.state == "running" then
+      add("warning", st, string.format("%s is running now in another migrate-lua run (%s holds the migration lock); it is not pending",
+        label(st), st.holder or "a live session"), { object = st.entry and st.entry.path, rule = "running" })
     end
     if st.entry and (st.state == "pending" or st.state == "failed") then
       local ok, err = pcall(loader.load, st.entry)

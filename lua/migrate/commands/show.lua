@@ -6,18 +6,19 @@ local M = {}
 
 function M.run(config)
   local s = executor.open(config, { lock = false })
-  local ok, list, problems = pcall(executor.status, s.main, config.dir)
+  local ok, list, problems = pcall(executor.status, s.main, config.dir, { running = true })
   executor.close(s)
   if not ok then error(list, 0) end
   local doc = { migrations = json.array() }
   local pending = 0
   for _, st in ipairs(list) do
-    if st.state == "pending" or st.state == "failed" then pending = pending + 1 end
+    if st.state == "pending" or st.state == "failed" or st.state == "running" then pending = pending + 1 end
     doc.migrations[#doc.migrations + 1] = {
       version = st.version, name = st.name, state = st.state,
       applied_at = st.applied_at or json.null, checksum = st.checksum,
       applied_checksum = st.applied_checksum,
       steps_done = st.incomplete and json.array(st.incomplete.steps) or nil,
+      lock_holder = st.holder,   -- running: the live session holding the migration lock
     }
   end
   doc.problems = json.array()
@@ -26,8 +27,9 @@ function M.run(config)
     local out = {}
     if #list == 0 then out[#out + 1] = "no migrations in " .. config.dir end
     for _, st in ipairs(list) do
-      out[#out + 1] = string.format("%-8s %s_%s%s", st.state, st.version, st.name,
-        st.applied_at and ("  (applied " .. st.applied_at .. ")") or "")
+      out[#out + 1] = string.format("%-8s %s_%s%s%s", st.state, st.version, st.name,
+        st.applied_at and ("  (applied " .. st.applied_at .. ")") or "",
+        st.holder and ("  (" .. st.holder .. " holds the migration lock)") or "")
       if st.incomplete then
         for _, step in ipairs(st.incomplete.steps) do out[#out + 1] = "           done: " .. step end
       end

@@ -317,6 +317,7 @@ local function would_rewrite(m, tbl, col, typ, using)
     local after = m.conn:query(string.format("SELECT pg_catalog.pg_relation_filenode('%s') AS f", probe))[1].f
     return before ~= after
   end)
+  if ok then require("migrate.engine").checked(m, "rewrite", { table = U.key(tbl), column = col, rewrites = res }) end
   if not ok then
     U.refuse(m, "ML13", U.key(tbl) .. "." .. col, string.format("%s.%s cannot become %s: %s", U.key(tbl), col, typ, tostring(U.decorate(res).message)))
   end
