@@ -11,10 +11,10 @@ local backup = require "migrate.backup"
 local M = {}
 -- m.transactional is derived, never flipped: the migration's own setting,
 -- or true while m:with_lock_retries holds its transaction open (own_tx)
-M.__index = function(t, k)
+local META = { __index = function(t, k)
   if k == "transactional" then return engine.in_tx(t) end
   return M[k]
-end
+end }
 
 -- opts: conn, entry, logger, mode ("run" | "safe-run" | "dry-run" | "rollback"),
 -- direction ("up" | "down"), config, backups (service), record (array or nil)
@@ -29,7 +29,7 @@ function M.new(opts)
     record = opts.record,   -- statements run (dry-run prints them)
     stats = { statements = 0, rows = 0 },
     steps = {},
-  }, M)
+  }, META)
   self.log = opts.logger and opts.logger:for_migration(entry.version) or {
     info = function() end, warn = function() end, error = function() end, debug = function() end }
   self.validator = opts.validator

@@ -85,7 +85,7 @@ local function type_name(tn)
   local mods = {}
   for _, t in ipairs(tn.typmods or {}) do
     local c = t.A_Const
-    if c and c.ival then mods[#mods + 1] = tostring(c.ival.ival or 0) end
+    if c and c.ival then mods[#mods + 1] = string.format("%d", math.tointeger(c.ival.ival or 0) or 0) end
   end
   local s = TYPES[base] or base
   if #mods > 0 then s = s .. "(" .. table.concat(mods, ",") .. ")" end

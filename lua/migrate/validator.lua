@@ -50,7 +50,7 @@ end
 
 -- {====== live checks ======
 
-local cjson_ok, cjson = pcall(require, "cjson")
+local cjson = require "cjson"
 
 -- Every relation named by a parse tree (RangeVar), as "schema.name" or "name".
 local function rangevars(node, out)
@@ -74,7 +74,7 @@ function M.mentioned_tables(source)
   local function literal(str)
     if str:match("^[%a_][%w_]*$") or str:match("^[%a_][%w_]*%.[%a_][%w_]*$") then add(str); return end
     local tree = core.parse_sql(str)
-    if tree and cjson_ok then
+    if tree then
       for _, n in ipairs(rangevars(cjson.decode(tree), {})) do add(n) end
     end
   end
