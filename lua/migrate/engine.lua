@@ -525,6 +525,21 @@ end
 
 -- {====== the rehearsal: validate, dry-run, dry-run --plan ======
 
+-- The validation pass that runs before anything (dry-run, --plan and
+-- safe-run): the validator's static findings and its live checks on the
+-- tables the pending migrations mention. Returns the findings.
+function M.check(s, status, pending, config, problems)
+  local validator = require "migrate.validator"
+  local findings = validator.static(status, problems or {})
+  local ok, extra = pcall(validator.live, s.main, status, pending, config)
+  if ok then
+    for _, f in ipairs(extra) do findings[#findings + 1] = f end
+  else
+    findings[#findings + 1] = { severity = "warning", message = "live validation could not run: " .. tostring(errors.wrap(extra)) }
+  end
+  return findings
+end
+
 -- Rehearses pending migrations in ONE transaction that is always rolled
 -- back, a savepoint per migration (later migrations see the earlier ones'
 -- effects, real or modelled). opts: mode ("validate" | "dry-run" | "plan"),
@@ -565,6 +580,7 @@ function M.rehearse(s, pending, config, opts)
         end
       end
       results[#results + 1] = r
+      if not okm and core.interrupted() then error(r.error, 0) end   -- Ctrl-C ends the rehearsal, not one migration
       if not okm and opts.stop_on_error then break end
     end
   end, { rollback = true })

@@ -39,8 +39,8 @@ M.OPTION_DOCS = {
   { "--version", nil, "print the version (with --json: a JSON document) and exit" },
   -- command options
   { "--check", nil, "exit 5 when anything is pending (for CI and deploy gates)" },
-  { "--plan", nil, "execute no DDL at all: print each step's SQL, the lock it takes and the live "
-    .. "data checks" },
+  { "--plan", nil, "execute no DDL at all: print each step's SQL, the lock it takes, whether it rewrites, "
+    .. "the live data checks and whether it would be refused (then exit 3)" },
   { "--steps", "N", "revert the N newest applied migrations (default 1; never all by default)" },
   { "--to", "VERSION", "revert every migration newer than VERSION (14 digits); VERSION stays applied" },
   { "--force", nil, "restore even when rows were added or removed since the backup" },
@@ -61,7 +61,8 @@ M.COMMAND_DOCS = {
   { "show", args = "[--check]", options = { "--check" },
     text = "Lists every migration with its state: applied, pending, changed (the file changed after it "
       .. "was applied), missing (applied, no file), failed (a transaction = false migration that stopped "
-      .. "part-way, with the steps that ran).",
+      .. "part-way, with the steps that ran), running (a transaction = false migration whose run still "
+      .. "holds the migration lock).",
     exits = "3 a migration file is broken; 5 pending (with --check)",
     example = "migrate-lua show --check" },
   { "validate", args = "", options = {},
@@ -73,7 +74,7 @@ M.COMMAND_DOCS = {
   { "dry-run", args = "[--plan]", options = { "--plan" },
     text = "Validates, then runs every pending migration inside one transaction that is always rolled "
       .. "back, under a short lock timeout, and prints the SQL it ran. Changes nothing.",
-    exits = "1 a migration failed; 3 validation failed",
+    exits = "1 a migration failed; 3 validation failed or (with --plan) a step would be refused",
     example = "migrate-lua dry-run --plan" },
   { "safe-run", args = "", options = {},
     text = "Validates, takes the migration lock, then applies each pending migration in its own "

@@ -23,21 +23,8 @@ local M = {}
 
 local function label(e) return e.version .. "_" .. e.name end
 
--- Validation shared with safe-run: the validator's static findings and,
--- when the validator has them, its live checks. Returns the findings.
-function M.validate(s, status, pending, config, problems)
-  local validator = require "migrate.validator"
-  local findings = validator.static(status, problems or {})
-  if type(validator.live) == "function" then
-    local ok, extra = pcall(validator.live, s.main, status, pending, config)
-    if ok and type(extra) == "table" then
-      for _, f in ipairs(extra) do findings[#findings + 1] = f end
-    elseif not ok then
-      findings[#findings + 1] = { severity = "warning", message = "live validation could not run: " .. tostring(errors.wrap(extra)) }
-    end
-  end
-  return findings
-end
+-- The validation pass before a rehearsal, shared with safe-run: the engine's.
+M.validate = engine.check
 
 local function finding_doc(f)
   return { severity = f.severity, migration = f.migration or json.null, message = f.message,

@@ -7,7 +7,7 @@ local apply = require "migrate.apply"
 local errors = require "migrate.errors"
 local backup = require "migrate.backup"
 local json = require "migrate.json"
-local checks = require "migrate.commands.dry_run"
+local engine = require "migrate.engine"
 
 local M = {}
 
@@ -17,7 +17,7 @@ function M.run(config)
     mode = "safe-run", check_drift = true,
     after = function(result) taken = result.taken or {} end,
     before = function(s, pending, status)
-      findings = checks.validate(s, status, pending, config)
+      findings = engine.check(s, status, pending, config)
       local msgs = {}
       for _, f in ipairs(findings) do
         if f.severity == "error" then msgs[#msgs + 1] = (f.migration and (f.migration .. ": ") or "") .. f.message end
