@@ -12,8 +12,10 @@ n=${N:-200}
 work=$(mktemp -d /tmp/mlbench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 bench/gen.sh "$work" "$n" >/dev/null
-ms() { local t0=$EPOCHREALTIME; "$@" >/dev/null 2>&1 || true; local t1=$EPOCHREALTIME
-       echo $(( (${t1/./} - ${t0/./}) / 1000 )); }
+# milliseconds of one command; a failed command fails the bench (a fast
+# failure is no figure)
+ms() { local t0=$EPOCHREALTIME; "$@" >/dev/null 2>"$work/err" || { echo "bench: failed: $*" >&2; cat "$work/err" >&2; return 1; }
+       local t1=$EPOCHREALTIME; echo $(( (${t1/./} - ${t0/./}) / 1000 )); }
 declare -A all
 for ((r = 1; r <= rounds; r++)); do
   for what in validate dry-run plan run; do

@@ -36,6 +36,14 @@ local function error_doc(e)
            sql = e.sql, where = e.where, file = e.file, rule = e.rule }
 end
 
+-- The guard clauses' warnings of one rehearsed migration, as findings.
+local function add_warnings(doc, r)
+  for _, f in ipairs(r.m.findings) do
+    doc.findings[#doc.findings + 1] = finding_doc { severity = f.severity or "warning", migration = r.entry.version,
+      rule = f.rule, object = f.object, message = label(r.entry) .. ": " .. f.message }
+  end
+end
+
 local function print_findings(findings, config)
   if config.json then return end
   for _, f in ipairs(findings) do
@@ -226,10 +234,7 @@ local function plan(config)
           mig.checks[#mig.checks + 1] = { status = ev.status, level = ev.level, message = ev.message, metadata = ev.metadata }
         end
       end
-      for _, f in ipairs(r.m.findings) do
-        doc.findings[#doc.findings + 1] = finding_doc { severity = f.severity or "warning", migration = entry.version,
-          rule = f.rule, object = f.object, message = label(entry) .. ": " .. f.message }
-      end
+      add_warnings(doc, r)
       if r.error then
         local we = r.error
         mig.error = error_doc(we)
@@ -298,10 +303,7 @@ function M.run(config, args)
         io.stdout:write("-- ", label(entry), entry.transactional and "" or " (transaction = false: steps that cannot run in a transaction are shown, not executed)", "\n")
         for _, sql in ipairs(r.record) do io.stdout:write(sql, sql:match(";%s*$") and "" or ";", "\n") end
       end
-      for _, f in ipairs(r.m.findings) do
-        doc.findings[#doc.findings + 1] = finding_doc { severity = f.severity or "warning", migration = entry.version,
-          rule = f.rule, object = f.object, message = label(entry) .. ": " .. f.message }
-      end
+      add_warnings(doc, r)
       if r.error then
         local we = r.error
         mig.ok, mig.error = false, error_doc(we)
