@@ -100,6 +100,33 @@ end }
   end)
 end)
 
+describe("a later migration", function()
+  it("sees what an earlier one would have done, in every rehearsal mode", function()
+    local db, cli = project({
+      ["20260101000000_create.lua"] = [[
+return { up = function(m)
+  m:safe_create_table("widgets", { { "id", "bigint", primary_key = true }, { "code", "text" } })
+  m:safe_add_column("users", "widget_id", "bigint")
+end }
+]],
+      ["20260102000000_index.lua"] = [[
+return { transaction = false, up = function(m)
+  m:safe_add_unique("widgets", { "code" })
+  m:safe_add_foreign_key("users", { "widget_id" }, "widgets", { "id" })
+  m:safe_add_index("users", { "widget_id" })
+end }
+]] }, SETUP)
+    for _, argv in ipairs({ { "validate" }, { "dry-run" }, { "dry-run", "--plan" } }) do
+      local r = cli(table.unpack(argv))
+      assert.equal(0, r.code, table.concat(argv, " ") .. "\n" .. r.stdout .. r.stderr)
+    end
+    assert.equal("", T.psql(db, "SELECT to_regclass('widgets')"))
+    local r = cli("safe-run")
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    assert.equal("t", T.psql(db, "SELECT convalidated FROM pg_constraint WHERE conname = 'users_widget_id_fkey'"))
+  end)
+end)
+
 describe("show", function()
   it("reports a transaction = false migration running while its run holds the lock, failed once that run is gone", function()
     local _, cli, dir, ci = project({ ["20260101000000_slow.lua"] = [[
