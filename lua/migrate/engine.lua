@@ -419,7 +419,7 @@ end
 -- Runs (or records and models) one guard-clause step. opts.concurrent: a
 -- CONCURRENTLY statement (no short lock_timeout: it takes only SHARE UPDATE
 -- EXCLUSIVE); opts.own_tx: its own transaction when outside one; opts.query:
--- return rows. In apply, a lock-taking step of a transaction = false
+-- return rows; opts.on_retry(message): reports a lock-timeout retry. In apply, a lock-taking step of a transaction = false
 -- migration runs under the retry policy; inside a transaction the executor
 -- retries the whole transaction.
 function M.step(m, sql, opts, ...)
@@ -454,14 +454,16 @@ function M.step(m, sql, opts, ...)
     res = r
   else
     local args = table.pack(...)
-    local ok, r = pcall(retry.loop, retry.attempts(m.config), function(ms)
+    local attempts = retry.attempts(m.config)
+    local ok, r = pcall(retry.loop, attempts, function(ms)
       set_lock_timeout(m, ms)
       retry.watch(m.conn, m.watch_conn, ms)   -- name the blockers before this attempt's timeout fires
       return pcall(m.conn[method], m.conn, sql, table.unpack(args, 1, args.n))
     end, function(e, ms, i, pause)
-      M.on_lock_retry(m, string.format("lock timeout after %d ms (attempt %d of %d) on: %s; retrying in %d ms%s",
-        ms, i, m.config.lock_retries and m.config.lock_retries + 1 or 4, sql:sub(1, 120), pause,
-        e.blockers_named and (" (" .. e.message:match("blocked by .*") .. ")") or ""))
+      if opts.on_retry then
+        opts.on_retry(string.format("lock timeout after %d ms (attempt %d of %d) on: %s; retrying in %d ms%s",
+          ms, i, #attempts, sql:sub(1, 120), pause, e.blockers_named and (" (" .. e.message:match("blocked by .*") .. ")") or ""))
+      end
     end)
     set_lock_timeout(m, m.config.lock_timeout or 5000)
     if not ok then m:fail(r) end
@@ -473,14 +475,6 @@ function M.step(m, sql, opts, ...)
   end
   m:journal("guard", sql)
   return res
-end
-
--- Reports a retried step (set by guards/util.lua: a guard log event).
-function M.on_lock_retry(m, msg)
-  if m.logger then
-    m.logger:event { migration = m.entry.version, status = "guard", level = "warn", message = "ML35: " .. msg,
-      metadata = { rule = "ML35" } }
-  end
 end
 
 -- m:exec outside apply: rehearse runs what a transaction allows and models

@@ -118,6 +118,8 @@ end
 
 -- Runs one step through the engine (see engine.step for opts).
 function U.run(m, sql, opts, ...)
+  opts = opts or {}
+  opts.on_retry = opts.on_retry or function(msg) log_event(m, "warn", "ML35", nil, msg) end
   return engine.step(m, sql, opts, ...)
 end
 
