@@ -111,8 +111,15 @@ main(int argc, char **argv)
 	lua_pushinteger(L, argc);
 	lua_pushlightuserdata(L, argv);
 	status = lua_pcall(L, 2, 1, 1);
-	if (status == LUA_OK)
-		code = lua_isinteger(L, -1) ? (int) lua_tointeger(L, -1) : 0;
+	if (status == LUA_OK && lua_isinteger(L, -1))
+		code = (int) lua_tointeger(L, -1);
+	else if (status == LUA_OK)
+	{
+		/* the Lua side must say how it ended: no code is a failure, never a success */
+		fprintf(stderr, "migrate-lua: internal error: the command returned no exit code (got %s)\n",
+				luaL_typename(L, -1));
+		code = 1;
+	}
 	else
 	{
 		const char *msg = luaL_tolstring(L, -1, NULL);

@@ -119,6 +119,16 @@ describe("documentation examples", function()
           local v = cli("validate")
           assert.equal(d.validate, v.code, ("%s: validate exited %d\n%s%s"):format(where, v.code, v.stdout, v.stderr))
         end
+        if b.file == "docs/best-practices.md" then
+          -- the recipes' promise: validate and dry-run (and the plan) say what
+          -- safe-run then does, on these tables with data (issue 10)
+          for _, argv in ipairs({ { "validate" }, { "dry-run" }, { "dry-run", "--plan" } }) do
+            local v = cli(table.unpack(argv))
+            local said = ("%s: %s exited %d\n%s%s"):format(where, table.concat(argv, " "), v.code, v.stdout, v.stderr)
+            assert.equal(d.rule and 3 or (d.code or 0), v.code, said)
+            if d.rule then assert.is_truthy((v.stdout .. v.stderr):find(d.rule, 1, true), said) end
+          end
+        end
         local r = cli("safe-run")
         local report = ("%s: safe-run exited %d\n%s%s"):format(where, r.code, r.stdout, r.stderr)
         assert.equal(d.code or 0, r.code, report)

@@ -96,6 +96,7 @@ function M.up(config, opts)
   executor.close(s)
   if not ok then error(err, 0) end
   result.run_id = s.run_id
+  result.taken = s.taken
   if opts.after then opts.after(result) end
   report_failure(result, config)
   if result.ok and not config.json and #result.applied > 0 and not opts.rollback then

@@ -23,7 +23,6 @@ local M = {}
 
 M.SCHEMA = "migrate_lua_backups"
 M.DEFAULT_MAX_LOCKED_COPY_BYTES = 256 * 1024 * 1024
-M.taken = {}   -- backups taken by this process (the safe-run summary)
 
 local CREATE = [[
 CREATE SCHEMA IF NOT EXISTS migrate_lua_backups;
@@ -364,7 +363,7 @@ function M.take(m, tbl, cols, reason)
     quiet = m.config and m.config.quiet,
   })
   if not ok then m:fail(b, { object = what }) end
-  M.taken[#M.taken + 1] = b
+  if m.taken then m.taken[#m.taken + 1] = b end   -- the run's list (session), for its summary
   if m.logger then
     m.logger:event { migration = m.entry.version, status = "backup", duration_ms = b.duration_ms,
       message = string.format("backup %d of %s: %d rows, %s%s", b.id, what, b.rows, pretty_bytes(b.size_bytes),

@@ -192,13 +192,12 @@ local function error_document(command, e)
   return doc
 end
 
--- After a command: metrics file, CI annotations (migrate.report, optional).
+-- After a command: metrics file, CI annotations (migrate.report). Loading it
+-- is a hard dependency; only a failure while writing the report is a warning.
 function M.report(config, command, code, doc, err)
-  local ok_mod, report = pcall(require, "migrate.report")
-  if ok_mod and type(report) == "table" and report.finish then
-    local ok, e = pcall(report.finish, config, command, code, doc, err)
-    if not ok then io.stderr:write("warning: report failed: ", tostring(e), "\n") end
-  end
+  local report = require "migrate.report"
+  local ok, e = pcall(report.finish, config, command, code, doc, err)
+  if not ok then io.stderr:write("warning: report failed: ", tostring(e), "\n") end
 end
 
 function M.main(argv)

@@ -5,8 +5,16 @@
 local errors = require "migrate.errors"
 local core = require "migrate.core"
 
+local engine = require "migrate.engine"
+local backup = require "migrate.backup"
+
 local M = {}
-M.__index = M
+-- m.transactional is derived, never flipped: the migration's own setting,
+-- or true while m:with_lock_retries holds its transaction open (own_tx)
+local META = { __index = function(t, k)
+  if k == "transactional" then return engine.in_tx(t) end
+  return M[k]
+end }
 
 -- opts: conn, entry, logger, mode ("run" | "safe-run" | "dry-run" | "rollback"),
 -- direction ("up" | "down"), config, backups (service), record (array or nil)
@@ -15,12 +23,13 @@ function M.new(opts)
   local self = setmetatable({
     conn = opts.conn, entry = entry, logger = opts.logger, mode = opts.mode or "run",
     direction = opts.direction or "up", config = opts.config or {},
-    transactional = entry.transactional, unsafe_depth = 0,
+    unsafe_depth = 0, own_tx = 0,
+    model = opts.model,     -- a rehearsal's model of what earlier steps did (engine.lua)
     created = {},           -- tables created earlier in this migration: exempt from the lint
     record = opts.record,   -- statements run (dry-run prints them)
     stats = { statements = 0, rows = 0 },
     steps = {},
-  }, M)
+  }, META)
   self.log = opts.logger and opts.logger:for_migration(entry.version) or {
     info = function() end, warn = function() end, error = function() end, debug = function() end }
   self.validator = opts.validator
@@ -28,6 +37,7 @@ function M.new(opts)
   self.backups = opts.backups
   -- facts of the whole run (tables created by earlier migrations of it)
   self.run_facts = require("migrate.facts").of(opts.session)
+  self.taken = opts.taken             -- the run's list of backups taken (executor session)
   return self
 end
 
@@ -83,9 +93,7 @@ function M:exec(sql, ...)
   local lint = require "migrate.lint"
   lint.check(self, sql)
   self:record_sql(sql)
-  if self.mode == "dry-run" and not self.transactional then
-    return 0   -- shown, not executed: it cannot run inside the dry-run transaction
-  end
+  if engine.mode(self) ~= "apply" then return engine.exec(self, sql, ...) end
   local n = self:call("exec", sql, ...)
   lint.ran(self)
   self.stats.statements = self.stats.statements + 1
@@ -216,6 +224,8 @@ end
 -- {====== introspection ======
 
 function M:table_exists(tbl)
+  local st = engine.table_state(self, tbl)
+  if st then return st == "new" end
   local rows = self:call("query", [[
     SELECT 1 FROM pg_catalog.pg_class
      WHERE oid = pg_catalog.to_regclass($1) AND relkind IN ('r', 'p', 'f')]], self:ident(tbl))
@@ -223,6 +233,7 @@ function M:table_exists(tbl)
 end
 
 function M:column_exists(tbl, col)
+  if self.model then return require("migrate.guards.util").column(self, tbl, col) ~= nil end
   local rows = self:call("query", [[
     SELECT 1 FROM pg_catalog.pg_attribute
      WHERE attrelid = pg_catalog.to_regclass($1) AND attname = $2 AND attnum > 0 AND NOT attisdropped]],
@@ -231,6 +242,8 @@ function M:column_exists(tbl, col)
 end
 
 function M:index_exists(name)
+  local i = engine.index(self, type(name) == "table" and name[2] or name)
+  if i ~= nil then return i and true or false end
   local rows = self:call("query", [[
     SELECT 1 FROM pg_catalog.pg_class
      WHERE oid = pg_catalog.to_regclass($1) AND relkind IN ('i', 'I')]], self:ident(name))
@@ -251,15 +264,10 @@ function M:backup_before(tbl, cols, reason)
       self.mode == "revert" and "rollback" or "safe-run"))
     return nil
   end
-  local ok_backup, backup = pcall(require, "migrate.backup")
-  if not ok_backup or type(backup) ~= "table" or not backup.take then return nil end
   return backup.take(self, tbl, cols, reason)
 end
 
 -- Guard clauses (m:safe_*, m:guard_*, m:backfill) live in migrate.guards.
-local ok_guards, guards = pcall(require, "migrate.guards")
-if ok_guards and type(guards) == "table" then
-  for k, v in pairs(guards) do if M[k] == nil then M[k] = v end end
-end
+for k, v in pairs(require "migrate.guards") do if M[k] == nil then M[k] = v end end
 
 return M

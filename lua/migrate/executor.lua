@@ -10,6 +10,7 @@ local core = require "migrate.core"
 local errors = require "migrate.errors"
 local loader = require "migrate.loader"
 local history = require "migrate.history"
+local retry = require "migrate.retry"
 -- context (with the guard clauses) and the logger are loaded on first use:
 -- show and --version need neither, and start-up time is a feature
 
@@ -58,7 +59,7 @@ end
 -- opts.lock = false skips the lock (show, validate: they change nothing).
 function M.open(config, opts)
   opts = opts or {}
-  local s = setmetatable({ config = config, run_id = new_run_id() }, { __index = function(t, k)
+  local s = setmetatable({ config = config, run_id = new_run_id(), taken = {} }, { __index = function(t, k)
     if k == "logger" then   -- created on first use
       local logger = require("migrate.logger").new { log_file = config.log_file, quiet = config.quiet,
         verbose = config.verbose, run_id = t.run_id }
@@ -134,7 +135,7 @@ end
 
 -- The state of every migration: files + history.
 -- Returns an array of {version, name, state, applied_at, checksum, entry, row}.
-function M.status(conn, dir)
+function M.status(conn, dir, opts)
   local entries, problems, warnings = loader.scan(dir)
   for _, w in ipairs(warnings or {}) do io.stderr:write("warning: ", w.message, "\n") end
   -- one round trip for what exists: the history, and a readable log table
@@ -144,6 +145,11 @@ function M.status(conn, dir)
   local applied, order = history.applied(conn, have.history)
   local by_file, list = {}, {}
   local incomplete = M.incomplete(conn, applied, have.logs)
+  -- a transaction = false migration whose last lifecycle row is its start,
+  -- while another session holds the migration lock, is running, not failed
+  -- (opts.running: asked by callers that do not hold the lock themselves)
+  local holder
+  if opts and opts.running and next(incomplete) then holder = lock_holder(conn) end
   for _, e in ipairs(entries) do
     by_file[e.version] = e
     loader.checksum(e)
@@ -153,13 +159,14 @@ function M.status(conn, dir)
       state = row.checksum == e.checksum and "applied" or "changed"
       if incomplete[e.version] then state = "failed" end   -- its down stopped part-way
     elseif incomplete[e.version] then
-      state = "failed"
+      state = (holder and incomplete[e.version].status == "started") and "running" or "failed"
     else
       state = "pending"
     end
     list[#list + 1] = { version = e.version, name = e.name, state = state, entry = e, row = row,
       applied_at = row and row.applied_at, checksum = e.checksum,
-      applied_checksum = row and row.checksum, incomplete = incomplete[e.version] }
+      applied_checksum = row and row.checksum, incomplete = incomplete[e.version],
+      holder = state == "running" and string.format("pid %d", holder.pid) or nil }
   end
   for _, v in ipairs(order) do
     if not by_file[v] then
@@ -214,50 +221,23 @@ local function error_fields(e)
            rule = e.rule, rules = e.rules, kind = e.kind }
 end
 
--- Lock-timeout attempts: 500 -> 1000 -> 2000 -> ... capped at --lock-timeout,
--- one more attempt per --lock-retries. There is never an attempt without a timeout.
-function M.lock_attempts(config)
-  local cap = config.lock_timeout or 5000
-  local attempts, t = {}, 500
-  for _ = 0, (config.lock_retries or 3) do
-    attempts[#attempts + 1] = math.min(t, cap)
-    t = t * 2
-  end
-  return attempts
-end
+-- The retry policy (attempts, back-off, blocker watch) is migrate.retry's.
+M.lock_attempts = retry.attempts
+local name_blockers = retry.name_blockers
+local function watch(s, lock_ms) retry.watch(s.main, s.side, lock_ms) end
 
--- Renders err.blockers (read by the side connection while the statement
--- waited, see conn:set_watch) into the message, once.
-local function name_blockers(e)
-  if type(e.blockers) == "table" and #e.blockers > 0 and not e.blockers_named then
-    e.message = (e.message or "") .. "; blocked by " .. require("migrate.guards.util").describe_blockers(e.blockers)
-    e.blockers_named = true
-  end
-  return e
-end
+-- The run's backups (s.taken, the summary's list): a failed attempt's
+-- copies were rolled back with it, so they leave the list too.
+local function backups_mark(s) return #s.taken end
 
--- Watch the main connection from the side one, so a lock wait names its
--- blockers before the timeout fires: at timeout - min(1 s, timeout / 2).
-local function watch(s, lock_ms)
-  if s.side then s.main:set_watch(s.side, math.max(50, lock_ms - math.min(1000, lock_ms // 2))) end
-end
-
--- Backups listed by the backup service for the run's summary: a failed
--- attempt's copies were rolled back with it, so they leave the list too.
-local function backups_mark()
-  local b = package.loaded["migrate.backup"]
-  return b and b.taken and #b.taken or 0
-end
-
-local function backups_reset(mark)
-  local b = package.loaded["migrate.backup"]
-  if b and b.taken then for i = #b.taken, mark + 1, -1 do b.taken[i] = nil end end
+local function backups_reset(s, mark)
+  for i = #s.taken, mark + 1, -1 do s.taken[i] = nil end
 end
 
 -- Applies one migration in direction "up" or "down".
 -- Returns duration_ms, m, {attempts, lock_wait_ms}; raises on failure
 -- (the error carries stats = m.stats and lock_wait_ms).
-local function apply_one(s, entry, direction, mode, record)
+local function apply_one(s, entry, direction, mode, record, shared_tx)
   local conn, config = s.main, s.config
   local fn = entry.def[direction]
   local t0 = core.now_ms()
@@ -266,7 +246,7 @@ local function apply_one(s, entry, direction, mode, record)
   local function body()
     m = require("migrate.context").new { conn = conn, entry = entry, logger = s.logger, mode = mode, direction = direction,
                       config = config, record = record, backups = s.backups, validator = s.validator,
-                      watch_conn = s.side, session = s }
+                      watch_conn = s.side, session = s, taken = s.taken }
     fn(m)
   end
   local function finish()   -- the history row, in the same transaction when there is one
@@ -284,39 +264,37 @@ local function apply_one(s, entry, direction, mode, record)
     error(err, 0)
   end
 
-  if s.outer_tx then
-    -- --single-transaction / dry-run: the whole batch shares one transaction
+  if shared_tx then
+    -- --single-transaction: the whole batch shares one transaction
     watch(s, config.lock_timeout or 5000)
     local ok, err = pcall(function() set_timeouts(conn, config); body(); finish() end)
     if not ok then failed(err) end
   elseif entry.transactional then
     -- a lock timeout retries the whole transaction, never sleeping inside it
     local attempts = mode == "safe-run" and M.lock_attempts(config) or { config.lock_timeout or 5000 }
-    for i, lock_ms in ipairs(attempts) do
+    local ok, err = pcall(retry.loop, attempts, function(lock_ms, i)
       wait.attempts = i
       watch(s, lock_ms)
-      local mark = backups_mark()
+      local mark = backups_mark(s)
       local ok, err = pcall(conn.transaction, conn, function()
         body()
         finish()
       end, { prelude = timeouts_sql("LOCAL ", config, lock_ms) })   -- one round trip with BEGIN
-      if ok then break end
-      backups_reset(mark)
-      err = name_blockers(errors.wrap(err))
-      if err.sqlstate == "55P03" then wait.lock_wait_ms = wait.lock_wait_ms + lock_ms end
-      if err.sqlstate == "55P03" and i < #attempts and not core.interrupted() then
-        local pause = math.min(1000 * 2 ^ (i - 1), 30000) * (0.75 + math.random() * 0.5)
-        s.logger:event { migration = entry.version, status = "retry", level = "warn",
-          message = string.format("lock timeout after %d ms (attempt %d of %d); retrying in %d ms: %s",
-            lock_ms, i, #attempts, math.floor(pause), err.message or ""),
-          metadata = { lock_timeout_ms = lock_ms, attempt = i, blockers = err.blockers }, console_text = string.format(
-            "    lock timeout after %d ms, retrying in %.1f s (attempt %d/%d)", lock_ms, pause / 1000, i + 1, #attempts) }
-        core.sleep_ms(math.floor(pause))
-        wait.lock_wait_ms = wait.lock_wait_ms + pause
-      else
-        failed(err)
+      if not ok then
+        backups_reset(s, mark)
+        err = name_blockers(err)
+        if err.sqlstate == "55P03" then wait.lock_wait_ms = wait.lock_wait_ms + lock_ms end
       end
-    end
+      return ok, err
+    end, function(err, lock_ms, i, pause)
+      s.logger:event { migration = entry.version, status = "retry", level = "warn",
+        message = string.format("lock timeout after %d ms (attempt %d of %d); retrying in %d ms: %s",
+          lock_ms, i, #attempts, pause, err.message or ""),
+        metadata = { lock_timeout_ms = lock_ms, attempt = i, blockers = err.blockers }, console_text = string.format(
+          "    lock timeout after %d ms, retrying in %.1f s (attempt %d/%d)", lock_ms, pause / 1000, i + 1, #attempts) }
+      wait.lock_wait_ms = wait.lock_wait_ms + pause
+    end)
+    if not ok then failed(err) end
   else
     -- transaction = false: each statement commits on its own; guard clauses
     -- retry their own lock-taking steps
@@ -373,7 +351,7 @@ function M.migrate(s, pending, opts)
                      checksum = entry.checksum } }
       core.alarm(s.config.timeout or 0)
       local t0 = core.now_ms()
-      local ok, dur, m, wait = pcall(apply_one, s, entry, "up", mode)
+      local ok, dur, m, wait = pcall(apply_one, s, entry, "up", mode, nil, opts.single_transaction)
       core.alarm(0)
       if not ok then
         local e = errors.wrap(dur)
@@ -409,11 +387,9 @@ function M.migrate(s, pending, opts)
         errors.raise("usage", entry.path .. ": --single-transaction cannot include a transaction = false migration")
       end
     end
-    s.outer_tx = true
-    local mark = backups_mark()
+    local mark = backups_mark(s)
     ok, err = pcall(s.main.transaction, s.main, run_list, { rollback = opts.rollback })
-    s.outer_tx = nil
-    if not ok or opts.rollback then backups_reset(mark) end
+    if not ok or opts.rollback then backups_reset(s, mark) end
     if not ok or opts.rollback then result.applied_in_tx = result.applied end
     if not ok then
       -- their success rows stand in migration_logs: say they went with the batch

@@ -40,8 +40,8 @@ M.OPTION_DOCS = {
   { "--version", nil, "print the version (with --json: a JSON document) and exit" },
   -- command options
   { "--check", nil, "exit 5 when anything is pending (for CI and deploy gates)" },
-  { "--plan", nil, "execute no DDL at all: print each step's SQL, the lock it takes and the live "
-    .. "data checks" },
+  { "--plan", nil, "execute no DDL at all: print each step's SQL, the lock it takes, whether it rewrites, "
+    .. "the live data checks and whether it would be refused (then exit 3)" },
   { "--steps", "N", "run, safe-run, dry-run, validate: only the next N pending migrations; rollback: revert "
     .. "the N newest applied migrations (default 1; never all by default)" },
   { "--to", "VERSION", "run, safe-run, dry-run, validate: the pending migrations up to and including VERSION "
@@ -75,7 +75,8 @@ M.COMMAND_DOCS = {
   { "show", args = "[--check]", options = { "--check" },
     text = "Lists every migration with its state: applied, pending, changed (the file changed after it "
       .. "was applied), missing (applied, no file), failed (a transaction = false migration that stopped "
-      .. "part-way, with the steps that ran).",
+      .. "part-way, with the steps that ran), running (a transaction = false migration whose run still "
+      .. "holds the migration lock).",
     exits = "3 a migration file is broken; 5 pending (with --check)",
     example = "migrate-lua show --check" },
   { "validate", args = "[--to VERSION | --steps N]", options = { "--to", "--steps" },
@@ -86,10 +87,11 @@ M.COMMAND_DOCS = {
     example = "migrate-lua validate --json" },
   { "dry-run", args = "[--plan] [--to VERSION | --steps N]", options = { "--plan", "--to", "--steps" },
     text = "Validates, then runs every pending migration inside one transaction that is always rolled "
-      .. "back, under a short lock timeout, and prints the SQL it ran. A transaction = false migration "
-      .. "(CREATE INDEX CONCURRENTLY, m:backfill) cannot run inside it: its steps are shown, not executed. "
-      .. "Changes nothing.",
-    exits = "1 a migration failed; 3 validation failed",
+      .. "back, under a short lock timeout, and prints the SQL it ran. The steps of a transaction = false "
+      .. "migration run inside it where they can (a backfill of a table up to --small-table-rows); what "
+      .. "cannot (CONCURRENTLY, VACUUM, a bigger backfill) is shown and its effect modelled for the later "
+      .. "steps. Changes nothing.",
+    exits = "1 a migration failed; 3 validation failed or (with --plan) a step would be refused",
     example = "migrate-lua dry-run --plan" },
   { "safe-run", args = "[--to VERSION | --steps N] [--schema-file PATH]",
     options = { "--to", "--steps", "--schema-file" },

@@ -28,6 +28,9 @@ function M.static(status, problems)
         and string.format("the rollback of %s stopped part-way in an earlier run (transaction = false): it is still applied; run rollback again to finish undoing it", label(st))
         or string.format("%s stopped part-way in an earlier run (transaction = false); the next run resumes it", label(st)),
         { object = st.entry.path, rule = "incomplete" })
+    elseif st.state == "running" then
+      add("warning", st, string.format("%s is running now in another migrate-lua run (%s holds the migration lock); it is not pending",
+        label(st), st.holder or "a live session"), { object = st.entry and st.entry.path, rule = "running" })
     end
     if st.entry and (st.state == "pending" or st.state == "failed") then
       local ok, err = pcall(loader.load, st.entry)
@@ -52,7 +55,7 @@ end
 
 -- {====== live checks ======
 
-local cjson_ok, cjson = pcall(require, "cjson")
+local cjson = require "cjson"
 
 -- Every relation named by a parse tree (RangeVar), as "schema.name" or "name".
 local function rangevars(node, out)
@@ -76,7 +79,7 @@ function M.mentioned_tables(source)
   local function literal(str)
     if str:match("^[%a_][%w_]*$") or str:match("^[%a_][%w_]*%.[%a_][%w_]*$") then add(str); return end
     local tree = core.parse_sql(str)
-    if tree and cjson_ok then
+    if tree then
       for _, n in ipairs(rangevars(cjson.decode(tree), {})) do add(n) end
     end
   end

@@ -1,43 +1,30 @@
--- migrate-lua dry-run [--plan]
+-- migrate-lua dry-run [--plan]: the engine (engine.lua) in a rehearsal mode;
+-- this file only chooses the mode and renders the result.
 --
--- dry-run: validation first (exit 3 on error findings), then every pending
--- migration really executed inside ONE transaction that is always rolled
--- back, under the lock timeout, so real PostgreSQL errors surface and
--- nothing changes. transaction = false steps are shown, not executed.
--- Prints, per migration, the SQL it ran. Exit 0 / 3 / 1.
+-- dry-run: validation first (exit 3 on error findings), then mode
+-- "rehearse": every pending migration executed inside ONE transaction that
+-- is always rolled back, under the lock timeout, so real PostgreSQL errors
+-- surface and nothing changes; what cannot run in a transaction
+-- (CONCURRENTLY) is shown and its effect modelled. Prints, per migration,
+-- the SQL. Exit 0 / 3 (a refusal) / 1 (a PostgreSQL error).
 --
--- dry-run --plan: executes no DDL at all. Each migration runs in a
--- rolled-back transaction with m.mode = "plan" and m:exec only recording;
--- every recorded statement is classified (lock taken, table rewrite) from
--- its parse tree, and the guard clauses' live checks (their queries run:
--- they read, never write) are listed with the tables' sizes.
+-- dry-run --plan: mode "plan", no DDL at all. Each step is recorded and
+-- classified (lock taken and on what, table rewrite) from its parse tree,
+-- with the live numbers its guard clause checked; its effect is modelled so
+-- later steps see it. Exit 3 when any step would be refused.
 local executor = require "migrate.executor"
 local history = require "migrate.history"
 local loader = require "migrate.loader"
-local context = require "migrate.context"
+local engine = require "migrate.engine"
 local errors = require "migrate.errors"
 local json = require "migrate.json"
-local core = require "migrate.core"
 
 local M = {}
 
 local function label(e) return e.version .. "_" .. e.name end
 
--- Validation shared with safe-run: the validator's static findings and,
--- when the validator has them, its live checks. Returns the findings.
-function M.validate(s, status, pending, config, problems)
-  local validator = require "migrate.validator"
-  local findings = validator.static(status, problems or {})
-  if type(validator.live) == "function" then
-    local ok, extra = pcall(validator.live, s.main, status, pending, config)
-    if ok and type(extra) == "table" then
-      for _, f in ipairs(extra) do findings[#findings + 1] = f end
-    elseif not ok then
-      findings[#findings + 1] = { severity = "warning", message = "live validation could not run: " .. tostring(errors.wrap(extra)) }
-    end
-  end
-  return findings
-end
+-- The validation pass before a rehearsal, shared with safe-run: the engine's.
+M.validate = engine.check
 
 local function finding_doc(f)
   return { severity = f.severity, migration = f.migration or json.null, message = f.message,
@@ -47,6 +34,14 @@ end
 local function error_doc(e)
   return { message = tostring(e), kind = e.kind, sqlstate = e.sqlstate, detail = e.detail, hint = e.hint,
            sql = e.sql, where = e.where, file = e.file, rule = e.rule }
+end
+
+-- The guard clauses' warnings of one rehearsed migration, as findings.
+local function add_warnings(doc, r)
+  for _, f in ipairs(r.m.findings) do
+    doc.findings[#doc.findings + 1] = finding_doc { severity = f.severity or "warning", migration = r.entry.version,
+      rule = f.rule, object = f.object, message = label(r.entry) .. ": " .. f.message }
+  end
 end
 
 local function print_findings(findings, config)
@@ -166,30 +161,10 @@ local function capturing(logger, sink)
   }, { __index = logger })
 end
 
--- The connection a planned migration sees: reads and session settings go
--- to the server; every other statement (m:exec's and the guard clauses'
--- DDL, already recorded by them) is swallowed.
-local PASS = { SET = true, RESET = true, SAVEPOINT = true, RELEASE = true, ROLLBACK = true, SELECT = true, SHOW = true }
-local function plan_conn(conn)
-  return setmetatable({
-    exec = function(_, sql, ...)
-      local word = tostring(sql):match("^%s*(%a+)")
-      if word and PASS[word:upper()] then return conn:exec(sql, ...) end
-      return 0
-    end,
-    -- a step that wants its own transaction runs inside the plan's one
-    transaction = function(_, fn) return fn() end,
-  }, { __index = function(_, k)
-    local v = conn[k]
-    if type(v) == "function" then return function(_, ...) return v(conn, ...) end end
-    return v
-  end })
-end
-
--- Row count (exact below 64 MB, else the planner's estimate) and size.
-local facts_cache = {}
-local function table_facts(conn, name)
-  if facts_cache[name] ~= nil then return facts_cache[name] or nil end
+-- Row count (exact below 64 MB, else the planner's estimate) and size;
+-- cache is this plan's own table.
+local function table_facts(conn, name, cache)
+  if cache[name] ~= nil then return cache[name] or nil end
   local ok, rows = pcall(conn.query, conn, [[
     SELECT c.reltuples::bigint AS estimated_rows, pg_catalog.pg_total_relation_size(c.oid) AS size_bytes,
            pg_catalog.to_regclass($1)::text AS rel
@@ -199,13 +174,21 @@ local function table_facts(conn, name)
     local okc, c = pcall(conn.query, conn, "SELECT pg_catalog.count(*)::bigint AS n FROM " .. f.rel)
     if okc then f.estimated_rows, f.exact = c[1].n, true end
   end
-  facts_cache[name] = f or false
+  cache[name] = f or false
   return f
 end
 
+local function checked_doc(list)
+  local out = json.array()
+  for _, c in ipairs(list or {}) do out[#out + 1] = c end
+  return out
+end
+
+-- The engine in mode "plan": no DDL runs; every step is recorded with its
+-- lock, rewrite, the live numbers checked and whether it is refused.
 local function plan(config)
   local s = executor.open(config, { lock = true, log_table = false })
-  local doc = { ok = true, plan = true, findings = json.array(), migrations = json.array() }
+  local doc = { ok = true, plan = true, findings = json.array(), migrations = json.array(), steps = json.array() }
   local code = 0
   local ok, err = pcall(function()
     local conn = s.main
@@ -216,55 +199,68 @@ local function plan(config)
     for _, f in ipairs(findings) do doc.findings[#doc.findings + 1] = finding_doc(f) end
     print_findings(findings, config)
     if require("migrate.validator").has_errors(findings) then code = 3; return end
-    for _, entry in ipairs(pending) do
-      loader.load(entry)
-      local record, events = {}, {}
+    for _, entry in ipairs(pending) do loader.load(entry) end
+    local events, cache = {}, {}
+    local results, terr = engine.rehearse(s, pending, config, { mode = "plan", logger = capturing(s.logger, events) })
+    if terr then error(terr, 0) end
+    for _, r in ipairs(results) do
+      local entry = r.entry
       local mig = { version = entry.version, name = entry.name, transaction = entry.transactional,
                     steps = json.array(), checks = json.array() }
-      local okm, e = pcall(conn.transaction, conn, function()
-        conn:exec(string.format("SET LOCAL lock_timeout = %d", config.lock_timeout or 5000))
-        conn:exec(string.format("SET LOCAL statement_timeout = %d", config.statement_timeout or 0))
-        -- a read-only transaction: whatever a guard clause tries, nothing is written
-        conn:exec("SET TRANSACTION READ ONLY")
-        local m = context.new { conn = plan_conn(conn), entry = entry, logger = capturing(s.logger, events), mode = "plan",
-                                direction = "up", config = config, record = record }
-        entry.def.up(m)
-      end, { rollback = true })
-      for _, sql in ipairs(record) do
-        if sql:match("^%-%-") then
-          mig.steps[#mig.steps + 1] = { sql = sql, statement = "backup", lock = "SHARE (copy)", rewrite = "no", notes = json.array() }
-        else
-          for _, step in ipairs(M.classify(sql)) do
-            if step.table then
-              local f = table_facts(conn, step.table)
-              if f then step.rows, step.rows_exact, step.size_bytes = f.estimated_rows, f.exact or false, f.size_bytes end
-            end
-            step.notes = json.array(step.notes)
-            mig.steps[#mig.steps + 1] = step
-          end
+      for _, st in ipairs(r.steps) do
+        local step = { sql = st.sql, statement = st.statement, lock = st.lock, table = st.table, rewrite = st.rewrite,
+                       notes = json.array(st.notes or {}), checked = checked_doc(st.checked), refused = st.refused,
+                       rule = st.rule, concurrent = st.concurrent }
+        if st.sql:match("^%-%- backup") then step.statement, step.lock = "backup", "SHARE (copy)" end
+        if step.table then
+          local f = table_facts(conn, step.table, cache)
+          if f then step.rows, step.rows_exact, step.size_bytes = f.estimated_rows, f.exact or false, f.size_bytes end
+        end
+        mig.steps[#mig.steps + 1] = step
+        doc.steps[#doc.steps + 1] = { migration = entry.version, sql = st.sql, lock = st.lock, lock_target = st.table or json.null,
+          rewrites = st.rewrite ~= "no", checked = step.checked, refused = st.refused, rule = st.rule or json.null,
+          concurrent = st.concurrent }
+      end
+      for _, sql in ipairs(r.record) do
+        if sql:match("^%-%- backup") then
+          mig.steps[#mig.steps + 1] = { sql = sql, statement = "backup", lock = "SHARE (copy)", rewrite = "no", notes = json.array(),
+                                        checked = json.array(), refused = false }
+          doc.steps[#doc.steps + 1] = { migration = entry.version, sql = sql, lock = "SHARE (copy)", lock_target = json.null,
+                                        rewrites = false, checked = json.array(), refused = false }
         end
       end
       for _, ev in ipairs(events) do
-        if ev.status ~= "started" and ev.status ~= "success" then
+        if ev.migration == entry.version and ev.status ~= "started" and ev.status ~= "success" then
           mig.checks[#mig.checks + 1] = { status = ev.status, level = ev.level, message = ev.message, metadata = ev.metadata }
         end
       end
-      if not okm then
-        local we = errors.wrap(e)
+      add_warnings(doc, r)
+      if r.error then
+        local we = r.error
         mig.error = error_doc(we)
-        mig.note = "the plan stopped here: later steps may depend on what this one would have done"
+        code = 3
+        doc.findings[#doc.findings + 1] = finding_doc { severity = "error", migration = entry.version, message = tostring(we),
+          rule = we.rule or we.kind, object = we.object }
+        if not config.json then io.stderr:write("error: ", entry.version, ": ", tostring(we), "\n") end
       end
       doc.migrations[#doc.migrations + 1] = mig
       if not config.json then
         local out = { string.format("-- %s%s", label(entry), entry.transactional and "" or " (transaction = false)") }
         for i, st in ipairs(mig.steps) do
           out[#out + 1] = string.format("%d. %s", i, st.sql)
-          out[#out + 1] = string.format("   lock: %s%s  rewrite: %s%s", st.lock, st.table and (" on " .. st.table) or "", st.rewrite,
+          out[#out + 1] = string.format("   lock: %s%s%s  rewrite: %s%s", st.lock, st.table and (" on " .. st.table) or "",
+            st.concurrent and " (CONCURRENTLY: outside any transaction)" or "", st.rewrite,
             st.rows and string.format("  (%s%d rows, %s)", st.rows_exact and "" or "~", st.rows, require("migrate.backup").pretty_bytes(st.size_bytes)) or "")
+          for _, c in ipairs(st.checked) do
+            local parts = {}
+            for k, v in pairs(c) do if k ~= "check" then parts[#parts + 1] = k .. "=" .. tostring(v) end end
+            table.sort(parts)
+            out[#out + 1] = string.format("   checked %s: %s", c.check, table.concat(parts, " "))
+          end
           for _, n in ipairs(st.notes) do out[#out + 1] = "   note: " .. n end
+          if st.refused then out[#out + 1] = "   REFUSED" end
         end
         for _, c in ipairs(mig.checks) do out[#out + 1] = string.format("   check [%s]: %s", c.status, c.message) end
-        if mig.error then out[#out + 1] = "   stopped: " .. mig.error.message end
         io.stdout:write(table.concat(out, "\n"), "\n\n")
       end
     end
@@ -284,9 +280,7 @@ function M.run(config, args)
   local doc = { ok = true, findings = json.array(), migrations = json.array() }
   local code = 0
   local conn = s.main
-  local ok, err = pcall(conn.transaction, conn, function()
-    conn:exec(string.format("SET LOCAL lock_timeout = %d", config.lock_timeout or 5000))
-    history.ensure(conn)   -- inside the transaction: rolled back with the rest
+  local ok, err = pcall(function()
     local status, problems = executor.status(conn, config.dir)
     local okp, pending = pcall(executor.pending, status, config)
     local findings = M.validate(s, status, okp and pending or {}, config, problems)
@@ -295,41 +289,39 @@ function M.run(config, args)
     print_findings(findings, config)
     if require("migrate.validator").has_errors(findings) then code = 3; return end
     if #pending == 0 and not config.json then io.stderr:write("nothing to do: no pending migrations in ", config.dir, "\n") end
-    s.outer_tx = true
-    for _, entry in ipairs(pending) do
-      local record = {}
-      local mig = { version = entry.version, name = entry.name, transaction = entry.transactional, statements = json.array(record) }
+    for _, entry in ipairs(pending) do loader.load(entry) end
+    -- the engine in mode "rehearse", the one validate uses
+    local results, terr = engine.rehearse(s, pending, config, { mode = "dry-run", stop_on_error = true,
+      before = function(c) history.ensure(c) end })
+    if terr then error(terr, 0) end
+    for _, r in ipairs(results) do
+      local entry = r.entry
+      local mig = { version = entry.version, name = entry.name, transaction = entry.transactional,
+                    statements = json.array(r.record), duration_ms = r.duration_ms }
       doc.migrations[#doc.migrations + 1] = mig
       if not config.json then
-        io.stdout:write("-- ", label(entry), entry.transactional and "" or " (transaction = false: shown, not executed)", "\n")
+        io.stdout:write("-- ", label(entry), entry.transactional and "" or " (transaction = false: steps that cannot run in a transaction are shown, not executed)", "\n")
+        for _, sql in ipairs(r.record) do io.stdout:write(sql, sql:match(";%s*$") and "" or ";", "\n") end
       end
-      local t0 = core.now_ms()
-      local okm, e = pcall(executor.apply_one, s, entry, "up", "dry-run", record)
-      mig.duration_ms = core.now_ms() - t0
-      if not config.json then
-        for _, sql in ipairs(record) do io.stdout:write(sql, sql:match(";%s*$") and "" or ";", "\n") end
-      end
-      if not okm then
-        local we = errors.wrap(e)
-        we.migration = we.migration or label(entry)
-        we.file = we.file or entry.path
+      add_warnings(doc, r)
+      if r.error then
+        local we = r.error
         mig.ok, mig.error = false, error_doc(we)
         -- a refusal by the lint or a guard clause is a finding (nothing ran
         -- for real); a PostgreSQL error is a failed migration
-        local refusal = we.kind == "lint" or we.kind == "guard" or we.kind == "validation"
+        local refusal = we.kind == "lint" or we.kind == "guard" or we.kind == "validation" or we.kind == "usage"
         code = refusal and 3 or 1
         doc.findings[#doc.findings + 1] = { severity = "error", migration = entry.version, message = tostring(we),
                                             rule = we.rule, object = we.object }
         doc.failed, doc.error = entry.version, mig.error
         io.stderr:write("migrate-lua: dry-run of ", label(entry), " failed:\n  ",
           (tostring(we):gsub("\n", "\n  ")), "\n")
-        error(we, 0)   -- ends the transaction (rolled back)
+      else
+        mig.ok = true
+        if not config.json then io.stdout:write(string.format("-- ok (%.0f ms)\n\n", mig.duration_ms)) end
       end
-      mig.ok = true
-      if not config.json then io.stdout:write(string.format("-- ok (%.0f ms)\n\n", mig.duration_ms)) end
     end
-  end, { rollback = true })
-  s.outer_tx = nil
+  end)
   executor.close(s)
   if not ok and code == 0 then error(err, 0) end
   doc.ok = code == 0

@@ -28,7 +28,6 @@ function M.run(config, args)
   if config.to and not config.to:match("^%d%d%d%d%d%d%d%d%d%d%d%d%d%d$") then
     errors.raise("usage", "rollback --to expects a 14-digit migration version, got " .. config.to)
   end
-  backup.taken = {}
   local code, doc = apply.down(config, { mode = "rollback", steps = config.steps or 1, to = config.to, check_drift = true })
   local versions = {}
   for _, v in ipairs(doc.reverted) do versions[#versions + 1] = v end

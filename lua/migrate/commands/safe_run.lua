@@ -7,17 +7,17 @@ local apply = require "migrate.apply"
 local errors = require "migrate.errors"
 local backup = require "migrate.backup"
 local json = require "migrate.json"
-local checks = require "migrate.commands.dry_run"
+local engine = require "migrate.engine"
 
 local M = {}
 
 function M.run(config)
-  backup.taken = {}
-  local findings
+  local findings, taken = nil, {}
   local code, doc = apply.up(config, {
     mode = "safe-run", check_drift = true,
+    after = function(result) taken = result.taken or {} end,
     before = function(s, pending, status)
-      findings = checks.validate(s, status, pending, config)
+      findings = engine.check(s, status, pending, config)
       local msgs = {}
       for _, f in ipairs(findings) do
         if f.severity == "error" then msgs[#msgs + 1] = (f.migration and (f.migration .. ": ") or "") .. f.message end
@@ -33,7 +33,7 @@ function M.run(config)
   })
   -- backups taken inside a migration that failed were rolled back with it
   local kept = {}
-  for _, b in ipairs(backup.taken) do
+  for _, b in ipairs(taken) do
     if doc.failed == json.null or b.committed or (b.migration ~= doc.failed and not config.single_transaction) then kept[#kept + 1] = b end
   end
   doc.backups = json.array()

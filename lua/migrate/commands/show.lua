@@ -6,13 +6,13 @@ local M = {}
 
 function M.run(config)
   local s = executor.open(config, { lock = false })
-  local ok, list, problems = pcall(executor.status, s.main, config.dir)
+  local ok, list, problems = pcall(executor.status, s.main, config.dir, { running = true })
   executor.close(s)
   if not ok then error(list, 0) end
   local doc = { migrations = json.array() }
   local pending = 0
   for _, st in ipairs(list) do
-    if st.state == "pending" or st.state == "failed" then pending = pending + 1 end
+    if st.state == "pending" or st.state == "failed" or st.state == "running" then pending = pending + 1 end
     doc.migrations[#doc.migrations + 1] = {
       version = st.version, name = st.name, state = st.state,
       applied_at = st.applied_at or json.null, checksum = st.checksum,
@@ -21,6 +21,7 @@ function M.run(config)
       partial = st.incomplete and true or nil,
       direction = st.incomplete and st.incomplete.direction or nil,
       baseline = (st.row and st.row.baseline) or nil,
+      lock_holder = st.holder,   -- running: the live session holding the migration lock
     }
   end
   doc.problems = json.array()
@@ -29,8 +30,9 @@ function M.run(config)
     local out = {}
     if #list == 0 then out[#out + 1] = "no migrations in " .. config.dir end
     for _, st in ipairs(list) do
-      out[#out + 1] = string.format("%-8s %s_%s%s", st.state, st.version, st.name,
-        st.applied_at and ("  (applied " .. st.applied_at .. (st.row and st.row.baseline and ", baseline" or "") .. ")") or "")
+      out[#out + 1] = string.format("%-8s %s_%s%s%s", st.state, st.version, st.name,
+        st.applied_at and ("  (applied " .. st.applied_at .. (st.row and st.row.baseline and ", baseline" or "") .. ")") or "",
+        st.holder and ("  (" .. st.holder .. " holds the migration lock)") or "")
       if st.incomplete then
         out[#out + 1] = string.format("           partial: %s stopped part-way (transaction = false), %d step(s) done; %s",
           st.incomplete.direction == "down" and "its rollback" or "it", #st.incomplete.steps,

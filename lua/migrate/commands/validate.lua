@@ -1,44 +1,24 @@
 -- migrate-lua validate: static checks, a rehearsal of every pending migration
 -- and live checks; changes nothing. Exit 3 when any finding is an error.
 --
--- The rehearsal runs each pending migration's up(m) with m.mode = "validate"
--- inside ONE transaction that is always rolled back (a savepoint per
--- migration, so later migrations see the earlier ones' schema), under a
--- short lock_timeout. Guard clauses make all their live checks (counts,
--- orphans, dependants, rewrites) and the lint sees every SQL string the code
--- actually builds; refusals become findings. Steps that cannot run inside a
--- transaction (CONCURRENTLY, separate-transaction VALIDATE, backfill
--- batches) are recorded, not executed. No backup is taken. See docs/guards.md.
+-- The rehearsal is the engine's (engine.lua, mode "rehearse", the one
+-- dry-run uses): every pending migration's up(m) inside ONE transaction that
+-- is always rolled back, under a short lock_timeout. Guard clauses make all
+-- their live checks and the lint sees every SQL string the code builds;
+-- refusals become findings. Steps that cannot run inside a transaction
+-- (CONCURRENTLY, a backfill over --small-table-rows) are recorded and their
+-- effect modelled. No backup is taken. See docs/architecture.md.
 local executor = require "migrate.executor"
 local validator = require "migrate.validator"
-local context = require "migrate.context"
+local engine = require "migrate.engine"
 local loader = require "migrate.loader"
 local errors = require "migrate.errors"
-local lint = require "migrate.lint"
 local json = require "migrate.json"
 local core = require "migrate.core"
 
 local M = {}
 
 local function label(e) return e.version .. "_" .. e.name end
-
--- Statements that cannot run inside the rehearsal's transaction block.
-local function needs_no_tx(stmts)
-  for _, s in ipairs(stmts or {}) do
-    local b = s.stmt
-    if b.concurrent or s.node == "VacuumStmt" or s.node == "CreatedbStmt" or s.node == "DropdbStmt" then return true end
-    if s.node == "ReindexStmt" then
-      for _, p in ipairs(b.params or {}) do if p.DefElem and p.DefElem.defname == "concurrently" then return true end end
-    end
-    if s.node == "AlterTableStmt" then
-      for _, c in ipairs(b.cmds or {}) do
-        local d = c.AlterTableCmd.def
-        if d and d.PartitionCmd and d.PartitionCmd.concurrent then return true end
-      end
-    end
-  end
-  return false
-end
 
 local function relations(node, out)
   if type(node) ~= "table" then return out end
@@ -49,59 +29,36 @@ local function relations(node, out)
   return out
 end
 
--- Rehearses the pending entries; returns findings and the names of the
--- relations their recorded SQL touched ({name = version}).
+-- Rehearses the pending entries (engine mode "rehearse"); returns findings
+-- and the names of the relations their recorded SQL touched ({name = version}).
 function M.rehearse(s, pending, config)
-  local conn = s.main
   local findings, touched = {}, {}
   local lock_ms = math.min(config.lock_timeout or 5000, 1000)
   local function add(f) findings[#findings + 1] = f end
-  local ok, err = pcall(conn.transaction, conn, function()
-    conn:exec(string.format("SET LOCAL lock_timeout = %d", lock_ms))
-    conn:exec(string.format("SET LOCAL statement_timeout = %d", config.statement_timeout or 0))
-    for _, entry in ipairs(pending) do
-      local record = {}
-      local m = context.new { conn = conn, entry = entry, logger = nil, mode = "validate", direction = "up",
-                              config = config, record = record }
-      m.findings = {}
-      if not entry.transactional then
-        -- run what a transaction block allows; record the rest
-        m.exec = function(self, sql, ...)
-          if type(sql) ~= "string" then return context.exec(self, sql, ...) end
-          lint.check(self, sql)
-          if needs_no_tx(lint.parse(sql)) then self:record_sql(sql); return 0 end
-          self:record_sql(sql)
-          return self:call("exec", sql, ...)
-        end
+  local results, err = engine.rehearse(s, pending, config, { mode = "validate", lock_ms = lock_ms })
+  for _, r in ipairs(results) do
+    local entry, e = r.entry, r.error
+    if e then
+      local msg = tostring(e)
+      if e.sqlstate == "55P03" then
+        msg = string.format("%s: could not take a lock within %d ms while rehearsing: %s", label(entry), lock_ms, msg)
       end
-      conn:exec("SAVEPOINT migrate_lua_validate")
-      local okm, e = pcall(entry.def.up, m)
-      if okm then
-        conn:exec("RELEASE SAVEPOINT migrate_lua_validate")
-      else
-        conn:exec("ROLLBACK TO SAVEPOINT migrate_lua_validate")
-        e = errors.wrap(e)
-        local msg = tostring(e)
-        if e.sqlstate == "55P03" then
-          msg = string.format("%s: could not take a lock within %d ms while rehearsing: %s", label(entry), lock_ms, msg)
-        end
-        add { severity = "error", migration = entry.version, rule = e.rule or e.kind, object = e.object or e.file, message = msg,
-              where = e.where }
-      end
-      for _, f in ipairs(m.findings) do
-        add { severity = f.severity or "warning", migration = entry.version, rule = f.rule, object = f.object,
-              message = label(entry) .. ": " .. f.message }
-      end
-      for _, sql in ipairs(record) do
-        local tree = core.parse_sql(sql)
-        if tree then
-          for _, n in ipairs(relations(require("cjson").decode(tree), {})) do touched[n] = touched[n] or entry.version end
-        end
+      add { severity = "error", migration = entry.version, rule = e.rule or e.kind, object = e.object or e.file, message = msg,
+            where = e.where }
+    end
+    for _, f in ipairs(r.m.findings) do
+      add { severity = f.severity or "warning", migration = entry.version, rule = f.rule, object = f.object,
+            message = label(entry) .. ": " .. f.message }
+    end
+    for _, sql in ipairs(r.record) do
+      local tree = core.parse_sql(sql)
+      if tree then
+        for _, n in ipairs(relations(require("cjson").decode(tree), {})) do touched[n] = touched[n] or entry.version end
       end
     end
-  end, { rollback = true })
-  if not ok then
-    add { severity = "error", rule = "rehearsal", message = "the rehearsal of the pending migrations failed: " .. tostring(errors.wrap(err)) }
+  end
+  if err then
+    add { severity = "error", rule = "rehearsal", message = "the rehearsal of the pending migrations failed: " .. tostring(err) }
   end
   return findings, touched
 end
@@ -115,7 +72,7 @@ function M.run(config)
   local s = executor.open(config, { lock = false })
   local findings = {}
   local ok, err = pcall(function()
-    local status, problems = executor.status(s.main, config.dir)
+    local status, problems = executor.status(s.main, config.dir, { running = true })
     for _, f in ipairs(validator.static(status, problems)) do findings[#findings + 1] = f end
     local okp, pending = pcall(executor.pending, status, config)
     if not okp then

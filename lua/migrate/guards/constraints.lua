@@ -4,6 +4,7 @@
 -- false), or in the same one only for a new or small table (Decisions taken).
 local U = require "migrate.guards.util"
 local O = require "migrate.options"   -- strict option tables (issue 11)
+local engine = require "migrate.engine"
 
 local G = {}
 
@@ -68,7 +69,8 @@ function G.count_orphans(m, tbl, cols, ref_tbl, ref_cols)
   end
   local where = string.format("%s AND NOT EXISTS (SELECT 1 FROM %s p WHERE %s)",
     table.concat(notnull, " AND "), m:ident(ref_tbl), table.concat(conds, " AND "))
-  local n = U.count_where(m, tbl, where)
+  local n = engine.table_state(m, ref_tbl) == "new" and U.count_where(m, tbl, table.concat(notnull, " AND "))
+    or U.count_where(m, tbl, where)
   local sample, keyname, values = {}, nil, {}
   if n > 0 then
     sample, keyname = U.sample(m, tbl, where)
@@ -81,12 +83,17 @@ function G.count_orphans(m, tbl, cols, ref_tbl, ref_cols)
       values[#values + 1] = r.v
     end
   end
+  engine.checked(m, "orphans", { table = U.key(tbl), references = U.key(ref_tbl), rows = n })
   return n, sample, keyname, values
 end
 
 function G.count_nulls(m, tbl, col)
   local where = string.format("t.%s IS NULL", m:quote_name(col))
-  local n = U.count_where(m, tbl, where)
+  -- what earlier steps would have left (a backfill, a default), else a count
+  local n = engine.nulls(m, tbl, col)
+  if n == "rows" then n = U.count_where(m, tbl, "true") end
+  n = n or U.count_where(m, tbl, where)
+  engine.checked(m, "nulls", { table = U.key(tbl), column = col, rows = n })
   local sample, keyname = {}, nil
   if n > 0 then sample, keyname = U.sample(m, tbl, where) end
   return n, sample, keyname
@@ -96,12 +103,17 @@ end
 function G.count_duplicates(m, tbl, cols)
   cols = U.cols(cols)
   local list, notnull = U.col_list(m, cols), {}
+  if engine.modelled_data(m, tbl, list) then
+    engine.checked(m, "duplicates", { table = U.key(tbl), groups = 0, modelled = true })
+    return 0, {}, table.concat(cols, ",")
+  end
   for _, c in ipairs(cols) do notnull[#notnull + 1] = m:quote_name(c) .. " IS NOT NULL" end
   local rows = U.q(m, string.format([[SELECT count(*) OVER () AS groups, (ROW(%s))::text AS k, count(*) AS n
       FROM %s WHERE %s GROUP BY %s HAVING count(*) > 1 ORDER BY count(*) DESC LIMIT 5]],
     list, m:ident(tbl), table.concat(notnull, " AND "), list))
   local sample = {}
   for _, r in ipairs(rows) do sample[#sample + 1] = string.format("%s x%d", r.k, r.n) end
+  engine.checked(m, "duplicates", { table = U.key(tbl), groups = rows[1] and rows[1].groups or 0 })
   return rows[1] and rows[1].groups or 0, sample, table.concat(cols, ",")
 end
 
@@ -112,6 +124,7 @@ function G.count_violations(m, tbl, expr)
   local n = U.count_where(m, tbl, where)
   local sample, keyname = {}, nil
   if n > 0 then sample, keyname = U.sample(m, tbl, where) end
+  engine.checked(m, "violations", { table = U.key(tbl), check = expr, rows = n })
   return n, sample, keyname
 end
 
@@ -157,7 +170,7 @@ function G.safe_add_foreign_key(m, tbl, cols, ref_tbl, ref_cols, opts)
        AND (SELECT array_to_string(array_agg(a.attname::text ORDER BY a.attname::text COLLATE "C"), ',')
               FROM unnest(i.indkey::int2[]) k(n) JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n)
            = $2]], ref_oid, (function() local t = { table.unpack(ref_cols) } table.sort(t) return table.concat(t, ",") end)())
-  if #uniq == 0 then
+  if #uniq == 0 and not engine.unique_on(m, ref_tbl, ref_cols) then
     U.refuse(m, "ML18", obj, string.format("%s(%s) has no unique index: a foreign key needs one; add it first (m:safe_add_unique)", U.key(ref_tbl), table.concat(ref_cols, ", ")))
   end
   local n, sample, keyname, values = G.count_orphans(m, tbl, cols, ref_tbl, ref_cols)

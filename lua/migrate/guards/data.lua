@@ -4,6 +4,8 @@ local core = require "migrate.core"
 local errors = require "migrate.errors"
 local U = require "migrate.guards.util"
 local O = require "migrate.options"   -- strict option tables (issue 11)
+local engine = require "migrate.engine"
+local retry = require "migrate.retry"
 
 local G = {}
 
@@ -47,10 +49,16 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
   local sql_next = sql_first:gsub("WHERE true", string.format("WHERE %s > $1::text::%s", k,
     U.column(m, tbl, key).type), 1)
   if U.simulated(m) then
-    local n = U.q(m, string.format("SELECT count(*) AS n FROM %s WHERE true%s", m:ident(tbl), filter))[1].n
-    m:record_sql(sql_first)
-    U.info(m, string.format("backfill of %s would update %d rows in batches of %d", U.key(tbl), n, batch))
-    return n
+    -- a rehearsal runs it when it is small enough, else models its effect
+    local n = engine.modelled_data(m, tbl, filter) and 0
+      or U.q(m, string.format("SELECT count(*) AS n FROM %s WHERE true%s", m:ident(tbl), filter))[1].n
+    local assigned = {}
+    for _, t in ipairs(doc.stmts[1].stmt.UpdateStmt.targetList or {}) do assigned[#assigned + 1] = t.ResTarget.name end
+    if engine.backfill(m, tbl, assigned, n, sql_first) then
+      m:record_sql(sql_first)
+      U.info(m, string.format("backfill of %s would update %d rows in batches of %d", U.key(tbl), n, batch))
+      return n
+    end
   end
   local t0 = core.now_ms()
   -- the planner's estimate is enough for an ETA and costs no scan
@@ -80,7 +88,7 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
   -- waits (its SHARE UPDATE EXCLUSIVE lock lets reads and writes go on),
   -- rather than let autovacuum start later and sit in front of the next
   -- guard step's lock (bench/RESULTS.md, guards section). {vacuum = false} skips it.
-  if total > 0 and opts.vacuum ~= false then
+  if total > 0 and opts.vacuum ~= false and not U.simulated(m) then
     U.run(m, "VACUUM (ANALYZE) " .. m:ident(tbl), { concurrent = true })
   end
   return total
@@ -105,9 +113,10 @@ function G.backup(m, tbl, cols)
   local backup = require "migrate.backup"
   if m.transactional == false and not U.simulated(m) and m.mode ~= "plan" then
     -- transaction = false: a consistent copy in a short transaction of its own
-    local mark = #backup.taken
+    local taken = m.taken or {}   -- the run's list of backups (session)
+    local mark = #taken
     local id = G.with_lock_retries(m, function() return backup.take(m, tbl, cols, "explicit m:backup") end)
-    for i = mark + 1, #backup.taken do backup.taken[i].committed = true end
+    for i = mark + 1, #taken do taken[i].committed = true end
     return id
   end
   return backup.take(m, tbl, cols, "explicit m:backup")
@@ -156,27 +165,22 @@ function G.with_lock_retries(m, fn, opts)
   opts = opts or {}
   if type(fn) ~= "function" then U.usage(m, "with_lock_retries(fn [, opts]): fn must be a function") end
   if m.transactional or U.simulated(m) then return fn(m) end
-  local attempts = require("migrate.executor").lock_attempts(
-    setmetatable({ lock_retries = opts.attempts and (opts.attempts - 1) or nil }, { __index = m.config }))
+  local attempts = retry.attempts(m.config, opts.attempts and (opts.attempts - 1) or nil)
   local deadline = opts.budget_ms and (core.now_ms() + opts.budget_ms)
-  -- fn's own steps must not run their own retry loops inside this transaction
-  local was = m.transactional
-  for i, ms in ipairs(attempts) do
+  return retry.loop(attempts, function(ms)
     local result
-    m.transactional = true
+    -- inside this transaction m.transactional reads true (own_tx), so fn's
+    -- steps do not run retry loops of their own
+    m.own_tx = m.own_tx + 1
     local ok, err = pcall(m.conn.transaction, m.conn, function()
       m.conn:exec(string.format("SET LOCAL lock_timeout = %d", ms))
       result = fn(m)
     end)
-    m.transactional = was
-    if ok then return result end
-    local e = U.decorate(err)
-    local more = i < #attempts and not core.interrupted() and (not deadline or core.now_ms() < deadline)
-    if e.sqlstate ~= "55P03" or not more then error(e, 0) end
-    local pause = math.floor(math.min(1000 * 2 ^ (i - 1), 30000) * (0.75 + math.random() * 0.5))
+    m.own_tx = m.own_tx - 1
+    return ok, ok and result or err
+  end, function(_, ms, i, pause)
     U.warn(m, "ML35", nil, string.format("lock timeout after %d ms (attempt %d of %d); retrying in %d ms", ms, i, #attempts, pause))
-    core.sleep_ms(pause)
-  end
+  end, function() return not deadline or core.now_ms() < deadline end)
 end
 
 return G

@@ -56,6 +56,14 @@ function G.safe_add_index(m, tbl, cols, opts)
     drop_leftover(m, tbl, name)
     have = nil
   end
+  if have and have.modelled then
+    -- built by an earlier step this rehearsal modelled: compare what it knows
+    if have.uniq == (opts.unique and true or false) and have.cols == table.concat(cols, ",") and not have.pred == not opts.where then
+      U.info(m, "safe_add_index: " .. name .. " already exists with this definition (no-op)")
+      return false
+    end
+    U.refuse(m, "ML40", name, string.format("index %s already exists with a different definition; choose another name or drop it first with m:safe_drop_index", name))
+  end
   if have then
     -- identical means what PostgreSQL says: build the wanted index on an
     -- empty copy of the table and compare the definitions from USING on

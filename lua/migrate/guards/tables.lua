@@ -323,6 +323,7 @@ end
 -- PostgreSQL on an empty TEMP copy (U.type_change_probe).
 local function probe_change(m, tbl, col, typ, using)
   local ok, res = U.type_change_probe(m, tbl, col, typ, using)
+  if ok then require("migrate.engine").checked(m, "rewrite", { table = U.key(tbl), column = col, rewrites = res.rewrite }) end
   if not ok then
     U.refuse(m, "ML13", U.key(tbl) .. "." .. col, string.format("%s.%s cannot become %s: %s", U.key(tbl), col, typ, tostring(U.decorate(res).message)))
   end

@@ -5,6 +5,8 @@ local core = require "migrate.core"
 local errors = require "migrate.errors"
 local lint = require "migrate.lint"
 local cjson = require "cjson"
+local engine = require "migrate.engine"
+local retry = require "migrate.retry"
 
 local U = {}
 
@@ -94,100 +96,31 @@ function U.warn(m, rule, object, msg)
   if m.findings then m.findings[#m.findings + 1] = { severity = "warning", rule = rule, object = object, message = rule .. ": " .. msg } end
 end
 
--- Renders err.blockers (captured while the statement waited) for a message.
-function U.describe_blockers(list)
-  local out = {}
-  for _, b in ipairs(list or {}) do
-    out[#out + 1] = string.format("pid %s (user %s, application %q, %s, transaction open %ss, query: %s)",
-      tostring(b.pid), b.usename or "?", b.application_name or "", b.state or "?",
-      tostring(b.xact_age_s or "?"), (b.query or ""):gsub("%s+", " "))
-  end
-  return table.concat(out, "; ")
-end
-
-local function decorate(e)
-  e = errors.wrap(e)
-  if type(e.blockers) == "table" and #e.blockers > 0 and not e.blockers_named then
-    e.message = (e.message or "") .. "; blocked by " .. U.describe_blockers(e.blockers)
-    e.blockers_named = true
-  end
-  return e
-end
+-- Blocker rendering and the retry policy live in migrate.retry.
+U.describe_blockers = retry.describe
+local decorate = retry.name_blockers
 U.decorate = decorate
 
 -- }======
 
 -- {====== running steps ======
 
--- A dry-run or validate pass: statements that cannot run inside the
--- surrounding transaction are recorded, not executed.
+-- A rehearsal (validate, dry-run) or a plan: the engine decides per step
+-- what runs, what is recorded and what is modelled.
 function U.simulated(m)
-  return m.mode == "dry-run" or m.mode == "validate"
+  return engine.mode(m) ~= "apply"
 end
 
 -- Can this migration run a step in its own transaction (or outside one)?
 function U.outside_tx(m)
-  return m.transactional == false
+  return not engine.in_tx(m)
 end
 
-local function retry_pause(i)
-  return math.floor(math.min(1000 * 2 ^ (i - 1), 30000) * (0.75 + math.random() * 0.5))
-end
-
-local function set_lock_timeout(m, ms)
-  m.conn:exec(string.format("SET lock_timeout = %d", ms))
-end
-
--- Runs one step. opts.concurrent: a CONCURRENTLY statement (no transaction,
--- no short lock_timeout: it takes only SHARE UPDATE EXCLUSIVE); opts.query:
--- return rows. In a transaction = false migration a lock-taking step runs
--- under the lock policy (500 -> 1000 -> ... -> cap ms, back-off between
--- attempts); inside a transaction the executor retries the whole transaction.
+-- Runs one step through the engine (see engine.step for opts).
 function U.run(m, sql, opts, ...)
   opts = opts or {}
-  m:record_sql(sql)
-  if U.simulated(m) and (opts.concurrent or opts.own_tx) and not m.transactional then
-    return opts.query and {} or 0
-  end
-  local method = opts.query and "query" or "exec"
-  local res
-  if m.transactional or opts.no_lock or U.simulated(m) then
-    local ok, r = pcall(m.conn[method], m.conn, sql, ...)
-    if not ok then m:fail(decorate(r)) end
-    res = r
-  elseif opts.concurrent then
-    set_lock_timeout(m, 0)
-    local ok, r = pcall(m.conn[method], m.conn, sql, ...)
-    set_lock_timeout(m, m.config.lock_timeout or 5000)
-    if not ok then m:fail(decorate(r)) end
-    res = r
-  else
-    local attempts = require("migrate.executor").lock_attempts(m.config)
-    for i, ms in ipairs(attempts) do
-      set_lock_timeout(m, ms)
-      -- name the blockers before this attempt's timeout fires
-      if m.watch_conn then m.conn:set_watch(m.watch_conn, math.max(50, ms - math.min(1000, ms // 2))) end
-      local ok, r = pcall(m.conn[method], m.conn, sql, ...)
-      if ok then res = r; break end
-      local e = decorate(r)
-      if e.sqlstate == "55P03" and i < #attempts and not core.interrupted() then
-        local pause = retry_pause(i)
-        log_event(m, "warn", "ML35", nil, string.format("lock timeout after %d ms (attempt %d of %d) on: %s; retrying in %d ms%s",
-          ms, i, #attempts, sql:sub(1, 120), pause, e.blockers_named and (" (" .. e.message:match("blocked by .*") .. ")") or ""))
-        core.sleep_ms(pause)
-      else
-        set_lock_timeout(m, m.config.lock_timeout or 5000)
-        m:fail(e)
-      end
-    end
-    set_lock_timeout(m, m.config.lock_timeout or 5000)
-  end
-  if not opts.query then
-    m.stats.statements = m.stats.statements + 1
-    m.stats.rows = m.stats.rows + (res or 0)
-  end
-  m:journal("guard", sql)
-  return res
+  opts.on_retry = opts.on_retry or function(msg) log_event(m, "warn", "ML35", nil, msg) end
+  return engine.step(m, sql, opts, ...)
 end
 
 -- m:safe_add_column's inline constraints become separate guarded steps (ML06).
@@ -213,6 +146,8 @@ end
 -- {====== catalogue ======
 
 function U.oid(m, tbl)
+  local st = engine.table_state(m, tbl)
+  if st then return st == "new" and -1 or nil end   -- modelled: not in the catalogue
   return U.q(m, "SELECT pg_catalog.to_regclass($1)::oid AS oid", m:ident(tbl))[1].oid
 end
 
@@ -255,6 +190,13 @@ end
 
 -- Column facts: {attnum, type, notnull, default} or nil.
 function U.column(m, tbl, col)
+  if engine.table_state(m, tbl) then return engine.column(m, tbl, col) end
+  local f = m.model and m.model.columns[U.key(tbl)] and m.model.columns[U.key(tbl)][col]
+  if m.model and m.model.dropped.columns[U.key(tbl)] and m.model.dropped.columns[U.key(tbl)][col] then return nil end
+  return engine.column(m, tbl, col, U.catalog_column(m, tbl, f and f.renamed or col))
+end
+
+function U.catalog_column(m, tbl, col)
   return U.q(m, [[
     SELECT a.attnum, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AS notnull,
            pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS default, a.attidentity AS identity, a.attgenerated AS generated
@@ -272,6 +214,9 @@ end
 
 -- The primary key columns of tbl (array, maybe empty).
 function U.pk_cols(m, tbl)
+  local modelled = engine.pk(m, tbl)
+  if modelled then return { table.unpack(modelled) } end
+  if engine.table_state(m, tbl) then return {} end
   local rows = U.q(m, [[
     SELECT a.attname FROM pg_catalog.pg_constraint c
       CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
@@ -283,11 +228,16 @@ function U.pk_cols(m, tbl)
 end
 
 function U.constraint(m, tbl, name)
-  return U.q(m, [[
+  local c = engine.constraint(m, tbl, name)
+  if c ~= nil and not c.validated_only then return c or nil end
+  if engine.table_state(m, tbl) then return nil end
+  local real = U.q(m, [[
     SELECT c.oid, c.contype, c.convalidated, pg_catalog.pg_get_constraintdef(c.oid) AS def,
            c.confrelid::regclass::text AS ref, c.conindid::regclass::text AS index
       FROM pg_catalog.pg_constraint c
      WHERE c.conrelid = pg_catalog.to_regclass($1) AND c.conname = $2]], m:ident(tbl), name)[1]
+  if real and c and c.validated_only then real.convalidated = true end
+  return real
 end
 
 -- The schema of tbl (for names of objects that live next to it).
@@ -302,6 +252,8 @@ function U.qualified(m, tbl, name)
 end
 
 function U.index(m, tbl, name)
+  local i = engine.index(m, name)
+  if i ~= nil then return i or nil end
   return U.q(m, [[
     SELECT i.indisvalid AS valid, i.indisunique AS uniq, i.indrelid::regclass::text AS tbl,
            pg_catalog.pg_get_indexdef(i.indexrelid) AS def, am.amname,
@@ -323,7 +275,10 @@ end
 
 -- Rows of tbl, counted up to limit + 1 (a bounded scan, never the whole table).
 function U.rows_upto(m, tbl, limit)
-  return U.q(m, string.format("SELECT count(*) AS n FROM (SELECT 1 FROM %s LIMIT %d) s", m:ident(tbl), limit + 1))[1].n
+  if engine.table_state(m, tbl) == "new" then return 0 end
+  local n = U.q(m, string.format("SELECT count(*) AS n FROM (SELECT 1 FROM %s LIMIT %d) s", m:ident(tbl), limit + 1))[1].n
+  engine.checked(m, "rows", { table = U.key(tbl), rows = n, upto = limit + 1 })
+  return n
 end
 
 function U.is_empty(m, tbl)
@@ -341,6 +296,7 @@ end
 
 -- Keys to show in a refusal: the primary key (or ctid) of up to 5 rows.
 function U.sample(m, tbl, where_sql, ...)
+  if engine.modelled_data(m, tbl, where_sql) then return {}, "id" end
   local pk = U.pk_cols(m, tbl)
   local key = #pk > 0 and U.col_list(m, pk) or "ctid"
   local rows = U.q(m, string.format("SELECT (%s)::text AS k FROM %s t WHERE %s LIMIT 5",
@@ -351,6 +307,7 @@ function U.sample(m, tbl, where_sql, ...)
 end
 
 function U.count_where(m, tbl, where_sql, ...)
+  if engine.modelled_data(m, tbl, where_sql) then return 0 end
   return U.q(m, string.format("SELECT count(*) AS n FROM %s t WHERE %s", m:ident(tbl), where_sql), ...)[1].n
 end
 
@@ -371,7 +328,7 @@ function U.probe(m, tbl, fn, like)
   local in_tx = m.conn:tx_status() ~= "idle"
   if in_tx then m.conn:exec("SAVEPOINT migrate_lua_probe") end
   local ok, res = pcall(function()
-    m.conn:exec(string.format("CREATE TEMP TABLE %s (LIKE %s%s)", name, m:ident(tbl), like and (" " .. like) or ""))
+    m.conn:exec(U.probe_sql(m, tbl, name, like))
     return fn("pg_temp." .. name)
   end)
   if in_tx then
@@ -447,6 +404,27 @@ function U.type_change_probe(m, tbl, col, typ, using)
   return true, res
 end
 
+-- The probe's CREATE TEMP TABLE: LIKE the real table, plus what the model
+-- says earlier steps would have added (or the modelled table's columns).
+function U.probe_sql(m, tbl, name, like)
+  local md = m.model
+  local k = U.key(tbl)
+  local t = md and md.tables[k]
+  if t then
+    local defs = {}
+    for _, c in ipairs(t.order) do
+      if t.columns[c] then defs[#defs + 1] = m.conn:quote_ident(c) .. " " .. (t.columns[c].type or "text") end
+    end
+    return string.format("CREATE TEMP TABLE %s (%s)", name, table.concat(defs, ", "))
+  end
+  local sql = string.format("CREATE TEMP TABLE %s (LIKE %s%s)", name, m:ident(tbl), like and (" " .. like) or "")
+  for c, f in pairs(md and md.columns[k] or {}) do
+    if f.added then sql = sql .. string.format("; ALTER TABLE pg_temp.%s ADD COLUMN %s %s", name, m.conn:quote_ident(c), f.type or "text")
+    elseif f.patch and f.type then sql = sql .. string.format("; ALTER TABLE pg_temp.%s ALTER COLUMN %s TYPE %s", name, m.conn:quote_ident(c), f.type) end
+  end
+  return sql
+end
+
 -- Lints an SQL expression the caller gave as a default: a volatile function
 -- there rewrites the table (ML01).
 function U.volatile(m, expr)
@@ -466,8 +444,8 @@ function U.backed_up(m, tbl, cols, reason, step)
     if m.mode ~= "validate" then m:backup_before(tbl, cols, reason) end
     return step()
   end
-  local backup = require "migrate.backup"
-  local mark, n0 = #backup.taken, #m.steps
+  local taken = m.taken or {}   -- the run's list of backups (session)
+  local mark, n0 = #taken, #m.steps
   local ok, result = pcall(require("migrate.guards.data").with_lock_retries, m, function()
     for i = #m.steps, n0 + 1, -1 do m.steps[i] = nil end   -- a retried attempt starts over
     m:backup_before(tbl, cols, reason)
@@ -477,12 +455,12 @@ function U.backed_up(m, tbl, cols, reason, step)
   local done = table.move(m.steps, n0 + 1, #m.steps, 1, {})
   for i = #m.steps, n0 + 1, -1 do m.steps[i] = nil end
   if not ok then
-    for i = #backup.taken, mark + 1, -1 do backup.taken[i] = nil end
+    for i = #taken, mark + 1, -1 do taken[i] = nil end
     error(result, 0)
   end
   for _, sql in ipairs(done) do m:journal("guard", sql) end
   -- committed with the step: it outlives a later failure of the migration
-  for i = mark + 1, #backup.taken do backup.taken[i].committed = true end
+  for i = mark + 1, #taken do taken[i].committed = true end
   return result
 end
 

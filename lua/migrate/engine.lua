@@ -1,0 +1,586 @@
+-- The execution engine: one code path for every command, three modes.
+--
+--   apply     run, safe-run, rollback, revert: every step runs and commits
+--             (lock retries, backups on the safe paths)
+--   rehearse  validate, dry-run: every step that can run inside one
+--             transaction runs in it, and the transaction is rolled back;
+--             what cannot (CONCURRENTLY, a backfill over --small-table-rows)
+--             is recorded and its effect modelled
+--   plan      dry-run --plan: no DDL runs at all; each step is recorded with
+--             its lock, rewrite and the live numbers checked, its effect
+--             modelled; reads (the guard clauses' counts) run for real
+--
+-- Guard clauses and m:exec hand their statements to M.step / M.exec; the
+-- catalogue look-ups of guards/util.lua ask the model first, so a later
+-- step sees what earlier ones would have done in every mode. The model
+-- lives in the rehearsal's state (m.model), never in a module field.
+local core = require "migrate.core"
+local errors = require "migrate.errors"
+local retry = require "migrate.retry"
+local cjson = require "cjson"
+
+local M = {}
+
+M.MODES = {
+  apply = { commands = "run, safe-run, rollback, revert", ddl = true, rolled_back = false, retries = true },
+  rehearse = { commands = "validate, dry-run", ddl = true, rolled_back = true, retries = false },
+  plan = { commands = "dry-run --plan", ddl = false, rolled_back = true, retries = false },
+}
+
+local OF = { validate = "rehearse", ["dry-run"] = "rehearse", plan = "plan" }
+
+-- The engine mode of a migration context (its m.mode is the command's).
+function M.mode(m) return OF[m.mode] or "apply" end
+
+-- Is a step of m inside a transaction (transactional migration, or the
+-- transaction m:with_lock_retries opened)?
+function M.in_tx(m) return m.entry.transactional == true or (m.own_tx or 0) > 0 end
+
+-- {====== the model ======
+
+function M.new_model()
+  return { tables = {}, columns = {}, filled = {}, indexes = {}, constraints = {}, held = {},
+           dropped = { tables = {}, columns = {}, indexes = {}, constraints = {} } }
+end
+
+local function copy(t)
+  if type(t) ~= "table" then return t end
+  local o = {}
+  for k, v in pairs(t) do o[k] = copy(v) end
+  return o
+end
+M.copy_model = copy
+
+local function key(name)
+  if type(name) == "table" then return name[1] .. "." .. name[2] end
+  return name
+end
+
+local function sub(t, k)
+  t[k] = t[k] or {}
+  return t[k]
+end
+
+local function relkey(rel)
+  return rel and ((rel.schemaname and (rel.schemaname .. ".") or "") .. rel.relname)
+end
+
+local function strs(list)
+  local out = {}
+  for _, it in ipairs(list or {}) do
+    local s = it.String and it.String.sval
+    if s then out[#out + 1] = s end
+  end
+  return out
+end
+
+local TYPES = { int8 = "bigint", int4 = "integer", int2 = "smallint", bool = "boolean", float8 = "double precision",
+  float4 = "real", varchar = "character varying", bpchar = "character", timestamptz = "timestamp with time zone",
+  timestamp = "timestamp without time zone", numeric = "numeric", text = "text", jsonb = "jsonb", uuid = "uuid" }
+
+local function type_name(tn)
+  if not tn then return nil end
+  local names = strs(tn.names)
+  local base = names[#names] or "?"
+  local mods = {}
+  for _, t in ipairs(tn.typmods or {}) do
+    local c = t.A_Const
+    if c and c.ival then mods[#mods + 1] = string.format("%d", math.tointeger(c.ival.ival or 0) or 0) end
+  end
+  local s = TYPES[base] or base
+  if #mods > 0 then s = s .. "(" .. table.concat(mods, ",") .. ")" end
+  if tn.arrayBounds then s = s .. "[]" end
+  return s
+end
+
+-- A ColumnDef as model facts.
+local function column_facts(def)
+  local c = { type = type_name(def.typeName), notnull = def.is_not_null or false }
+  for _, k in ipairs(def.constraints or {}) do
+    local ct = k.Constraint and k.Constraint.contype
+    if ct == "CONSTR_NOTNULL" or ct == "CONSTR_PRIMARY" then c.notnull = true end
+    if ct == "CONSTR_DEFAULT" or ct == "CONSTR_IDENTITY" or ct == "CONSTR_GENERATED" then c.default = "(modelled)" end
+    if ct == "CONSTR_PRIMARY" then c.primary = true end
+  end
+  return c
+end
+
+-- Applies the effect of one parsed statement to the model.
+local function effect(model, node, st)
+  if node == "CreateStmt" then
+    local k = relkey(st.relation)
+    local t = { columns = {}, order = {}, pk = {} }
+    for _, el in ipairs(st.tableElts or {}) do
+      if el.ColumnDef then
+        local c = column_facts(el.ColumnDef)
+        t.columns[el.ColumnDef.colname] = c
+        t.order[#t.order + 1] = el.ColumnDef.colname
+        if c.primary then t.pk[#t.pk + 1] = el.ColumnDef.colname end
+      elseif el.Constraint and el.Constraint.contype == "CONSTR_PRIMARY" then
+        for _, n in ipairs(strs(el.Constraint.keys)) do
+          t.pk[#t.pk + 1] = n
+          if t.columns[n] then t.columns[n].notnull = true end
+        end
+      end
+    end
+    model.tables[k], model.dropped.tables[k] = t, nil
+  elseif node == "AlterTableStmt" then
+    local k = relkey(st.relation)
+    for _, c in ipairs(st.cmds or {}) do
+      local cmd = c.AlterTableCmd or {}
+      local stp, def = cmd.subtype, cmd.def or {}
+      local new = model.tables[k]
+      local function col(name)
+        if new then return new.columns[name] end
+        local cols = sub(model.columns, k)
+        cols[name] = cols[name] or { patch = true }
+        return cols[name]
+      end
+      if stp == "AT_AddColumn" and def.ColumnDef then
+        local f = column_facts(def.ColumnDef)
+        f.added = true
+        if new then
+          new.columns[def.ColumnDef.colname] = f
+          new.order[#new.order + 1] = def.ColumnDef.colname
+        else
+          sub(model.columns, k)[def.ColumnDef.colname] = f
+        end
+        if model.dropped.columns[k] then model.dropped.columns[k][def.ColumnDef.colname] = nil end
+      elseif stp == "AT_SetNotNull" then
+        local f = col(cmd.name)
+        if f then f.notnull = true end
+      elseif stp == "AT_DropNotNull" then
+        local f = col(cmd.name)
+        if f then f.notnull = false end
+      elseif stp == "AT_ColumnDefault" then
+        local f = col(cmd.name)
+        if f then f.default = cmd.def and "(modelled)" or nil end
+      elseif stp == "AT_AlterColumnType" and def.ColumnDef then
+        local f = col(cmd.name)
+        if f then f.type = type_name(def.ColumnDef.typeName) end
+      elseif stp == "AT_DropColumn" then
+        sub(model.dropped.columns, k)[cmd.name] = true
+        if new then new.columns[cmd.name] = nil elseif model.columns[k] then model.columns[k][cmd.name] = nil end
+      elseif stp == "AT_AddConstraint" and def.Constraint then
+        local kc = def.Constraint
+        local ct = ({ CONSTR_CHECK = "c", CONSTR_FOREIGN = "f", CONSTR_UNIQUE = "u", CONSTR_PRIMARY = "p", CONSTR_EXCLUSION = "x" })[kc.contype]
+        if kc.conname and ct then
+          sub(model.constraints, k)[kc.conname] = { contype = ct, convalidated = not kc.skip_validation, modelled = true,
+            def = "(modelled)", index = kc.indexname }
+          if model.dropped.constraints[k] then model.dropped.constraints[k][kc.conname] = nil end
+        end
+        if ct == "p" then
+          local cols = strs(kc.keys)
+          if new then new.pk = cols end
+          if #cols == 0 and kc.indexname and model.indexes[kc.indexname] then cols = model.indexes[kc.indexname].list end
+          for _, n in ipairs(cols) do local f = col(n); if f then f.notnull = true end end
+          if not new then sub(model, "pks")[k] = cols end
+        end
+      elseif stp == "AT_ValidateConstraint" then
+        local have = model.constraints[k] and model.constraints[k][cmd.name]
+        if have then have.convalidated = true else sub(model.constraints, k)[cmd.name] = { validated_only = true, convalidated = true } end
+      elseif stp == "AT_DropConstraint" then
+        sub(model.dropped.constraints, k)[cmd.name] = true
+        if model.constraints[k] then model.constraints[k][cmd.name] = nil end
+      end
+    end
+  elseif node == "IndexStmt" then
+    local cols = {}
+    for _, p in ipairs(st.indexParams or {}) do cols[#cols + 1] = p.IndexElem and p.IndexElem.name or "?" end
+    local name = st.idxname
+    if name then
+      local schema = st.relation and st.relation.schemaname
+      model.indexes[name] = { tbl = relkey(st.relation), cols = table.concat(cols, ","), list = cols, uniq = st.unique or false,
+        valid = true, modelled = true, pred = st.whereClause and "(modelled)" or nil, schema = schema }
+      model.dropped.indexes[name] = nil
+    end
+  elseif node == "DropStmt" then
+    for _, o in ipairs(st.objects or {}) do
+      local parts = strs(o.List and o.List.items)
+      local name = table.concat(parts, ".")
+      if st.removeType == "OBJECT_TABLE" then
+        model.dropped.tables[name], model.tables[name] = true, nil
+      elseif st.removeType == "OBJECT_INDEX" then
+        model.dropped.indexes[parts[#parts]], model.indexes[parts[#parts]] = true, nil
+      end
+    end
+  elseif node == "RenameStmt" then
+    local k = relkey(st.relation)
+    if st.renameType == "OBJECT_TABLE" and k then
+      model.dropped.tables[k] = true
+      local t = model.tables[k] or { columns = {}, order = {}, pk = {}, renamed_from = k }
+      model.tables[k] = nil
+      local schema = st.relation.schemaname
+      model.tables[schema and (schema .. "." .. st.newname) or st.newname] = t
+    elseif st.renameType == "OBJECT_COLUMN" and k then
+      sub(model.dropped.columns, k)[st.subname] = true
+      local f = (model.tables[k] and model.tables[k].columns[st.subname]) or { renamed = st.subname }
+      if model.tables[k] then model.tables[k].columns[st.newname] = f else sub(model.columns, k)[st.newname] = f end
+      if model.dropped.columns[k] then model.dropped.columns[k][st.newname] = nil end
+    end
+  end
+end
+
+-- Statements that cannot run inside a transaction block.
+local function needs_no_tx(node, b)
+  if b.concurrent or node == "VacuumStmt" or node == "CreatedbStmt" or node == "DropdbStmt" then return true end
+  if node == "ReindexStmt" then
+    for _, p in ipairs(b.params or {}) do if p.DefElem and p.DefElem.defname == "concurrently" then return true end end
+  end
+  if node == "AlterTableStmt" then
+    for _, c in ipairs(b.cmds or {}) do
+      local d = c.AlterTableCmd.def
+      if d and d.PartitionCmd and d.PartitionCmd.concurrent then return true end
+    end
+  end
+  return false
+end
+
+local READS = { SelectStmt = true, VariableSetStmt = true, VariableShowStmt = true, ExplainStmt = true,
+                InsertStmt = true, UpdateStmt = true, DeleteStmt = true, MergeStmt = true }
+
+-- The table a parsed statement works on (for "held" tables).
+local function target(node, st)
+  if st.relation then return relkey(st.relation) end
+  if node == "DropStmt" and st.objects and st.objects[1] then return table.concat(strs(st.objects[1].List and st.objects[1].List.items), ".") end
+  return nil
+end
+
+-- }======
+
+-- {====== facts: what the model says before the catalogue is asked ======
+
+-- "new" (created by a modelled step) | "dropped" | nil (ask the catalogue)
+function M.table_state(m, tbl)
+  local md = m.model
+  if not md then return nil end
+  local k = key(tbl)
+  if md.tables[k] then return "new" end
+  if md.dropped.tables[k] then return "dropped" end
+  return nil
+end
+
+-- Column facts the model knows: table (facts) | false (dropped) | nil.
+-- A patch (SET NOT NULL of an existing column) is merged into `real`.
+function M.column(m, tbl, col, real)
+  local md = m.model
+  if not md then return real end
+  local k = key(tbl)
+  if md.tables[k] then return md.tables[k].columns[col] or nil end
+  if md.dropped.columns[k] and md.dropped.columns[k][col] then return nil end
+  local f = md.columns[k] and md.columns[k][col]
+  if not f then return real end
+  if f.renamed or f.patch then
+    local base = real   -- util fetched it under the old name for a rename
+    if not base then return nil end
+    local out = copy(base)
+    for kk, v in pairs(f) do if kk ~= "patch" and kk ~= "renamed" then out[kk] = v end end
+    return out
+  end
+  return f
+end
+
+function M.pk(m, tbl)
+  local md = m.model
+  if not md then return nil end
+  local k = key(tbl)
+  if md.tables[k] then return md.tables[k].pk end
+  return md.pks and md.pks[k]
+end
+
+-- Constraint facts: table | false (dropped) | nil (ask the catalogue).
+function M.constraint(m, tbl, name)
+  local md = m.model
+  if not md then return nil end
+  local k = key(tbl)
+  if md.dropped.constraints[k] and md.dropped.constraints[k][name] then return false end
+  local c = md.constraints[k] and md.constraints[k][name]
+  return c
+end
+
+-- Index facts: table | false (dropped) | nil.
+function M.index(m, name)
+  local md = m.model
+  if not md then return nil end
+  if md.dropped.indexes[name] then return false end
+  return md.indexes[name]
+end
+
+-- NULLs the model knows of: 0 after a modelled backfill of the column or
+-- for a column added with a default / NOT NULL; nil = count them.
+function M.nulls(m, tbl, col)
+  local md = m.model
+  if not md then return nil end
+  local k = key(tbl)
+  if md.filled[k] and md.filled[k][col] then return 0 end
+  local f = M.column(m, tbl, col)
+  if M.table_state(m, tbl) == "new" then return 0 end
+  if f and f.added then return (f.default or f.notnull) and 0 or "rows" end   -- "rows": every row is NULL
+  return nil
+end
+
+-- Does the model know a unique key of tbl on exactly cols (a modelled
+-- primary key, unique index or constraint)?
+function M.unique_on(m, tbl, cols)
+  local md = m.model
+  if not md then return false end
+  local want = { table.unpack(cols) }
+  table.sort(want)
+  want = table.concat(want, ",")
+  local function same(list)
+    local l = { table.unpack(list or {}) }
+    table.sort(l)
+    return #l > 0 and table.concat(l, ",") == want
+  end
+  if same(M.pk(m, tbl)) then return true end
+  for _, i in pairs(md.indexes) do
+    if i.uniq and not i.pred and i.tbl == key(tbl) and same(i.list) then return true end
+  end
+  return false
+end
+
+-- Does a data query on tbl depend on what only the model knows (a new
+-- table, a modelled column)? Then its count is the model's: 0.
+function M.modelled_data(m, tbl, sql)
+  local md = m.model
+  if not md then return false end
+  local k = key(tbl)
+  if md.tables[k] then return true end
+  for col, f in pairs(md.columns[k] or {}) do
+    if (f.added or f.renamed) and sql and sql:find(col, 1, true) then return true end
+  end
+  return false
+end
+
+-- }======
+
+-- {====== steps ======
+
+local function parse(sql)
+  local tree = core.parse_sql(sql)
+  local doc = tree and cjson.decode(tree)
+  local out = {}
+  for _, s in ipairs(doc and doc.stmts or {}) do
+    local node, body = next(s.stmt)
+    out[#out + 1] = { node = node, stmt = body }
+  end
+  return out
+end
+
+-- The live numbers a guard clause checked, reported with its next step.
+function M.checked(m, what, fields)
+  if M.mode(m) ~= "plan" then return end
+  m.checks = m.checks or {}
+  fields.check = what
+  m.checks[#m.checks + 1] = fields
+end
+
+local function plan_step(m, sql, refused, over)
+  if not m.plan then return end
+  local cls = require("migrate.commands.dry_run").classify(sql)[1] or { lock = "none", rewrite = "no" }
+  for k, v in pairs(over or {}) do cls[k] = v end
+  local rows = m.checks or {}
+  m.checks = nil
+  for _, c in ipairs(rows) do   -- the guard asked PostgreSQL (probe): that beats the parse tree's "maybe"
+    if c.check == "rewrite" then cls.rewrite = c.rewrites and "yes" or "no" end
+  end
+  m.plan[#m.plan + 1] = { sql = sql, lock = cls.lock, table = cls.table, rewrite = cls.rewrite, notes = cls.notes,
+    statement = cls.statement, checked = rows, refused = refused or false, concurrent = sql:find("CONCURRENTLY", 1, true) ~= nil }
+end
+M.plan_step = plan_step
+
+-- Models sql instead of running it: its effect, and the tables it touches
+-- are held (later steps on them are modelled too, in rehearse).
+local function model_sql(m, sql, stmts)
+  for _, s in ipairs(stmts or parse(sql)) do
+    effect(m.model, s.node, s.stmt)
+    local t = target(s.node, s.stmt)
+    if t then m.model.held[t] = true end
+  end
+end
+
+-- Should rehearse model sql rather than run it?
+local function rehearse_models(m, stmts, opts)
+  if not M.in_tx(m) then
+    if opts.concurrent then return true end
+    for _, s in ipairs(stmts) do if needs_no_tx(s.node, s.stmt) then return true end end
+  end
+  for _, s in ipairs(stmts) do
+    local t = target(s.node, s.stmt)
+    if t and m.model.held[t] then return true end
+  end
+  return false
+end
+
+local function set_lock_timeout(m, ms)
+  m.conn:exec(string.format("SET lock_timeout = %d", ms))
+end
+
+-- Runs (or records and models) one guard-clause step. opts.concurrent: a
+-- CONCURRENTLY statement (no short lock_timeout: it takes only SHARE UPDATE
+-- EXCLUSIVE); opts.own_tx: its own transaction when outside one; opts.query:
+-- return rows; opts.on_retry(message): reports a lock-timeout retry. In apply, a lock-taking step of a transaction = false
+-- migration runs under the retry policy; inside a transaction the executor
+-- retries the whole transaction.
+function M.step(m, sql, opts, ...)
+  opts = opts or {}
+  m:record_sql(sql)
+  local mode = M.mode(m)
+  local method = opts.query and "query" or "exec"
+  local res
+  if mode == "plan" then
+    plan_step(m, sql)
+    model_sql(m, sql)
+    return opts.query and {} or 0
+  elseif mode == "rehearse" then
+    local stmts = parse(sql)
+    if rehearse_models(m, stmts, opts) then
+      model_sql(m, sql, stmts)
+      return opts.query and {} or 0
+    end
+    -- once, inside the rehearsal transaction (a retry would find it aborted)
+    local ok, r = pcall(m.conn[method], m.conn, sql, ...)
+    if not ok then m:fail(retry.name_blockers(r)) end
+    res = r
+  elseif M.in_tx(m) or opts.no_lock then
+    local ok, r = pcall(m.conn[method], m.conn, sql, ...)
+    if not ok then m:fail(retry.name_blockers(r)) end
+    res = r
+  elseif opts.concurrent then
+    set_lock_timeout(m, 0)
+    local ok, r = pcall(m.conn[method], m.conn, sql, ...)
+    set_lock_timeout(m, m.config.lock_timeout or 5000)
+    if not ok then m:fail(retry.name_blockers(r)) end
+    res = r
+  else
+    local args = table.pack(...)
+    local attempts = retry.attempts(m.config)
+    local ok, r = pcall(retry.loop, attempts, function(ms)
+      set_lock_timeout(m, ms)
+      retry.watch(m.conn, m.watch_conn, ms)   -- name the blockers before this attempt's timeout fires
+      return pcall(m.conn[method], m.conn, sql, table.unpack(args, 1, args.n))
+    end, function(e, ms, i, pause)
+      if opts.on_retry then
+        opts.on_retry(string.format("lock timeout after %d ms (attempt %d of %d) on: %s; retrying in %d ms%s",
+          ms, i, #attempts, sql:sub(1, 120), pause, e.blockers_named and (" (" .. e.message:match("blocked by .*") .. ")") or ""))
+      end
+    end)
+    set_lock_timeout(m, m.config.lock_timeout or 5000)
+    if not ok then m:fail(r) end
+    res = r
+  end
+  if not opts.query then
+    m.stats.statements = m.stats.statements + 1
+    m.stats.rows = m.stats.rows + (res or 0)
+  end
+  m:journal("guard", sql)
+  return res
+end
+
+-- m:exec outside apply: rehearse runs what a transaction allows and models
+-- the rest; plan runs reads and data changes (inside its rolled-back
+-- transaction) and records and models every DDL statement.
+function M.exec(m, sql, ...)
+  local stmts = parse(sql)
+  if M.mode(m) == "plan" then
+    local ddl = false
+    for _, s in ipairs(stmts) do if not READS[s.node] then ddl = true end end
+    if ddl then
+      plan_step(m, sql)
+      model_sql(m, sql, stmts)
+      return 0
+    end
+    plan_step(m, sql)
+  elseif rehearse_models(m, stmts, {}) then
+    model_sql(m, sql, stmts)
+    return 0
+  end
+  return m:call("exec", sql, ...)
+end
+
+-- A backfill outside apply. Rehearse runs it when the rows it selects fit
+-- --small-table-rows (returns nil: go on, really); otherwise, and always in
+-- plan, its effect is modelled: the assigned columns hold no NULLs.
+function M.backfill(m, tbl, cols, n, sql)
+  local mode = M.mode(m)
+  if mode == "rehearse" and n <= (m.config.small_table_rows or 10000) and not m.model.held[key(tbl)] then return nil end
+  M.checked(m, "rows to update", { table = key(tbl), rows = n })
+  if mode == "plan" then
+    plan_step(m, sql, false, { lock = "ROW EXCLUSIVE", table = key(tbl), statement = "UpdateStmt",
+      notes = { "in key batches, one short transaction each: row locks on one batch at a time" } })
+  end
+  local f = sub(m.model.filled, key(tbl))
+  for _, c in ipairs(cols) do f[c] = true end
+  m.model.held[key(tbl)] = true
+  return n
+end
+
+-- }======
+
+-- {====== the rehearsal: validate, dry-run, dry-run --plan ======
+
+-- The validation pass that runs before anything (dry-run, --plan and
+-- safe-run): the validator's static findings and its live checks on the
+-- tables the pending migrations mention. Returns the findings.
+function M.check(s, status, pending, config, problems)
+  local validator = require "migrate.validator"
+  local findings = validator.static(status, problems or {})
+  local ok, extra = pcall(validator.live, s.main, status, pending, config)
+  if ok then
+    for _, f in ipairs(extra) do findings[#findings + 1] = f end
+  else
+    findings[#findings + 1] = { severity = "warning", message = "live validation could not run: " .. tostring(errors.wrap(extra)) }
+  end
+  return findings
+end
+
+-- Rehearses pending migrations in ONE transaction that is always rolled
+-- back, a savepoint per migration (later migrations see the earlier ones'
+-- effects, real or modelled). opts: mode ("validate" | "dry-run" | "plan"),
+-- lock_ms, logger, before(conn) (inside the transaction), stop_on_error.
+-- Returns an array of {entry, m, record, steps, error, duration_ms} and the
+-- error of the transaction itself, if any.
+function M.rehearse(s, pending, config, opts)
+  local conn = s.main
+  local context = require "migrate.context"
+  local model = M.new_model()
+  local results = {}
+  local lock_ms = opts.lock_ms or config.lock_timeout or 5000
+  local ok, err = pcall(conn.transaction, conn, function()
+    conn:exec(string.format("SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = %d", lock_ms, config.statement_timeout or 0))
+    if opts.before then opts.before(conn) end
+    for _, entry in ipairs(pending) do
+      local r = { entry = entry, record = {}, steps = {} }
+      local m = context.new { conn = conn, entry = entry, logger = opts.logger, mode = opts.mode, direction = "up",
+                              config = config, record = r.record, model = model, watch_conn = s.side }
+      m.findings, r.m = {}, m
+      if opts.mode == "plan" then m.plan = r.steps end
+      local saved = copy(model)
+      conn:exec("SAVEPOINT migrate_lua_rehearsal")
+      local t0 = core.now_ms()
+      local okm, e = pcall(core.call_user, function() entry.def.up(m) end)
+      r.duration_ms = core.now_ms() - t0
+      if okm then
+        conn:exec("RELEASE SAVEPOINT migrate_lua_rehearsal")
+      else
+        conn:exec("ROLLBACK TO SAVEPOINT migrate_lua_rehearsal")
+        for k in pairs(model) do model[k] = saved[k] end
+        r.error = errors.wrap(e)
+        r.error.migration = r.error.migration or (entry.version .. "_" .. entry.name)
+        r.error.file = r.error.file or entry.path
+        if m.plan then
+          m.plan[#m.plan + 1] = { sql = "-- refused: " .. tostring(r.error), lock = "none", rewrite = "no", notes = {},
+            checked = m.checks or {}, refused = true, rule = r.error.rule }
+        end
+      end
+      results[#results + 1] = r
+      if not okm and core.interrupted() then error(r.error, 0) end   -- Ctrl-C ends the rehearsal, not one migration
+      if not okm and opts.stop_on_error then break end
+    end
+  end, { rollback = true })
+  return results, (not ok) and errors.wrap(err) or nil
+end
+
+-- }======
+
+return M
