@@ -608,6 +608,9 @@ conn_quote_ident(lua_State *L)
 	Conn *c = check_conn(L, 1);
 	size_t len;
 	const char *s = luaL_checklstring(L, 2, &len);
+	/* libpq stops at a NUL: "victim\0_old" would quote as "victim" */
+	if (memchr(s, '\0', len) != NULL)
+		return luaL_error(L, "identifier holds a NUL byte (\"%s\\0…\"): refused, PostgreSQL would see a shorter name", s);
 	char *q = PQescapeIdentifier(c->pg, s, len);
 	if (q == NULL)
 		return luaL_error(L, "cannot quote identifier: %s", PQerrorMessage(c->pg));
@@ -622,6 +625,8 @@ conn_quote_literal(lua_State *L)
 	Conn *c = check_conn(L, 1);
 	size_t len;
 	const char *s = luaL_checklstring(L, 2, &len);
+	if (memchr(s, '\0', len) != NULL)   /* libpq would cut the value at the NUL */
+		return luaL_error(L, "literal holds a NUL byte: refused, PostgreSQL text cannot hold one");
 	char *q = PQescapeLiteral(c->pg, s, len);
 	if (q == NULL)
 		return luaL_error(L, "cannot quote literal: %s", PQerrorMessage(c->pg));

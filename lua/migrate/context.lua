@@ -26,7 +26,17 @@ function M.new(opts)
   self.validator = opts.validator
   self.watch_conn = opts.watch_conn   -- the side connection that reads pg_blocking_pids
   self.backups = opts.backups
+  self.runstate, self.lock_key = opts.runstate, opts.lock_key   -- the run's lock (runstate.lua)
   return self
+end
+
+-- Before a step of a transaction = false migration commits on its own: the
+-- run still holds the migration lock (else a second run could be inside).
+function M:check_lock()
+  if self.transactional or not self.runstate or self.mode == "dry-run" then return end
+  local ok, e = pcall(require("migrate.runstate").check_lock, self.conn, self.runstate, self.lock_key,
+    "the next step of " .. self.entry.version .. "_" .. self.entry.name)
+  if not ok then self:fail(e) end
 end
 
 -- The line of the migration file that is running now (for messages).
@@ -84,6 +94,7 @@ function M:exec(sql, ...)
   if self.mode == "dry-run" and not self.transactional then
     return 0   -- shown, not executed: it cannot run inside the dry-run transaction
   end
+  self:check_lock()
   local n = self:call("exec", sql, ...)
   self.stats.statements = self.stats.statements + 1
   self.stats.rows = self.stats.rows + n
@@ -96,6 +107,10 @@ function M:query(sql, ...)
   if type(sql) ~= "string" then
     self:fail(errors.new("usage", "m:query expects an SQL string, got " .. type(sql)))
   end
+  local lint = require "migrate.lint"
+  -- a COMMIT here would end the migration's transaction (dry-run included)
+  local stmts = lint.parse(sql)   -- SQL that does not parse fails in the server, as before
+  for _, st in ipairs(stmts or {}) do lint.no_transaction_control(self, st, "m:query") end
   return self:call("query", sql, ...)
 end
 
@@ -132,6 +147,12 @@ end
 -- PostgreSQL cuts identifiers to 63 bytes with a NOTICE nobody sees; two
 -- long names would then silently be one. Refuse them instead.
 local function check_name_length(m, part)
+  if type(part) == "string" and part:find("\0", 1, true) then
+    -- libpq and the server stop at a NUL: "victim\0_old" would name victim
+    m:fail(errors.new("usage", string.format(
+      "identifier %q holds a NUL byte: PostgreSQL would read it as %q; refused", part, part:match("^[^%z]*")),
+      { object = part:match("^[^%z]*") }))
+  end
   if type(part) == "string" and #part > 63 then
     local cut = part:sub(1, 63)
     while #cut > 0 and not utf8.len(cut) do cut = cut:sub(1, -2) end   -- on a character boundary, as PostgreSQL does

@@ -88,6 +88,7 @@ function M.open(config, opts)
     s.locked = true
     if opts.log_table ~= false then s.logger:attach_table(s.side) end
   end
+  require("migrate.runstate").start(s)   -- row_security off, the session snapshot, the lock's pid
   return s
 end
 
@@ -192,9 +193,14 @@ function M.pending(status, config)
 end
 
 -- One round trip for both settings; LOCAL ones end with the transaction.
+-- Without --statement-timeout the server's own setting stays (a DBA's
+-- ALTER ROLE … SET statement_timeout is a safety net, not a default to undo).
 local function timeouts_sql(scope, config, lock_ms)
-  return string.format("SET %slock_timeout = %d; SET %sstatement_timeout = %d", scope,
-    lock_ms or config.lock_timeout or 5000, scope, config.statement_timeout or 0)
+  local sql = string.format("SET %slock_timeout = %d", scope, lock_ms or config.lock_timeout or 5000)
+  if config.statement_timeout then
+    sql = sql .. string.format("; SET %sstatement_timeout = %d", scope, config.statement_timeout)
+  end
+  return sql
 end
 
 local function set_timeouts(conn, config, lock_ms)
@@ -254,6 +260,8 @@ end
 -- Applies one migration in direction "up" or "down".
 -- Returns duration_ms, m, {attempts, lock_wait_ms}; raises on failure
 -- (the error carries stats = m.stats and lock_wait_ms).
+local function label(entry) return entry.version .. "_" .. entry.name end
+
 local function apply_one(s, entry, direction, mode, record)
   local conn, config = s.main, s.config
   local fn = entry.def[direction]
@@ -263,10 +271,14 @@ local function apply_one(s, entry, direction, mode, record)
   local function body()
     m = require("migrate.context").new { conn = conn, entry = entry, logger = s.logger, mode = mode, direction = direction,
                       config = config, record = record, backups = s.backups, validator = s.validator,
-                      watch_conn = s.side }
+                      watch_conn = s.side, runstate = s.runstate, lock_key = M.LOCK_KEY }
     fn(m)
   end
   local function finish()   -- the history row, in the same transaction when there is one
+    -- first the lock is still ours and the session state is the run's (one
+    -- round trip): a lost lock commits nothing, and the row is written as the run
+    require("migrate.runstate").prove(conn, s.runstate, M.LOCK_KEY,
+      { "lock_timeout", config.statement_timeout and "statement_timeout" or nil }, label(entry))
     if direction == "up" then
       history.insert(conn, entry, core.now_ms() - t0, s.run_id, core.version)
     else
@@ -323,8 +335,6 @@ local function apply_one(s, entry, direction, mode, record)
   return core.now_ms() - t0, m, wait
 end
 M.apply_one = apply_one
-
-local function label(entry) return entry.version .. "_" .. entry.name end
 
 -- Runs `up` of each pending migration. opts.mode: "run" | "safe-run".
 -- Returns a result {ok, applied = {versions}, failed, error, durations}.

@@ -28,6 +28,14 @@ M.rules = {}
 local ok_rules, rules = pcall(require, "migrate.lint_rules")
 if ok_rules and type(rules) == "table" then M.rules = rules end
 
+-- ML38: the executor owns the transaction (m:exec and m:query alike).
+function M.no_transaction_control(m, s, call)
+  if s.node == "TransactionStmt" then
+    m:fail(errors.new("lint", "ML38: transaction control (BEGIN/COMMIT/ROLLBACK) is not allowed in " .. call .. ": the executor owns the transaction; use transaction = false for a migration that must run outside one",
+      { sql = s.sql, rule = "ML38", object = s.sql }))
+  end
+end
+
 -- Checks sql for the migration context m; raises kind = "lint" on a refusal.
 function M.check(m, sql)
   local stmts, msg, pos = M.parse(sql)
@@ -36,10 +44,7 @@ function M.check(m, sql)
       { sql = sql, rule = "parse" }))
   end
   for _, s in ipairs(stmts) do
-    if s.node == "TransactionStmt" then
-      m:fail(errors.new("lint", "ML38: transaction control (BEGIN/COMMIT/ROLLBACK) is not allowed in m:exec: the executor owns the transaction; use transaction = false for a migration that must run outside one",
-        { sql = s.sql, rule = "ML38", object = s.sql }))
-    end
+    M.no_transaction_control(m, s, "m:exec")
     local rule = M.rules[s.node]
     if rule and m.unsafe_depth == 0 then
       local finding = rule(m, s.stmt, s)

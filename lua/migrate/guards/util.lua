@@ -151,6 +151,7 @@ function U.run(m, sql, opts, ...)
   end
   local method = opts.query and "query" or "exec"
   local res
+  if not opts.query and not U.simulated(m) and m.check_lock then m:check_lock() end
   if m.transactional or opts.no_lock or U.simulated(m) then
     local ok, r = pcall(m.conn[method], m.conn, sql, ...)
     if not ok then m:fail(decorate(r)) end

@@ -1,0 +1,225 @@
+-- Issue 18: cases an adversarial run against main found. Each reproduces
+-- the attack on a real PostgreSQL and asserts the refusal, the exit code and
+-- that nothing was lost.
+local T = require "helpers.env"
+local P = require "helpers.project"
+local M = P.migration
+
+local function lit(s) return string.format("%q", s) end
+
+-- A project run as a non-superuser role `role` that owns the database's
+-- public schema objects it creates (the managed-PostgreSQL set-up).
+local function as_owner(prefix)
+  local p = P.new(prefix)
+  local role = "owner_" .. p.db
+  p:sql(([[CREATE ROLE %s LOGIN; GRANT ALL ON DATABASE %s TO %s; GRANT ALL ON SCHEMA public TO %s]]):format(
+    role, p.db, role, role))
+  p.role = role
+  p.conninfo = p.conninfo:gsub("user=%S+", "user=" .. role)
+  return p
+end
+
+describe("row-level security", function()
+  local function rls_table(p)
+    p:sql(([[SET ROLE %s;
+      CREATE TABLE secrets (id bigint PRIMARY KEY, tenant text, v text);
+      INSERT INTO secrets SELECT g, 't' || (g %% 3), 'value ' || g FROM generate_series(1, 30) g;
+      ALTER TABLE secrets ENABLE ROW LEVEL SECURITY;
+      ALTER TABLE secrets FORCE ROW LEVEL SECURITY;
+      CREATE POLICY only_mine ON secrets USING (tenant = current_setting('app.tenant', true));
+      RESET ROLE]]):format(p.role))
+  end
+
+  it("a FORCE RLS table of a non-superuser owner: safe_drop_column refuses (exit 1), naming the table; nothing dropped", function()
+    local p = as_owner("rls")
+    rls_table(p)
+    p:add("20260101000001", "drop_v", M([[m:safe_drop_column("secrets", "v")]]))
+    local r = p:cli({ "safe-run" })
+    assert.equal(1, r.code, r.stderr)
+    assert.matches('table "secrets" has row%-level security', r.stderr)
+    assert.matches("BYPASSRLS", r.stderr)
+    assert.equal("30", p:sql("SELECT count(v) FROM secrets"))   -- as superuser: every value still there
+    assert.equal("0", p:sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'migrate_lua_backups' AND tablename <> 'catalog'"))
+    assert.equal("", p:applied())
+  end)
+
+  it("safe_drop_table refuses too; the 30 rows stay", function()
+    local p = as_owner("rls")
+    rls_table(p)
+    p:add("20260101000001", "drop_t", M([[m:safe_drop_table("secrets")]]))
+    local r = p:cli({ "safe-run" })
+    assert.equal(1, r.code, r.stderr)
+    assert.matches("row%-level security", r.stderr)
+    assert.equal("30", p:sql("SELECT count(*) FROM secrets"))
+  end)
+
+  it("without FORCE the owner sees every row: the backup holds all 30 values", function()
+    local p = as_owner("rls")
+    rls_table(p)
+    p:sql("ALTER TABLE secrets NO FORCE ROW LEVEL SECURITY")
+    p:add("20260101000001", "drop_v", M([[m:safe_drop_column("secrets", "v")]]))
+    local r = p:cli({ "safe-run" })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("30", p:sql("SELECT row_count FROM migrate_lua_backups.catalog"))
+  end)
+end)
+
+describe("a NUL byte in a name", function()
+  it("m:safe_drop_table(\"victim\\0_old\") under run is refused; victim keeps its 100 rows", function()
+    local p = P.new("nul")
+    p:sql("CREATE TABLE victim (x int); INSERT INTO victim SELECT generate_series(1, 100)")
+    p:add("20260101000001", "drop", M([[m:safe_drop_table("victim\0_old")]]))
+    local r = p:cli({ "run" })
+    assert.not_equal(0, r.code)
+    assert.matches("NUL byte", r.stderr)
+    assert.equal("100", p:sql("SELECT count(*) FROM victim"))
+    assert.equal("", p:applied())
+  end)
+
+  it("conn:quote_ident and conn:quote_literal refuse it in C", function()
+    local p = P.new("nul")
+    p:sql("CREATE TABLE victim (x int); INSERT INTO victim VALUES (1)")
+    p:add("20260101000001", "q", M([[
+      local ok1, e1 = pcall(m.conn.quote_ident, m.conn, "victim\0_old")
+      local ok2, e2 = pcall(m.conn.quote_literal, m.conn, "a\0b")
+      assert(not ok1 and tostring(e1):find("NUL byte"), "quote_ident: " .. tostring(e1))
+      assert(not ok2 and tostring(e2):find("NUL byte"), "quote_literal: " .. tostring(e2))
+      m:exec("CREATE TABLE proof (x int)")]]))
+    local r = p:cli({ "run" })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("t", p:sql("SELECT to_regclass('proof') IS NOT NULL"))
+  end)
+end)
+
+describe("the migration lock", function()
+  local function kill_lock_when(p, pattern, h)
+    for _ = 1, 500 do
+      if p:sql(("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE %s AND state = 'active'"):format(
+        "'" .. pattern .. "'")) == "1" then break end
+      if h:done() then break end
+      T.sleep(0.02)
+    end
+    return p:sql([[SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+      WHERE datname = current_database() AND application_name = 'migrate-lua lock']])
+  end
+
+  it("a transactional migration whose lock connection was terminated is not committed: exit 1, saying so", function()
+    local p = P.new("lock")
+    p:add("20260101000001", "slow", M([[
+      m:exec("CREATE TABLE made (x int)")
+      m:query("SELECT pg_sleep(1.5) AS marker_tx")]]))
+    p:add("20260101000002", "next", M([[m:exec("CREATE TABLE after_it (x int)")]]))
+    local h = p:cli_bg({ "run" })
+    assert.equal("1", kill_lock_when(p, "%marker_tx%", h))
+    local r = h:wait(60)
+    assert.equal(1, r.code, r.stderr)
+    assert.matches("migration lock was lost", r.stderr)
+    assert.equal("f", p:sql("SELECT to_regclass('made') IS NOT NULL"))
+    assert.equal("f", p:sql("SELECT to_regclass('after_it') IS NOT NULL"))
+    assert.equal("", p:applied())
+  end)
+
+  it("a transaction = false migration stops before its next step", function()
+    local p = P.new("lock")
+    p:add("20260101000001", "steps", M([[
+      m:exec("CREATE TABLE step1 (x int)")
+      m:exec("SELECT pg_sleep(1.5) AS marker_nt")
+      m:exec("CREATE TABLE step2 (x int)")]], nil, "  transaction = false,\n"))
+    local h = p:cli_bg({ "run" })
+    assert.equal("1", kill_lock_when(p, "%marker_nt%", h))
+    local r = h:wait(60)
+    assert.equal(1, r.code, r.stderr)
+    assert.matches("migration lock was lost", r.stderr)
+    assert.equal("t", p:sql("SELECT to_regclass('step1') IS NOT NULL"), r.stderr)
+    assert.equal("f", p:sql("SELECT to_regclass('step2') IS NOT NULL"))
+    assert.equal("", p:applied())
+  end)
+end)
+
+describe("session state between migrations", function()
+  it("a plain SET search_path in one migration does not reach the next", function()
+    local p = P.new("sp")
+    p:add("20260101000001", "other", M([[m:exec("CREATE SCHEMA other"); m:exec("SET search_path = other")]]))
+    p:add("20260101000002", "make", M([[m:exec("CREATE TABLE where_am_i (x int)")]]))
+    local r = p:cli({ "run" })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("public", p:sql("SELECT relnamespace::regnamespace FROM pg_class WHERE relname = 'where_am_i'"))
+    assert.equal("20260101000001,20260101000002", p:applied())
+  end)
+
+  it("a plain SET ROLE does not reach the next migration", function()
+    local p = P.new("sp")
+    local role = "other_" .. p.db
+    p:sql(("CREATE ROLE %s; GRANT ALL ON SCHEMA public TO %s"):format(role, role))
+    p:add("20260101000001", "role", M(("m:exec('SET ROLE %s')"):format(role)))
+    p:add("20260101000002", "make", M([[m:exec("CREATE TABLE whose (x int)")]]))
+    local r = p:cli({ "run" })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("postgres", p:sql("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'whose'"))
+  end)
+
+  it("m:query('commit') is refused (ML38): nothing of the migration stays", function()
+    local p = P.new("commit")
+    p:add("20260101000001", "c", M([[
+      m:exec("CREATE TABLE half (x int)")
+      m:query("commit")
+      error("boom")]]))
+    local r = p:cli({ "run" })
+    assert.equal(1, r.code, r.stderr)
+    assert.matches("ML38", r.stderr)
+    assert.matches("m:query", r.stderr)
+    assert.equal("f", p:sql("SELECT to_regclass('half') IS NOT NULL"))
+    local d = p:cli({ "dry-run" })
+    assert.equal(3, d.code, d.stderr)
+    assert.equal("f", p:sql("SELECT to_regclass('half') IS NOT NULL"))
+  end)
+
+  it("a database's statement_timeout is kept without --statement-timeout, replaced with it", function()
+    local p = P.new("st")
+    p:sql(("ALTER DATABASE %s SET statement_timeout = '1s'"):format(p.db))
+    p:add("20260101000001", "tx", M([[m:exec("CREATE TABLE st_tx AS SELECT current_setting('statement_timeout') AS v")]]))
+    p:add("20260101000002", "nt", M([[m:exec("CREATE TABLE st_nt AS SELECT current_setting('statement_timeout') AS v")]],
+      nil, "  transaction = false,\n"))
+    local r = p:cli({ "run" })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("1s", p:sql("SELECT v FROM st_tx"))
+    assert.equal("1s", p:sql("SELECT v FROM st_nt"))
+    p:add("20260101000003", "flag", M([[m:exec("CREATE TABLE st_flag AS SELECT current_setting('statement_timeout') AS v")]]))
+    r = p:cli({ "--statement-timeout", "5000", "run" })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("5s", p:sql("SELECT v FROM st_flag"))
+  end)
+end)
+
+describe("loaders a migration reaches take text chunks only", function()
+  for label, call in pairs({
+    load = [[load(string.dump(function() return 1 end))]],
+    ["load with mode b"] = [[load(string.dump(function() return 1 end), "x", "b")]],
+    loadfile = [[(function() local f = io.open(DIR .. "/bc.luac", "wb"); f:write(string.dump(function() return 1 end)); f:close(); return loadfile(DIR .. "/bc.luac") end)()]],
+  }) do
+    it(label .. " of bytecode is refused, the migration fails cleanly (exit 1)", function()
+      local p = P.new("bc")
+      p:add("20260101000001", "bc", M(([[
+        local DIR = %s
+        local fn, err = %s
+        assert(fn == nil, "bytecode loaded")
+        error("refused: " .. tostring(err))]]):format(lit(p.root), call)))
+      local r = p:cli({ "run" })
+      assert.equal(1, r.code, r.stderr)
+      assert.matches("refused: .*binary chunk", r.stderr)
+    end)
+  end
+
+  it("text chunks still load; require of a C module is refused", function()
+    local p = P.new("bc")
+    p:add("20260101000001", "txt", M([[
+      assert(load("return 41 + 1")() == 42)
+      local ok, err = pcall(require, "lpeg_not_loaded_c_module_probe")
+      local ok2, err2 = pcall(require, "cjson.safe")
+      assert(not ok2 and tostring(err2):find("C modules cannot be loaded"), tostring(err2))
+      m:exec("CREATE TABLE loaded_ok (x int)")]]))
+    local r = p:cli({ "run" })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("t", p:sql("SELECT to_regclass('loaded_ok') IS NOT NULL"))
+  end)
+end)
