@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <time.h>
 #include <poll.h>
+#include <sys/resource.h>
 
 #include "migrate.h"
 
@@ -170,6 +171,14 @@ l_connect(lua_State *L)
 	c->send_errors = 0;
 	c->send_error[0] = '\0';
 	luaL_setmetatable(L, MIG_CONN_MT);
+	/* from here on the process holds credentials (the conninfo's or
+	 * PGPASSWORD's password, ~/.pgpass, SCRAM keys): a core dump must not
+	 * write them to disk. RLIMIT_CORE rather than PR_SET_DUMPABLE, which
+	 * would also stop LeakSanitizer from inspecting the process. */
+	{
+		struct rlimit none = {0, 0};
+		(void) setrlimit(RLIMIT_CORE, &none);
+	}
 	/* expand_dbname: conninfo may be a whole URI; "" falls back to PG* defaults */
 	c->pg = PQconnectdbParams(keys, vals, 1);
 	if (c->pg == NULL)

@@ -223,3 +223,64 @@ describe("loaders a migration reaches take text chunks only", function()
     assert.equal("t", p:sql("SELECT to_regclass('loaded_ok') IS NOT NULL"))
   end)
 end)
+
+describe("secrets", function()
+  it("libpq's parse error never quotes the password (URI with a bare %, key=value with a space)", function()
+    for _, url in ipairs({ "postgresql://app:pa%zzSECRETPW@localhost/db", "host=localhost password=sec SECRETPW dbname=x" }) do
+      local r = T.run({ "--database-url", url, "show" })
+      assert.equal(2, r.code, r.stderr)
+      assert.matches("cannot connect", r.stderr)
+      assert.not_matches("SECRETPW", r.stderr .. r.stdout)
+      r = T.run({ "--json", "--database-url", url, "show" })
+      assert.equal(2, r.code, r.stderr)
+      assert.not_matches("SECRETPW", r.stderr .. r.stdout)
+    end
+  end)
+
+  it("PASSWORD literals of role statements reach no sink: console, log file, migration_logs, JSON, dry-run", function()
+    local p = P.new("pw")
+    local role = "app_" .. p.db
+    p:sql("CREATE ROLE " .. role)
+    p:add("20260101000001", "pw", M(([[
+      m:exec("ALTER ROLE %s PASSWORD 'hunter2''SECRETPW'")
+      m:exec("CREATE USER %s_b WITH ENCRYPTED PASSWORD E'x\\'SECRETPW'")]]):format(role, role)))
+    p:add("20260101000002", "bad", M([[m:exec("ALTER ROLE no_such_role_here PASSWORD 'hunter2SECRETPW'")]]))
+    local dry = p:cli({ "dry-run" })
+    assert.matches("ALTER ROLE", dry.stdout .. dry.stderr)
+    assert.not_matches("SECRETPW", dry.stdout .. dry.stderr)
+    local doc, r = p:json({ "safe-run" })
+    assert.equal(1, r.code, r.stderr)
+    assert.is_false(doc.ok)
+    local all = r.stdout .. r.stderr .. T.read(p.log) .. p:sql("SELECT string_agg(concat_ws(' ', message, error_message, metadata::text), ' ') FROM migration_logs")
+    assert.matches("ALTER ROLE", all)             -- the statement is there ...
+    assert.not_matches("SECRETPW", all)           -- ... its password is not
+    assert.not_matches("hunter2", all)
+  end)
+
+  it("a transaction = false step journal does not keep it either", function()
+    local p = P.new("pw")
+    local role = "app_" .. p.db
+    p:sql("CREATE ROLE " .. role)
+    p:add("20260101000001", "pw", M(([[m:exec("ALTER ROLE %s PASSWORD 'SECRETPW'")]]):format(role), nil, "  transaction = false,\n"))
+    local r = p:cli({ "--verbose", "run" })
+    assert.equal(0, r.code, r.stderr)
+    local all = r.stdout .. r.stderr .. T.read(p.log) .. p:sql("SELECT string_agg(concat_ws(' ', message, error_message, metadata::text), ' ') FROM migration_logs")
+    assert.matches("ALTER ROLE", all)
+    assert.not_matches("SECRETPW", all)
+  end)
+
+  it("the binary holding a password cannot dump core (RLIMIT_CORE 0)", function()
+    local p = P.new("core")
+    p:add("20260101000001", "slow", M([[m:query("SELECT pg_sleep(1)")]]))
+    local h = p:cli_bg({ "run" }, { env = { PGPASSWORD = "SECRETPW" } })
+    local limits
+    for _ = 1, 200 do
+      local f = io.open("/proc/" .. h:pid() .. "/limits")
+      limits = f and f:read("a"); if f then f:close() end
+      if limits and limits:match("Max core file size%s+0%s+0") then break end
+      T.sleep(0.02)
+    end
+    assert.matches("Max core file size%s+0%s+0", limits)
+    assert.equal(0, h:wait(30).code)
+  end)
+end)

@@ -58,6 +58,8 @@ function M:fail(e, extra)
   e.migration = e.migration or (self.entry.version .. "_" .. self.entry.name)
   e.file = e.file or self.entry.path
   e.where = e.where or self:where()
+  -- every sink prints e.sql: a role statement's PASSWORD literal is cut here
+  if type(e.sql) == "string" then e.sql = require("migrate.logger").scrub(e.sql) end
   if extra then for k, v in pairs(extra) do if e[k] == nil then e[k] = v end end end
   error(e, 0)
 end
@@ -80,7 +82,8 @@ function M:journal(kind, sql, extra)
 end
 
 function M:record_sql(sql)
-  if self.record then self.record[#self.record + 1] = sql end
+  -- printed by dry-run: a role statement's PASSWORD literal never is
+  if self.record then self.record[#self.record + 1] = require("migrate.logger").scrub(sql) end
 end
 
 -- m:exec(sql, ...) -> rows affected by the last statement

@@ -35,7 +35,13 @@ local function connect(config, role)
     e.kind = "connect"
     local target = (config.database_url or "") ~= "" and core.redact(config.database_url)
       or "libpq defaults: PGHOST, PGPORT, PGDATABASE, PGUSER"
-    e.message = "cannot connect to the database (" .. target .. "): " .. (e.message or "")
+    local why = e.message or ""
+    if target == "(unparseable connection string)" then
+      -- libpq quotes the token it choked on, and that token can be the
+      -- password (a bare % in a URI, a space in key=value): never echo it
+      why = why:gsub('"([^"]*)"', function(tok) return tok == "=" and '"="' or '"…"' end) .. " (the connection string is not shown: it may hold a password; check %-encoding in a URI and quoting of values with spaces)"
+    end
+    e.message = "cannot connect to the database (" .. target .. "): " .. why
     error(e, 0)
   end
   return conn

@@ -59,8 +59,45 @@ local function quoted_end(s, i)
   return #s
 end
 
+-- SQL of role statements: CREATE/ALTER ROLE|USER … [ENCRYPTED] PASSWORD
+-- 'literal' (also E'…', U&'…' and $tag$…$tag$). The literal ends at the
+-- first quote not doubled (E'' strings also let a backslash escape one).
+local function sql_literal_end(s, i, escapes)
+  while i <= #s do
+    local c = s:sub(i, i)
+    if escapes and c == "\\" then i = i + 2
+    elseif c == "'" then
+      if s:sub(i + 1, i + 1) ~= "'" then return i end
+      i = i + 2
+    else i = i + 1 end
+  end
+  return #s + 1   -- unterminated: everything after the quote is the secret
+end
+
+local function scrub_sql_passwords(s)
+  if not s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]") then return s end
+  local out, pos = {}, 1
+  while true do
+    local a, b, prefix = s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s+([EeUu]?&?)'", pos)
+    local da, db, tag = s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s+(%$[%a_]*%$)", pos)
+    if da and (not a or da < a) then
+      out[#out + 1] = s:sub(pos, db) .. "***"
+      local close = s:find(tag, db + 1, true)
+      pos = close and close or #s + 1
+    elseif a then
+      out[#out + 1] = s:sub(pos, b) .. "***"
+      pos = sql_literal_end(s, b + 1, prefix:lower() == "e")
+    else
+      break
+    end
+  end
+  out[#out + 1] = s:sub(pos)
+  return table.concat(out)
+end
+
 local function scrub(s)
   if type(s) ~= "string" then return s end
+  s = scrub_sql_passwords(s)
   local out, pos = {}, 1
   while true do
     local a, b = s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*'", pos)
