@@ -284,3 +284,74 @@ describe("secrets", function()
     assert.equal(0, h:wait(30).code)
   end)
 end)
+
+describe("the tool's own tables cannot be planted or forged", function()
+  it("a migration_logs planted earlier in search_path by a database owner: refused (exit 2) naming it and its owner; its trigger never runs", function()
+    local p = P.new("plant")
+    p:add("20260101000001", "one", M([[m:exec("CREATE TABLE one (x int)")]]))
+    assert.equal(0, p:cli({ "run" }).code)
+    local mallory = "mallory_" .. p.db
+    p:sql(([[CREATE ROLE %s LOGIN; ALTER DATABASE %s OWNER TO %s]]):format(mallory, p.db, mallory))
+    -- as the database owner: a schema named like the superuser comes first in "$user", public
+    T.psql(T.conninfo(p.db) .. " user=" .. mallory, [[
+      CREATE SCHEMA postgres;
+      CREATE TABLE postgres.migration_logs (id bigserial, created_at timestamptz, run_id text, migration_name text,
+        status text, level text, message text, duration_ms float8, error_message text, metadata jsonb);
+      CREATE FUNCTION postgres.escalate() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN EXECUTE format('ALTER ROLE %I SUPERUSER', ]] .. "'" .. mallory .. "'" .. [[); RETURN NEW; END $$;
+      CREATE TRIGGER t BEFORE INSERT ON postgres.migration_logs FOR EACH ROW EXECUTE FUNCTION postgres.escalate();]])
+    p:add("20260101000002", "two", M([[m:exec("CREATE TABLE two (x int)")]]))
+    for _, cmd in ipairs({ "safe-run", "run", "show" }) do
+      local r = p:cli({ cmd })
+      assert.equal(2, r.code, cmd .. ": " .. r.stderr)
+      assert.matches("postgres%.migration_logs", r.stderr)
+      assert.matches(mallory, r.stderr)
+    end
+    assert.equal("f", p:sql(("SELECT rolsuper FROM pg_roles WHERE rolname = '%s'"):format(mallory)))
+    assert.equal("f", p:sql("SELECT to_regclass('public.two') IS NOT NULL"))
+    assert.equal("0", p:sql("SELECT count(*) FROM postgres.migration_logs"))
+  end)
+
+  it("a planted migrate_lua_migrations is refused the same way", function()
+    local p = P.new("plant")
+    local mallory = "mallory_" .. p.db
+    p:sql(([[CREATE ROLE %s LOGIN; ALTER DATABASE %s OWNER TO %s]]):format(mallory, p.db, mallory))
+    T.psql(T.conninfo(p.db) .. " user=" .. mallory, [[CREATE SCHEMA postgres;
+      CREATE TABLE postgres.migrate_lua_migrations (version text PRIMARY KEY, name text, checksum text, description text,
+        applied_at timestamptz DEFAULT now(), duration_ms int, applied_by text DEFAULT current_user, tool_version text, run_id text)]])
+    p:add("20260101000001", "one", M([[m:exec("CREATE TABLE one (x int)")]]))
+    local r = p:cli({ "run" })
+    assert.equal(2, r.code, r.stderr)
+    assert.matches("postgres%.migrate_lua_migrations", r.stderr)
+    assert.matches("owned by role \"" .. mallory, r.stderr)
+    assert.equal("f", p:sql("SELECT to_regclass('public.one') IS NOT NULL"))
+  end)
+
+  it("default privileges grant the application role nothing on the history, logs, catalog or a backup", function()
+    local p = P.new("defpriv")
+    local app = "app_" .. p.db
+    p:sql(([[CREATE ROLE %s LOGIN;
+      ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT SELECT, INSERT, UPDATE, DELETE, TRIGGER ON TABLES TO %s;
+      ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO %s;
+      CREATE TABLE accounts (id bigint PRIMARY KEY, note text); INSERT INTO accounts VALUES (1, 'a'), (2, 'b')]]):format(app, app, app))
+    p:add("20260101000001", "drop_note", M([[m:safe_drop_column("accounts", "note")]]))
+    local r = p:cli({ "safe-run" })
+    assert.equal(0, r.code, r.stderr)
+    local backup = p:sql("SELECT format('migrate_lua_backups.%I', backup_table) FROM migrate_lua_backups.catalog")
+    local rels = { "migrate_lua_migrations", "migration_logs", "migration_logs_id_seq", "migrate_lua_backups.catalog",
+      "migrate_lua_backups.catalog_id_seq", backup }
+    local function grants()
+      local out = {}
+      for _, rel in ipairs(rels) do
+        out[#out + 1] = p:sql(("SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = '%s'::regclass AND a.grantee = '%s'::regrole"):format(rel, app))
+      end
+      return table.concat(out, ",")
+    end
+    assert.equal("0,0,0,0,0,0", grants())
+    -- granted again later (by hand, or a new default): taken back before the next use
+    p:sql(("GRANT INSERT, UPDATE ON migrate_lua_migrations, migration_logs, migrate_lua_backups.catalog TO %s"):format(app))
+    r = p:cli({ "show" })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("0,0,0,0,0,0", grants())
+  end)
+end)

@@ -73,6 +73,8 @@ function M.open(config, opts)
     end
   end })
   s.main = connect(config)
+  -- the tool's own tables: owned by a role this one trusts, else refused
+  s.names = require("migrate.bookkeeping").check(s.main)
   if opts.lock ~= false and s.main:info().server_version >= 140000 then
     -- a killed migrate-lua must not leave its statement running (and its
     -- locks held) until the statement ends: the server checks every second
@@ -92,7 +94,7 @@ function M.open(config, opts)
         tostring(config.wait or 0), who), { holder = h })
     end
     s.locked = true
-    if opts.log_table ~= false then s.logger:attach_table(s.side) end
+    if opts.log_table ~= false then s.logger:attach_table(s.side, s.names.migration_logs) end
   end
   require("migrate.runstate").start(s)   -- row_security off, the session snapshot, the lock's pid
   return s
@@ -285,10 +287,13 @@ local function apply_one(s, entry, direction, mode, record)
     -- round trip): a lost lock commits nothing, and the row is written as the run
     require("migrate.runstate").prove(conn, s.runstate, M.LOCK_KEY,
       { "lock_timeout", config.statement_timeout and "statement_timeout" or nil }, label(entry))
+    -- schema-qualified: no table planted earlier in search_path gets the row
+    s.names = s.names or {}
+    s.names.migrate_lua_migrations = s.names.migrate_lua_migrations or history.qualified(conn)
     if direction == "up" then
-      history.insert(conn, entry, core.now_ms() - t0, s.run_id, core.version)
+      history.insert(conn, entry, core.now_ms() - t0, s.run_id, core.version, s.names.migrate_lua_migrations)
     else
-      history.delete(conn, entry.version)
+      history.delete(conn, entry.version, s.names.migrate_lua_migrations)
     end
   end
   local function failed(err)

@@ -28,7 +28,19 @@ end
 -- Creates the table on first use. Runs under the advisory lock, so two
 -- runs cannot race on it.
 function M.ensure(conn)
-  if not M.exists(conn) then conn:exec(CREATE) end
+  if not M.exists(conn) then
+    conn:exec(CREATE)
+    require("migrate.bookkeeping").revoke(conn, M.TABLE, "r")   -- default privileges granted it to others
+  end
+end
+
+-- The table's schema-qualified name (resolved once per run by the executor,
+-- after migrate.bookkeeping checked its owner), or nil.
+function M.qualified(conn)
+  local row = conn:query([[SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS q
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.oid = pg_catalog.to_regclass('migrate_lua_migrations')]])[1]
+  return row and row.q
 end
 
 -- Applied rows keyed by version, plus the versions in order. exists: the
@@ -48,16 +60,17 @@ function M.applied(conn, exists)
   return by_version, order
 end
 
-function M.insert(conn, entry, duration_ms, run_id, tool_version)
-  conn:exec([[INSERT INTO migrate_lua_migrations
+-- tbl: the schema-qualified name (history.qualified); default: by search_path.
+function M.insert(conn, entry, duration_ms, run_id, tool_version, tbl)
+  conn:exec([[INSERT INTO ]] .. (tbl or M.TABLE) .. [[
       (version, name, checksum, description, duration_ms, tool_version, run_id)
       VALUES ($1, $2, $3, $4, $5, $6, $7)]],
     entry.version, entry.name, entry.checksum, entry.description,
     math.floor(duration_ms + 0.5), tool_version, run_id)
 end
 
-function M.delete(conn, version)
-  return conn:exec("DELETE FROM migrate_lua_migrations WHERE version = $1", version)
+function M.delete(conn, version, tbl)
+  return conn:exec("DELETE FROM " .. (tbl or M.TABLE) .. " WHERE version = $1", version)
 end
 
 return M

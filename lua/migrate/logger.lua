@@ -195,10 +195,21 @@ end
 
 -- Attaches the table sink to a connection that is never inside a transaction
 -- (autocommit: each INSERT commits at once, whatever the main connection does).
-function M:attach_table(conn)
+-- qualified: the table's schema-qualified name when it exists and its owner
+-- was checked (migrate.bookkeeping); a new table is created in
+-- current_schema() and its name resolved once, so every row goes to it.
+function M:attach_table(conn, qualified)
   local ok, err = pcall(function()
-    local rows = conn:query("SELECT pg_catalog.to_regclass('migration_logs') IS NOT NULL AS e")
-    if not rows[1].e then conn:exec(CREATE_TABLE) end
+    if not qualified then
+      local bk = require "migrate.bookkeeping"
+      conn:exec(CREATE_TABLE)
+      bk.revoke(conn, "migration_logs", "r")   -- what default privileges granted
+      bk.revoke(conn, "migration_logs_id_seq", "S")
+      qualified = conn:query([[SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS q
+        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+       WHERE c.oid = pg_catalog.to_regclass('migration_logs')]])[1].q
+    end
+    self.table_name = qualified
   end)
   if ok then self.conn = conn else self:warn_sink("table migration_logs", err) end
 end
@@ -339,6 +350,8 @@ function M:send_rows(row)
     end
   end
   local sql = n == 16 and INSERT_TWO or INSERT_ONE
+  local tbl = self.table_name
+  if tbl then sql = sql:gsub("INSERT INTO migration_logs", function() return "INSERT INTO " .. tbl end) end
   local ok, sent, err = pcall(self.conn.send, self.conn, sql, table.unpack(args, 1, n))
   if not ok or not sent then self:warn_sink("table migration_logs", ok and err or sent) end
   self:check_table_sink(false)
