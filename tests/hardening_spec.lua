@@ -355,3 +355,68 @@ describe("the tool's own tables cannot be planted or forged", function()
     assert.equal("0,0,0,0,0,0", grants())
   end)
 end)
+
+describe("hostile input to the guard clauses", function()
+  it("a type string \"int --\" is refused before anything runs (it would comment out NOT NULL and DEFAULT)", function()
+    local p = P.new("type")
+    p:sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    p:add("20260101000001", "add", M([[m:safe_add_column("t", "c", "int --", { null = false, default = 5 })]]))
+    local r = p:cli({ "run" })
+    assert.not_equal(0, r.code)
+    assert.matches("is not a column type", r.stderr)
+    assert.equal("f", p:sql("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'c')"))
+    for _, bad in ipairs({ "int /*", "int; DROP TABLE t", "int) --" }) do
+      p:add("20260101000001", "add", M(([[m:safe_add_column("t", "c", %s)]]):format(lit(bad))))
+      r = p:cli({ "run" })
+      assert.not_equal(0, r.code, bad)
+      assert.equal("1", p:sql("SELECT count(*) FROM t"))
+    end
+    p:add("20260101000001", "add", M([[m:safe_add_column("t", "c", "varchar(20)[]", { null = false, default = "{}" })]]))
+    r = p:cli({ "run" })
+    assert.equal(0, r.code, r.stderr)
+  end)
+
+  it("restore of a dropped table named o'brien with a serial column brings it back, sequence and all", function()
+    local p = P.new("obrien")
+    p:sql([[CREATE TABLE "o'brien" (id serial PRIMARY KEY, v text); INSERT INTO "o'brien" (v) VALUES ('a'), ('b')]])
+    p:add("20260101000001", "drop", M([[m:safe_drop_table("o'brien")]]))
+    assert.equal(0, p:cli({ "safe-run" }).code)
+    local id = p:sql("SELECT id FROM migrate_lua_backups.catalog")
+    local r = p:cli({ "backup", "restore", id })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("a,b", p:sql([[SELECT string_agg(v, ',' ORDER BY id) FROM "o'brien"]]))
+    p:sql([[INSERT INTO "o'brien" (v) VALUES ('c')]])
+    assert.equal("3", p:sql([[SELECT id FROM "o'brien" WHERE v = 'c']]))
+  end)
+
+  it("default index names: cut on a character boundary, never the table's own name, numbered when taken", function()
+    local p = P.new("idxname")
+    local mb = string.rep("é", 31)                 -- 62 bytes: name1_col_idx must be cut inside it
+    local t63 = string.rep("t", 63)
+    local c1, c2 = string.rep("c", 59) .. "_one", string.rep("c", 59) .. "_two"
+    p:add("20260101000001", "idx", M(([[
+      m:safe_create_table(%s, { { "id", "bigint", primary_key = true }, { "col", "int" } })
+      m:safe_add_index(%s, { "col" })
+      m:safe_create_table(%s, { { "id", "bigint", primary_key = true }, { "x", "int" } })
+      m:safe_add_index(%s, { "x" })
+      m:safe_create_table("w", { { "id", "bigint", primary_key = true }, { %s, "int" }, { %s, "int" } })
+      m:safe_add_index("w", { %s })
+      m:safe_add_index("w", { %s })
+      m:safe_add_index("w", { %s })   -- again: the same index, a no-op]]):format(lit(mb), lit(mb), lit(t63), lit(t63),
+      lit(c1), lit(c2), lit(c1), lit(c2), lit(c2))))
+    local r = p:cli({ "run" })
+    assert.equal(0, r.code, r.stderr)
+    local names = p:sql([[SELECT string_agg(c.relname, '|' ORDER BY c.relname) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+      JOIN pg_class t ON t.oid = i.indrelid WHERE NOT i.indisprimary AND t.relnamespace = 'public'::regnamespace AND t.relname <> 'migration_logs']])
+    local list = {}
+    for n in names:gmatch("[^|]+") do list[#list + 1] = n end
+    assert.equal(4, #list, names)
+    for _, n in ipairs(list) do
+      assert.is_true(#n <= 63 and utf8.len(n) ~= nil, n)
+      assert.matches("_idx%d*$", n)
+      assert.not_equal(t63, n)
+    end
+    assert.equal("2", p:sql([[SELECT count(*) FROM pg_index WHERE indrelid = 'w'::regclass AND NOT indisprimary]]))
+    assert.equal("1", p:sql([[SELECT count(*) FROM pg_class WHERE relname LIKE '%\_idx1']]))
+  end)
+end)

@@ -557,6 +557,7 @@ local function recreate_table(conn, b, src, report)
   for _, c in ipairs(def.columns or {}) do
     if c.default and c.generated ~= "s" and not c.identity:match("[ad]") then
       local seq = c.default:match("^nextval%('(.-)'::regclass%)$")
+      seq = seq and seq:gsub("''", "'")   -- the literal's text: o''brien is the name o'brien
       if seq and not conn:query("SELECT pg_catalog.to_regclass($1) IS NOT NULL AS e", seq)[1].e then
         conn:exec(string.format("CREATE SEQUENCE %s OWNED BY %s.%s", seq, src, qi(conn, c.name)))
         conn:exec(string.format("SELECT pg_catalog.setval($1::regclass, coalesce((SELECT pg_catalog.max(%s) FROM %s), 0) + 1, false)",
