@@ -39,6 +39,7 @@ int mig_l_sleep_ms(lua_State *L);
 int mig_l_now_ms(lua_State *L);
 int mig_l_alarm(lua_State *L);
 int mig_l_call_user(lua_State *L);
+int mig_l_guard_thread(lua_State *L);
 
 /* signals.c: the connection a SIGINT/SIGTERM should cancel, and the protected region */
 void mig_signals_set_cancel(PGconn *conn);   /* NULL clears */

@@ -28,6 +28,7 @@ static const luaL_Reg corelib[] = {
 	{"now_ms",          mig_l_now_ms},
 	{"alarm",           mig_l_alarm},
 	{"call_user",       mig_l_call_user},
+	{"guard_thread",    mig_l_guard_thread},
 	{NULL, NULL}
 };
 

@@ -420,3 +420,46 @@ describe("hostile input to the guard clauses", function()
     assert.equal("1", p:sql([[SELECT count(*) FROM pg_class WHERE relname LIKE '%\_idx1']]))
   end)
 end)
+
+describe("every Lua entry point runs under the stop hook", function()
+  local function stops(p, args, how, signal)
+    local h = p:cli_bg(args)
+    local waited = 0
+    if signal then
+      T.sleep(1.0)
+      h:kill(signal)
+    end
+    local r = h:wait(20)
+    assert.matches(how, r.stderr)
+    return r
+  end
+
+  for label, body in pairs({
+    ["coroutine.create"] = [[local co = coroutine.create(function() while true do end end); coroutine.resume(co)]],
+    ["coroutine.wrap"] = [[coroutine.wrap(function() while true do end end)()]],
+    ["__tostring of an error object"] = [[error(setmetatable({}, { __tostring = function() while true do end end }))]],
+  }) do
+    it("--timeout stops a loop in " .. label .. " (exit 1)", function()
+      local p = P.new("hook")
+      p:add("20260101000001", "loop", M("m:exec('CREATE TABLE made (x int)'); " .. body))
+      local r = stops(p, { "--timeout", "1", "run" }, "timeout")
+      assert.equal(1, r.code, r.stderr)
+      assert.equal("f", p:sql("SELECT to_regclass('made') IS NOT NULL"))
+    end)
+  end
+
+  it("SIGTERM stops a loop in a coroutine (exit 1)", function()
+    local p = P.new("hook")
+    p:add("20260101000001", "loop", M([[coroutine.wrap(function() while true do end end)()]]))
+    local r = stops(p, { "run" }, "SIGTERM", "TERM")
+    assert.equal(1, r.code, r.stderr)
+  end)
+
+  it("SIGTERM stops a loop at file load time", function()
+    local p = P.new("hook")
+    p:add("20260101000001", "loop", "while true do end\n" .. M([[m:exec("CREATE TABLE made (x int)")]]))
+    local r = stops(p, { "run" }, "SIGTERM", "TERM")
+    assert.not_equal(0, r.code, r.stderr)
+    assert.equal("", p:applied())
+  end)
+end)

@@ -8,6 +8,8 @@ local core = require "migrate.core"
 local M = {}
 M.__index = M
 
+local check_lock   -- below: per instance (machinery for guards/util.lua, not m: API)
+
 -- opts: conn, entry, logger, mode ("run" | "safe-run" | "dry-run" | "rollback"),
 -- direction ("up" | "down"), config, backups (service), record (array or nil)
 function M.new(opts)
@@ -27,12 +29,13 @@ function M.new(opts)
   self.watch_conn = opts.watch_conn   -- the side connection that reads pg_blocking_pids
   self.backups = opts.backups
   self.runstate, self.lock_key = opts.runstate, opts.lock_key   -- the run's lock (runstate.lua)
+  self.check_lock = check_lock
   return self
 end
 
 -- Before a step of a transaction = false migration commits on its own: the
 -- run still holds the migration lock (else a second run could be inside).
-function M:check_lock()
+check_lock = function(self)
   if self.transactional or not self.runstate or self.mode == "dry-run" then return end
   local ok, e = pcall(require("migrate.runstate").check_lock, self.conn, self.runstate, self.lock_key,
     "the next step of " .. self.entry.version .. "_" .. self.entry.name)

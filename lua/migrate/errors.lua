@@ -34,6 +34,14 @@ end
 -- ("file.lua:12: attempt to index nil") become kind = "runtime".
 function M.wrap(e, kind)
   if M.is(e) then return require("migrate.runstate").explain(e) end
+  -- an error object's __tostring is migration code: it runs under the stop
+  -- hook (--timeout, signals), and one that raises or loops is not fatal
+  local mt = getmetatable(e)
+  if type(mt) == "table" and mt.__tostring then
+    local ok, text = pcall(core.call_user, function() return tostring(e) end)
+    return M.new(kind or "runtime", ok and text
+      or ("an error object whose __tostring failed (" .. tostring(type(text) == "string" and text or "?") .. ")"))
+  end
   return M.new(kind or "runtime", tostring(e))
 end
 

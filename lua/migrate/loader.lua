@@ -94,6 +94,23 @@ local function text_require(name)
   return mod
 end
 
+-- Coroutines run under the stop hook too (--timeout, SIGINT/SIGTERM).
+local function guarded_create(f)
+  return core.guard_thread(coroutine.create(f))
+end
+
+local safe_coroutine = setmetatable({
+  create = guarded_create,
+  wrap = function(f)
+    local co = guarded_create(f)
+    return function(...)
+      local res = table.pack(coroutine.resume(co, ...))
+      if not res[1] then error(res[2], 0) end
+      return table.unpack(res, 2, res.n)
+    end
+  end,
+}, { __index = coroutine })
+
 local safe_package = setmetatable({
   loadlib = function() return nil, "package.loadlib is not allowed in a migration (native code in the host)", "absent" end,
 }, { __index = package })
@@ -107,7 +124,7 @@ local function sandbox(path)
     end,
   }, { __index = os })
   return setmetatable({ os = safe_os, load = text_load, loadfile = text_loadfile, dofile = text_dofile,
-    require = text_require, package = safe_package }, { __index = _G })
+    require = text_require, package = safe_package, coroutine = safe_coroutine }, { __index = _G })
 end
 
 -- Reads and checksums a migration file (no execution).
@@ -147,7 +164,7 @@ function M.load(entry)
     errors.raise("load", string.format("syntax error in %s:%s: %s", entry.path, line or "?", msg or err),
       { file = entry.path, migration = entry.version, line = tonumber(line) })
   end
-  local ok, def = pcall(fn)
+  local ok, def = pcall(core.call_user, fn)   -- a loop at load time stops on SIGINT/SIGTERM too
   if not ok then
     errors.raise("load", "error while loading " .. entry.path .. ": " .. tostring(def),
       { file = entry.path, migration = entry.version })
