@@ -95,9 +95,28 @@ local function scrub_sql_passwords(s)
   return table.concat(out)
 end
 
+-- Invalid UTF-8 (a migration's SQL in Latin-1, a binary literal) would make
+-- the JSON of stdout and the log file invalid and the log row fail (text
+-- must be valid in the database encoding): each bad byte becomes U+FFFD.
+local function valid_utf8(s)
+  if utf8.len(s) then return s end
+  local out, i = {}, 1
+  while i <= #s do
+    local ok, nxt = pcall(utf8.offset, s, 2, i)
+    local len = utf8.len(s, i, i)
+    if len and ok and nxt then
+      out[#out + 1] = s:sub(i, nxt - 1); i = nxt
+    else
+      out[#out + 1] = "\u{FFFD}"; i = i + 1
+    end
+  end
+  return table.concat(out)
+end
+M.valid_utf8 = valid_utf8
+
 local function scrub(s)
   if type(s) ~= "string" then return s end
-  s = scrub_sql_passwords(s)
+  s = valid_utf8(scrub_sql_passwords(s))
   local out, pos = {}, 1
   while true do
     local a, b = s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*'", pos)
