@@ -480,3 +480,28 @@ describe("non-UTF-8 bytes in a migration's SQL", function()
     assert.equal("1", p:sql("SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000001' AND status = 'failed'"))
   end)
 end)
+
+describe("the log file on a full disk (RLIMIT_FSIZE: the kernel's EFBIG)", function()
+  it("a line cut short is never glued to the next run's first event", function()
+    local p = P.new("efbig")
+    local pad = '{"pad":"' .. string.rep("x", 4096 - 40 - 11) .. '"}\n'
+    T.write(p.log, pad)                        -- 4056 bytes: the next event fits only in part
+    local wrap = T.write(p.root .. "/limited.sh", "#!/bin/bash\ntrap '' XFSZ\nulimit -f 4\nexec " .. T.shell_quote(T.bin) .. ' "$@"\n')
+    os.execute("chmod +x " .. T.shell_quote(wrap))
+    p:add("20260101000001", "one", M([[m:exec("CREATE TABLE one (x int)")]]))
+    local r = T.run({ "--database-url", p.conninfo, "--dir", p.dir, "--log-file", p.log, "run" }, { bin = wrap })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("log file .* unavailable", r.stderr)
+    assert.equal(4096, #T.read(p.log))        -- the limit was hit mid-line
+    p:add("20260101000002", "two", M([[m:exec("CREATE TABLE two (x int)")]]))
+    r = p:cli({ "run" })
+    assert.equal(0, r.code, r.stderr)
+    local bad, second = 0, 0
+    for line in T.read(p.log):gmatch("[^\n]+") do
+      local ok, ev = pcall(T.json, line)
+      if not ok then bad = bad + 1 elseif ev.migration == "20260101000002" then second = second + 1 end
+    end
+    assert.equal(1, bad)                       -- the torn line of the first run, alone on its line
+    assert.is_true(second >= 2)                -- started and success of the second run, whole
+  end)
+end)

@@ -253,6 +253,13 @@ function M:open_file()
     return false
   end
   f:setvbuf("no")   -- one write(2) per event: a crash loses nothing logged
+  -- a line cut short by a full disk (or a crash) last time: start ours on a
+  -- fresh line, so it is never glued to the torn one
+  local last = io.open(path, "rb")
+  if last then
+    if last:seek("end") > 0 and last:seek("end", -1) and last:read(1) ~= "\n" then self.torn = true end
+    last:close()
+  end
   self.file = f
   self.path = path
   return f
@@ -331,7 +338,9 @@ function M:event(ev)
       error = ev.error_message, metadata = meta,
     })
     local wok, err = false, line
-    if ok then wok, err = f:write(line, "\n") end
+    -- one string, one write(2): a line is cut only by the disk filling mid-write
+    if ok then wok, err = f:write((self.torn and "\n" or "") .. line .. "\n") end
+    self.torn = not wok   -- a failed write may have left part of the line
     if not wok then self:warn_sink("file " .. tostring(self.path), err) end
   end
   if self.conn then
