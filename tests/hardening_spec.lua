@@ -505,3 +505,19 @@ describe("the log file on a full disk (RLIMIT_FSIZE: the kernel's EFBIG)", funct
     assert.is_true(second >= 2)                -- started and success of the second run, whole
   end)
 end)
+
+describe("a role without CREATE on the schema", function()
+  it("exit 2 naming the missing privilege, on what, and the GRANT that fixes it", function()
+    local p = P.new("nocreate")
+    local role = "weak_" .. p.db
+    p:sql(("CREATE ROLE %s LOGIN; REVOKE CREATE ON SCHEMA public FROM PUBLIC"):format(role))
+    p:add("20260101000001", "one", M([[m:exec("CREATE TABLE one (x int)")]]))
+    local r = T.run({ "--database-url", p.conninfo:gsub("user=%S+", "user=" .. role), "--dir", p.dir, "--log-file", p.log, "run" })
+    assert.equal(2, r.code, r.stderr)
+    assert.matches("no CREATE privilege on schema public", r.stderr)
+    assert.matches("GRANT CREATE ON SCHEMA public TO " .. role, r.stderr, 1, true)
+    p:sql(("GRANT CREATE ON SCHEMA public TO %s"):format(role))
+    r = T.run({ "--database-url", p.conninfo:gsub("user=%S+", "user=" .. role), "--dir", p.dir, "--log-file", p.log, "run" })
+    assert.equal(0, r.code, r.stderr)
+  end)
+end)

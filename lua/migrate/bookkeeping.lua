@@ -63,6 +63,18 @@ function M.check(conn)
   return names
 end
 
+-- A CREATE of the tool's table refused for want of privilege: say which
+-- privilege, on what, and the GRANT that fixes it (exit 2: configuration).
+function M.no_create(conn, err, what)
+  if type(err) ~= "table" or err.sqlstate ~= "42501" then error(err, 0) end
+  local r = conn:query([[SELECT current_user AS me, pg_catalog.quote_ident(current_user) AS qme,
+    pg_catalog.quote_ident(pg_catalog.current_schema()) AS s, pg_catalog.quote_ident(pg_catalog.current_database()) AS d]])[1]
+  local kind, name = r.s and "schema" or "database", r.s or r.d
+  errors.raise("config", string.format(
+    "role %q has no CREATE privilege on %s %s, which migrate-lua needs to create %s: GRANT CREATE ON %s %s TO %s; (or create the tool's tables once as a role that may, and give them to this role) (PostgreSQL: %s)",
+    r.me, kind, name, what, kind:upper(), name, r.qme, err.message or ""), { object = kind .. " " .. name })
+end
+
 -- Takes back every privilege held by a role other than the owner (PUBLIC
 -- included) on one relation or schema. One round trip.
 function M.revoke(conn, qualified, kind)

@@ -29,7 +29,8 @@ end
 -- runs cannot race on it.
 function M.ensure(conn)
   if not M.exists(conn) then
-    conn:exec(CREATE)
+    local ok, err = pcall(conn.exec, conn, CREATE)
+    if not ok then require("migrate.bookkeeping").no_create(conn, err, M.TABLE) end
     require("migrate.bookkeeping").revoke(conn, M.TABLE, "r")   -- default privileges granted it to others
   end
 end

@@ -230,6 +230,8 @@ function M:attach_table(conn, qualified)
     end
     self.table_name = qualified
   end)
+  -- no privilege: PostgreSQL's reason, not our CREATE statements
+  if type(err) == "table" and err.sqlstate == "42501" then err = err.message end
   if ok then self.conn = conn else self:warn_sink("table migration_logs", err) end
 end
 
