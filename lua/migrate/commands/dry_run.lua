@@ -223,7 +223,7 @@ local function plan(config)
                     steps = json.array(), checks = json.array() }
       local okm, e = pcall(conn.transaction, conn, function()
         conn:exec(string.format("SET LOCAL lock_timeout = %d", config.lock_timeout or 5000))
-        conn:exec(string.format("SET LOCAL statement_timeout = %d", config.statement_timeout or 0))
+        if config.statement_timeout then conn:exec(string.format("SET LOCAL statement_timeout = %d", config.statement_timeout)) end
         -- a read-only transaction: whatever a guard clause tries, nothing is written
         conn:exec("SET TRANSACTION READ ONLY")
         local m = context.new { conn = plan_conn(conn), entry = entry, logger = capturing(s.logger, events), mode = "plan",

@@ -58,7 +58,7 @@ function M.rehearse(s, pending, config)
   local function add(f) findings[#findings + 1] = f end
   local ok, err = pcall(conn.transaction, conn, function()
     conn:exec(string.format("SET LOCAL lock_timeout = %d", lock_ms))
-    conn:exec(string.format("SET LOCAL statement_timeout = %d", config.statement_timeout or 0))
+    if config.statement_timeout then conn:exec(string.format("SET LOCAL statement_timeout = %d", config.statement_timeout)) end
     for _, entry in ipairs(pending) do
       local record = {}
       local m = context.new { conn = conn, entry = entry, logger = nil, mode = "validate", direction = "up",
