@@ -22,12 +22,13 @@ local SKIP = [[(s.context = 'internal' OR s.name LIKE 'transaction\_%' OR s.name
 -- hides rows from this role raises instead of silently seeing fewer rows.
 function M.start(s)
   s.main:exec("SET row_security = off")
+  if not s.side then return end   -- show, validate: no migration runs, no lock to prove
   local r = s.main:query([[SELECT (SELECT pg_catalog.json_object_agg(name, pg_catalog.current_setting(name))
       FROM pg_catalog.pg_settings WHERE context <> 'internal')::text AS settings,
     pg_catalog.current_setting('role') AS role]])[1]
   local snap = cjson.decode(r.settings)
   snap.role = r.role   -- SET ROLE is not in pg_settings
-  s.runstate = { settings = cjson.encode(snap), lock_pid = s.side and s.side:info().pid or nil }
+  s.runstate = { settings = cjson.encode(snap), lock_pid = s.side:info().pid }
 end
 
 -- The query "st" (locked bool, changed json) and its parameters: the lock
