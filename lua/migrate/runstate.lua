@@ -16,6 +16,12 @@ local M = {}
 -- timeouts the executor sets itself at the start of each migration.
 local SKIP = [[(s.context = 'internal' OR s.name LIKE 'transaction\_%' OR s.name = ANY ($4::text[]))]]
 
+-- The run's lock ($1 = the side connection's pid, $2 = the key) is held.
+local LOCKED = [[EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+   WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $1::int AND l.classid = 0
+     AND l.objid = $2::bigint::oid AND l.objsubid = 1
+     AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()))]]
+
 -- Prepares the main connection and takes the snapshot. Called by
 -- executor.open once both connections are up.
 -- row_security = off: a guard count or backup copy of a table whose policy
@@ -35,11 +41,7 @@ end
 -- held by the side connection's pid, and the settings that differ from the
 -- snapshot. skip: settings the executor itself set LOCAL for this migration.
 local function proof_sql(rs, key, skip)
-  return [[SELECT
-      EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
-               WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $1::int AND l.classid = 0
-                 AND l.objid = $2::bigint::oid AND l.objsubid = 1
-                 AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())) AS locked,
+  return "SELECT " .. LOCKED .. [[ AS locked,
       (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(n.name, $3::jsonb ->> n.name))
          FROM (SELECT s.name FROM pg_catalog.pg_settings s
                 WHERE NOT ]] .. SKIP .. [[ AND $3::jsonb ? s.name
@@ -83,9 +85,7 @@ end
 -- Before each step of a transaction = false migration: the lock is still ours.
 function M.check_lock(conn, rs, key, what)
   if not rs or not rs.lock_pid then return end
-  local row = conn:query([[SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
-      WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $1::int AND l.classid = 0
-        AND l.objid = $2::bigint::oid AND l.objsubid = 1) AS locked]], rs.lock_pid, key)[1]
+  local row = conn:query("SELECT " .. LOCKED .. " AS locked", rs.lock_pid, key)[1]
   M.settle(conn, rs, row, what)
 end
 
