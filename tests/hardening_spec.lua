@@ -261,7 +261,8 @@ describe("secrets", function()
     local p = P.new("pw")
     local role = "app_" .. p.db
     p:sql("CREATE ROLE " .. role)
-    p:add("20260101000001", "pw", M(([[m:exec("ALTER ROLE %s PASSWORD 'SECRETPW'")]]):format(role), nil, "  transaction = false,\n"))
+    p:add("20260101000001", "pw", M(([[m:exec("ALTER ROLE %s PASSWORD 'SECRETPW'"); m:exec("ALTER ROLE %s PASSWORD'SECRETPW2'")]]):format(role, role),
+      nil, "  transaction = false,\n"))
     local r = p:cli({ "--verbose", "run" })
     assert.equal(0, r.code, r.stderr)
     local all = r.stdout .. r.stderr .. T.read(p.log) .. p:sql("SELECT string_agg(concat_ws(' ', message, error_message, metadata::text), ' ') FROM migration_logs")

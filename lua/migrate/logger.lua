@@ -78,8 +78,9 @@ local function scrub_sql_passwords(s)
   if not s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]") then return s end
   local out, pos = {}, 1
   while true do
-    local a, b, prefix = s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s+([EeUu]?&?)'", pos)
-    local da, db, tag = s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s+(%$[%a_]*%$)", pos)
+    -- PASSWORD'x' needs no space; a comment in between is not covered
+    local a, b, prefix = s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*([EeUu]?&?)'", pos)
+    local da, db, tag = s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*(%$[%a_]*%$)", pos)
     if da and (not a or da < a) then
       out[#out + 1] = s:sub(pos, db) .. "***"
       local close = s:find(tag, db + 1, true)
