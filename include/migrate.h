@@ -43,6 +43,7 @@ int mig_l_alarm(lua_State *L);
 int mig_l_call_user(lua_State *L);
 int mig_l_setenv(lua_State *L);
 int mig_l_conninfo_env(lua_State *L);
+int mig_l_guard_thread(lua_State *L);
 
 /* signals.c: the connection a SIGINT/SIGTERM should cancel, and the protected region */
 void mig_signals_set_cancel(PGconn *conn);   /* NULL clears */

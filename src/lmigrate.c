@@ -32,6 +32,7 @@ static const luaL_Reg corelib[] = {
 	{"call_user",       mig_l_call_user},
 	{"setenv",          mig_l_setenv},
 	{"conninfo_env",    mig_l_conninfo_env},
+	{"guard_thread",    mig_l_guard_thread},
 	{NULL, NULL}
 };
 

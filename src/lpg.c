@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <time.h>
 #include <poll.h>
+#include <sys/resource.h>
 
 #include "migrate.h"
 
@@ -170,6 +171,14 @@ l_connect(lua_State *L)
 	c->send_errors = 0;
 	c->send_error[0] = '\0';
 	luaL_setmetatable(L, MIG_CONN_MT);
+	/* from here on the process holds credentials (the conninfo's or
+	 * PGPASSWORD's password, ~/.pgpass, SCRAM keys): a core dump must not
+	 * write them to disk. RLIMIT_CORE rather than PR_SET_DUMPABLE, which
+	 * would also stop LeakSanitizer from inspecting the process. */
+	{
+		struct rlimit none = {0, 0};
+		(void) setrlimit(RLIMIT_CORE, &none);
+	}
 	/* expand_dbname: conninfo may be a whole URI; "" falls back to PG* defaults */
 	c->pg = PQconnectdbParams(keys, vals, 1);
 	if (c->pg == NULL)
@@ -608,6 +617,9 @@ conn_quote_ident(lua_State *L)
 	Conn *c = check_conn(L, 1);
 	size_t len;
 	const char *s = luaL_checklstring(L, 2, &len);
+	/* libpq stops at a NUL: "victim\0_old" would quote as "victim" */
+	if (memchr(s, '\0', len) != NULL)
+		return luaL_error(L, "identifier holds a NUL byte (\"%s\\0…\"): refused, PostgreSQL would see a shorter name", s);
 	char *q = PQescapeIdentifier(c->pg, s, len);
 	if (q == NULL)
 		return luaL_error(L, "cannot quote identifier: %s", PQerrorMessage(c->pg));
@@ -622,6 +634,8 @@ conn_quote_literal(lua_State *L)
 	Conn *c = check_conn(L, 1);
 	size_t len;
 	const char *s = luaL_checklstring(L, 2, &len);
+	if (memchr(s, '\0', len) != NULL)   /* libpq would cut the value at the NUL */
+		return luaL_error(L, "literal holds a NUL byte: refused, PostgreSQL text cannot hold one");
 	char *q = PQescapeLiteral(c->pg, s, len);
 	if (q == NULL)
 		return luaL_error(L, "cannot quote literal: %s", PQerrorMessage(c->pg));

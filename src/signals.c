@@ -97,6 +97,23 @@ mig_l_call_user(lua_State *L)
 	return lua_gettop(L);
 }
 
+/*
+ * guard_thread(co): a coroutine is a lua_State of its own, which the hook
+ * armed on the main thread never reaches: give it a permanent count hook
+ * (cheap: every 1000 instructions) that raises once a signal or the
+ * timeout is pending. The sandbox calls it for every coroutine a migration
+ * creates.
+ */
+int
+mig_l_guard_thread(lua_State *L)
+{
+	lua_State *co = lua_tothread(L, 1);
+	luaL_argcheck(L, co != NULL, 1, "coroutine expected");
+	lua_sethook(co, stop_hook, LUA_MASKCOUNT, 1000);
+	lua_settop(L, 1);
+	return 1;
+}
+
 void
 mig_signals_set_cancel(PGconn *conn)
 {

@@ -218,7 +218,12 @@ end
 -- Creates the schema and catalog on first use (no PUBLIC grants).
 function M.ensure(conn)
   local rows = conn:query("SELECT pg_catalog.to_regclass('migrate_lua_backups.catalog') IS NOT NULL AS e")
-  if not rows[1].e then conn:exec(CREATE) end
+  if not rows[1].e then
+    conn:exec(CREATE)
+    local bk = require "migrate.bookkeeping"   -- what default privileges granted
+    bk.revoke(conn, "migrate_lua_backups.catalog", "r")
+    bk.revoke(conn, "migrate_lua_backups.catalog_id_seq", "S")
+  end
 end
 
 function M.exists(conn)
@@ -300,7 +305,7 @@ function M.copy(conn, spec)
     end
   end
   local checksum, nrows = M.checksum(conn, collist(conn, selected), dst)
-  conn:exec("REVOKE ALL ON " .. dst .. " FROM PUBLIC")
+  require("migrate.bookkeeping").revoke(conn, dst, "r")   -- PUBLIC and what default privileges granted
   D.seal(conn, dst, json.encode(definition))
   local me = conn:query("SELECT current_user AS u")[1].u
   local owner = me

@@ -16,7 +16,7 @@ M.options = {
   ["--log-file"] = { key = "log_file", kind = "string", default = "./migration-execution.log" },
   ["--lock-timeout"] = { key = "lock_timeout", kind = "int", default = 5000, min = 1 },
   ["--lock-retries"] = { key = "lock_retries", kind = "int", default = 3, min = 0 },
-  ["--statement-timeout"] = { key = "statement_timeout", kind = "int", default = 0, min = 0 },
+  ["--statement-timeout"] = { key = "statement_timeout", kind = "int", min = 0 },   -- none given: the server's (ALTER ROLE … SET) stays
   ["--small-table-rows"] = { key = "small_table_rows", kind = "int", default = 10000, min = 0 },
   ["--wait"] = { key = "wait", kind = "int", default = 0, min = 0 },
   ["--timeout"] = { key = "timeout", kind = "int", default = 0, min = 0 },   -- seconds per migration

@@ -16,6 +16,8 @@ local META = { __index = function(t, k)
   return M[k]
 end }
 
+local check_lock   -- below: per instance (machinery for guards/util.lua, not m: API)
+
 -- opts: conn, entry, logger, mode ("run" | "safe-run" | "dry-run" | "rollback"),
 -- direction ("up" | "down"), config, backups (service), record (array or nil)
 function M.new(opts)
@@ -38,7 +40,18 @@ function M.new(opts)
   -- facts of the whole run (tables created by earlier migrations of it)
   self.run_facts = require("migrate.facts").of(opts.session)
   self.taken = opts.taken             -- the run's list of backups taken (executor session)
+  self.runstate, self.lock_key = opts.runstate, opts.lock_key   -- the run's lock (runstate.lua)
+  self.check_lock = check_lock
   return self
+end
+
+-- Before a step of a transaction = false migration commits on its own: the
+-- run still holds the migration lock (else a second run could be inside).
+check_lock = function(self)
+  if self.transactional or not self.runstate or self.mode == "dry-run" then return end
+  local ok, e = pcall(require("migrate.runstate").check_lock, self.conn, self.runstate, self.lock_key,
+    "the next step of " .. self.entry.version .. "_" .. self.entry.name)
+  if not ok then self:fail(e) end
 end
 
 -- The line of the migration file that is running now (for messages).
@@ -60,6 +73,8 @@ function M:fail(e, extra)
   e.migration = e.migration or (self.entry.version .. "_" .. self.entry.name)
   e.file = e.file or self.entry.path
   e.where = e.where or self:where()
+  -- every sink prints e.sql: a role statement's PASSWORD literal is cut here
+  if type(e.sql) == "string" then e.sql = require("migrate.logger").scrub(e.sql) end
   if extra then for k, v in pairs(extra) do if e[k] == nil then e[k] = v end end end
   error(e, 0)
 end
@@ -82,7 +97,8 @@ function M:journal(kind, sql, extra)
 end
 
 function M:record_sql(sql)
-  if self.record then self.record[#self.record + 1] = sql end
+  -- printed by dry-run: a role statement's PASSWORD literal never is
+  if self.record then self.record[#self.record + 1] = require("migrate.logger").scrub(sql) end
 end
 
 -- m:exec(sql, ...) -> rows affected by the last statement
@@ -94,6 +110,7 @@ function M:exec(sql, ...)
   lint.check(self, sql)
   self:record_sql(sql)
   if engine.mode(self) ~= "apply" then return engine.exec(self, sql, ...) end
+  self:check_lock()
   local n = self:call("exec", sql, ...)
   lint.ran(self)
   self.stats.statements = self.stats.statements + 1
@@ -107,6 +124,10 @@ function M:query(sql, ...)
   if type(sql) ~= "string" then
     self:fail(errors.new("usage", "m:query expects an SQL string, got " .. type(sql)))
   end
+  local lint = require "migrate.lint"
+  -- a COMMIT here would end the migration's transaction (dry-run included)
+  local stmts = lint.parse(sql)   -- SQL that does not parse fails in the server, as before
+  for _, st in ipairs(stmts or {}) do lint.no_transaction_control(self, st, "m:query") end
   return self:call("query", sql, ...)
 end
 
@@ -176,6 +197,12 @@ end
 -- PostgreSQL cuts identifiers to 63 bytes with a NOTICE nobody sees; two
 -- long names would then silently be one. Refuse them instead.
 local function check_name_length(m, part)
+  if type(part) == "string" and part:find("\0", 1, true) then
+    -- libpq and the server stop at a NUL: "victim\0_old" would name victim
+    m:fail(errors.new("usage", string.format(
+      "identifier %q holds a NUL byte: PostgreSQL would read it as %q; refused", part, part:match("^[^%z]*")),
+      { object = part:match("^[^%z]*") }))
+  end
   if type(part) == "string" and #part > 63 then
     local cut = part:sub(1, 63)
     while #cut > 0 and not utf8.len(cut) do cut = cut:sub(1, -2) end   -- on a character boundary, as PostgreSQL does

@@ -547,7 +547,9 @@ function M.rehearse(s, pending, config, opts)
   local results = {}
   local lock_ms = opts.lock_ms or config.lock_timeout or 5000
   local ok, err = pcall(conn.transaction, conn, function()
-    conn:exec(string.format("SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = %d", lock_ms, config.statement_timeout or 0))
+    -- without --statement-timeout the server's (or the role's) own setting stays
+    conn:exec(string.format("SET LOCAL lock_timeout = %d", lock_ms) .. (config.statement_timeout
+      and string.format("; SET LOCAL statement_timeout = %d", config.statement_timeout) or ""))
     if opts.before then opts.before(conn) end
     for _, entry in ipairs(pending) do
       local r = { entry = entry, record = {}, steps = {} }

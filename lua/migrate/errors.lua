@@ -13,7 +13,7 @@ local kind_exit = {
   usage = 2, config = 2, connect = 2,
   validation = 3, drift = 3, load = 3, lint = 1, guard = 1,
   locked = 4,
-  sql = 1, runtime = 1, interrupted = 1,
+  sql = 1, runtime = 1, interrupted = 1, lock_lost = 1,
 }
 
 function M.new(kind, message, fields)
@@ -33,7 +33,15 @@ end
 -- Turns anything caught by pcall into an error object; plain Lua errors
 -- ("file.lua:12: attempt to index nil") become kind = "runtime".
 function M.wrap(e, kind)
-  if M.is(e) then return e end
+  if M.is(e) then return require("migrate.runstate").explain(e) end
+  -- an error object's __tostring is migration code: it runs under the stop
+  -- hook (--timeout, signals), and one that raises or loops is not fatal
+  local mt = getmetatable(e)
+  if type(mt) == "table" and mt.__tostring then
+    local ok, text = pcall(core.call_user, function() return tostring(e) end)
+    return M.new(kind or "runtime", ok and text
+      or ("an error object whose __tostring failed (" .. tostring(type(text) == "string" and text or "?") .. ")"))
+  end
   return M.new(kind or "runtime", tostring(e))
 end
 

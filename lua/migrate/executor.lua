@@ -36,7 +36,13 @@ local function connect(config, role)
     e.kind = "connect"
     local target = (config.database_url or "") ~= "" and core.redact(config.database_url)
       or "libpq defaults: PGHOST, PGPORT, PGDATABASE, PGUSER"
-    e.message = "cannot connect to the database (" .. target .. "): " .. (e.message or "")
+    local why = e.message or ""
+    if target == "(unparseable connection string)" then
+      -- libpq quotes the token it choked on, and that token can be the
+      -- password (a bare % in a URI, a space in key=value): never echo it
+      why = why:gsub('"([^"]*)"', function(tok) return tok == "=" and '"="' or '"…"' end) .. " (the connection string is not shown: it may hold a password; check %-encoding in a URI and quoting of values with spaces)"
+    end
+    e.message = "cannot connect to the database (" .. target .. "): " .. why
     error(e, 0)
   end
   return conn
@@ -68,6 +74,8 @@ function M.open(config, opts)
     end
   end })
   s.main = connect(config)
+  -- the tool's own tables: owned by a role this one trusts, else refused
+  s.names = require("migrate.bookkeeping").check(s.main)
   if opts.lock ~= false and s.main:info().server_version >= 140000 then
     -- a killed migrate-lua must not leave its statement running (and its
     -- locks held) until the statement ends: the server checks every second
@@ -87,8 +95,9 @@ function M.open(config, opts)
         tostring(config.wait or 0), who), { holder = h })
     end
     s.locked = true
-    if opts.log_table ~= false then s.logger:attach_table(s.side) end
+    if opts.log_table ~= false then s.logger:attach_table(s.side, s.names.migration_logs) end
   end
+  require("migrate.runstate").start(s)   -- row_security off, the session snapshot, the lock's pid
   return s
 end
 
@@ -202,9 +211,14 @@ function M.pending(status, config)
 end
 
 -- One round trip for both settings; LOCAL ones end with the transaction.
+-- Without --statement-timeout the server's own setting stays (a DBA's
+-- ALTER ROLE … SET statement_timeout is a safety net, not a default to undo).
 local function timeouts_sql(scope, config, lock_ms)
-  return string.format("SET %slock_timeout = %d; SET %sstatement_timeout = %d", scope,
-    lock_ms or config.lock_timeout or 5000, scope, config.statement_timeout or 0)
+  local sql = string.format("SET %slock_timeout = %d", scope, lock_ms or config.lock_timeout or 5000)
+  if config.statement_timeout then
+    sql = sql .. string.format("; SET %sstatement_timeout = %d", scope, config.statement_timeout)
+  end
+  return sql
 end
 
 local function set_timeouts(conn, config, lock_ms)
@@ -237,6 +251,8 @@ end
 -- Applies one migration in direction "up" or "down".
 -- Returns duration_ms, m, {attempts, lock_wait_ms}; raises on failure
 -- (the error carries stats = m.stats and lock_wait_ms).
+local function label(entry) return entry.version .. "_" .. entry.name end
+
 local function apply_one(s, entry, direction, mode, record, shared_tx)
   local conn, config = s.main, s.config
   local fn = entry.def[direction]
@@ -246,14 +262,22 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
   local function body()
     m = require("migrate.context").new { conn = conn, entry = entry, logger = s.logger, mode = mode, direction = direction,
                       config = config, record = record, backups = s.backups, validator = s.validator,
-                      watch_conn = s.side, session = s, taken = s.taken }
+                      watch_conn = s.side, session = s, taken = s.taken,
+                      runstate = s.runstate, lock_key = M.LOCK_KEY }
     fn(m)
   end
   local function finish()   -- the history row, in the same transaction when there is one
+    -- first the lock is still ours and the session state is the run's (one
+    -- round trip): a lost lock commits nothing, and the row is written as the run
+    require("migrate.runstate").prove(conn, s.runstate, M.LOCK_KEY,
+      { "lock_timeout", config.statement_timeout and "statement_timeout" or nil }, label(entry))
+    -- schema-qualified: no table planted earlier in search_path gets the row
+    s.names = s.names or {}
+    s.names.migrate_lua_migrations = s.names.migrate_lua_migrations or history.qualified(conn)
     if direction == "up" then
-      history.insert(conn, entry, core.now_ms() - t0, s.run_id, core.version)
+      history.insert(conn, entry, core.now_ms() - t0, s.run_id, core.version, s.names.migrate_lua_migrations)
     else
-      history.delete(conn, entry.version)
+      history.delete(conn, entry.version, s.names.migrate_lua_migrations)
     end
   end
   local function failed(err)
@@ -305,8 +329,6 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
   return core.now_ms() - t0, m, wait
 end
 M.apply_one = apply_one
-
-local function label(entry) return entry.version .. "_" .. entry.name end
 
 -- Rewrites the error a signal surfaced as (the hook's raise, a cancelled
 -- statement, a connection the signal took down) into what happened: the

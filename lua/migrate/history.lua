@@ -33,10 +33,22 @@ function M.ensure(conn)
   local r = conn:query([[SELECT pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL AS e,
     EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass('migrate_lua_migrations')
              AND attname = 'baseline' AND NOT attisdropped) AS b]])[1]
-  if not r.e then conn:exec(CREATE)
+  if not r.e then
+    local ok, err = pcall(conn.exec, conn, CREATE)
+    if not ok then require("migrate.bookkeeping").no_create(conn, err, M.TABLE) end
+    require("migrate.bookkeeping").revoke(conn, M.TABLE, "r")   -- default privileges granted it to others
   elseif not r.b then
     conn:exec("ALTER TABLE migrate_lua_migrations ADD COLUMN IF NOT EXISTS baseline boolean NOT NULL DEFAULT false")
   end
+end
+
+-- The table's schema-qualified name (resolved once per run by the executor,
+-- after migrate.bookkeeping checked its owner), or nil.
+function M.qualified(conn)
+  local row = conn:query([[SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS q
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.oid = pg_catalog.to_regclass('migrate_lua_migrations')]])[1]
+  return row and row.q
 end
 
 -- Applied rows keyed by version, plus the versions in order. exists: the
@@ -57,8 +69,9 @@ function M.applied(conn, exists)
   return by_version, order
 end
 
-function M.insert(conn, entry, duration_ms, run_id, tool_version)
-  conn:exec([[INSERT INTO migrate_lua_migrations
+-- tbl: the schema-qualified name (history.qualified); default: by search_path.
+function M.insert(conn, entry, duration_ms, run_id, tool_version, tbl)
+  conn:exec([[INSERT INTO ]] .. (tbl or M.TABLE) .. [[
       (version, name, checksum, description, duration_ms, tool_version, run_id)
       VALUES ($1, $2, $3, $4, $5, $6, $7)]],
     entry.version, entry.name, entry.checksum, entry.description,
@@ -66,22 +79,22 @@ function M.insert(conn, entry, duration_ms, run_id, tool_version)
 end
 
 -- A migration recorded as applied without running it (baseline): the
--- schema already has what it does.
-function M.insert_baseline(conn, entry, run_id, tool_version)
-  conn:exec([[INSERT INTO migrate_lua_migrations
+-- schema already has what it does. tbl: as for M.insert.
+function M.insert_baseline(conn, entry, run_id, tool_version, tbl)
+  conn:exec([[INSERT INTO ]] .. (tbl or M.TABLE) .. [[
       (version, name, checksum, description, duration_ms, tool_version, run_id, baseline)
       VALUES ($1, $2, $3, $4, 0, $5, $6, true)]],
     entry.version, entry.name, entry.checksum, entry.description, tool_version, run_id)
 end
 
 -- Re-records the checksum of an applied migration whose file changed (repair).
-function M.set_checksum(conn, version, old, new)
-  return conn:exec("UPDATE migrate_lua_migrations SET checksum = $3 WHERE version = $1 AND checksum = $2",
+function M.set_checksum(conn, version, old, new, tbl)
+  return conn:exec("UPDATE " .. (tbl or M.TABLE) .. " SET checksum = $3 WHERE version = $1 AND checksum = $2",
     version, old, new)
 end
 
-function M.delete(conn, version)
-  return conn:exec("DELETE FROM migrate_lua_migrations WHERE version = $1", version)
+function M.delete(conn, version, tbl)
+  return conn:exec("DELETE FROM " .. (tbl or M.TABLE) .. " WHERE version = $1", version)
 end
 
 return M

@@ -183,6 +183,14 @@ local function bypassed(m, f, s)
   end
 end
 
+-- ML38: the executor owns the transaction (m:exec and m:query alike).
+function M.no_transaction_control(m, s, call)
+  if s.node == "TransactionStmt" then
+    m:fail(errors.new("lint", "ML38: transaction control (BEGIN/COMMIT/ROLLBACK) is not allowed in " .. call .. ": the executor owns the transaction; use transaction = false for a migration that must run outside one",
+      { sql = s.sql, rule = "ML38", object = s.sql }))
+  end
+end
+
 -- Checks sql for the migration context m; raises kind = "lint" on a refusal.
 function M.check(m, sql)
   local stmts, msg, pos = M.parse(sql)
@@ -191,10 +199,7 @@ function M.check(m, sql)
   -- effects of the statements before this one in the same string
   local state = { validated = {}, added = {}, altered = {}, dml = {}, multi = #stmts > 1 }
   for i, s in ipairs(stmts) do
-    if s.node == "TransactionStmt" then
-      m:fail(errors.new("lint", "ML38: transaction control (BEGIN/COMMIT/ROLLBACK) is not allowed in m:exec: the executor owns the transaction; use transaction = false for a migration that must run outside one",
-        { sql = s.sql, rule = "ML38", object = s.sql }))
-    end
+    M.no_transaction_control(m, s, "m:exec")
     local list = {}
     local rule = M.rules[s.node]
     -- the string form of m:unsafe relaxes every rule: nothing to look up

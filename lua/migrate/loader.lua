@@ -90,6 +90,67 @@ local function read_file(path)
   return data
 end
 
+-- Text chunks only: crafted bytecode can crash the host (Lua does not
+-- verify it), so every loader a migration reaches refuses binary chunks.
+local function text_load(chunk, name, mode, ...)
+  if type(mode) == "string" and not mode:find("t", 1, true) then
+    return nil, "attempt to load a binary chunk (migrations may load text chunks only)"
+  end
+  return load(chunk, name, "t", ...)   -- env only when the caller gave one
+end
+
+local function text_loadfile(file, mode, ...)
+  if type(mode) == "string" and not mode:find("t", 1, true) then
+    return nil, "attempt to load a binary chunk (migrations may load text chunks only)"
+  end
+  return loadfile(file, "t", ...)
+end
+
+local function text_dofile(file)
+  local fn = assert(loadfile(file, "t"))
+  return fn()
+end
+
+-- require of a Lua module (text) is fine; a C module (cpath) is native code
+-- loaded into the host: refused unless the host has already loaded it.
+local function text_require(name)
+  if package.loaded[name] ~= nil then return package.loaded[name] end
+  if type(name) == "string" and not package.searchpath(name, package.path)
+      and (package.searchpath(name, package.cpath) or package.searchpath(name:match("^[^.]+") or name, package.cpath)) then
+    error(string.format("require %q: C modules cannot be loaded by a migration (native code in the host)", name), 2)
+  end
+  local fn, where = nil, nil
+  if package.preload[name] then return require(name) end
+  where = package.searchpath(name, package.path)
+  if not where then return require(name) end   -- let require say it is not found
+  fn = assert(loadfile(where, "t"))
+  local mod = fn(name, where)
+  if mod == nil then mod = true end
+  package.loaded[name] = mod
+  return mod
+end
+
+-- Coroutines run under the stop hook too (--timeout, SIGINT/SIGTERM).
+local function guarded_create(f)
+  return core.guard_thread(coroutine.create(f))
+end
+
+local safe_coroutine = setmetatable({
+  create = guarded_create,
+  wrap = function(f)
+    local co = guarded_create(f)
+    return function(...)
+      local res = table.pack(coroutine.resume(co, ...))
+      if not res[1] then error(res[2], 0) end
+      return table.unpack(res, 2, res.n)
+    end
+  end,
+}, { __index = coroutine })
+
+local safe_package = setmetatable({
+  loadlib = function() return nil, "package.loadlib is not allowed in a migration (native code in the host)", "absent" end,
+}, { __index = package })
+
 -- The environment a migration file runs in: the standard library, read
 -- through, with os.exit replaced (an exit would skip the rollback).
 local function sandbox(path)
@@ -98,7 +159,8 @@ local function sandbox(path)
       error(string.format("%s: os.exit is not allowed in a migration (raise an error instead: the migration is rolled back)", path), 2)
     end,
   }, { __index = os })
-  return setmetatable({ os = safe_os }, { __index = _G })
+  return setmetatable({ os = safe_os, load = text_load, loadfile = text_loadfile, dofile = text_dofile,
+    require = text_require, package = safe_package, coroutine = safe_coroutine }, { __index = _G })
 end
 
 -- Reads and checksums a migration file (no execution).
@@ -138,7 +200,7 @@ function M.load(entry)
     errors.raise("load", string.format("syntax error in %s:%s: %s", entry.path, line or "?", msg or err),
       { file = entry.path, migration = entry.version, line = tonumber(line) })
   end
-  local ok, def = pcall(fn)
+  local ok, def = pcall(core.call_user, fn)   -- a loop at load time stops on SIGINT/SIGTERM too
   if not ok then
     errors.raise("load", "error while loading " .. entry.path .. ": " .. tostring(def),
       { file = entry.path, migration = entry.version })

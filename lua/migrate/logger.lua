@@ -59,8 +59,65 @@ local function quoted_end(s, i)
   return #s
 end
 
+-- SQL of role statements: CREATE/ALTER ROLE|USER … [ENCRYPTED] PASSWORD
+-- 'literal' (also E'…', U&'…' and $tag$…$tag$). The literal ends at the
+-- first quote not doubled (E'' strings also let a backslash escape one).
+local function sql_literal_end(s, i, escapes)
+  while i <= #s do
+    local c = s:sub(i, i)
+    if escapes and c == "\\" then i = i + 2
+    elseif c == "'" then
+      if s:sub(i + 1, i + 1) ~= "'" then return i end
+      i = i + 2
+    else i = i + 1 end
+  end
+  return #s + 1   -- unterminated: everything after the quote is the secret
+end
+
+local function scrub_sql_passwords(s)
+  if not s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]") then return s end
+  local out, pos = {}, 1
+  while true do
+    -- PASSWORD'x' needs no space; a comment in between is not covered
+    local a, b, prefix = s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*([EeUu]?&?)'", pos)
+    local da, db, tag = s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*(%$[%a_]*%$)", pos)
+    if da and (not a or da < a) then
+      out[#out + 1] = s:sub(pos, db) .. "***"
+      local close = s:find(tag, db + 1, true)
+      pos = close and close or #s + 1
+    elseif a then
+      out[#out + 1] = s:sub(pos, b) .. "***"
+      pos = sql_literal_end(s, b + 1, prefix:lower() == "e")
+    else
+      break
+    end
+  end
+  out[#out + 1] = s:sub(pos)
+  return table.concat(out)
+end
+
+-- Invalid UTF-8 (a migration's SQL in Latin-1, a binary literal) would make
+-- the JSON of stdout and the log file invalid and the log row fail (text
+-- must be valid in the database encoding): each bad byte becomes U+FFFD.
+local function valid_utf8(s)
+  if utf8.len(s) then return s end
+  local out, i = {}, 1
+  while i <= #s do
+    local ok, nxt = pcall(utf8.offset, s, 2, i)
+    local len = utf8.len(s, i, i)
+    if len and ok and nxt then
+      out[#out + 1] = s:sub(i, nxt - 1); i = nxt
+    else
+      out[#out + 1] = "\u{FFFD}"; i = i + 1
+    end
+  end
+  return table.concat(out)
+end
+M.valid_utf8 = valid_utf8
+
 local function scrub(s)
   if type(s) ~= "string" then return s end
+  s = valid_utf8(scrub_sql_passwords(s))
   local out, pos = {}, 1
   while true do
     local a, b = s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*'", pos)
@@ -158,11 +215,24 @@ end
 
 -- Attaches the table sink to a connection that is never inside a transaction
 -- (autocommit: each INSERT commits at once, whatever the main connection does).
-function M:attach_table(conn)
+-- qualified: the table's schema-qualified name when it exists and its owner
+-- was checked (migrate.bookkeeping); a new table is created in
+-- current_schema() and its name resolved once, so every row goes to it.
+function M:attach_table(conn, qualified)
   local ok, err = pcall(function()
-    local rows = conn:query("SELECT pg_catalog.to_regclass('migration_logs') IS NOT NULL AS e")
-    if not rows[1].e then conn:exec(CREATE_TABLE) end
+    if not qualified then
+      local bk = require "migrate.bookkeeping"
+      conn:exec(CREATE_TABLE)
+      bk.revoke(conn, "migration_logs", "r")   -- what default privileges granted
+      bk.revoke(conn, "migration_logs_id_seq", "S")
+      qualified = conn:query([[SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS q
+        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+       WHERE c.oid = pg_catalog.to_regclass('migration_logs')]])[1].q
+    end
+    self.table_name = qualified
   end)
+  -- no privilege: PostgreSQL's reason, not our CREATE statements
+  if type(err) == "table" and err.sqlstate == "42501" then err = err.message end
   if ok then self.conn = conn else self:warn_sink("table migration_logs", err) end
 end
 
@@ -186,6 +256,13 @@ function M:open_file()
     return false
   end
   f:setvbuf("no")   -- one write(2) per event: a crash loses nothing logged
+  -- a line cut short by a full disk (or a crash) last time: start ours on a
+  -- fresh line, so it is never glued to the torn one
+  local last = io.open(path, "rb")
+  if last then
+    if last:seek("end") > 0 and last:seek("end", -1) and last:read(1) ~= "\n" then self.torn = true end
+    last:close()
+  end
   self.file = f
   self.path = path
   return f
@@ -264,7 +341,9 @@ function M:event(ev)
       error = ev.error_message, metadata = meta,
     })
     local wok, err = false, line
-    if ok then wok, err = f:write(line, "\n") end
+    -- one string, one write(2): a line is cut only by the disk filling mid-write
+    if ok then wok, err = f:write((self.torn and "\n" or "") .. line .. "\n") end
+    self.torn = not wok   -- a failed write may have left part of the line
     if not wok then self:warn_sink("file " .. tostring(self.path), err) end
   end
   if self.conn and ev.table ~= false then   -- table = false: the caller wrote the row in its transaction
@@ -302,6 +381,8 @@ function M:send_rows(row)
     end
   end
   local sql = n == 16 and INSERT_TWO or INSERT_ONE
+  local tbl = self.table_name
+  if tbl then sql = sql:gsub("INSERT INTO migration_logs", function() return "INSERT INTO " .. tbl end) end
   local ok, sent, err = pcall(self.conn.send, self.conn, sql, table.unpack(args, 1, n))
   if not ok or not sent then self:warn_sink("table migration_logs", ok and err or sent) end
   self:check_table_sink(false)

@@ -96,7 +96,7 @@ function M.run(config, args)
     local who = audit.who(s.main)
     s.main:transaction(function()
       for _, st in ipairs(chosen) do
-        history.insert_baseline(s.main, st.entry, s.run_id, core.version)
+        history.insert_baseline(s.main, st.entry, s.run_id, core.version, s.names and s.names.migrate_lua_migrations)
         audit.record(s, s.main, { migration = st.version, status = "baseline", console = false,
           message = string.format("baseline %s_%s: recorded as applied without running it%s: %s", st.version, st.name,
             tool and (" (listed by " .. tool .. " in " .. source .. ")") or "", reason),

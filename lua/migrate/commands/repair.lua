@@ -62,13 +62,13 @@ function M.run(config, args)
         local label = st.version .. "_" .. st.name
         local item
         if st.state == "changed" then
-          if history.set_checksum(s.main, st.version, st.applied_checksum, st.checksum) ~= 1 then
+          if history.set_checksum(s.main, st.version, st.applied_checksum, st.checksum, s.names and s.names.migrate_lua_migrations) ~= 1 then
             errors.raise("runtime", "repair " .. label .. ": its history row changed meanwhile; nothing repaired")
           end
           item = { version = st.version, name = st.name, action = "checksum",
                    old_checksum = st.applied_checksum, new_checksum = st.checksum }
         else
-          if history.delete(s.main, st.version) ~= 1 then
+          if history.delete(s.main, st.version, s.names and s.names.migrate_lua_migrations) ~= 1 then
             errors.raise("runtime", "repair " .. label .. ": its history row is gone meanwhile; nothing repaired")
           end
           item = { version = st.version, name = st.name, action = "forget", old_checksum = st.checksum }

@@ -27,13 +27,35 @@ local function drop_leftover(m, tbl, name)
   end
 end
 
+-- A default index name as PostgreSQL's ChooseRelationName picks it: the
+-- shortened name, then label1, label2, ... while another relation of the
+-- schema holds it. An index of this table on the same columns keeps the
+-- name, so a re-run finds it (and safe_add_index's identity check decides).
+local function choose_name(m, tbl, rel, cols, label)
+  local want = table.concat(cols, "\0")
+  for n = 0, 999 do
+    local cand = U.default_name(rel, table.concat(cols, "_"), label .. (n > 0 and tostring(n) or ""))
+    local r = U.q(m, [[
+      SELECT i.indrelid = pg_catalog.to_regclass($2)::oid AS same_table,
+             (SELECT pg_catalog.json_agg(a.attname ORDER BY k.ord) FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+                JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) AS cols
+        FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = c.oid
+       WHERE c.relname = $1
+         AND c.relnamespace = (SELECT t.relnamespace FROM pg_catalog.pg_class t WHERE t.oid = pg_catalog.to_regclass($2))]],
+      cand, m:ident(tbl))[1]
+    if not r then return cand end
+    if r.same_table and type(r.cols) == "table" and table.concat(r.cols, "\0") == want then return cand end
+  end
+  U.usage(m, "safe_add_index: no free default index name; pass opts.name")
+end
+
 -- opts: unique, name, where (SQL predicate), using (access method).
 function G.safe_add_index(m, tbl, cols, opts)
   O.check(m, "safe_add_index", opts, { unique = "boolean", name = "string", where = "string", using = "string" })
   opts = opts or {}
   cols = U.cols(cols)
   local _, rel = require("migrate.context").split_name(tbl)
-  local name = opts.name or U.default_name(rel, table.concat(cols, "_"), opts.unique and "key" or "idx")
+  local name = opts.name or choose_name(m, tbl, rel, cols, opts.unique and "key" or "idx")
   local method = opts.using or "btree"
   if not METHODS[method] then U.usage(m, "safe_add_index: unknown index method " .. tostring(method)) end
   if opts.where then U.check_expr(m, opts.where, "where") end

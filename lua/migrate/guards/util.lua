@@ -28,10 +28,32 @@ function U.col_list(m, cols)
   return table.concat(out, ", ")
 end
 
--- PostgreSQL truncates names at 63 bytes: build default names the same way.
+-- The first n bytes of s, cut back to a whole UTF-8 character (pg_mbcliplen).
+local function clip(s, n)
+  s = s:sub(1, n)
+  while #s > 0 and not utf8.len(s) do s = s:sub(1, -2) end
+  return s
+end
+
+-- Default names the way PostgreSQL's makeObjectName builds them:
+-- name1[_name2]_label in at most 63 bytes, shortening the longer of the
+-- names first, never the label, on character boundaries. So the suffix
+-- always stays (an index never gets its 63-byte table's own name) and no
+-- name is cut inside a character.
 function U.default_name(...)
-  local n = table.concat({ ... }, "_"):gsub("%.", "_")
-  return n:sub(1, 63)
+  local parts = { ... }
+  local label = table.remove(parts)
+  for i, p in ipairs(parts) do parts[i] = p:gsub("%.", "_") end
+  local name1, name2 = parts[1] or "", parts[2]
+  local avail = 63 - #label - 1 - (name2 and #name2 + 1 or 0)
+  local n1, n2 = #name1, name2 and #name2 or 0
+  avail = avail + n2   -- the names share what the label leaves
+  while n1 + n2 > avail do
+    if n1 > n2 then n1 = n1 - 1 else n2 = n2 - 1 end
+  end
+  local out = clip(name1, n1)
+  if name2 then out = out .. "_" .. clip(name2, n2) end
+  return out .. "_" .. label
 end
 
 -- A type name, checked with the real parser to be only a type (so it can be
@@ -40,12 +62,14 @@ function U.check_type(m, t)
   if type(t) ~= "string" or t == "" then
     U.usage(m, "expected a column type such as \"bigint\" or \"varchar(255)\", got " .. tostring(t))
   end
-  local tree = core.parse_sql("SELECT NULL::" .. t)
+  -- something follows the type, as NOT NULL / DEFAULT follow it in the DDL:
+  -- a type that comments it out ("int --") loses the alias and is refused
+  local tree = core.parse_sql("SELECT NULL::" .. t .. " AS migrate_lua_type_probe")
   local doc = tree and cjson.decode(tree)
   local st = doc and #doc.stmts == 1 and doc.stmts[1].stmt.SelectStmt
   local tl = st and st.targetList
   local ok = tl and #tl == 1 and not st.fromClause and tl[1].ResTarget.val.TypeCast
-    and tl[1].ResTarget.val.TypeCast.arg.A_Const
+    and tl[1].ResTarget.val.TypeCast.arg.A_Const and tl[1].ResTarget.name == "migrate_lua_type_probe"
   if not ok then U.usage(m, string.format("%q is not a column type", t)) end
   return t
 end
@@ -120,6 +144,8 @@ end
 function U.run(m, sql, opts, ...)
   opts = opts or {}
   opts.on_retry = opts.on_retry or function(msg) log_event(m, "warn", "ML35", nil, msg) end
+  -- a step commits only while this run holds the migration lock (runstate)
+  if not opts.query and not U.simulated(m) and m.check_lock then m:check_lock() end
   return engine.step(m, sql, opts, ...)
 end
 

@@ -1,0 +1,107 @@
+-- What every migration of a run must find and leave: the run's advisory
+-- lock still held by the side connection, and the main connection's session
+-- state (search_path, role, every other setting) as the run set it up.
+--
+-- One query before the history row proves both (M.prove): one extra round
+-- trip per migration, in its own transaction. A lost lock raises
+-- kind "lock_lost" (exit 1) inside the migration's own transaction, so it
+-- commits nothing; settings a migration changed with a plain SET are put
+-- back before the next migration starts.
+local errors = require "migrate.errors"
+local cjson = require "cjson"
+
+local M = {}
+
+-- Settings never compared: per-transaction ones, read-only ones, and the
+-- timeouts the executor sets itself at the start of each migration.
+local SKIP = [[(s.context = 'internal' OR s.name LIKE 'transaction\_%' OR s.name = ANY ($4::text[]))]]
+
+-- The run's lock ($1 = the side connection's pid, $2 = the key) is held.
+local LOCKED = [[EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+   WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $1::int AND l.classid = 0
+     AND l.objid = $2::bigint::oid AND l.objsubid = 1
+     AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()))]]
+
+-- Prepares the main connection and takes the snapshot. Called by
+-- executor.open once both connections are up.
+-- row_security = off: a guard count or backup copy of a table whose policy
+-- hides rows from this role raises instead of silently seeing fewer rows.
+function M.start(s)
+  s.main:exec("SET row_security = off")
+  if not s.side then return end   -- show, validate: no migration runs, no lock to prove
+  local r = s.main:query([[SELECT (SELECT pg_catalog.json_object_agg(name, pg_catalog.current_setting(name))
+      FROM pg_catalog.pg_settings WHERE context <> 'internal')::text AS settings,
+    pg_catalog.current_setting('role') AS role]])[1]
+  local snap = cjson.decode(r.settings)
+  snap.role = r.role   -- SET ROLE is not in pg_settings
+  s.runstate = { settings = cjson.encode(snap), lock_pid = s.side:info().pid }
+end
+
+-- The query "st" (locked bool, changed json) and its parameters: the lock
+-- held by the side connection's pid, and the settings that differ from the
+-- snapshot. skip: settings the executor itself set LOCAL for this migration.
+local function proof_sql(rs, key, skip)
+  return "SELECT " .. LOCKED .. [[ AS locked,
+      (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(n.name, $3::jsonb ->> n.name))
+         FROM (SELECT s.name FROM pg_catalog.pg_settings s
+                WHERE NOT ]] .. SKIP .. [[ AND $3::jsonb ? s.name
+                  AND pg_catalog.current_setting(s.name) IS DISTINCT FROM ($3::jsonb ->> s.name)
+               UNION ALL SELECT 'role' WHERE pg_catalog.current_setting('role') IS DISTINCT FROM ($3::jsonb ->> 'role')) n
+      )::text AS changed]], { rs.lock_pid or -1, key, rs.settings, "{" .. table.concat(skip or {}, ",") .. "}" }
+end
+
+-- Before the history row, inside the migration's transaction: raises when
+-- the lock is gone, puts back what the migration changed with a plain SET.
+function M.prove(conn, rs, key, skip, what)
+  if not rs then return end
+  local sql, args = proof_sql(rs, key, skip)
+  M.settle(conn, rs, conn:query(sql, table.unpack(args))[1], what)
+end
+
+-- Reads the proof row: raises when the lock is gone, puts back changed
+-- settings (set_config(..., false) inside the transaction commits with it).
+function M.settle(conn, rs, row, what)
+  if rs.lock_pid and not row.locked then
+    errors.raise("lock_lost", string.format(
+      "the migration lock was lost (the \"migrate-lua lock\" connection, pid %d, is gone or no longer holds it): %s was not committed; the run stops",
+      rs.lock_pid, what))
+  end
+  M.restore(conn, row.changed)
+end
+
+function M.restore(conn, changed)
+  if not changed or changed == "" then return end
+  local list = type(changed) == "string" and cjson.decode(changed) or changed
+  if list == cjson.null or #list == 0 then return end
+  local parts, args = {}, {}
+  for _, pair in ipairs(list) do
+    args[#args + 1] = pair[1]
+    args[#args + 1] = pair[2] == cjson.null and "" or pair[2]
+    parts[#parts + 1] = string.format("pg_catalog.set_config($%d, $%d, false)", #args - 1, #args)
+  end
+  conn:query("SELECT " .. table.concat(parts, ", "), table.unpack(args))
+end
+
+-- Before each step of a transaction = false migration: the lock is still ours.
+function M.check_lock(conn, rs, key, what)
+  if not rs or not rs.lock_pid then return end
+  local row = conn:query("SELECT " .. LOCKED .. " AS locked", rs.lock_pid, key)[1]
+  M.settle(conn, rs, row, what)
+end
+
+-- A policy that hides rows under row_security = off is PostgreSQL's
+-- "query would be affected by row-level security policy": say what it
+-- means for a migration and how to fix it.
+function M.explain(e)
+  if type(e) ~= "table" or e.rls_explained or e.sqlstate ~= "42501" then return e end
+  local tbl = type(e.message) == "string" and e.message:match('row%-level security policy for table "(.-)"')
+  if not tbl then return e end
+  e.rls_explained = true
+  e.object = e.object or tbl
+  e.message = string.format(
+    "table %q has row-level security that would hide rows from this role (FORCE ROW LEVEL SECURITY on a table it owns, or a policy on a table it does not own, and no BYPASSRLS): migrate-lua refuses to count, back up or change a filtered view of it. Run as a role with BYPASSRLS (or a superuser), or ALTER TABLE %s NO FORCE ROW LEVEL SECURITY while migrating (PostgreSQL: %s)",
+    tbl, tbl, e.message)
+  return e
+end
+
+return M
