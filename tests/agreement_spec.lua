@@ -202,6 +202,10 @@ describe("rehearsal agreement", function()
       local dir = T.tmpdir()
       T.write(dir .. "/m/20260101000000_case.lua", mig(body, tx))
       local got = {}
+      -- the lint's cases are lint_spec's, on tables it now counts as small
+      -- (a lock-only hazard there is a note, issue 17): judge them as on big
+      -- tables, as lint_spec does
+      local small_rows = name:match("^lint") and "1" or "100"
       -- one copy for the three rehearsals (each must leave it as it was:
       -- checked after each, so the next one still starts from the fixture)
       -- and one for the real run
@@ -211,7 +215,7 @@ describe("rehearsal agreement", function()
       for j, argv in ipairs(MODES) do
         local db = j < #MODES and rehearsed or real
         local args = { "--database-url", T.conninfo(db), "--dir", dir .. "/m", "--log-file", dir .. "/log", "--json",
-                       "--small-table-rows", "100", "--lock-retries", "0" }
+                       "--small-table-rows", small_rows, "--lock-retries", "0" }
         for _, a in ipairs(argv) do args[#args + 1] = a end
         local r = T.run(args, { cwd = dir, env = { NO_COLOR = "1" } })
         got[#got + 1] = table.concat(argv, " ") .. " -> " .. verdict(r, argv[1])
