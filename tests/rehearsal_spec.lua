@@ -65,7 +65,7 @@ end }
       by[#by + 1] = st.lock .. " " .. st.sql:sub(1, 40)
     end
     local text = table.concat(by, "\n")
-    assert.matches("ROW EXCLUSIVE WITH b AS", text, 1, true)
+    assert.matches("ROW EXCLUSIVE WITH migrate_lua_batch AS", text, 1, true)
     assert.matches("ACCESS EXCLUSIVE ALTER TABLE \"users\" ADD CONSTRAINT", text, 1, true)
     assert.matches("SHARE UPDATE EXCLUSIVE ALTER TABLE \"users\" VALIDATE CONSTRAINT", text, 1, true)
     assert.matches("SHARE UPDATE EXCLUSIVE CREATE INDEX CONCURRENTLY", text, 1, true)
