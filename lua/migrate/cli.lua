@@ -43,6 +43,15 @@ M.options = {
   ["--format"] = { key = "format", kind = "string" },   -- "text" | "github" (auto under GITHUB_ACTIONS)
   ["--older-than"] = { key = "older_than", kind = "string" },   -- backup prune: 7d, 12h, 30m, 2w
   ["--max-locked-copy-bytes"] = { key = "max_locked_copy_bytes", kind = "int", default = 268435456, min = 0 },
+  -- issue 19: poolers, replicas, fleets (docs/operations.md)
+  ["--direct-url"] = { key = "direct_url", kind = "string", env = "DIRECT_DATABASE_URL" },
+  ["--max-replica-lag"] = { key = "max_replica_lag", kind = "int", default = 5, min = 0 },
+  ["--replica-lag-query"] = { key = "replica_lag_query", kind = "string" },
+  ["--targets"] = { key = "targets", kind = "string" },
+  ["--targets-query"] = { key = "targets_query", kind = "string" },
+  ["--parallel"] = { key = "parallel", kind = "int", default = 1, min = 1 },
+  ["--canary"] = { key = "canary", kind = "int", default = 0, min = 0 },
+  ["--max-failures"] = { key = "max_failures", kind = "int", default = 1, min = 1 },
 }
 
 M.commands = {

@@ -28,13 +28,25 @@ local function new_run_id()
   return string.format("%x-%x", os.time(), math.random(0, 0x7fffffff))
 end
 
+-- --direct-url (issue 19), when given, carries every connection of the run.
+local function url_of(config)
+  local direct = config.direct_url
+  if direct and direct ~= "" then return direct, true end
+  return config.database_url or "", false
+end
+
+-- The redacted name of the database a run connects to, for messages.
+function M.target(config)
+  local url = url_of(config)
+  return url ~= "" and core.redact(url) or "libpq defaults: PGHOST, PGPORT, PGDATABASE, PGUSER"
+end
+
 local function connect(config, role)
-  local ok, conn = pcall(core.connect, config.database_url or "", "migrate-lua" .. (role and (" " .. role) or ""))
+  local ok, conn = pcall(core.connect, (url_of(config)), "migrate-lua" .. (role and (" " .. role) or ""))
   if not ok then
     local e = errors.wrap(conn, "connect")
     e.kind = "connect"
-    local target = (config.database_url or "") ~= "" and core.redact(config.database_url)
-      or "libpq defaults: PGHOST, PGPORT, PGDATABASE, PGUSER"
+    local target = M.target(config)
     e.message = "cannot connect to the database (" .. target .. "): " .. (e.message or "")
     error(e, 0)
   end
@@ -67,6 +79,10 @@ function M.open(config, opts)
     end
   end })
   s.main = connect(config)
+  -- a standby or a transaction pooler is refused before any SET or lock
+  local checked, why = pcall(require("migrate.topology").check, s.main, M.target(config), { lock = opts.lock,
+    direct = select(2, url_of(config)), connect = function() return connect(config, "probe") end })
+  if not checked then s.main:close(); error(why, 0) end
   if opts.lock ~= false and s.main:info().server_version >= 140000 then
     -- a killed migrate-lua must not leave its statement running (and its
     -- locks held) until the statement ends: the server checks every second
