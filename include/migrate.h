@@ -39,6 +39,12 @@ int mig_l_sleep_ms(lua_State *L);
 int mig_l_now_ms(lua_State *L);
 int mig_l_alarm(lua_State *L);
 int mig_l_call_user(lua_State *L);
+/* spawn.c: child processes for fleets */
+int mig_l_spawn(lua_State *L);
+int mig_l_poll_read(lua_State *L);
+int mig_l_wait_pid(lua_State *L);
+int mig_l_kill(lua_State *L);
+int mig_l_close_fd(lua_State *L);
 
 /* signals.c: the connection a SIGINT/SIGTERM should cancel, and the protected region */
 void mig_signals_set_cancel(PGconn *conn);   /* NULL clears */

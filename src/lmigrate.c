@@ -28,6 +28,11 @@ static const luaL_Reg corelib[] = {
 	{"now_ms",          mig_l_now_ms},
 	{"alarm",           mig_l_alarm},
 	{"call_user",       mig_l_call_user},
+	{"spawn",           mig_l_spawn},
+	{"poll_read",       mig_l_poll_read},
+	{"wait_pid",        mig_l_wait_pid},
+	{"kill",            mig_l_kill},
+	{"close_fd",        mig_l_close_fd},
 	{NULL, NULL}
 };
 

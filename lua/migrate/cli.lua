@@ -218,6 +218,14 @@ function M.main(argv)
   os.exit = function()
     error("os.exit is not allowed while migrate-lua runs (raise an error instead: the migration is rolled back)", 2)
   end
+  if require("migrate.fleet").wanted(config) then   -- issue 19: one command over many databases
+    local fok, fcode = pcall(require("migrate.fleet").main, name, argv, config)
+    if fok then return fcode end
+    local e = errors.wrap(fcode)
+    if config.json then io.stdout:write(json.encode(error_document(command, e)), "\n") end
+    print_error(e, config)
+    return errors.exit_code(e)
+  end
   local mod = require("migrate.commands." .. name:gsub("%-", "_"))
   local code, doc
   ok, err = pcall(function() code, doc = mod.run(config, args) end)
