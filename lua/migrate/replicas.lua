@@ -27,7 +27,7 @@ M.POLL_MS = 500
 
 local STAT_SQL = [[
   SELECT coalesce(extract(epoch FROM replay_lag), 0)::float8 AS lag,
-         coalesce(nullif(application_name, ''), 'standby') || ' (' || coalesce(client_addr::text, 'local socket') || ')' AS name
+         coalesce(nullif(application_name, ''), 'standby') || ' (' || coalesce(host(client_addr), 'local socket') || ')' AS name
     FROM pg_catalog.pg_stat_replication]]
 
 -- The most lagging replica: name, lag in seconds (nil when none is listed).
