@@ -150,7 +150,7 @@ describe("a fleet of 20 databases", function()
 
   it("the connection strings travel in the environment: ps never shows a password", function()
     local slow = T.tmpdir()
-    T.write(slow .. "/20260101000001_slow.lua", P.migration([[m:query("SELECT pg_sleep(1.5)")]], ""))
+    T.write(slow .. "/20260201000001_slow.lua", P.migration([[m:query("SELECT pg_sleep(1.5)")]], ""))
     local h = T.run_bg({ "--dir", slow, "--log-file", log, "--targets", targets, "--parallel", "4", "run" })
     local seen, children = "", 0
     for _ = 1, 10 do
@@ -164,6 +164,7 @@ describe("a fleet of 20 databases", function()
     assert.equal(0, r.code, r.stderr)
     assert.is_true(children > 0, "no child process seen")
     assert.is_nil(seen:find("s3cret", 1, true))
+    assert.equal("1", T.psql(dbs[20], "SELECT count(*) FROM migrate_lua_migrations WHERE version = '20260201000001'"))
   end)
 
   it("bad input: exit 2 naming the flag", function()
@@ -177,5 +178,22 @@ describe("a fleet of 20 databases", function()
     r = fleet({ "--targets", targets, "--direct-url", T.conninfo(dbs[1]), "run" })
     assert.equal(2, r.code)
     assert.matches("%-%-direct%-url", r.stderr)
+  end)
+end)
+
+describe("a fleet on a terminal", function()
+  it("draws a live line per running target below the event lines", function()
+    local slow = T.tmpdir()
+    T.write(slow .. "/20260301000001_slow.lua", P.migration([[m:query("SELECT pg_sleep(0.8)")]], ""))
+    local list = T.write(T.tmpdir() .. "/t.txt", T.conninfo(dbs[1]) .. "\n" .. T.conninfo(dbs[2]) .. "\n")
+    local cmd = table.concat({ T.shell_quote(T.bin), "--dir", T.shell_quote(slow), "--log-file", T.shell_quote(log),
+      "--targets", T.shell_quote(list), "--parallel", "2", "run" }, " ")
+    -- script(1) gives the binary a pseudo-terminal for stderr
+    local p = io.popen("env -u LD_PRELOAD script -qec " .. T.shell_quote(cmd) .. " /dev/null")
+    local out = p:read("a")
+    p:close()
+    assert.matches("%[1/2%] [^\n]*dbname=" .. dbs[1] .. "[^\n]*  running %d+%.%d s", out)
+    assert.matches("\27%[%dA\r\27%[J", out)   -- redrawn in place
+    assert.matches("fleet: 2 ok, 0 failed, 0 skipped of 2 targets", out)
   end)
 end)

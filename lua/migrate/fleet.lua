@@ -4,7 +4,8 @@
 -- argv, so `ps` shows no password), under its own database's lock. Up to
 -- --parallel children run at once; the first --canary K run alone first and
 -- any failure among them stops the fleet; after --max-failures F failures no
--- new target starts. One line per event on stderr, a summary table, one
+-- new target starts. One line per event on stderr (on a terminal, a live
+-- line per running target below them), a summary table, one
 -- --json document; the exit code is the highest of the targets'. Re-running
 -- the same command finishes a fleet: each target's history skips what it has.
 local core = require "migrate.core"
@@ -86,6 +87,8 @@ local function show_version(doc)
   return v
 end
 
+local function seconds(ms) return string.format("%.1f s", ms / 1000) end
+
 local function str(v) return (v ~= nil and v ~= cjson.null) and tostring(v) or nil end
 
 -- What a finished child's document says, for the event line and the table.
@@ -113,10 +116,36 @@ local function outcome(job)
   job.what = what
 end
 
-local function seconds(ms) return string.format("%.1f s", ms / 1000) end
+local function prefix(n, total) return string.format("[%" .. #tostring(total) .. "d/%d]", n, total) end
 
-local function event(n, total, job, text)
-  io.stderr:write(string.format("[%" .. #tostring(total) .. "d/%d] %s  %s\n", n, total, job.label, text))
+-- On a terminal, below the event lines: one live line per running target,
+-- redrawn in place (cursor up, clear to the end of the screen).
+local Live = {}
+Live.__index = Live
+
+function Live.new(total, quiet)
+  return setmetatable({ on = core.isatty(2) and not quiet, drawn = 0, total = total }, Live)
+end
+
+function Live:clear()
+  if self.on and self.drawn > 0 then io.stderr:write(string.format("\27[%dA\r\27[J", self.drawn)) end
+  self.drawn = 0
+end
+
+function Live:draw(running)
+  if not self.on then return end
+  self:clear()
+  local now = core.now_ms()
+  for _, job in ipairs(running) do
+    io.stderr:write(string.format("%s %s  running %s\n", prefix(job.n, self.total), job.label, seconds(now - job.t0)))
+  end
+  self.drawn = #running
+end
+
+local function event(live, running, n, total, job, text)
+  live:clear()
+  io.stderr:write(string.format("%s %s  %s\n", prefix(n, total), job.label, text))
+  live:draw(running)
 end
 
 -- Runs the fleet; returns the exit code (the document is printed here, as
@@ -138,13 +167,14 @@ function M.main(command, argv, config)
   local parallel = config.parallel or 1
   local max_failures = config.max_failures or 1
   local failures, next_i, running, stop = 0, 1, {}, nil
+  local live = Live.new(total, config.quiet)
 
   local function start(job)
     local pid, out, err = core.spawn(base, { DATABASE_URL = job.url, DIRECT_DATABASE_URL = false })
     job.pid, job.fds, job.out, job.err, job.state = pid, { [out] = "out", [err] = "err" }, "", "", "running"
     job.open, job.t0 = 2, core.now_ms()
     running[#running + 1] = job
-    event(job.n, total, job, "started" .. (job.n <= canary and " (canary)" or ""))
+    event(live, running, job.n, total, job, "started" .. (job.n <= canary and " (canary)" or ""))
   end
 
   local function finish(job)
@@ -156,13 +186,13 @@ function M.main(command, argv, config)
     outcome(job)
     job.state = "done"
     if job.code ~= 0 then failures = failures + 1 end
-    event(job.n, total, job, string.format("%s (%s)", job.what, seconds(job.ms)))
+    event(live, {}, job.n, total, job, string.format("%s (%s)", job.what, seconds(job.ms)))
   end
 
   local function pump()   -- reads whatever the children wrote; reaps the ones done
     local fds = {}
     for _, job in ipairs(running) do for fd in pairs(job.fds) do fds[#fds + 1] = fd end end
-    local got = core.poll_read(fds, 1000)
+    local got = core.poll_read(fds, live.on and 250 or 1000)
     local still = {}
     for _, job in ipairs(running) do
       for fd, which in pairs(job.fds) do
@@ -178,6 +208,7 @@ function M.main(command, argv, config)
       if job.open == 0 then finish(job) else still[#still + 1] = job end
     end
     running = still
+    live:draw(running)
   end
 
   local function interrupted()
@@ -209,6 +240,7 @@ function M.main(command, argv, config)
     if #running == 0 then break end
     pump()
   end
+  live:clear()
   for _, job in ipairs(jobs) do if job.state == "waiting" then job.state = "skipped" end end
 
   return M.report(jobs, config, stop)
