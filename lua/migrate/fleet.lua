@@ -154,7 +154,7 @@ function M.main(command, argv, config)
   if not M.COMMANDS[command] then
     errors.raise("usage", string.format("%s does not take --targets/--targets-query (fleets: show, validate, dry-run, safe-run, run, rollback)", command))
   end
-  if config.direct_url and config.direct_url ~= "" and config.targets then
+  if config.direct_url and config.direct_url ~= "" then
     -- a direct connection belongs to one database; a fleet's targets are direct connections themselves
     errors.raise("usage", "--direct-url / $DIRECT_DATABASE_URL cannot go with a fleet: list each target's direct connection in --targets")
   end
