@@ -181,6 +181,34 @@ describe("a fleet of 20 databases", function()
   end)
 end)
 
+describe("an interrupted fleet", function()
+  it("SIGTERM reaches the running targets (each rolls back), the rest are skipped", function()
+    local slow = T.tmpdir()
+    T.write(slow .. "/20260401000001_slow.lua", P.migration([[m:exec("CREATE TABLE slow_done (id int)")
+    m:query("SELECT pg_sleep(30)")]], ""))
+    local list = T.write(T.tmpdir() .. "/t.txt", table.concat({ T.conninfo(dbs[5]), T.conninfo(dbs[6]),
+      T.conninfo(dbs[7]), T.conninfo(dbs[8]) }, "\n") .. "\n")
+    local h = T.run_bg({ "--json", "--dir", slow, "--log-file", log, "--targets", list, "--parallel", "2", "run" })
+    for _ = 1, 100 do   -- both children inside their migration
+      if T.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()") == "2" then break end
+      T.sleep(0.1)
+    end
+    h:kill("TERM")
+    local r = h:wait(20)
+    assert.equal(1, r.code, r.stderr)
+    local doc = T.json(r.stdout)
+    assert.is_false(doc.ok)
+    assert.equal(1, doc.targets[1].exit)
+    assert.equal(1, doc.targets[2].exit)
+    assert.is_true(doc.targets[3].skipped)
+    assert.is_true(doc.targets[4].skipped)
+    for i = 5, 8 do
+      assert.equal("f", T.psql(dbs[i], "SELECT to_regclass('slow_done') IS NOT NULL"))   -- rolled back / never ran
+    end
+    assert.matches("interrupted by SIGTERM", r.stderr)
+  end)
+end)
+
 describe("a fleet on a terminal", function()
   it("draws a live line per running target below the event lines", function()
     local slow = T.tmpdir()
