@@ -66,6 +66,10 @@ describe("session pooling", function()
     local r = cli(p, b.conninfo(p.db), { "safe-run" })
     assert.equal(0, r.code, r.stderr)
     assert.equal("1,2", p:sql("SELECT string_agg(n::text, ',' ORDER BY n) FROM ledger"))
+    -- the run's session settings left with its session (server_reset_query)
+    for _ = 1, 4 do
+      assert.equal("0", T.psql(b.conninfo(p.db), "SHOW client_connection_check_interval"))
+    end
   end)
 
   it("8 concurrent safe-runs: exactly once", function()
