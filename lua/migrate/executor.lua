@@ -80,16 +80,22 @@ function M.open(config, opts)
   end })
   s.main = connect(config)
   -- a standby or a transaction pooler is refused before any SET or lock
+  -- the probe is the lock connection itself: no extra connection per run
   local checked, why = pcall(require("migrate.topology").check, s.main, M.target(config), { lock = opts.lock,
-    direct = select(2, url_of(config)), connect = function() return connect(config, "probe") end })
-  if not checked then s.main:close(); error(why, 0) end
+    direct = select(2, url_of(config)), keep = true,
+    connect = function() s.side = connect(config, "lock"); return s.side end })
+  if not checked then
+    s.main:close()
+    if s.side then s.side:close() end
+    error(why, 0)
+  end
   if opts.lock ~= false and s.main:info().server_version >= 140000 then
     -- a killed migrate-lua must not leave its statement running (and its
     -- locks held) until the statement ends: the server checks every second
     s.main:exec("SET client_connection_check_interval = 1000")
   end
   if opts.lock ~= false then
-    s.side = connect(config, "lock")
+    s.side = s.side or connect(config, "lock")
     s.side:exec("SET application_name = 'migrate-lua lock'")
     if not s.side:advisory_lock(M.LOCK_KEY, config.wait or 0) then
       local h = lock_holder(s.side)

@@ -29,8 +29,10 @@ end
 
 -- "transaction" | "statement" | nil (direct, or session pooling).
 -- connect() opens the probe connection; conn is the run's main connection,
--- pid its backend pid as last seen.
-function M.pooling(conn, pid, connect)
+-- pid its backend pid as last seen. keep: leave the probe open when the
+-- connection passes (the executor's lock connection is the probe, so the
+-- check costs no extra connection).
+function M.pooling(conn, pid, connect, keep)
   local probe = connect()
   local ok, mode = pcall(function()
     for _ = 1, M.ROUNDS do
@@ -49,21 +51,22 @@ function M.pooling(conn, pid, connect)
     end
     return nil
   end)
-  probe:close()
+  if not ok or mode or not keep then probe:close() end
   if not ok then error(mode, 0) end
   return mode
 end
 
 -- Raises kind "config" (exit 2) for a standby, and when opts.lock ~= false
 -- for a pooled connection. target: the redacted name of the connection;
--- direct: true when it came from --direct-url.
+-- opts.direct: true when it came from --direct-url; opts.connect opens the
+-- probe, opts.keep leaves it open for the caller when the check passes.
 function M.check(conn, target, opts)
   local info = conn:query("SELECT pg_catalog.pg_is_in_recovery() AS standby, pg_catalog.pg_backend_pid() AS pid")[1]
   if info.standby then
     errors.raise("config", string.format("%s is a read-only standby (in recovery); connect to the primary", target))
   end
   if opts.lock == false then return end
-  local mode = M.pooling(conn, info.pid, opts.connect)
+  local mode = M.pooling(conn, info.pid, opts.connect, opts.keep)
   if mode then
     local via = opts.direct and "--direct-url " or ""
     errors.raise("config", string.format(
