@@ -6,7 +6,8 @@
 --     stay on a pooled server connection that other clients then get, and
 --     two runs could share one backend (and so "both hold" the lock)
 -- The pooler is found by what it does, not by asking it (its admin console
--- is rarely reachable): a second "probe" connection opens a transaction,
+-- is rarely reachable): a second "probe" connection (the executor's lock
+-- connection, before it holds or sets anything) opens a transaction,
 -- which pins whichever server connection it lands on. Through transaction
 -- pooling it lands on the backend the main connection used a moment ago
 -- (PgBouncer hands out the most recently released one), or the main
