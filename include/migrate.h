@@ -44,6 +44,12 @@ int mig_l_call_user(lua_State *L);
 int mig_l_setenv(lua_State *L);
 int mig_l_conninfo_env(lua_State *L);
 int mig_l_guard_thread(lua_State *L);
+/* spawn.c: child processes for fleets */
+int mig_l_spawn(lua_State *L);
+int mig_l_poll_read(lua_State *L);
+int mig_l_wait_pid(lua_State *L);
+int mig_l_kill(lua_State *L);
+int mig_l_close_fd(lua_State *L);
 
 /* signals.c: the connection a SIGINT/SIGTERM should cancel, and the protected region */
 void mig_signals_set_cancel(PGconn *conn);   /* NULL clears */

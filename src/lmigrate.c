@@ -33,6 +33,11 @@ static const luaL_Reg corelib[] = {
 	{"setenv",          mig_l_setenv},
 	{"conninfo_env",    mig_l_conninfo_env},
 	{"guard_thread",    mig_l_guard_thread},
+	{"spawn",           mig_l_spawn},
+	{"poll_read",       mig_l_poll_read},
+	{"wait_pid",        mig_l_wait_pid},
+	{"kill",            mig_l_kill},
+	{"close_fd",        mig_l_close_fd},
 	{NULL, NULL}
 };
 

@@ -42,6 +42,11 @@ as_pg() {
 # shellcheck disable=SC2317 # called via trap
 cleanup() {
   set +e
+  # Servers a spec started beside this one (tests/helpers/pgbouncer.lua,
+  # standby.lua) leave a stop script here, so a crashed spec leaks none.
+  for f in "$tmp"/cleanup.d/*.sh; do
+    [ -e "$f" ] && sh "$f" >/dev/null 2>&1
+  done
   # Also after a failed/timed-out start: a postmaster may still be coming up.
   if [ -e "$data/postmaster.pid" ]; then
     as_pg "$PG_BIN/pg_ctl" -D "$data" -m immediate -w stop >/dev/null 2>&1

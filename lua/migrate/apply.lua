@@ -31,6 +31,7 @@ local function document(result)
     -- rolled back, these steps stay committed
     partial = result.partial or nil,
     steps_done = result.partial and json.array(result.steps_done or {}) or nil,
+    from_version = result.from_version or json.null, to_version = result.to_version or json.null,   -- fleet summaries
   }
 end
 M.document = document
@@ -69,13 +70,24 @@ local function check_set(status, problems, opts)
 end
 M.check_set = check_set
 
+-- The newest applied version before a run, and after it (fleet summaries).
+local function newest(status, plus, minus)
+  local v
+  for _, st in ipairs(status) do
+    if st.row and not (minus and minus[st.version]) and (not v or st.version > v) then v = st.version end
+  end
+  for _, x in ipairs(plus or {}) do if not v or x > v then v = x end end
+  return v
+end
+
 -- up: run, safe-run, dry-run. opts.mode, opts.before(session, pending) hook.
 function M.up(config, opts)
   local s = executor.open(config, { lock = opts.lock, log_table = opts.log_table })
-  local result
+  local result, status
   local ok, err = pcall(function()
     history.ensure(s.main)
-    local status, problems = executor.status(s.main, config.dir)
+    local problems
+    status, problems = executor.status(s.main, config.dir)
     check_set(status, problems, opts)
     local pending = executor.pending(status, config)
     for _, entry in ipairs(pending) do
@@ -97,6 +109,8 @@ function M.up(config, opts)
   if not ok then error(err, 0) end
   result.run_id = s.run_id
   result.taken = s.taken
+  result.from_version = newest(status)
+  result.to_version = newest(status, not opts.rollback and result.applied or nil)
   if opts.after then opts.after(result) end
   report_failure(result, config)
   if result.ok and not config.json and #result.applied > 0 and not opts.rollback then
@@ -108,10 +122,10 @@ end
 -- down: revert, rollback. opts.steps / opts.to select the migrations.
 function M.down(config, opts)
   local s = executor.open(config)
-  local result
+  local result, status
   local ok, err = pcall(function()
     history.ensure(s.main)
-    local status = executor.status(s.main, config.dir)
+    status = executor.status(s.main, config.dir)
     -- what can be reverted, in the order it was applied: history rows by
     -- applied_at (an out-of-order migration applied last is undone first),
     -- then a transaction = false migration that stopped part-way (it is the
@@ -162,6 +176,9 @@ function M.down(config, opts)
   executor.close(s)
   if not ok then error(err, 0) end
   result.run_id = s.run_id
+  local gone = {}
+  for _, v in ipairs(result.reverted or {}) do gone[v] = true end
+  result.from_version, result.to_version = newest(status), newest(status, nil, gone)
   if opts.after then opts.after(result) end
   report_failure(result, config)
   return result.ok and 0 or 1, document(result)

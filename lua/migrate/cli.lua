@@ -50,6 +50,15 @@ M.options = {
   ["--reason"] = { key = "reason", kind = "string" },
   ["--forget-missing"] = { key = "forget_missing", kind = "flag" },
   ["--from"] = { key = "from", kind = "string" },
+  -- issue 19: poolers, replicas, fleets (docs/operations.md)
+  ["--direct-url"] = { key = "direct_url", kind = "string", env = "DIRECT_DATABASE_URL" },
+  ["--max-replica-lag"] = { key = "max_replica_lag", kind = "int", default = 5, min = 0 },
+  ["--replica-lag-query"] = { key = "replica_lag_query", kind = "string" },
+  ["--targets"] = { key = "targets", kind = "string" },
+  ["--targets-query"] = { key = "targets_query", kind = "string" },
+  ["--parallel"] = { key = "parallel", kind = "int", default = 1, min = 1 },
+  ["--canary"] = { key = "canary", kind = "int", default = 0, min = 0 },
+  ["--max-failures"] = { key = "max_failures", kind = "int", default = 1, min = 1 },
 }
 
 M.commands = {
@@ -243,6 +252,14 @@ function M.main(argv)
   -- rollback and the report)
   os.exit = function()
     error("os.exit is not allowed while migrate-lua runs (raise an error instead: the migration is rolled back)", 2)
+  end
+  if require("migrate.fleet").wanted(config) then   -- issue 19: one command over many databases
+    local fok, fcode = pcall(require("migrate.fleet").main, name, argv, config)
+    if fok then return fcode end
+    local e = errors.wrap(fcode)
+    if config.json then io.stdout:write(json.encode(error_document(command, e)), "\n") end
+    print_error(e, config)
+    return errors.exit_code(e)
   end
   local mod = require("migrate.commands." .. name:gsub("%-", "_"))
   local code, doc

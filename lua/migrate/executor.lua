@@ -29,13 +29,25 @@ local function new_run_id()
   return string.format("%x-%x", os.time(), math.random(0, 0x7fffffff))
 end
 
+-- --direct-url (issue 19), when given, carries every connection of the run.
+local function url_of(config)
+  local direct = config.direct_url
+  if direct and direct ~= "" then return direct, true end
+  return config.database_url or "", false
+end
+
+-- The redacted name of the database a run connects to, for messages.
+function M.target(config)
+  local url = url_of(config)
+  return url ~= "" and core.redact(url) or "libpq defaults: PGHOST, PGPORT, PGDATABASE, PGUSER"
+end
+
 local function connect(config, role)
-  local ok, conn = pcall(core.connect, config.database_url or "", "migrate-lua" .. (role and (" " .. role) or ""))
+  local ok, conn = pcall(core.connect, (url_of(config)), "migrate-lua" .. (role and (" " .. role) or ""))
   if not ok then
     local e = errors.wrap(conn, "connect")
     e.kind = "connect"
-    local target = (config.database_url or "") ~= "" and core.redact(config.database_url)
-      or "libpq defaults: PGHOST, PGPORT, PGDATABASE, PGUSER"
+    local target = M.target(config)
     local why = e.message or ""
     if target == "(unparseable connection string)" then
       -- libpq quotes the token it choked on, and that token can be the
@@ -74,6 +86,16 @@ function M.open(config, opts)
     end
   end })
   s.main = connect(config)
+  -- a standby or a transaction pooler is refused before any SET or lock
+  -- the probe is the lock connection itself: no extra connection per run
+  local checked, why = pcall(require("migrate.topology").check, s.main, M.target(config), { lock = opts.lock,
+    direct = select(2, url_of(config)), keep = true,
+    connect = function() s.side = connect(config, "lock"); return s.side end })
+  if not checked then
+    s.main:close()
+    if s.side then s.side:close() end
+    error(why, 0)
+  end
   -- the tool's own tables: owned by a role this one trusts, else refused
   s.names = require("migrate.bookkeeping").check(s.main)
   if opts.lock ~= false and s.main:info().server_version >= 140000 then
@@ -82,7 +104,7 @@ function M.open(config, opts)
     s.main:exec("SET client_connection_check_interval = 1000")
   end
   if opts.lock ~= false then
-    s.side = connect(config, "lock")
+    s.side = s.side or connect(config, "lock")
     s.side:exec("SET application_name = 'migrate-lua lock'")
     if not s.side:advisory_lock(M.LOCK_KEY, config.wait or 0) then
       local h = lock_holder(s.side)

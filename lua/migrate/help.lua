@@ -62,6 +62,20 @@ M.OPTION_DOCS = {
   { "--forget-missing", nil, "with repair: also remove the history rows of missing migrations (file gone)" },
   { "--from", "TOOL", "with baseline: read the history of typeorm, flyway, dbmate or golang-migrate on the "
     .. "same database" },
+  -- issue 19: poolers, replicas, fleets
+  { "--direct-url", "URL", "a direct connection (not through a transaction-pooling pooler) that carries the "
+    .. "lock and every migration; else $DIRECT_DATABASE_URL. A pooled --database-url is refused without it" },
+  { "--max-replica-lag", "SECONDS", "m:backfill pauses between batches while a standby's replay lag "
+    .. "(pg_stat_replication on the primary) exceeds this (0 = never pause)" },
+  { "--replica-lag-query", "SQL", "for m:backfill: SQL run on the primary whose rows' first column is a "
+    .. "replica's lag in seconds, for replicas pg_stat_replication does not list (cascaded, logical)" },
+  { "--targets", "FILE", "run the command on every database listed in FILE (one connection string per "
+    .. "line, # comments), each under its own lock" },
+  { "--targets-query", "SQL", "run the command on every database whose connection string is the first "
+    .. "column of a row of SQL, run on the --database-url database" },
+  { "--parallel", "N", "with --targets: how many targets run at once" },
+  { "--canary", "K", "with --targets: run the first K targets alone first; stop if any fails" },
+  { "--max-failures", "F", "with --targets: start no new target after F failures" },
 }
 
 -- Per command: arguments, the command options it reads (the rest are
@@ -164,6 +178,18 @@ M.COMMAND_DOCS = {
       .. "(nothing recorded); 4 another run holds the lock",
     example = "migrate-lua baseline --from typeorm" },
 }
+
+-- issue 19: the fleet options, taken by each command that runs per target
+do
+  local fleet = { show = true, validate = true, ["dry-run"] = true, ["safe-run"] = true, run = true, rollback = true }
+  for _, c in ipairs(M.COMMAND_DOCS) do
+    if fleet[c[1]] then
+      for _, o in ipairs({ "--targets", "--targets-query", "--parallel", "--canary", "--max-failures" }) do
+        c.options[#c.options + 1] = o
+      end
+    end
+  end
+end
 
 -- errors.EXIT name -> meaning
 M.EXIT_DOCS = {

@@ -63,6 +63,13 @@ function M:update(done)
   io.stderr:write("\r\27[K", M.line(self.label, done, self.total, now - self.t0, self.unit))
 end
 
+-- A waiting step (a backfill paused for a lagging replica) says why.
+function M:pause(why)
+  if not self.active then return end
+  io.stderr:write("\r\27[K", "  ", self.label, ": ", why)
+  self.shown = core.now_ms()
+end
+
 function M:finish(done)
   if not self.active then return end
   local line = M.line(self.label, done, self.total and math.max(self.total, done), core.now_ms() - self.t0, self.unit)

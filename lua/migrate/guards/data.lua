@@ -81,6 +81,7 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
     bar:update(total)
     if r.seen < batch then break end
     if pause > 0 then core.sleep_ms(pause) end
+    require("migrate.replicas").throttle(m, "backfill of " .. U.key(tbl), bar)   -- --max-replica-lag
   end
   bar:finish(total)
   U.info(m, string.format("backfill of %s: %d rows in %d batches (%.0f ms)", U.key(tbl), total, batches, core.now_ms() - t0))
