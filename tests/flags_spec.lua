@@ -105,7 +105,7 @@ describe("per-command flags", function()
   it("a typo close to one of the command's own flags: did you mean, and what the command accepts", function()
     local r = run { "run", "--step", "1" }
     assert.equal(2, r.code)
-    assert.matches("unknown option %-%-step %(did you mean %-%-steps%?%); run accepts %-%-to VERSION, %-%-steps N, %-%-schema%-file PATH and the global options", r.stderr)
+    assert.matches("unknown option %-%-step %(did you mean %-%-steps%?%); run accepts %-%-to VERSION, %-%-steps N, %-%-schema%-file PATH, %-%-targets FILE, %-%-targets%-query SQL, %-%-parallel N, %-%-canary K, %-%-max%-failures F and the global options", r.stderr)
     r = run { "safe-run", "--plann" }
     assert.equal(2, r.code)
     assert.matches("unknown option %-%-plann", r.stderr)
@@ -211,7 +211,8 @@ describe("--json help", function()
   it("help COMMAND, --help after a command, an unknown topic and no command are JSON too", function()
     local doc = T.json(run({ "--json", "help", "safe-run" }).stdout)
     assert.equal("safe-run", doc.command.name)
-    assert.same({ "--to", "--steps", "--schema-file" }, doc.command.options)
+    assert.same({ "--to", "--steps", "--schema-file", "--targets", "--targets-query", "--parallel", "--canary", "--max-failures" },
+      doc.command.options)
     doc = T.json(run({ "rollback", "--json", "--help" }).stdout)
     assert.equal("rollback", doc.command.name)
     local r = run { "--json", "help", "nope" }
