@@ -34,7 +34,10 @@ function M.start(s)
     pg_catalog.current_setting('role') AS role]])[1]
   local snap = cjson.decode(r.settings)
   snap.role = r.role   -- SET ROLE is not in pg_settings
-  s.runstate = { settings = cjson.encode(snap), lock_pid = s.side:info().pid }
+  -- the server's pid, not libpq's: through a (session-pooling) PgBouncer
+  -- PQbackendPID is the pooler's cancel key, not the backend holding the lock
+  local pid = s.side:query("SELECT pg_catalog.pg_backend_pid() AS p")[1].p
+  s.runstate = { settings = cjson.encode(snap), lock_pid = pid }
 end
 
 -- The query "st" (locked bool, changed json) and its parameters: the lock
