@@ -90,6 +90,22 @@ describe("repair", function()
     assert.equal("0", p:sql("SELECT count(*) FROM migration_logs WHERE status IN ('repair', 'baseline')"))
     assert.equal(0, p:cli({ "repair", "--reason", "comment" }).code)
   end)
+
+  it("refuses a set with a misnamed file, as run does: exit 3 naming the file, nothing recorded", function()
+    local p = P.new("repair_misnamed")
+    local path = p:add("20260101000000", "one", mig(1))
+    assert.equal(0, p:cli({ "run" }).code)
+    T.write(path, "-- edited\n" .. mig(1))
+    p:add("20260102000000", "two", mig(2))
+    local broken = p:add("20260102000000", "two_again", mig(3))   -- a duplicate version
+    for _, args in ipairs({ { "run" }, { "repair", "--reason", "x" }, { "baseline", "20260102000000", "--reason", "x" } }) do
+      local r = p:cli(args)
+      assert.equal(3, r.code, table.concat(args, " ") .. ": " .. r.stderr)
+      assert.matches(broken:match("[^/]+$"):gsub("%p", "%%%0"), r.stderr)
+    end
+    assert.equal("0", p:sql("SELECT count(*) FROM migration_logs WHERE status IN ('repair', 'baseline')"))
+    assert.equal("1", p:sql("SELECT count(*) FROM migrate_lua_migrations"))
+  end)
 end)
 
 describe("baseline", function()

@@ -20,13 +20,7 @@ M.DOTENV = "./.env"
 -- options that make no sense in a file
 local NOT_IN_FILE = { help = true, version = true, config = true }
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read = require "migrate.readfile"
 
 local function lines(text)
   local n, out = 0, {}

@@ -82,13 +82,7 @@ function M.scan(dir)
   return entries, problems, warnings
 end
 
-local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, err end
-  local data = f:read("a")
-  f:close()
-  return data
-end
+local read_file = require "migrate.readfile"
 
 -- Text chunks only: crafted bytecode can crash the host (Lua does not
 -- verify it), so every loader a migration reaches refuses binary chunks.

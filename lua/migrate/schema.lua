@@ -80,13 +80,7 @@ local function with_env(vars, fn)
   return a, b
 end
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read = require "migrate.readfile"
 
 -- The normalized live schema of config.database_url (or libpq's defaults).
 function M.dump(config)

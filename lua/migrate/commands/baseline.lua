@@ -8,6 +8,7 @@
 -- lists as applied (migrate.importers). A dirty or failed entry there:
 -- exit 3, nothing recorded. Under the migration lock, in one transaction,
 -- each row logged (status 'baseline') with the reason, who and when.
+local apply = require "migrate.apply"
 local executor = require "migrate.executor"
 local history = require "migrate.history"
 local errors = require "migrate.errors"
@@ -76,11 +77,7 @@ function M.run(config, args)
   local ok, err = pcall(function()
     history.ensure(s.main)
     local status, problems = executor.status(s.main, config.dir)
-    if #problems > 0 then
-      local msgs = {}
-      for _, p in ipairs(problems) do msgs[#msgs + 1] = p.message end
-      errors.raise("validation", table.concat(msgs, "\n"), { file = problems[1].file })
-    end
+    apply.check_set(status, problems, {})   -- naming problems and load errors refuse, as for run
     local imported
     if tool then
       imported = importers[tool](s.main)

@@ -6,6 +6,7 @@
 -- every missing one with --forget-missing). Under the migration lock, in
 -- one transaction; each change is a migration_logs row (status 'repair')
 -- with the reason, the role and the OS user, committed with it.
+local apply = require "migrate.apply"
 local executor = require "migrate.executor"
 local history = require "migrate.history"
 local errors = require "migrate.errors"
@@ -49,11 +50,7 @@ function M.run(config, args)
   local ok, err = pcall(function()
     history.ensure(s.main)
     local status, problems = executor.status(s.main, config.dir)
-    if #problems > 0 then
-      local msgs = {}
-      for _, p in ipairs(problems) do msgs[#msgs + 1] = p.message end
-      errors.raise("validation", table.concat(msgs, "\n"), { file = problems[1].file })
-    end
+    apply.check_set(status, problems, {})   -- naming problems and load errors refuse, as for run
     local chosen = pick(status, args or {}, config.forget_missing)
     if #chosen == 0 then return end
     local who = audit.who(s.main)
