@@ -41,7 +41,8 @@ local function report_failure(result, config)
   local e = result.error
   io.stderr:write("\nmigrate-lua: migration ", tostring(result.failed or "?"), " failed",
     e.kind == "interrupted" and " (interrupted)" or "",
-    result.partial and string.format(" part-way (transaction = false: %d completed step(s) stay, nothing of it was undone)",
+    result.partial and string.format(
+      " part-way (transaction = false: %d completed step(s) stay, nothing of it was undone)",
       #(result.steps_done or {})) or "", "\n")
   io.stderr:write(scrub(tostring(e)):gsub("^", "  "):gsub("\n", "\n  "), "\n")
   if result.rolled_back_note then io.stderr:write("  ", result.rolled_back_note, "\n") end
@@ -59,11 +60,13 @@ local function check_set(status, problems, opts)
   if opts.check_drift then
     for _, st in ipairs(status) do
       if st.state == "changed" then
-        errors.raise("drift", string.format("%s: applied migration %s changed since it was applied (checksum %s, recorded %s); restore the file or add a new migration",
-          st.entry.path, st.version, st.checksum, st.applied_checksum), { migration = st.version, file = st.entry.path })
+        errors.raise("drift", string.format("%s: applied migration %s changed since it was applied "
+          .. "(checksum %s, recorded %s); restore the file or add a new migration",
+          st.entry.path, st.version, st.checksum, st.applied_checksum),
+          { migration = st.version, file = st.entry.path })
       elseif st.state == "missing" then
-        errors.raise("drift", string.format("applied migration %s_%s has no file in %s (missing)", st.version, st.name, "the migrations folder"),
-          { migration = st.version })
+        errors.raise("drift", string.format("applied migration %s_%s has no file in %s (missing)",
+          st.version, st.name, "the migrations folder"), { migration = st.version })
       end
     end
   end
@@ -93,16 +96,21 @@ function M.up(config, opts)
     for _, entry in ipairs(pending) do
       loader.load(entry)
       if opts.mode == "run" and loader.empty_up(entry) then   -- safe-run's validation refuses it; run warns
-        io.stderr:write("warning: ", entry.path, ": up has no statement (still the template's empty body); it is recorded as applied all the same\n")
+        io.stderr:write("warning: ", entry.path, ": up has no statement (still the template's empty body); "
+          .. "it is recorded as applied all the same\n")
       end
     end
     if opts.before then opts.before(s, pending, status) end
     if #pending == 0 then
-      if not config.json then io.stderr:write("nothing to do: no pending migrations in ", config.dir, require("migrate.target").describe(config), "\n") end
+      if not config.json then
+        io.stderr:write("nothing to do: no pending migrations in ", config.dir,
+          require("migrate.target").describe(config), "\n")
+      end
       result = { ok = true, applied = {}, reverted = {} }
       return
     end
-    result = executor.migrate(s, pending, { mode = opts.mode, single_transaction = config.single_transaction or opts.single_transaction,
+    result = executor.migrate(s, pending, { mode = opts.mode,
+                                            single_transaction = config.single_transaction or opts.single_transaction,
                                             rollback = opts.rollback })
   end)
   executor.close(s)
@@ -116,7 +124,8 @@ function M.up(config, opts)
   if result.ok and not config.json and #result.applied > 0 and not opts.rollback then
     io.stderr:write(string.format("applied %d migration%s\n", #result.applied, #result.applied == 1 and "" or "s"))
   end
-  return result.ok and 0 or errors.exit_code(result.error.kind == "lint" and result.error or { kind = "sql" }), document(result)
+  return result.ok and 0 or errors.exit_code(result.error.kind == "lint" and result.error or { kind = "sql" }),
+    document(result)
 end
 
 -- down: revert, rollback. opts.steps / opts.to select the migrations.
@@ -151,17 +160,18 @@ function M.down(config, opts)
     local entries = {}
     for _, st in ipairs(chosen) do
       if st.state == "missing" then
-        errors.raise("validation", string.format("cannot revert %s_%s: its file is missing from %s", st.version, st.name, config.dir),
-          { migration = st.version })
+        errors.raise("validation", string.format("cannot revert %s_%s: its file is missing from %s",
+          st.version, st.name, config.dir), { migration = st.version })
       end
       if st.state == "changed" and opts.check_drift then
-        errors.raise("drift", string.format("%s changed since it was applied: its down may not match what ran; restore the file first", st.entry.path),
+        errors.raise("drift", string.format(
+          "%s changed since it was applied: its down may not match what ran; restore the file first", st.entry.path),
           { migration = st.version, file = st.entry.path })
       end
       loader.load(st.entry)
       if not st.entry.def.down then
-        errors.raise("validation", string.format("%s: migration %s has no down function: it cannot be reverted", st.entry.path, label(st.entry)),
-          { migration = st.version, file = st.entry.path })
+        errors.raise("validation", string.format("%s: migration %s has no down function: it cannot be reverted",
+          st.entry.path, label(st.entry)), { migration = st.version, file = st.entry.path })
       end
       entries[#entries + 1] = st.entry
     end

@@ -41,7 +41,8 @@ end
 
 -- Triggers, comments, row-level security and policies of a table.
 function M.capture(conn, oid, def)
-  def.triggers = conn:query([[SELECT tgname AS name, pg_catalog.pg_get_triggerdef(oid) AS def, tgenabled::text AS enabled
+  def.triggers = conn:query([[SELECT tgname AS name, pg_catalog.pg_get_triggerdef(oid) AS def,
+             tgenabled::text AS enabled
       FROM pg_catalog.pg_trigger WHERE tgrelid = $1::oid AND NOT tgisinternal ORDER BY tgname]], oid)
   def.comment = conn:query("SELECT pg_catalog.obj_description($1::oid, 'pg_class') AS c", oid)[1].c
   def.column_comments = conn:query([[SELECT a.attname AS name, d.description AS comment
@@ -51,9 +52,11 @@ function M.capture(conn, oid, def)
   def.policies = conn:query([[SELECT p.polname AS name, p.polpermissive AS permissive, p.polcmd::text AS cmd,
            pg_catalog.array_to_json(ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(r) END
                                             FROM pg_catalog.unnest(p.polroles) r)) AS roles,
-           pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS qual, pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) AS with_check
+           pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS qual,
+           pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) AS with_check
       FROM pg_catalog.pg_policy p WHERE p.polrelid = $1::oid ORDER BY p.polname]], oid)
-  local r = conn:query("SELECT relrowsecurity AS rls, relforcerowsecurity AS force FROM pg_catalog.pg_class WHERE oid = $1::oid", oid)[1]
+  local r = conn:query("SELECT relrowsecurity AS rls, relforcerowsecurity AS force "
+    .. "FROM pg_catalog.pg_class WHERE oid = $1::oid", oid)[1]
   def.row_security, def.force_row_security = r.rls, r.force
   return def
 end
@@ -61,8 +64,8 @@ end
 -- Seals the definition on the backup table (dst: quoted name), before its
 -- ownership moves to the source's owner.
 function M.seal(conn, dst, definition_json)
-  local h = conn:query("SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(($1::jsonb)::text, 'UTF8')), 'hex') AS h",
-    definition_json)[1].h
+  local h = conn:query("SELECT pg_catalog.encode(pg_catalog.sha256("
+    .. "pg_catalog.convert_to(($1::jsonb)::text, 'UTF8')), 'hex') AS h", definition_json)[1].h
   conn:exec(string.format("COMMENT ON TABLE %s IS %s", dst, conn:quote_literal(SEAL .. h)))
 end
 
@@ -75,13 +78,15 @@ end
 -- still go through M.checked.
 function M.verify_seal(conn, b, backup_ident)
   if b.definition == nil then return end
-  local r = conn:query([[SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(definition::text, 'UTF8')), 'hex') AS h,
+  local r = conn:query([[SELECT
+      pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(definition::text, 'UTF8')), 'hex') AS h,
       pg_catalog.obj_description(pg_catalog.to_regclass($2), 'pg_class') AS c
       FROM migrate_lua_backups.catalog WHERE id = $1]], b.id, backup_ident)[1]
   if r.c == nil then return end
   local sealed = r.c:sub(1, #SEAL) == SEAL and r.c:sub(#SEAL + 1)
   if sealed ~= r.h then
-    errors.raise("validation", string.format("backup %d: its catalogued definition no longer matches the seal on %s (sha256 %s, sealed %s): the catalog row was modified; not restored",
+    errors.raise("validation", string.format("backup %d: its catalogued definition no longer matches the seal on %s "
+      .. "(sha256 %s, sealed %s): the catalog row was modified; not restored",
       b.id, backup_ident, r.h, tostring(sealed)), { object = backup_ident })
   end
 end
@@ -101,13 +106,15 @@ function M.checked(b, sql, node, rel, subtype, allow_subquery)
   local stmts = lint.parse(sql)
   local s = stmts and #stmts == 1 and stmts[1].node == node and stmts[1].stmt
   local target = s and (s.relation or s.table)
-  local ok = s and target and target.relname == rel.name and (target.schemaname == nil or target.schemaname == rel.schema)
+  local ok = s and target and target.relname == rel.name
+    and (target.schemaname == nil or target.schemaname == rel.schema)
     and (allow_subquery or not has_key(s, "SubLink"))
   if ok and node == "AlterTableStmt" then
     ok = #(s.cmds or {}) == 1 and s.cmds[1].AlterTableCmd and s.cmds[1].AlterTableCmd.subtype == subtype
   end
   if not ok then
-    errors.raise("validation", string.format("backup %d: a catalogued definition is not the single %s on %s.%s it should be: %s; the catalog row was modified; not restored",
+    errors.raise("validation", string.format("backup %d: a catalogued definition is not the single %s on %s.%s "
+      .. "it should be: %s; the catalog row was modified; not restored",
       b.id, node, rel.schema, rel.name, sql:sub(1, 300)), { object = rel.schema .. "." .. rel.name })
   end
   return sql
@@ -121,20 +128,21 @@ local function try(conn, report, what, fn)
   else
     conn:exec("ROLLBACK TO SAVEPOINT migrate_lua_restore_extra")
     if type(err) == "table" and err.kind == "validation" then error(err, 0) end
-    report.notes[#report.notes + 1] = string.format("%s not restored: %s", what, tostring(type(err) == "table" and err.message or err))
+    report.notes[#report.notes + 1] = string.format("%s not restored: %s", what,
+      tostring(type(err) == "table" and err.message or err))
   end
   return ok
 end
 
 -- A column restore re-added: its DEFAULT and NOT NULL as they were.
-function M.finish_column(conn, b, src, rel, col, report)
+function M.finish_column(conn, b, src, _rel, col, report)
   local fact
   for _, c in ipairs(b.definition and b.definition.columns or {}) do if c.name == col then fact = c end end
   if not fact then return end
   local target = { schema = b.source_schema, name = b.source_table }
   if fact.default and fact.generated ~= "s" and not (fact.identity or ""):match("[ad]") then
-    local sql = M.checked(b, string.format("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s", src, qi(conn, col), fact.default),
-      "AlterTableStmt", target, "AT_ColumnDefault")
+    local sql = M.checked(b, string.format("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s", src, qi(conn, col),
+      fact.default), "AlterTableStmt", target, "AT_ColumnDefault")
     try(conn, report, "DEFAULT of " .. col, function() conn:exec(sql) end)
   end
   if fact.not_null then
@@ -172,7 +180,8 @@ function M.finish_table(conn, b, src, report)
     local roles = {}
     for i, r in ipairs(p.roles or {}) do roles[i] = r == "PUBLIC" and "PUBLIC" or qi(conn, r) end
     local sql = string.format("CREATE POLICY %s ON %s AS %s FOR %s TO %s%s%s", qi(conn, p.name), src,
-      p.permissive and "PERMISSIVE" or "RESTRICTIVE", CMDS[p.cmd] or "ALL", #roles > 0 and table.concat(roles, ", ") or "PUBLIC",
+      p.permissive and "PERMISSIVE" or "RESTRICTIVE", CMDS[p.cmd] or "ALL",
+      #roles > 0 and table.concat(roles, ", ") or "PUBLIC",
       p.qual and (" USING (" .. p.qual .. ")") or "", p.with_check and (" WITH CHECK (" .. p.with_check .. ")") or "")
     M.checked(b, sql, "CreatePolicyStmt", target, nil, true)
     if try(conn, report, "policy " .. p.name, function() conn:exec(sql) end) then

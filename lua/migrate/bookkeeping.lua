@@ -27,20 +27,24 @@ objs(label, kind, rel) AS (
 SELECT o.label, o.kind AS want, c.relkind AS kind,
        pg_catalog.format('%I.%I', n.nspname, c.relname) AS qualified,
        pg_catalog.pg_get_userbyid(c.relowner) AS owner, current_user AS me,
-       (c.relowner IN (SELECT oid FROM mine) OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = c.relowner)) AS trusted,
+       (c.relowner IN (SELECT oid FROM mine)
+        OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = c.relowner)) AS trusted,
        EXISTS (SELECT 1 FROM pg_catalog.aclexplode(c.relacl) a WHERE a.grantee <> c.relowner) AS granted,
        EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
          OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w WHERE w.ev_class = c.oid) AS code
   FROM objs o JOIN pg_catalog.pg_class c ON c.oid = o.rel JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 UNION ALL
-SELECT 'schema migrate_lua_backups', 'n', 'n', pg_catalog.quote_ident(n.nspname), pg_catalog.pg_get_userbyid(n.nspowner), current_user,
-       (n.nspowner IN (SELECT oid FROM mine) OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = n.nspowner)),
+SELECT 'schema migrate_lua_backups', 'n', 'n', pg_catalog.quote_ident(n.nspname),
+       pg_catalog.pg_get_userbyid(n.nspowner), current_user,
+       (n.nspowner IN (SELECT oid FROM mine)
+        OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = n.nspowner)),
        false, false
   FROM pg_catalog.pg_namespace n WHERE n.nspname = 'migrate_lua_backups']]
 
 local function refuse(r, why)
   errors.raise("config", string.format(
-    "%s (%s) %s: migrate-lua refuses to use it, since it could run code as role %q or forge the history; check who created it, then drop it or ALTER … OWNER TO %s",
+    "%s (%s) %s: migrate-lua refuses to use it, since it could run code as role %q or forge the history; "
+      .. "check who created it, then drop it or ALTER … OWNER TO %s",
     r.label, r.qualified, why, r.me, r.me), { object = r.qualified, owner = r.owner })
 end
 
@@ -53,9 +57,12 @@ function M.check(conn)
   local names = {}
   for _, r in ipairs(rows) do
     if not r.trusted then
-      refuse(r, string.format("is owned by role %q, which is neither %q, a role it is a member of, nor a superuser", r.owner, r.me))
+      refuse(r, string.format("is owned by role %q, which is neither %q, a role it is a member of, nor a superuser",
+        r.owner, r.me))
     end
-    if r.kind ~= r.want then refuse(r, string.format("is not a %s (relkind %s)", r.want == "S" and "sequence" or "table", r.kind)) end
+    if r.kind ~= r.want then
+      refuse(r, string.format("is not a %s (relkind %s)", r.want == "S" and "sequence" or "table", r.kind))
+    end
     if r.code then refuse(r, "has a trigger or rule, which the tool never creates") end
     if r.granted then M.revoke(conn, r.qualified, r.kind) end
     names[r.label] = r.qualified
@@ -68,10 +75,12 @@ end
 function M.no_create(conn, err, what)
   if type(err) ~= "table" or err.sqlstate ~= "42501" then error(err, 0) end
   local r = conn:query([[SELECT current_user AS me, pg_catalog.quote_ident(current_user) AS qme,
-    pg_catalog.quote_ident(pg_catalog.current_schema()) AS s, pg_catalog.quote_ident(pg_catalog.current_database()) AS d]])[1]
+    pg_catalog.quote_ident(pg_catalog.current_schema()) AS s,
+    pg_catalog.quote_ident(pg_catalog.current_database()) AS d]])[1]
   local kind, name = r.s and "schema" or "database", r.s or r.d
   errors.raise("config", string.format(
-    "role %q has no CREATE privilege on %s %s, which migrate-lua needs to create %s: GRANT CREATE ON %s %s TO %s; (or create the tool's tables once as a role that may, and give them to this role) (PostgreSQL: %s)",
+    "role %q has no CREATE privilege on %s %s, which migrate-lua needs to create %s: GRANT CREATE ON %s %s TO %s; "
+      .. "(or create the tool's tables once as a role that may, and give them to this role) (PostgreSQL: %s)",
     r.me, kind, name, what, kind:upper(), name, r.qme, err.message or ""), { object = kind .. " " .. name })
 end
 

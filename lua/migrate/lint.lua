@@ -89,15 +89,20 @@ local function unparseable(m, sql, msg, pos)
   if allowed(m, "parse") then
     if m.logger then
       m.logger:event { migration = m.entry.version, status = "lint", level = "warn",
-        message = string.format("not linted: the lint's parser (libpg_query, PostgreSQL %s grammar) cannot read this SQL (%s at character %d); sent to the server (PostgreSQL %s) as it is inside m:unsafe",
+        message = string.format("not linted: the lint's parser (libpg_query, PostgreSQL %s grammar) "
+          .. "cannot read this SQL (%s at character %d); sent to the server (PostgreSQL %s) as it is inside m:unsafe",
           parser, msg, pos or 0, server),
         metadata = { rule = "parse", parser_version = parser, server_version = server, sql = sql:sub(1, 200) } }
     end
     return
   end
   m:fail(errors.new("lint", string.format(
-    "SQL does not parse: %s (at character %d) with the lint's parser (libpg_query, PostgreSQL %s grammar); the server is PostgreSQL %s. If this is valid syntax newer than PostgreSQL %s, run it inside m:unsafe(reason, fn) (or m:unsafe{reason = ..., allow = {\"parse\"}}(fn)): it then goes to the server unlinted, and the log records that; otherwise fix the SQL",
-    msg, pos or 0, parser, server, parser), { sql = sql, rule = "parse", parser_version = parser, server_version = server }))
+    "SQL does not parse: %s (at character %d) with the lint's parser (libpg_query, PostgreSQL %s grammar); "
+      .. "the server is PostgreSQL %s. If this is valid syntax newer than PostgreSQL %s, "
+      .. "run it inside m:unsafe(reason, fn) (or m:unsafe{reason = ..., allow = {\"parse\"}}(fn)): "
+      .. "it then goes to the server unlinted, and the log records that; otherwise fix the SQL",
+    msg, pos or 0, parser, server, parser),
+    { sql = sql, rule = "parse", parser_version = parser, server_version = server }))
 end
 
 -- Statements PostgreSQL refuses inside a transaction block (25001), which a
@@ -123,12 +128,14 @@ local function needs_own_tx(s)
 end
 
 -- The multi-statement combinations of a transaction = false migration.
-local function combination(m, stmts, i, s)
+local function combination(m, stmts, _i, s)
   if m.transactional or #stmts < 2 then return nil end
   local what = needs_own_tx(s)
   if what and not (s.node == "VacuumStmt" and not s.stmt.is_vacuumcmd) then
     return { rule = "ML24", object = s.sql:sub(1, 60), severity = "error", always = true,
-      message = string.format("%s cannot run in a string of several statements: PostgreSQL runs such a string as one implicit transaction and refuses it there (error 25001); split it: one m:exec call per statement", what) }
+      message = string.format("%s cannot run in a string of several statements: "
+        .. "PostgreSQL runs such a string as one implicit transaction and refuses it there (error 25001); "
+        .. "split it: one m:exec call per statement", what) }
   end
 end
 
@@ -186,7 +193,8 @@ end
 -- ML38: the executor owns the transaction (m:exec and m:query alike).
 function M.no_transaction_control(m, s, call)
   if s.node == "TransactionStmt" then
-    m:fail(errors.new("lint", "ML38: transaction control (BEGIN/COMMIT/ROLLBACK) is not allowed in " .. call .. ": the executor owns the transaction; use transaction = false for a migration that must run outside one",
+    m:fail(errors.new("lint", "ML38: transaction control (BEGIN/COMMIT/ROLLBACK) is not allowed in " .. call
+      .. ": the executor owns the transaction; use transaction = false for a migration that must run outside one",
       { sql = s.sql, rule = "ML38", object = s.sql }))
   end
 end
@@ -252,7 +260,8 @@ function M.track(m, s, state)
       m.created[rel.relname] = true
       if rel.schemaname then m.created[rel.schemaname .. "." .. rel.relname] = true end
       m.created_pending = m.created_pending or {}
-      m.created_pending[#m.created_pending + 1] = rel.schemaname and (rel.schemaname .. "." .. rel.relname) or rel.relname
+      m.created_pending[#m.created_pending + 1] = rel.schemaname and (rel.schemaname .. "." .. rel.relname)
+        or rel.relname
     end
   end
   if M.rules.track then M.rules.track(m, s, state or {}) end

@@ -26,8 +26,10 @@ M.COUNTERS = {
   { "migrate_lua_backups_total", "Backups taken before destructive steps.", "backups" },
   { "migrate_lua_backup_rows_total", "Rows copied into backups.", "backup_rows" },
   { "migrate_lua_backup_bytes_total", "Bytes of backup tables.", "backup_bytes" },
-  { "migrate_lua_lock_timeouts_total", "Lock waits that hit lock_timeout (each retried or failed attempt).", "lock_timeouts" },
-  { "migrate_lua_lock_wait_seconds_total", "Time spent waiting for locks in attempts that timed out, plus reported lock waits.", "lock_wait_seconds" },
+  { "migrate_lua_lock_timeouts_total", "Lock waits that hit lock_timeout (each retried or failed attempt).",
+    "lock_timeouts" },
+  { "migrate_lua_lock_wait_seconds_total",
+    "Time spent waiting for locks in attempts that timed out, plus reported lock waits.", "lock_wait_seconds" },
   { "migrate_lua_unsafe_blocks_total", "m:unsafe blocks entered.", "unsafe" },
   { "migrate_lua_log_sink_errors_total", "Log sinks (file, table) that failed during a run.", "sink_errors" },
 }
@@ -145,18 +147,24 @@ function M.render(run, prev)
   end
   local samples = {}
   for _, d in ipairs(M.durations) do
-    samples[#samples + 1] = { { version = d.version, name = d.name, direction = d.direction, status = d.status }, d.seconds }
+    samples[#samples + 1] = { { version = d.version, name = d.name, direction = d.direction, status = d.status },
+      d.seconds }
   end
   emit("migrate_lua_migration_duration_seconds", "Duration of each migration the last run executed.", "gauge", samples)
   local cmd = { command = run.command or "unknown" }
-  emit("migrate_lua_last_run_timestamp_seconds", "When the last run finished (Unix time).", "gauge", { { cmd, os.time() } })
+  emit("migrate_lua_last_run_timestamp_seconds", "When the last run finished (Unix time).", "gauge",
+    { { cmd, os.time() } })
   emit("migrate_lua_last_run_duration_seconds", "Wall time of the last run.", "gauge",
     { { cmd, (core.now_ms() - started_ms) / 1000 } })
-  emit("migrate_lua_last_run_exit_code", "Exit code of the last run (0 ok, 1 migration failed, 2 usage, 3 validation, 4 locked, 5 pending).",
+  emit("migrate_lua_last_run_exit_code",
+    "Exit code of the last run (0 ok, 1 migration failed, 2 usage, 3 validation, 4 locked, 5 pending).",
     "gauge", { { cmd, run.exit_code or 0 } })
-  emit("migrate_lua_last_run_success", "1 when the last run exited 0.", "gauge", { { cmd, (run.exit_code or 0) == 0 and 1 or 0 } })
-  emit("migrate_lua_last_run_migrations_applied", "Migrations the last run applied.", "gauge", { { cmd, counts.applied or 0 } })
-  emit("migrate_lua_last_run_migrations_failed", "Migrations the last run failed on.", "gauge", { { cmd, counts.failed or 0 } })
+  emit("migrate_lua_last_run_success", "1 when the last run exited 0.", "gauge",
+    { { cmd, (run.exit_code or 0) == 0 and 1 or 0 } })
+  emit("migrate_lua_last_run_migrations_applied", "Migrations the last run applied.", "gauge",
+    { { cmd, counts.applied or 0 } })
+  emit("migrate_lua_last_run_migrations_failed", "Migrations the last run failed on.", "gauge",
+    { { cmd, counts.failed or 0 } })
   return table.concat(out, "\n") .. "\n"
 end
 

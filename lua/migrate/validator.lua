@@ -19,17 +19,20 @@ function M.static(status, problems)
   for _, p in ipairs(problems or {}) do add("error", nil, p.message, { object = p.file, rule = "naming" }) end
   for _, st in ipairs(status) do
     if st.state == "changed" then
-      add("error", st, string.format("%s: applied migration %s changed since it was applied (drift)", st.entry.path, label(st)),
-        { object = st.entry.path, rule = "drift" })
+      add("error", st, string.format("%s: applied migration %s changed since it was applied (drift)",
+        st.entry.path, label(st)), { object = st.entry.path, rule = "drift" })
     elseif st.state == "missing" then
       add("error", st, string.format("applied migration %s has no file (missing)", label(st)), { rule = "drift" })
     elseif st.state == "failed" then
       add("warning", st, st.row
-        and string.format("the rollback of %s stopped part-way in an earlier run (transaction = false): it is still applied; run rollback again to finish undoing it", label(st))
-        or string.format("%s stopped part-way in an earlier run (transaction = false); the next run resumes it", label(st)),
+        and string.format("the rollback of %s stopped part-way in an earlier run (transaction = false): "
+          .. "it is still applied; run rollback again to finish undoing it", label(st))
+        or string.format("%s stopped part-way in an earlier run (transaction = false); the next run resumes it",
+          label(st)),
         { object = st.entry.path, rule = "incomplete" })
     elseif st.state == "running" then
-      add("warning", st, string.format("%s is running now in another migrate-lua run (%s holds the migration lock); it is not pending",
+      add("warning", st, string.format(
+        "%s is running now in another migrate-lua run (%s holds the migration lock); it is not pending",
         label(st), st.holder or "a live session"), { object = st.entry and st.entry.path, rule = "running" })
     end
     if st.entry and (st.state == "pending" or st.state == "failed") then
@@ -37,7 +40,8 @@ function M.static(status, problems)
       if not ok then
         add("error", st, tostring(err), { object = st.entry.path, rule = "load" })
       elseif loader.empty_up(st.entry) then
-        add("error", st, string.format("%s: up has no statement (still the template's empty body): applying it would record %s as done while changing nothing; write the migration or delete the file",
+        add("error", st, string.format("%s: up has no statement (still the template's empty body): "
+          .. "applying it would record %s as done while changing nothing; write the migration or delete the file",
           st.entry.path, label(st)), { object = st.entry.path, rule = "empty" })
       elseif not st.entry.def.down then
         add("warning", st, string.format("%s has no down function: it cannot be rolled back", st.entry.path),
@@ -105,31 +109,43 @@ M.existing_tables = existing
 -- sessions holding locks on them for longer than lock_timeout (ML35).
 function M.live_tables(conn, tables, config)
   local findings = {}
-  local function add(sev, mig, rule, obj, msg) findings[#findings + 1] = { severity = sev, migration = mig, rule = rule, object = obj, message = msg } end
+  local function add(sev, mig, rule, obj, msg)
+    findings[#findings + 1] = { severity = sev, migration = mig, rule = rule, object = obj, message = msg }
+  end
   local cap = (config and config.lock_timeout or 5000)
   for t, mig in pairs(tables) do
     for _, r in ipairs(conn:query([[
-        SELECT i.indexrelid::regclass::text AS idx, pg_catalog.pg_size_pretty(pg_catalog.pg_relation_size(i.indexrelid)) AS size
+        SELECT i.indexrelid::regclass::text AS idx,
+               pg_catalog.pg_size_pretty(pg_catalog.pg_relation_size(i.indexrelid)) AS size
           FROM pg_catalog.pg_index i WHERE i.indrelid = $1::regclass AND NOT i.indisvalid]], t)) do
-      add("error", mig, "ML25", r.idx, string.format("index %s on %s is INVALID (left by a failed CREATE INDEX CONCURRENTLY, %s): it is still maintained on every write and never used; drop it with m:safe_drop_index(%q) or rebuild it with m:safe_add_index / m:safe_reindex",
+      add("error", mig, "ML25", r.idx, string.format(
+        "index %s on %s is INVALID (left by a failed CREATE INDEX CONCURRENTLY, %s): "
+          .. "it is still maintained on every write and never used; "
+          .. "drop it with m:safe_drop_index(%q) or rebuild it with m:safe_add_index / m:safe_reindex",
         r.idx, t, r.size, r.idx))
     end
     for _, r in ipairs(conn:query([[
         SELECT c.conname, pg_catalog.pg_get_constraintdef(c.oid) AS def FROM pg_catalog.pg_constraint c
          WHERE c.conrelid = $1::regclass AND NOT c.convalidated]], t)) do
-      add("warning", mig, "ML19", t .. "." .. r.conname, string.format("constraint %s on %s is NOT VALID (%s): existing rows are unchecked; finish it with m:safe_validate_constraint(%q, %q)",
+      add("warning", mig, "ML19", t .. "." .. r.conname, string.format(
+        "constraint %s on %s is NOT VALID (%s): existing rows are unchecked; "
+          .. "finish it with m:safe_validate_constraint(%q, %q)",
         r.conname, t, r.def, t, r.conname))
     end
     for _, r in ipairs(conn:query([[
         SELECT a.pid, a.usename, a.application_name, a.state, l.mode,
-               round(extract(epoch FROM pg_catalog.now() - coalesce(a.xact_start, a.query_start)) * 1000)::bigint AS age_ms,
+               round(extract(epoch FROM pg_catalog.now() - coalesce(a.xact_start, a.query_start)) * 1000)::bigint
+                 AS age_ms,
                left(a.query, 200) AS query
           FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
          WHERE l.relation = $1::regclass AND l.granted AND a.pid <> pg_catalog.pg_backend_pid()
            AND coalesce(a.xact_start, a.query_start) < pg_catalog.now() - make_interval(secs => $2::float8 / 1000)
          ORDER BY age_ms DESC]], t, cap)) do
-      add("error", mig, "ML35", t, string.format("pid %d (user %s, application %q, %s) has held %s on %s for %.1f s (longer than the %d ms lock timeout): a migration step on %s would wait behind it and time out; query: %s",
-        r.pid, r.usename or "?", r.application_name or "", r.state or "?", r.mode, t, r.age_ms / 1000, cap, t, (r.query or ""):gsub("%s+", " ")))
+      add("error", mig, "ML35", t, string.format(
+        "pid %d (user %s, application %q, %s) has held %s on %s for %.1f s (longer than the %d ms lock timeout): "
+          .. "a migration step on %s would wait behind it and time out; query: %s",
+        r.pid, r.usename or "?", r.application_name or "", r.state or "?", r.mode, t, r.age_ms / 1000, cap, t,
+        (r.query or ""):gsub("%s+", " ")))
     end
   end
   return findings
@@ -137,7 +153,7 @@ end
 
 -- Live checks on the tables the pending migrations mention (static scan of
 -- their files): what dry-run and safe-run call before running.
-function M.live(conn, status, pending, config)
+function M.live(conn, _status, pending, config)
   local tables = {}
   for _, e in ipairs(pending or {}) do
     local src = e.source or e.text
