@@ -27,7 +27,8 @@ end
 function M.require_reason(config, command)
   local reason = config.reason
   if type(reason) ~= "string" or not reason:match("%S") then
-    require("migrate.errors").raise("usage", command .. " needs --reason TEXT: say why the history is being changed (it is logged with who and when)")
+    require("migrate.errors").raise("usage", command
+      .. " needs --reason TEXT: say why the history is being changed (it is logged with who and when)")
   end
   return reason
 end

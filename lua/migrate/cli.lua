@@ -16,7 +16,8 @@ M.options = {
   ["--log-file"] = { key = "log_file", kind = "string", default = "./migration-execution.log" },
   ["--lock-timeout"] = { key = "lock_timeout", kind = "int", default = 5000, min = 1 },
   ["--lock-retries"] = { key = "lock_retries", kind = "int", default = 3, min = 0 },
-  ["--statement-timeout"] = { key = "statement_timeout", kind = "int", min = 0 },   -- none given: the server's (ALTER ROLE … SET) stays
+  -- none given: the server's (ALTER ROLE … SET) stays
+  ["--statement-timeout"] = { key = "statement_timeout", kind = "int", min = 0 },
   ["--small-table-rows"] = { key = "small_table_rows", kind = "int", default = 10000, min = 0 },
   ["--wait"] = { key = "wait", kind = "int", default = 0, min = 0 },
   ["--timeout"] = { key = "timeout", kind = "int", default = 0, min = 0 },   -- seconds per migration
@@ -194,7 +195,8 @@ local function error_document(command, e)
   local doc = { ok = false, error = { kind = e.kind, message = scrub(tostring(e)), migration = e.migration,
     file = e.file, sqlstate = e.sqlstate } }
   if command == "validate" or command == "dry-run" then
-    doc.findings = json.array { { severity = "error", migration = e.migration or json.null, message = scrub(tostring(e)) } }
+    doc.findings = json.array {
+      { severity = "error", migration = e.migration or json.null, message = scrub(tostring(e)) } }
   elseif command ~= "show" and command ~= "backup" and command ~= "logs" then
     doc.applied, doc.reverted, doc.failed = json.array(), json.array(), e.migration or json.null
   end
@@ -241,7 +243,8 @@ function M.main(argv)
   local name = command
   if not M.commands[name] then
     local hint = M.suggest(name, M.words())
-    local e = errors.new("usage", string.format("unknown command %q%s", name, hint and (" (did you mean " .. hint .. "?)") or ""))
+    local e = errors.new("usage", string.format("unknown command %q%s", name,
+      hint and (" (did you mean " .. hint .. "?)") or ""))
     if config.json then io.stdout:write(json.encode(error_document(nil, e)), "\n") end
     print_error(e, config)
     return 2
@@ -250,7 +253,7 @@ function M.main(argv)
   -- the host returns its exit code from main; nothing in Lua may exit the
   -- process (a migration's os.exit, even reached through _G, would skip the
   -- rollback and the report)
-  os.exit = function()
+  os.exit = function()   -- luacheck: ignore 122 (deliberate: see the comment above)
     error("os.exit is not allowed while migrate-lua runs (raise an error instead: the migration is rolled back)", 2)
   end
   if require("migrate.fleet").wanted(config) then   -- issue 19: one command over many databases
@@ -266,10 +269,10 @@ function M.main(argv)
   ok, err = pcall(function() code, doc = mod.run(config, args) end)
   if not ok then
     local e = errors.wrap(err)
-    local doc = error_document(command, e)
-    if config.json then io.stdout:write(json.encode(doc), "\n") end
+    local edoc = error_document(command, e)
+    if config.json then io.stdout:write(json.encode(edoc), "\n") end
     print_error(e, config)
-    M.report(config, command, errors.exit_code(e), doc, e)
+    M.report(config, command, errors.exit_code(e), edoc, e)
     return errors.exit_code(e)
   end
   code = require("migrate.schema").after_command(config, command, code, doc)   -- --schema-file

@@ -122,7 +122,8 @@ function M.parse_file(text, path, options)
     if s ~= "" and s:sub(1, 1) ~= "#" then
       local key, raw = s:match("^%-*([%w][%w_%-]*)%s*=(.*)$")
       if not key then
-        errors.raise("usage", string.format("%s:%d: expected `option = value`, got %q", path, l.n, l.text), { file = path })
+        errors.raise("usage", string.format("%s:%d: expected `option = value`, got %q", path, l.n, l.text),
+          { file = path })
       end
       local name, spec = spec_for(key:gsub("_", "-"), options)
       if not name then
@@ -130,7 +131,9 @@ function M.parse_file(text, path, options)
           spec and (" (did you mean " .. spec .. "?)") or ""), { file = path })
       end
       local v = value(raw)
-      if not v then errors.raise("usage", string.format("%s:%d: %s: unclosed quote", path, l.n, key), { file = path }) end
+      if not v then
+        errors.raise("usage", string.format("%s:%d: %s: unclosed quote", path, l.n, key), { file = path })
+      end
       if out[spec.key] then
         errors.raise("usage", string.format("%s:%d: %s is already set on line %d", path, l.n, key, out[spec.key].line),
           { file = path })

@@ -162,16 +162,19 @@ function M:unsafe(reason, fn)
     local spec = reason
     for k in pairs(spec) do
       if k ~= "reason" and k ~= "allow" then
-        self:fail(errors.new("usage", string.format("m:unsafe{...}: unknown key %q (accepted: reason, allow)", tostring(k))))
+        self:fail(errors.new("usage", string.format("m:unsafe{...}: unknown key %q (accepted: reason, allow)",
+          tostring(k))))
       end
     end
     if type(spec.allow) ~= "table" or #spec.allow == 0 then
-      self:fail(errors.new("usage", "m:unsafe{reason = ..., allow = {\"ML07\", ...}}: allow must list the rule ids it relaxes"))
+      self:fail(errors.new("usage",
+        "m:unsafe{reason = ..., allow = {\"ML07\", ...}}: allow must list the rule ids it relaxes"))
     end
     allow = {}
     for _, r in ipairs(spec.allow) do
       if type(r) ~= "string" or not (r:match("^ML%d%d$") or r == "parse") then
-        self:fail(errors.new("usage", string.format("m:unsafe{allow = ...}: %q is not a rule id (ML01 ... ML41, or \"parse\")", tostring(r))))
+        self:fail(errors.new("usage", string.format(
+          "m:unsafe{allow = ...}: %q is not a rule id (ML01 ... ML41, or \"parse\")", tostring(r))))
       end
       allow[r] = true
     end
@@ -279,7 +282,8 @@ end
 
 -- }======
 
-function M:now_ms() return core.now_ms() end
+-- a method because migrations call it as m:now_ms(); it reads no state
+function M:now_ms() return core.now_ms() end   -- luacheck: ignore 212/self
 
 -- The one place destructive steps ask for a backup (the backup service,
 -- migrate.backup, decides how). The plain `run` path takes none, by contract.

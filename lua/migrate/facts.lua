@@ -65,7 +65,8 @@ function M.table_size(m, name, threshold, prefer_stats)
   end
   if f.rows == nil and estimate and (prefer_stats or estimate > threshold * 4 or estimate * 4 < threshold) then
     f.rows, f.exact = estimate, false
-    f.source = string.format("statistics: pg_class.reltuples %.0f over %d pages, %d pages now", r.reltuples, r.relpages, pages_now)
+    f.source = string.format("statistics: pg_class.reltuples %.0f over %d pages, %d pages now",
+      r.reltuples, r.relpages, pages_now)
   elseif f.rows == nil then
     local limit = math.max(threshold, 0)
     local cnt = query(m, string.format("SELECT count(*) AS n FROM (SELECT 1 FROM %s LIMIT %d) s",
@@ -79,7 +80,9 @@ function M.table_size(m, name, threshold, prefer_stats)
   end
   f.small = f.rows <= threshold
   f.threshold = threshold
-  local shown = f.exact and tostring(f.rows) or (f.source:match("^counted up") and ("more than " .. threshold)) or ("about " .. tostring(f.rows))
+  local shown = f.exact and tostring(f.rows)
+    or (f.source:match("^counted up") and ("more than " .. threshold))
+    or ("about " .. tostring(f.rows))
   f.text = string.format("%s rows (%s), %s", shown, f.source, M.pretty(f.bytes))
   return f
 end

@@ -77,7 +77,8 @@ function M.check(command, given)
   local accepted = M.accepted(command)
   for _, g in ipairs(given or {}) do
     if not accepted[g.name] then
-      errors.raise("usage", string.format("%s does not accept %s (an option of %s)%s; %s accepts %s (see migrate-lua help %s)",
+      errors.raise("usage", string.format(
+        "%s does not accept %s (an option of %s)%s; %s accepts %s (see migrate-lua help %s)",
         command, g.typed, table.concat(owners[g.name] or { "another command" }, ", "), M.hint(command, g.name),
         command, M.describe(command), command), { flag = g.name, command = command })
     end

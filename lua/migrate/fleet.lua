@@ -73,7 +73,8 @@ function M.targets(config)
     end
   end
   if #list == 0 then
-    errors.raise("usage", (config.targets and ("--targets " .. config.targets) or "--targets-query") .. " lists no target")
+    errors.raise("usage", (config.targets and ("--targets " .. config.targets) or "--targets-query")
+      .. " lists no target")
   end
   return list
 end
@@ -152,11 +153,13 @@ end
 -- raw child documents are embedded verbatim).
 function M.main(command, argv, config)
   if not M.COMMANDS[command] then
-    errors.raise("usage", string.format("%s does not take --targets/--targets-query (fleets: show, validate, dry-run, safe-run, run, rollback)", command))
+    errors.raise("usage", string.format(
+      "%s does not take --targets/--targets-query (fleets: show, validate, dry-run, safe-run, run, rollback)", command))
   end
   if config.direct_url and config.direct_url ~= "" then
     -- a direct connection belongs to one database; a fleet's targets are direct connections themselves
-    errors.raise("usage", "--direct-url / $DIRECT_DATABASE_URL cannot go with a fleet: list each target's direct connection in --targets")
+    errors.raise("usage", "--direct-url / $DIRECT_DATABASE_URL cannot go with a fleet: "
+      .. "list each target's direct connection in --targets")
   end
   local list = M.targets(config)
   local base = child_argv(argv)
@@ -231,7 +234,8 @@ function M.main(command, argv, config)
   while true do
     interrupted()
     if not stop and failures >= max_failures and next_i <= total then
-      stop = string.format("%d failure%s reached --max-failures %d", failures, failures == 1 and "" or "s", max_failures)
+      stop = string.format("%d failure%s reached --max-failures %d", failures, failures == 1 and "" or "s",
+        max_failures)
     end
     while not stop and next_i <= total and #running < parallel do
       start(jobs[next_i])
@@ -268,7 +272,8 @@ function M.report(jobs, config, stop)
   end
   local out = { "" }
   for _, r in ipairs(rows) do
-    out[#out + 1] = string.format("%-" .. width[1] .. "s  %-" .. width[2] .. "s  %" .. width[3] .. "s  %s", r[1], r[2], r[3], r[4])
+    out[#out + 1] = string.format("%-" .. width[1] .. "s  %-" .. width[2] .. "s  %" .. width[3] .. "s  %s",
+      r[1], r[2], r[3], r[4])
   end
   out[#out + 1] = string.format("fleet: %d ok, %d failed, %d skipped of %d targets", ok_n, failed, skipped, #jobs)
   if skipped > 0 then

@@ -12,14 +12,17 @@ local M = {}
 local function need_table(conn, tool, name, columns)
   local r = conn:query([[SELECT pg_catalog.to_regclass($1) IS NOT NULL AS e]], name)[1]
   if not r.e then
-    errors.raise("usage", string.format("baseline --from %s: this database has no table %s (the history %s keeps); nothing recorded",
+    errors.raise("usage", string.format(
+      "baseline --from %s: this database has no table %s (the history %s keeps); nothing recorded",
       tool, name, tool))
   end
   for _, c in ipairs(columns) do
     local has = conn:query([[SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
-      WHERE attrelid = pg_catalog.to_regclass($1) AND attname = $2 AND attnum > 0 AND NOT attisdropped) AS e]], name, c)[1].e
+      WHERE attrelid = pg_catalog.to_regclass($1) AND attname = $2 AND attnum > 0 AND NOT attisdropped) AS e]],
+      name, c)[1].e
     if not has then
-      errors.raise("usage", string.format("baseline --from %s: table %s has no column %s, so it is not %s's history; nothing recorded",
+      errors.raise("usage", string.format(
+        "baseline --from %s: table %s has no column %s, so it is not %s's history; nothing recorded",
         tool, name, c, tool))
     end
   end

@@ -42,7 +42,9 @@ function encode(v, out)
     else
       local keys = {}
       for k, val in pairs(v) do
-        if type(val) ~= "function" and type(val) ~= "userdata" or val == cjson.null then keys[#keys + 1] = tostring(k) end
+        if type(val) ~= "function" and type(val) ~= "userdata" or val == cjson.null then
+          keys[#keys + 1] = tostring(k)
+        end
       end
       table.sort(keys)
       out[#out + 1] = "{"

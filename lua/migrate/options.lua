@@ -74,7 +74,8 @@ function M.check(m, call, opts, spec)
       for alt in want:gmatch("[^|]+") do if is(alt, v) then ok = true end end
       if not ok then
         fail(m, call, string.format("option %s must be %s, got %s %s", name,
-          (want:gsub("|", " or "):gsub("value", "a string, number or boolean"):gsub("names", "a name or an array of names")),
+          (want:gsub("|", " or "):gsub("value", "a string, number or boolean")
+            :gsub("names", "a name or an array of names")),
           type(v), show(v)), name)
       end
     end

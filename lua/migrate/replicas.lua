@@ -27,7 +27,8 @@ M.POLL_MS = 500
 
 local STAT_SQL = [[
   SELECT coalesce(extract(epoch FROM replay_lag), 0)::float8 AS lag,
-         coalesce(nullif(application_name, ''), 'standby') || ' (' || coalesce(host(client_addr), 'local socket') || ')' AS name
+         coalesce(nullif(application_name, ''), 'standby')
+           || ' (' || coalesce(host(client_addr), 'local socket') || ')' AS name
     FROM pg_catalog.pg_stat_replication]]
 
 -- The most lagging replica: name, lag in seconds (nil when none is listed).
@@ -76,13 +77,15 @@ function M.throttle(m, label, bar)
     end
     if bar and bar.pause then bar:pause(string.format("paused: replica %s lag %.1f s > %d s", name, lag, max)) end
     if core.interrupted() then
-      errors.raise("interrupted", string.format("%s interrupted while waiting for replica %s (lag %.1f s)", label, name, lag))
+      errors.raise("interrupted", string.format("%s interrupted while waiting for replica %s (lag %.1f s)",
+        label, name, lag))
     end
     core.sleep_ms(M.POLL_MS)
   end
   if not t0 then return 0 end
   local waited = core.now_ms() - t0
-  local msg = string.format("%s resumed after %.1f s: every replica within %d s (worst %.1f s)", label, waited / 1000, max, lag or 0)
+  local msg = string.format("%s resumed after %.1f s: every replica within %d s (worst %.1f s)",
+    label, waited / 1000, max, lag or 0)
   if m.logger then
     m.logger:event { migration = m.entry and m.entry.version, status = "throttle", level = "info", message = msg,
       metadata = { waited_ms = waited, max_replica_lag_s = max, lag_s = lag }, console_text = "    " .. msg }

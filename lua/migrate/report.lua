@@ -140,7 +140,8 @@ end
 
 -- Markdown for $GITHUB_STEP_SUMMARY.
 local function summary(command, code, doc, notes)
-  local out = { string.format("### migrate-lua %s: %s", command or "", code == 0 and "ok" or ("exit " .. tostring(code))), "" }
+  local out = {
+    string.format("### migrate-lua %s: %s", command or "", code == 0 and "ok" or ("exit " .. tostring(code))), "" }
   if type(doc) == "table" then
     for _, key in ipairs({ "applied", "reverted" }) do
       if type(doc[key]) == "table" and #doc[key] > 0 then
@@ -170,7 +171,8 @@ function M.finish(config, command, code, doc, err)
   if config.metrics_file and config.metrics_file ~= "" then
     local ok, werr = metrics.write(config.metrics_file, { command = command, exit_code = code })
     if not ok then
-      io.stderr:write(string.format("warning: cannot write the metrics file %s: %s\n", config.metrics_file, tostring(werr)))
+      io.stderr:write(string.format("warning: cannot write the metrics file %s: %s\n", config.metrics_file,
+        tostring(werr)))
     end
   end
   local format = M.format(config)

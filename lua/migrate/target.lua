@@ -23,8 +23,8 @@ function M.check(command, config)
   for _, e in ipairs((require("migrate.loader").scan(config.dir))) do
     if e.version == config.to then return end
   end
-  errors.raise("usage", string.format("%s --to %s: no migration file in %s has that version", command, config.to, config.dir),
-    { file = config.dir })
+  errors.raise("usage", string.format("%s --to %s: no migration file in %s has that version",
+    command, config.to, config.dir), { file = config.dir })
 end
 
 -- The pending entries (in order) that --to / --steps select; all without them.

@@ -9,7 +9,8 @@ local M = {}
 local function id_arg(args, verb)
   local id = math.tointeger(tonumber(args[2] or ""))
   if not id or id < 1 then
-    errors.raise("usage", string.format("backup %s needs a backup ID (a positive integer; see migrate-lua backup list)", verb))
+    errors.raise("usage", string.format("backup %s needs a backup ID (a positive integer; see migrate-lua backup list)",
+      verb))
   end
   if args[3] then errors.raise("usage", "backup " .. verb .. " takes one ID, got also " .. args[3]) end
   return id
@@ -47,7 +48,8 @@ local function restore(config, s, id)
   local r = backup.restore(s.main, id, { force = config.force, lock_timeout = config.lock_timeout })
   local dur = require("migrate.core").now_ms() - t0
   -- off a terminal, a restore slower than the progress interval shows its rate (migrate.progress)
-  if not config.quiet and not require("migrate.core").isatty(2) and dur >= require("migrate.progress").interval_ms() then
+  if not config.quiet and not require("migrate.core").isatty(2)
+    and dur >= require("migrate.progress").interval_ms() then
     io.stderr:write(string.format("    restored %s: %d rows in %.1f s, %.0f rows/s\n", r.table, r.rows or 0, dur / 1000,
       dur > 0 and (r.rows or 0) * 1000 / dur or (r.rows or 0)))
   end
@@ -56,11 +58,13 @@ local function restore(config, s, id)
     r.recreated and ", table recreated" or "",
     #r.readded > 0 and (", column re-added: " .. table.concat(r.readded, ", ")) or "", r.checksum or "")
   s.logger:event { status = "restore", message = msg, duration_ms = dur, console = false,
-    metadata = { backup_id = id, table = r.table, rows = r.rows, added = r.added, removed = r.removed, force = config.force or false } }
+    metadata = { backup_id = id, table = r.table, rows = r.rows, added = r.added, removed = r.removed,
+                 force = config.force or false } }
   if not config.json then
     io.stdout:write(msg, "\n")
     if (r.added or 0) > 0 or (r.removed or 0) > 0 then
-      io.stdout:write(string.format("  --force: %d row(s) added since the backup were left as they are; %d backed-up row(s) had no row to go back into%s\n",
+      io.stdout:write(string.format("  --force: %d row(s) added since the backup were left as they are; "
+        .. "%d backed-up row(s) had no row to go back into%s\n",
         r.added or 0, r.removed or 0, r.kind == "table" and " and were re-inserted" or ""))
     end
     for _, n in ipairs(r.rebuilt or {}) do io.stdout:write("  rebuilt: ", n, "\n") end
@@ -73,25 +77,31 @@ end
 
 local function drop(config, s, id)
   local b = backup.drop(s.main, id)
-  s.logger:event { status = "backup_drop", console = false, message = string.format("dropped backup %d (%s.%s)", id, b.source_schema, b.source_table),
+  s.logger:event { status = "backup_drop", console = false,
+    message = string.format("dropped backup %d (%s.%s)", id, b.source_schema, b.source_table),
     metadata = { backup_id = id } }
-  if not config.json then io.stdout:write(string.format("dropped backup %d (%s.%s, %d rows)\n", id, b.source_schema, b.source_table, b.row_count)) end
+  if not config.json then
+    io.stdout:write(string.format("dropped backup %d (%s.%s, %d rows)\n", id, b.source_schema, b.source_table,
+      b.row_count))
+  end
   return 0, { ok = true, dropped = json.array { id } }
 end
 
 local function prune(config, s)
   local interval = backup.parse_duration(config.older_than)
   if not interval then
-    errors.raise("usage", string.format("backup prune needs --older-than DURATION, e.g. 7d, 12h, 30m, 2w (got %s)", tostring(config.older_than)))
+    errors.raise("usage", string.format("backup prune needs --older-than DURATION, e.g. 7d, 12h, 30m, 2w (got %s)",
+      tostring(config.older_than)))
   end
   local dropped = backup.prune(s.main, interval)
   local ids = json.array()
   for _, b in ipairs(dropped) do ids[#ids + 1] = b.id end
-  s.logger:event { status = "backup_drop", console = false, message = string.format("pruned %d backup(s) older than %s", #ids, interval),
+  s.logger:event { status = "backup_drop", console = false,
+    message = string.format("pruned %d backup(s) older than %s", #ids, interval),
     metadata = { backup_ids = ids } }
   if not config.json then
-    io.stdout:write(string.format("pruned %d backup%s older than %s%s\n", #ids, #ids == 1 and "" or "s", config.older_than,
-      #ids > 0 and (": " .. table.concat(ids, ", ")) or ""))
+    io.stdout:write(string.format("pruned %d backup%s older than %s%s\n", #ids, #ids == 1 and "" or "s",
+      config.older_than, #ids > 0 and (": " .. table.concat(ids, ", ")) or ""))
   end
   return 0, { ok = true, dropped = ids }
 end
@@ -100,7 +110,9 @@ function M.run(config, args)
   local verb = args[1] or "list"
   local handlers = { list = true, restore = true, drop = true, prune = true }
   if not handlers[verb] then
-    errors.raise("usage", string.format("unknown backup command %q: use backup list | restore ID [--force] | drop ID | prune --older-than DURATION", verb))
+    errors.raise("usage", string.format(
+      "unknown backup command %q: use backup list | restore ID [--force] | drop ID | prune --older-than DURATION",
+      verb))
   end
   local id = (verb == "restore" or verb == "drop") and id_arg(args, verb) or nil
   -- list reads only; the others hold the migration lock so no run races them

@@ -45,7 +45,8 @@ local function choose(status, config, version, imported)
   for _, st in ipairs(status) do
     if wanted[st.version] then
       if st.state == "failed" and not st.row then
-        errors.raise("validation", string.format("baseline: %s_%s stopped part-way (failed, transaction = false): resume it with safe-run or undo it with revert first; nothing recorded",
+        errors.raise("validation", string.format("baseline: %s_%s stopped part-way (failed, transaction = false): "
+          .. "resume it with safe-run or undo it with revert first; nothing recorded",
           st.version, st.name), { migration = st.version, file = st.entry.path })
       end
       if not st.row then chosen[#chosen + 1] = st end
@@ -60,13 +61,15 @@ function M.run(config, args)
   if args[2] then errors.raise("usage", "baseline takes one VERSION, got also " .. args[2]) end
   if version and tool then errors.raise("usage", "baseline: give VERSION or --from TOOL, not both") end
   if not version and not tool then
-    errors.raise("usage", "baseline needs VERSION (record every migration up to it as applied) or --from typeorm|flyway|dbmate|golang-migrate")
+    errors.raise("usage", "baseline needs VERSION (record every migration up to it as applied) "
+      .. "or --from typeorm|flyway|dbmate|golang-migrate")
   end
   if version and not version:match(VERSION) then
     errors.raise("usage", string.format("baseline: %q is not a 14-digit migration version", version))
   end
   if tool and not importers[tool] then
-    errors.raise("usage", string.format("baseline --from %s: unknown tool; use one of %s", tool, table.concat(importers.TOOLS, ", ")))
+    errors.raise("usage", string.format("baseline --from %s: unknown tool; use one of %s", tool,
+      table.concat(importers.TOOLS, ", ")))
   end
   local reason = config.reason
   if version or (reason ~= nil) then reason = audit.require_reason(config, "baseline")
@@ -83,7 +86,8 @@ function M.run(config, args)
       imported = importers[tool](s.main)
       source = imported.table
       if #imported.bad > 0 then
-        errors.raise("validation", string.format("baseline --from %s: the %s history in %s is not clean: %s; fix it with %s first; nothing recorded",
+        errors.raise("validation", string.format(
+          "baseline --from %s: the %s history in %s is not clean: %s; fix it with %s first; nothing recorded",
           tool, tool, imported.table, table.concat(imported.bad, "; "), tool))
       end
     end

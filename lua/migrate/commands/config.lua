@@ -41,8 +41,9 @@ function M.settings(config)
         local raw = config[key]
         if type(raw) == "string" and o.name:find("url", 1, true) then raw = core.redact(raw) end
         if raw == nil and spec.kind == "flag" then raw = false end
-        out[#out + 1] = { option = o.name, raw = raw, value = shown(o.name, config[key]) or (spec.kind == "flag" and "false" or nil), source = src and src.source or "unset",
-                          where = src and src.where, text = describe(src) }
+        out[#out + 1] = { option = o.name, raw = raw,
+                          value = shown(o.name, config[key]) or (spec.kind == "flag" and "false" or nil),
+                          source = src and src.source or "unset", where = src and src.where, text = describe(src) }
       end
     end
   end
@@ -51,8 +52,10 @@ function M.settings(config)
     local v = os.getenv(name)
     if v then
       if name == "PGPASSWORD" then v = "***" end
-      local src = dotenv[name] and { source = ".env", where = "./.env:" .. dotenv[name] } or { source = "env", where = "$" .. name }
-      out[#out + 1] = { option = name, value = v, raw = v, source = src.source, where = src.where, text = describe(src) }
+      local src = dotenv[name] and { source = ".env", where = "./.env:" .. dotenv[name] }
+        or { source = "env", where = "$" .. name }
+      out[#out + 1] = { option = name, value = v, raw = v, source = src.source, where = src.where,
+                        text = describe(src) }
     end
   end
   return out

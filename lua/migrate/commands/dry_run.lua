@@ -71,7 +71,8 @@ local function alter_cmd(cmd)
     for _, c in ipairs(def.constraints or {}) do
       local k = c.Constraint or {}
       if k.contype == "CONSTR_DEFAULT" and k.raw_expr and k.raw_expr.FuncCall then
-        return "ACCESS EXCLUSIVE", "maybe", "a default computed by a function rewrites the table if the function is volatile"
+        return "ACCESS EXCLUSIVE", "maybe",
+          "a default computed by a function rewrites the table if the function is volatile"
       end
       if k.contype == "CONSTR_IDENTITY" then return "ACCESS EXCLUSIVE", "yes", "an identity column fills every row" end
     end
@@ -217,21 +218,24 @@ local function plan(config)
           if f then step.rows, step.rows_exact, step.size_bytes = f.estimated_rows, f.exact or false, f.size_bytes end
         end
         mig.steps[#mig.steps + 1] = step
-        doc.steps[#doc.steps + 1] = { migration = entry.version, sql = st.sql, lock = st.lock, lock_target = st.table or json.null,
+        doc.steps[#doc.steps + 1] = { migration = entry.version, sql = st.sql, lock = st.lock,
+          lock_target = st.table or json.null,
           rewrites = st.rewrite ~= "no", checked = step.checked, refused = st.refused, rule = st.rule or json.null,
           concurrent = st.concurrent }
       end
       for _, sql in ipairs(r.record) do
         if sql:match("^%-%- backup") then
-          mig.steps[#mig.steps + 1] = { sql = sql, statement = "backup", lock = "SHARE (copy)", rewrite = "no", notes = json.array(),
-                                        checked = json.array(), refused = false }
-          doc.steps[#doc.steps + 1] = { migration = entry.version, sql = sql, lock = "SHARE (copy)", lock_target = json.null,
-                                        rewrites = false, checked = json.array(), refused = false }
+          mig.steps[#mig.steps + 1] = { sql = sql, statement = "backup", lock = "SHARE (copy)", rewrite = "no",
+                                        notes = json.array(), checked = json.array(), refused = false }
+          doc.steps[#doc.steps + 1] = { migration = entry.version, sql = sql, lock = "SHARE (copy)",
+                                        lock_target = json.null, rewrites = false, checked = json.array(),
+                                        refused = false }
         end
       end
       for _, ev in ipairs(events) do
         if ev.migration == entry.version and ev.status ~= "started" and ev.status ~= "success" then
-          mig.checks[#mig.checks + 1] = { status = ev.status, level = ev.level, message = ev.message, metadata = ev.metadata }
+          mig.checks[#mig.checks + 1] = { status = ev.status, level = ev.level, message = ev.message,
+                                          metadata = ev.metadata }
         end
       end
       add_warnings(doc, r)
@@ -239,8 +243,8 @@ local function plan(config)
         local we = r.error
         mig.error = error_doc(we)
         code = 3
-        doc.findings[#doc.findings + 1] = finding_doc { severity = "error", migration = entry.version, message = tostring(we),
-          rule = we.rule or we.kind, object = we.object }
+        doc.findings[#doc.findings + 1] = finding_doc { severity = "error", migration = entry.version,
+          message = tostring(we), rule = we.rule or we.kind, object = we.object }
         if not config.json then io.stderr:write("error: ", entry.version, ": ", tostring(we), "\n") end
       end
       doc.migrations[#doc.migrations + 1] = mig
@@ -248,9 +252,11 @@ local function plan(config)
         local out = { string.format("-- %s%s", label(entry), entry.transactional and "" or " (transaction = false)") }
         for i, st in ipairs(mig.steps) do
           out[#out + 1] = string.format("%d. %s", i, st.sql)
-          out[#out + 1] = string.format("   lock: %s%s%s  rewrite: %s%s", st.lock, st.table and (" on " .. st.table) or "",
+          out[#out + 1] = string.format("   lock: %s%s%s  rewrite: %s%s", st.lock,
+            st.table and (" on " .. st.table) or "",
             st.concurrent and " (CONCURRENTLY: outside any transaction)" or "", st.rewrite,
-            st.rows and string.format("  (%s%d rows, %s)", st.rows_exact and "" or "~", st.rows, require("migrate.backup").pretty_bytes(st.size_bytes)) or "")
+            st.rows and string.format("  (%s%d rows, %s)", st.rows_exact and "" or "~", st.rows,
+              require("migrate.backup").pretty_bytes(st.size_bytes)) or "")
           for _, c in ipairs(st.checked) do
             local parts = {}
             for k, v in pairs(c) do if k ~= "check" then parts[#parts + 1] = k .. "=" .. tostring(v) end end
@@ -288,7 +294,9 @@ function M.run(config, args)
     for _, f in ipairs(findings) do doc.findings[#doc.findings + 1] = finding_doc(f) end
     print_findings(findings, config)
     if require("migrate.validator").has_errors(findings) then code = 3; return end
-    if #pending == 0 and not config.json then io.stderr:write("nothing to do: no pending migrations in ", config.dir, "\n") end
+    if #pending == 0 and not config.json then
+      io.stderr:write("nothing to do: no pending migrations in ", config.dir, "\n")
+    end
     for _, entry in ipairs(pending) do loader.load(entry) end
     -- the engine in mode "rehearse", the one validate uses
     local results, terr = engine.rehearse(s, pending, config, { mode = "dry-run", stop_on_error = true,
@@ -300,7 +308,8 @@ function M.run(config, args)
                     statements = json.array(r.record), duration_ms = r.duration_ms }
       doc.migrations[#doc.migrations + 1] = mig
       if not config.json then
-        io.stdout:write("-- ", label(entry), entry.transactional and "" or " (transaction = false: steps that cannot run in a transaction are shown, not executed)", "\n")
+        io.stdout:write("-- ", label(entry), entry.transactional and ""
+          or " (transaction = false: steps that cannot run in a transaction are shown, not executed)", "\n")
         for _, sql in ipairs(r.record) do io.stdout:write(sql, sql:match(";%s*$") and "" or ";", "\n") end
       end
       add_warnings(doc, r)

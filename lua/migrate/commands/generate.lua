@@ -10,13 +10,15 @@ function M.run(config, args)
   if not name then errors.raise("usage", "generate needs a NAME, e.g. migrate-lua generate add_users_email") end
   if args[2] then errors.raise("usage", "generate takes one NAME, got also " .. args[2]) end
   if not name:match("^[a-z0-9_]+$") then
-    errors.raise("usage", string.format("bad migration name %q: use lower-case letters, digits and _ (e.g. add_users_email)", name))
+    errors.raise("usage", string.format(
+      "bad migration name %q: use lower-case letters, digits and _ (e.g. add_users_email)", name))
   end
   if not core.isdir(config.dir) then
     -- a new project: create the folder, as dbmate and Rails do, and say so
     local ok, err = core.mkdir(config.dir)
     if not ok or not core.isdir(config.dir) then
-      errors.raise("config", "cannot create the migrations folder " .. tostring(err or config.dir), { file = config.dir })
+      errors.raise("config", "cannot create the migrations folder " .. tostring(err or config.dir),
+        { file = config.dir })
     end
     io.stderr:write("created the migrations folder ", config.dir, "\n")
   end

@@ -32,11 +32,13 @@ local function pick(status, args, forget)
     local st = by_version[v]
     if not st then errors.raise("usage", "repair " .. v .. ": no migration file or history row has that version") end
     if st.state == "missing" and not forget then
-      errors.raise("usage", string.format("repair %s: %s_%s is missing (applied, no file); pass --forget-missing to remove its history row",
+      errors.raise("usage", string.format(
+        "repair %s: %s_%s is missing (applied, no file); pass --forget-missing to remove its history row",
         v, v, st.name))
     end
     if not eligible(st) then
-      errors.raise("usage", string.format("repair %s: %s_%s is %s, not changed or missing: nothing to repair", v, v, st.name, st.state))
+      errors.raise("usage", string.format("repair %s: %s_%s is %s, not changed or missing: nothing to repair",
+        v, v, st.name, st.state))
     end
     chosen[#chosen + 1] = st
   end
@@ -59,7 +61,8 @@ function M.run(config, args)
         local label = st.version .. "_" .. st.name
         local item
         if st.state == "changed" then
-          if history.set_checksum(s.main, st.version, st.applied_checksum, st.checksum, s.names and s.names.migrate_lua_migrations) ~= 1 then
+          if history.set_checksum(s.main, st.version, st.applied_checksum, st.checksum,
+            s.names and s.names.migrate_lua_migrations) ~= 1 then
             errors.raise("runtime", "repair " .. label .. ": its history row changed meanwhile; nothing repaired")
           end
           item = { version = st.version, name = st.name, action = "checksum",
@@ -73,7 +76,8 @@ function M.run(config, args)
         local msg = item.action == "checksum"
           and string.format("repair %s: re-recorded the checksum of the changed file (%s, was %s): %s",
             label, item.new_checksum, item.old_checksum, reason)
-          or string.format("repair %s: removed the history row of the missing file (--forget-missing): %s", label, reason)
+          or string.format("repair %s: removed the history row of the missing file (--forget-missing): %s",
+            label, reason)
         audit.record(s, s.main, { migration = st.version, status = "repair", message = msg, console = false,
           metadata = { action = item.action, reason = reason, by = who.by, os_user = who.os_user,
                        old_checksum = item.old_checksum, new_checksum = item.new_checksum, name = st.name } })
@@ -85,7 +89,9 @@ function M.run(config, args)
   if not ok then error(err, 0) end
   if not config.json then
     local out = {}
-    if #done == 0 then out[1] = "nothing to repair: no changed" .. (config.forget_missing and " or missing" or "") .. " migrations" end
+    if #done == 0 then
+      out[1] = "nothing to repair: no changed" .. (config.forget_missing and " or missing" or "") .. " migrations"
+    end
     for _, d in ipairs(done) do
       out[#out + 1] = d.action == "checksum"
         and string.format("repaired %s_%s: checksum re-recorded (%s)", d.version, d.name, d.new_checksum)

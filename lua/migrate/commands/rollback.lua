@@ -23,19 +23,23 @@ local function backups_for(config, versions)
 end
 
 function M.run(config, args)
-  if args and args[1] then errors.raise("usage", "rollback takes no arguments (use --steps N or --to VERSION), got " .. args[1]) end
+  if args and args[1] then
+    errors.raise("usage", "rollback takes no arguments (use --steps N or --to VERSION), got " .. args[1])
+  end
   if config.steps and config.to then errors.raise("usage", "rollback: pass --steps N or --to VERSION, not both") end
   if config.to and not config.to:match("^%d%d%d%d%d%d%d%d%d%d%d%d%d%d$") then
     errors.raise("usage", "rollback --to expects a 14-digit migration version, got " .. config.to)
   end
-  local code, doc = apply.down(config, { mode = "rollback", steps = config.steps or 1, to = config.to, check_drift = true })
+  local code, doc = apply.down(config, { mode = "rollback", steps = config.steps or 1, to = config.to,
+                                         check_drift = true })
   local versions = {}
   for _, v in ipairs(doc.reverted) do versions[#versions + 1] = v end
   if doc.failed ~= json.null then versions[#versions + 1] = doc.failed end
   local rows = backups_for(config, versions)
   doc.backups = json.array()
   for _, b in ipairs(rows) do
-    doc.backups[#doc.backups + 1] = { id = b.id, migration = b.migration, table = b.source_schema .. "." .. b.source_table,
+    doc.backups[#doc.backups + 1] = { id = b.id, migration = b.migration,
+      table = b.source_schema .. "." .. b.source_table,
       kind = b.kind, columns = json.array(b.columns), rows = b.row_count, created_at = b.created_at,
       restore = "migrate-lua backup restore " .. b.id }
   end
@@ -48,8 +52,9 @@ function M.run(config, args)
     if #rows > 0 then
       out[#out + 1] = "backups of the data these migrations touched:"
       for _, b in ipairs(rows) do
-        out[#out + 1] = string.format("  %d  %s  %s%s, %d rows (%s)  ->  migrate-lua backup restore %d", b.id, b.migration or "-",
-          b.source_schema .. "." .. b.source_table, b.kind == "column" and ("(" .. table.concat(b.columns, ", ") .. ")") or "",
+        out[#out + 1] = string.format("  %d  %s  %s%s, %d rows (%s)  ->  migrate-lua backup restore %d",
+          b.id, b.migration or "-", b.source_schema .. "." .. b.source_table,
+          b.kind == "column" and ("(" .. table.concat(b.columns, ", ") .. ")") or "",
           b.row_count, b.created_at, b.id)
       end
     elseif #doc.reverted > 0 then

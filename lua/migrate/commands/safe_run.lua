@@ -34,7 +34,9 @@ function M.run(config)
   -- backups taken inside a migration that failed were rolled back with it
   local kept = {}
   for _, b in ipairs(taken) do
-    if doc.failed == json.null or b.committed or (b.migration ~= doc.failed and not config.single_transaction) then kept[#kept + 1] = b end
+    if doc.failed == json.null or b.committed or (b.migration ~= doc.failed and not config.single_transaction) then
+      kept[#kept + 1] = b
+    end
   end
   doc.backups = json.array()
   for _, b in ipairs(kept) do
@@ -48,15 +50,17 @@ function M.run(config)
       out[#out + 1] = string.format("  applied %s in %.0f ms", v, (doc.durations_ms or {})[v] or 0)
     end
     if doc.failed ~= json.null and doc.partial then
-      out[#out + 1] = string.format("  partial %s (transaction = false: stopped part-way; %d completed step(s) stay; the next safe-run resumes it, rollback undoes it)",
+      out[#out + 1] = string.format("  partial %s (transaction = false: stopped part-way; %d completed step(s) stay; "
+        .. "the next safe-run resumes it, rollback undoes it)",
         tostring(doc.failed), #doc.steps_done)
       for _, step in ipairs(doc.steps_done) do out[#out + 1] = "          done: " .. step end
     elseif doc.failed ~= json.null then
       out[#out + 1] = "  failed  " .. tostring(doc.failed) .. " (rolled back)"
     end
     for _, b in ipairs(kept) do
-      out[#out + 1] = string.format("  backup %d of %s%s: %d rows, %s (restore: migrate-lua backup restore %d)", b.id, b.table,
-        b.kind == "column" and ("(" .. table.concat(b.columns, ", ") .. ")") or "", b.rows, backup.pretty_bytes(b.size_bytes), b.id)
+      out[#out + 1] = string.format("  backup %d of %s%s: %d rows, %s (restore: migrate-lua backup restore %d)",
+        b.id, b.table, b.kind == "column" and ("(" .. table.concat(b.columns, ", ") .. ")") or "", b.rows,
+        backup.pretty_bytes(b.size_bytes), b.id)
     end
     io.stderr:write(table.concat(out, "\n"), "\n")
   end

@@ -43,8 +43,8 @@ function M.rehearse(s, pending, config)
       if e.sqlstate == "55P03" then
         msg = string.format("%s: could not take a lock within %d ms while rehearsing: %s", label(entry), lock_ms, msg)
       end
-      add { severity = "error", migration = entry.version, rule = e.rule or e.kind, object = e.object or e.file, message = msg,
-            where = e.where }
+      add { severity = "error", migration = entry.version, rule = e.rule or e.kind, object = e.object or e.file,
+            message = msg, where = e.where }
     end
     for _, f in ipairs(r.m.findings) do
       add { severity = f.severity or "warning", migration = entry.version, rule = f.rule, object = f.object,
@@ -58,7 +58,8 @@ function M.rehearse(s, pending, config)
     end
   end
   if err then
-    add { severity = "error", rule = "rehearsal", message = "the rehearsal of the pending migrations failed: " .. tostring(err) }
+    add { severity = "error", rule = "rehearsal",
+          message = "the rehearsal of the pending migrations failed: " .. tostring(err) }
   end
   return findings, touched
 end
@@ -77,7 +78,8 @@ function M.run(config)
     local okp, pending = pcall(executor.pending, status, config)
     if not okp then
       local e = errors.wrap(pending)
-      findings[#findings + 1] = { severity = "error", migration = e.migration, rule = "order", object = e.file, message = tostring(e) }
+      findings[#findings + 1] = { severity = "error", migration = e.migration, rule = "order", object = e.file,
+                                  message = tostring(e) }
       pending = {}
       for _, st in ipairs(status) do
         if st.state == "pending" or st.state == "failed" then pending[#pending + 1] = st.entry end
@@ -96,7 +98,9 @@ function M.run(config)
         local f = io.open(e.path, "rb")
         local src = f and f:read("a") or ""
         if f then f:close() end
-        for _, n in ipairs(validator.mentioned_tables(src)) do names[#names + 1] = n; versions[n] = versions[n] or e.version end
+        for _, n in ipairs(validator.mentioned_tables(src)) do
+          names[#names + 1] = n; versions[n] = versions[n] or e.version
+        end
       end
       tables.__versions = versions
       return names
@@ -132,7 +136,8 @@ function M.run(config)
     end
     local n_err, n_warn = 0, 0
     for _, f in ipairs(findings) do if f.severity == "error" then n_err = n_err + 1 else n_warn = n_warn + 1 end end
-    out:write(string.format("validate: %d error%s, %d warning%s\n", n_err, n_err == 1 and "" or "s", n_warn, n_warn == 1 and "" or "s"))
+    out:write(string.format("validate: %d error%s, %d warning%s\n", n_err, n_err == 1 and "" or "s",
+      n_warn, n_warn == 1 and "" or "s"))
   end
   return has_errors and 3 or 0, doc
 end
