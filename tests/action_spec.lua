@@ -112,7 +112,8 @@ describe("action.yml", function()
     p:add("20260101000001", "widgets", P.migration(
       [[m:safe_create_table("widgets", { { "id", "bigint", primary_key = true } })]], [[m:safe_drop_table("widgets")]]))
     local work = p.root
-    local results = run_action(action, { ["database-url"] = p.conninfo, dir = p.dir, ["install-dependencies"] = "false" }, work)
+    local results = run_action(action,
+      { ["database-url"] = p.conninfo, dir = p.dir, ["install-dependencies"] = "false" }, work)
     assert.equal(3, #results)   -- the apt-get step is skipped on request
     assert.equal("Build and install migrate-lua", results[1].name)
     assert.equal(0, results[1].code, results[1].out)
@@ -126,7 +127,8 @@ describe("action.yml", function()
 
     -- a migration the lint refuses: validate fails the step with an annotation on the file
     p:add("20260101000002", "drop_col", P.migration([[m:exec("ALTER TABLE widgets DROP COLUMN id")]]))
-    local again = run_action(action, { ["database-url"] = p.conninfo, dir = p.dir, ["install-dependencies"] = "false" }, work .. "/2")
+    local again = run_action(action,
+      { ["database-url"] = p.conninfo, dir = p.dir, ["install-dependencies"] = "false" }, work .. "/2")
     assert.equal(3, again[2].code, again[2].out)
     assert.matches("::error file=[^\n]*20260101000002_drop_col%.lua", again[2].out)
   end)

@@ -44,7 +44,8 @@ describe("repair", function()
     assert.equal("applied", state_of(show)["20260101000000"].state)
     assert.equal(state_of(show)["20260101000000"].checksum,
       p:sql("SELECT checksum FROM migrate_lua_migrations WHERE version = '20260101000000'"))
-    assert.equal("repair|comment edited after deploy|postgres|t", p:sql([[SELECT status, metadata->>'reason', metadata->>'by',
+    assert.equal("repair|comment edited after deploy|postgres|t",
+      p:sql([[SELECT status, metadata->>'reason', metadata->>'by',
       created_at > now() - interval '1 minute' FROM migration_logs WHERE status = 'repair']]))
     assert.equal(0, p:cli({ "validate" }).code)
   end)
@@ -66,7 +67,8 @@ describe("repair", function()
     assert.equal(0, r.code, r.stderr)
     assert.equal("20260102000000", p:applied())
     assert.equal("forget|file squashed into 20260102000000", p:sql(
-      "SELECT metadata->>'action', metadata->>'reason' FROM migration_logs WHERE status = 'repair' AND migration_name = '20260101000000'"))
+      "SELECT metadata->>'action', metadata->>'reason' FROM migration_logs "
+        .. "WHERE status = 'repair' AND migration_name = '20260101000000'"))
     assert.equal(0, p:cli({ "safe-run" }).code)
   end)
 
@@ -78,7 +80,8 @@ describe("repair", function()
     p:add("20260102000000", "slow", P.migration('m:exec("SELECT pg_sleep(3) /* slow repair */")', ""))
     local h = p:cli_bg({ "run" })
     for _ = 1, 200 do
-      if p:sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3) /* slow repair */%' AND state = 'active'") == "1" then break end
+      if p:sql("SELECT count(*) FROM pg_stat_activity "
+        .. "WHERE query LIKE 'SELECT pg_sleep(3) /* slow repair */%' AND state = 'active'") == "1" then break end
       T.sleep(0.05)
     end
     for _, args in ipairs({ { "repair", "--reason", "x" }, { "baseline", "20260102000000", "--reason", "x" } }) do
@@ -98,7 +101,8 @@ describe("repair", function()
     T.write(path, "-- edited\n" .. mig(1))
     p:add("20260102000000", "two", mig(2))
     local broken = p:add("20260102000000", "two_again", mig(3))   -- a duplicate version
-    for _, args in ipairs({ { "run" }, { "repair", "--reason", "x" }, { "baseline", "20260102000000", "--reason", "x" } }) do
+    for _, args in ipairs({ { "run" }, { "repair", "--reason", "x" },
+                            { "baseline", "20260102000000", "--reason", "x" } }) do
       local r = p:cli(args)
       assert.equal(3, r.code, table.concat(args, " ") .. ": " .. r.stderr)
       assert.matches(broken:match("[^/]+$"):gsub("%p", "%%%0"), r.stderr)
@@ -126,7 +130,8 @@ describe("baseline", function()
     assert.is_true(show["20260102000000"].baseline)
     assert.equal("pending", show["20260103000000"].state)
     assert.is_nil(show["20260103000000"].baseline)
-    assert.equal("2", p:sql("SELECT count(*) FROM migration_logs WHERE status = 'baseline' AND metadata->>'reason' = 'adopting the existing schema'"))
+    assert.equal("2", p:sql("SELECT count(*) FROM migration_logs "
+      .. "WHERE status = 'baseline' AND metadata->>'reason' = 'adopting the existing schema'"))
     -- the next run applies only what is newer (t1, t2 exist: running them would fail)
     r = p:cli({ "safe-run" })
     assert.equal(0, r.code, r.stderr)
@@ -166,12 +171,14 @@ local DDL = {
     "type" VARCHAR(20) NOT NULL, "script" VARCHAR(1000) NOT NULL, "checksum" INTEGER,
     "installed_by" VARCHAR(100) NOT NULL, "installed_on" TIMESTAMP NOT NULL DEFAULT now(),
     "execution_time" INTEGER NOT NULL, "success" BOOLEAN NOT NULL);
-    ALTER TABLE "public"."flyway_schema_history" ADD CONSTRAINT "flyway_schema_history_pk" PRIMARY KEY ("installed_rank");
+    ALTER TABLE "public"."flyway_schema_history"
+      ADD CONSTRAINT "flyway_schema_history_pk" PRIMARY KEY ("installed_rank");
     CREATE INDEX "flyway_schema_history_s_idx" ON "public"."flyway_schema_history" ("success");]],
   -- dbmate's postgres driver (CreateMigrationsTable)
   dbmate = [[create table if not exists "public"."schema_migrations" (version varchar(128) primary key)]],
   -- golang-migrate's postgres driver (ensureVersionTable)
-  ["golang-migrate"] = [[CREATE TABLE IF NOT EXISTS "public"."schema_migrations" (version bigint not null primary key, dirty boolean not null)]],
+  ["golang-migrate"] = [[CREATE TABLE IF NOT EXISTS "public"."schema_migrations" ]]
+    .. [[(version bigint not null primary key, dirty boolean not null)]],
 }
 
 local function project(tool)
@@ -199,12 +206,14 @@ describe("baseline --from", function()
     assert.same({ "20260101000000", "20260102000000" }, doc.baselined)
     assert.same({ "20231114221320" }, doc.unmatched)
     assert.same({ "applied", "applied", "pending" }, states(p))
-    assert.equal("adopted from the typeorm history", p:sql("SELECT DISTINCT metadata->>'reason' FROM migration_logs WHERE status = 'baseline'"))
+    assert.equal("adopted from the typeorm history",
+      p:sql("SELECT DISTINCT metadata->>'reason' FROM migration_logs WHERE status = 'baseline'"))
   end)
 
   it("flyway: equal versions with success; a failed entry is exit 3 and nothing recorded", function()
     local p = project("flyway")
-    p:sql([[INSERT INTO flyway_schema_history (installed_rank, version, description, type, script, checksum, installed_by, execution_time, success) VALUES
+    p:sql([[INSERT INTO flyway_schema_history
+      (installed_rank, version, description, type, script, checksum, installed_by, execution_time, success) VALUES
       (1, '20260101000000', 'one', 'SQL', 'V20260101000000__one.sql', 123, 'app', 5, true),
       (2, NULL, 'views', 'SQL', 'R__views.sql', 9, 'app', 1, true),
       (3, '20260102000000', 'two', 'SQL', 'V20260102000000__two.sql', 456, 'app', 7, false)]])
@@ -214,7 +223,8 @@ describe("baseline --from", function()
     assert.matches("success = false", r.stderr)
     assert.equal("", p:applied())
     p:sql([[UPDATE flyway_schema_history SET success = true WHERE installed_rank = 3;
-      INSERT INTO flyway_schema_history (installed_rank, version, description, type, script, checksum, installed_by, execution_time, success) VALUES
+      INSERT INTO flyway_schema_history
+      (installed_rank, version, description, type, script, checksum, installed_by, execution_time, success) VALUES
       (4, '20260103000000', 'three', 'SQL', 'V20260103000000__three.sql', 789, 'app', 3, true),
       (5, '20260103000000', 'three', 'DELETE', 'V20260103000000__three.sql', 789, 'app', 0, true)]])
     local doc

@@ -14,9 +14,9 @@ local function new_m(conninfo, opts)
 end
 
 describe("m (the migration context)", function()
-  local db, conninfo, m, conn
+  local conninfo, m, conn
   before_each(function()
-    db, conninfo = T.fresh_db("ctx")
+    conninfo = select(2, T.fresh_db("ctx"))
     m, conn = new_m(conninfo)
   end)
   after_each(function() conn:close() end)
@@ -33,7 +33,8 @@ describe("m (the migration context)", function()
   end)
 
   it("answers introspection questions, schema-qualified names included", function()
-    m:exec("CREATE SCHEMA billing; CREATE TABLE billing.invoices (id int, total int); CREATE INDEX inv_total ON billing.invoices (total)")
+    m:exec("CREATE SCHEMA billing; CREATE TABLE billing.invoices (id int, total int); "
+      .. "CREATE INDEX inv_total ON billing.invoices (total)")
     m:exec('CREATE TABLE "Odd Name" ("Mixed Col" int)')
     assert.is_true(m:table_exists("billing.invoices"))
     assert.is_false(m:table_exists("invoices"))            -- not on the search_path

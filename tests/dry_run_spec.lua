@@ -15,14 +15,18 @@ end
 
 local function counts(db)
   return T.psql(db, [[SELECT string_agg(format('%s=%s', relname, n_live), ',' ORDER BY relname) FROM (
-    SELECT c.relname, (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text AS n_live
+    SELECT c.relname,
+           (xpath('/row/n/text()',
+              query_to_xml(format('SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text
+             AS n_live
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')) s]])
 end
 
 local function setup(prefix, migrations)
   local db, url = T.fresh_db(prefix)
-  T.psql(db, "CREATE TABLE users (id int PRIMARY KEY, email text); INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 50) g")
+  T.psql(db, "CREATE TABLE users (id int PRIMARY KEY, email text); "
+    .. "INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 50) g")
   local dir = T.tmpdir()
   for file, body in pairs(migrations) do T.write(dir .. "/" .. file, body) end
   local function cli(...)
@@ -66,14 +70,16 @@ describe("dry-run", function()
     for _, f in ipairs(doc.findings) do assert.equal("warning", f.severity) end   -- no down: warnings only
     assert.equal(2, #doc.migrations)
     assert.equal("20260102000000", doc.migrations[2].version)
-    assert.same({ "ALTER TABLE users ADD COLUMN name text", "UPDATE users SET email = upper(email) WHERE id <= 50" }, doc.migrations[2].statements)
+    assert.same({ "ALTER TABLE users ADD COLUMN name text", "UPDATE users SET email = upper(email) WHERE id <= 50" },
+      doc.migrations[2].statements)
     assert.equal(dump, pg_dump(db))
   end)
 
   it("reports a failing migration's real PostgreSQL error and still changes nothing", function()
     local db, _, _, cli = setup("dr_fail", {
       ["20260101000000_orders.lua"] = GOOD["20260101000000_orders.lua"],
-      ["20260102000000_bad.lua"] = [[return { up = function(m) m:exec("UPDATE orders SET nope = 1 WHERE id = 1") end }]],
+      ["20260102000000_bad.lua"] =
+        [[return { up = function(m) m:exec("UPDATE orders SET nope = 1 WHERE id = 1") end }]],
     })
     local dump, rows = pg_dump(db), counts(db)
     local r = cli("dry-run")
@@ -116,7 +122,8 @@ describe("dry-run", function()
         { bin = T.psql_bin })
     end
     local function release(h)
-      T.psql(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()")
+      T.psql(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        .. "WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()")
       h:wait(10)
     end
     -- a lock held longer than the timeout: validation names the holder, nothing runs

@@ -74,7 +74,8 @@ describe("the migration's backend is terminated (pg_terminate_backend)", functio
     assert.equal(1, #failed)
     assert.matches("terminat", failed[1].error)
     -- the lock connection survived, so the table log has it too
-    assert.equal("1", p:sql("SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000002' AND status = 'failed'"))
+    assert.equal("1",
+      p:sql("SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000002' AND status = 'failed'"))
     finish_cleanly(p)
   end)
 end)

@@ -19,8 +19,10 @@ describe("files in the migrations folder", function()
     for _, cmd in ipairs { "show", "run" } do
       local r = p:cli { cmd }
       assert.equal(0, r.code, r.stderr)
-      assert.matches("warning: " .. plain(p.dir) .. "/20260101000002_init%.sql is not run: migrate%-lua runs only <version>_<name>%.lua files", r.stderr)
-      assert.matches("warning: " .. plain(p.dir) .. "/20260101000003_more%.LUA is not run: the extension must be lower%-case %.lua", r.stderr)
+      assert.matches("warning: " .. plain(p.dir)
+        .. "/20260101000002_init%.sql is not run: migrate%-lua runs only <version>_<name>%.lua files", r.stderr)
+      assert.matches("warning: " .. plain(p.dir)
+        .. "/20260101000003_more%.LUA is not run: the extension must be lower%-case %.lua", r.stderr)
       assert.not_matches("README", r.stderr)
     end
     assert.equal("20260101000001", p:applied())
@@ -104,8 +106,10 @@ describe("an up that is still the template's empty body", function()
   it("a one-line up with a statement, or a body with code, is not empty", function()
     local p = P.new("empty_not")
     p:add("20260101000001", "one", "return { up = function(m) m:exec('CREATE TABLE one (x int)') end }\n")
-    p:add("20260101000002", "two", "return {\n  up = function(m) -- a comment\n    m:exec('CREATE TABLE two (x int)') end,\n}\n")
-    p:add("20260101000003", "three", "return {\n  up = function(m)\n    m:exec('CREATE TABLE three (x int)')\n  end,\n}\n")
+    p:add("20260101000002", "two",
+      "return {\n  up = function(m) -- a comment\n    m:exec('CREATE TABLE two (x int)') end,\n}\n")
+    p:add("20260101000003", "three",
+      "return {\n  up = function(m)\n    m:exec('CREATE TABLE three (x int)')\n  end,\n}\n")
     local r = p:cli { "safe-run" }
     assert.equal(0, r.code, r.stderr)
     assert.not_matches("up has no statement", r.stderr)

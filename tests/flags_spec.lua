@@ -59,7 +59,9 @@ describe("per-command flags", function()
           if #c.options == 0 then
             assert.matches(plain(c.name) .. " accepts only the global options", r.stderr)
           else
-            for _, o in ipairs(c.options) do assert.matches(plain(c.name) .. " accepts [^\n]*" .. plain(o), r.stderr) end
+            for _, o in ipairs(c.options) do
+              assert.matches(plain(c.name) .. " accepts [^\n]*" .. plain(o), r.stderr)
+            end
           end
           -- and under --json, one JSON document says so too
           table.insert(args, 1, "--json")
@@ -80,7 +82,9 @@ describe("per-command flags", function()
     for _, c in ipairs(commands) do
       local lists = { c.options }
       local globals = {}
-      for name, spec in pairs(cli.options) do if flags.is_global(name) and not spec.alias then globals[#globals + 1] = name end end
+      for name, spec in pairs(cli.options) do
+        if flags.is_global(name) and not spec.alias then globals[#globals + 1] = name end
+      end
       lists[2] = globals
       for _, list in ipairs(lists) do
         for _, flag in ipairs(list) do
@@ -105,7 +109,9 @@ describe("per-command flags", function()
   it("a typo close to one of the command's own flags: did you mean, and what the command accepts", function()
     local r = run { "run", "--step", "1" }
     assert.equal(2, r.code)
-    assert.matches("unknown option %-%-step %(did you mean %-%-steps%?%); run accepts %-%-to VERSION, %-%-steps N, %-%-schema%-file PATH, %-%-targets FILE, %-%-targets%-query SQL, %-%-parallel N, %-%-canary K, %-%-max%-failures F and the global options", r.stderr)
+    assert.matches("unknown option %-%-step %(did you mean %-%-steps%?%); run accepts %-%-to VERSION, %-%-steps N, "
+      .. "%-%-schema%-file PATH, %-%-targets FILE, %-%-targets%-query SQL, %-%-parallel N, %-%-canary K, "
+      .. "%-%-max%-failures F and the global options", r.stderr)
     r = run { "safe-run", "--plann" }
     assert.equal(2, r.code)
     assert.matches("unknown option %-%-plann", r.stderr)
@@ -211,8 +217,8 @@ describe("--json help", function()
   it("help COMMAND, --help after a command, an unknown topic and no command are JSON too", function()
     local doc = T.json(run({ "--json", "help", "safe-run" }).stdout)
     assert.equal("safe-run", doc.command.name)
-    assert.same({ "--to", "--steps", "--schema-file", "--targets", "--targets-query", "--parallel", "--canary", "--max-failures" },
-      doc.command.options)
+    assert.same({ "--to", "--steps", "--schema-file", "--targets", "--targets-query", "--parallel", "--canary",
+                  "--max-failures" }, doc.command.options)
     doc = T.json(run({ "rollback", "--json", "--help" }).stdout)
     assert.equal("rollback", doc.command.name)
     local r = run { "--json", "help", "nope" }

@@ -62,13 +62,15 @@ describe("a fleet of 20 databases", function()
       assert.equal("", history(dbs[i]))
     end
     assert.equal(VERSIONS[1], history(dbs[1]))   -- the canary stopped at its failure
-    assert.matches("19 targets were not started %(canary .* failed%); run the same command again to finish the fleet", r.stderr)
+    assert.matches("19 targets were not started %(canary .* failed%); run the same command again to finish the fleet",
+      r.stderr)
     T.psql(dbs[1], "DROP TABLE boom")
   end)
 
   it("a failing target in the middle: no new target starts after --max-failures, the others finish", function()
     T.psql(dbs[10], "CREATE TABLE boom (id int)")
-    local r = fleet({ "--json", "--targets", targets, "--canary", "2", "--parallel", "3", "--max-failures", "1", "safe-run" })
+    local r = fleet({ "--json", "--targets", targets, "--canary", "2", "--parallel", "3", "--max-failures", "1",
+                      "safe-run" })
     assert.equal(1, r.code, r.stderr)
     local doc = T.json(r.stdout)
     assert.is_false(doc.ok)
@@ -97,7 +99,8 @@ describe("a fleet of 20 databases", function()
   end)
 
   it("re-running the same command finishes the fleet", function()
-    local r = fleet({ "--json", "--targets", targets, "--canary", "2", "--parallel", "3", "--max-failures", "1", "safe-run" })
+    local r = fleet({ "--json", "--targets", targets, "--canary", "2", "--parallel", "3", "--max-failures", "1",
+                      "safe-run" })
     assert.equal(0, r.code, r.stderr)
     local doc = T.json(r.stdout)
     assert.is_true(doc.ok)
@@ -105,7 +108,8 @@ describe("a fleet of 20 databases", function()
       assert.is_true(doc.targets[i].ok)
       assert.is_nil(doc.targets[i].skipped)
       assert.equal(table.concat(VERSIONS, ","), history(dbs[i]))
-      assert.equal(1, tonumber(T.psql(dbs[i], "SELECT count(*) FROM migrate_lua_migrations WHERE version = '" .. VERSIONS[1] .. "'")))
+      assert.equal(1, tonumber(T.psql(dbs[i],
+        "SELECT count(*) FROM migrate_lua_migrations WHERE version = '" .. VERSIONS[1] .. "'")))
     end
     assert.same({}, doc.targets[2].result.applied)   -- done before: nothing to do
     assert.matches("fleet: 20 ok, 0 failed, 0 skipped of 20 targets", r.stderr)
@@ -115,7 +119,8 @@ describe("a fleet of 20 databases", function()
   it("show over the fleet; --check: the exit code is the highest of the targets'", function()
     local r = fleet({ "--json", "--targets", targets, "--parallel", "8", "show", "--check" })
     assert.equal(0, r.code, r.stderr)
-    T.write(dir .. "/20260101000004_more.lua", P.migration([[m:exec("CREATE TABLE more (id int)")]], [[m:safe_drop_table("more")]]))
+    T.write(dir .. "/20260101000004_more.lua",
+      P.migration([[m:exec("CREATE TABLE more (id int)")]], [[m:safe_drop_table("more")]]))
     r = fleet({ "--json", "--targets", targets, "--parallel", "8", "--max-failures", "100", "show", "--check" })
     os.remove(dir .. "/20260101000004_more.lua")
     assert.equal(5, r.code, r.stderr)
@@ -190,7 +195,8 @@ describe("an interrupted fleet", function()
       T.conninfo(dbs[7]), T.conninfo(dbs[8]) }, "\n") .. "\n")
     local h = T.run_bg({ "--json", "--dir", slow, "--log-file", log, "--targets", list, "--parallel", "2", "run" })
     for _ = 1, 100 do   -- both children inside their migration
-      if T.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()") == "2" then break end
+      if T.psql("postgres", "SELECT count(*) FROM pg_stat_activity "
+        .. "WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()") == "2" then break end
       T.sleep(0.1)
     end
     h:kill("TERM")

@@ -30,7 +30,8 @@ describe("row-level security", function()
       RESET ROLE]]):format(p.role))
   end
 
-  it("a FORCE RLS table of a non-superuser owner: safe_drop_column refuses (exit 1), naming the table; nothing dropped", function()
+  it("a FORCE RLS table of a non-superuser owner: safe_drop_column refuses (exit 1), naming the table; "
+    .. "nothing dropped", function()
     local p = as_owner("rls")
     rls_table(p)
     p:add("20260101000001", "drop_v", M([[m:safe_drop_column("secrets", "v")]]))
@@ -39,7 +40,8 @@ describe("row-level security", function()
     assert.matches('table "secrets" has row%-level security', r.stderr)
     assert.matches("BYPASSRLS", r.stderr)
     assert.equal("30", p:sql("SELECT count(v) FROM secrets"))   -- as superuser: every value still there
-    assert.equal("0", p:sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'migrate_lua_backups' AND tablename <> 'catalog'"))
+    assert.equal("0", p:sql("SELECT count(*) FROM pg_tables "
+      .. "WHERE schemaname = 'migrate_lua_backups' AND tablename <> 'catalog'"))
     assert.equal("", p:applied())
   end)
 
@@ -94,7 +96,8 @@ end)
 describe("the migration lock", function()
   local function kill_lock_when(p, pattern, h)
     for _ = 1, 500 do
-      if p:sql(("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE %s AND state = 'active'"):format(
+      if p:sql(("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        .. "AND pid <> pg_backend_pid() AND query LIKE %s AND state = 'active'"):format(
         "'" .. pattern .. "'")) == "1" then break end
       if h:done() then break end
       T.sleep(0.02)
@@ -177,14 +180,17 @@ describe("session state between migrations", function()
   it("a database's statement_timeout is kept without --statement-timeout, replaced with it", function()
     local p = P.new("st")
     p:sql(("ALTER DATABASE %s SET statement_timeout = '1s'"):format(p.db))
-    p:add("20260101000001", "tx", M([[m:exec("CREATE TABLE st_tx AS SELECT current_setting('statement_timeout') AS v")]]))
-    p:add("20260101000002", "nt", M([[m:exec("CREATE TABLE st_nt AS SELECT current_setting('statement_timeout') AS v")]],
+    p:add("20260101000001", "tx",
+      M([[m:exec("CREATE TABLE st_tx AS SELECT current_setting('statement_timeout') AS v")]]))
+    p:add("20260101000002", "nt",
+      M([[m:exec("CREATE TABLE st_nt AS SELECT current_setting('statement_timeout') AS v")]],
       nil, "  transaction = false,\n"))
     local r = p:cli({ "run" })
     assert.equal(0, r.code, r.stderr)
     assert.equal("1s", p:sql("SELECT v FROM st_tx"))
     assert.equal("1s", p:sql("SELECT v FROM st_nt"))
-    p:add("20260101000003", "flag", M([[m:exec("CREATE TABLE st_flag AS SELECT current_setting('statement_timeout') AS v")]]))
+    p:add("20260101000003", "flag",
+      M([[m:exec("CREATE TABLE st_flag AS SELECT current_setting('statement_timeout') AS v")]]))
     r = p:cli({ "--statement-timeout", "5000", "run" })
     assert.equal(0, r.code, r.stderr)
     assert.equal("5s", p:sql("SELECT v FROM st_flag"))
@@ -195,7 +201,8 @@ describe("loaders a migration reaches take text chunks only", function()
   for label, call in pairs({
     load = [[load(string.dump(function() return 1 end))]],
     ["load with mode b"] = [[load(string.dump(function() return 1 end), "x", "b")]],
-    loadfile = [[(function() local f = io.open(DIR .. "/bc.luac", "wb"); f:write(string.dump(function() return 1 end)); f:close(); return loadfile(DIR .. "/bc.luac") end)()]],
+    loadfile = [[(function() local f = io.open(DIR .. "/bc.luac", "wb"); ]]
+      .. [[f:write(string.dump(function() return 1 end)); f:close(); return loadfile(DIR .. "/bc.luac") end)()]],
   }) do
     it(label .. " of bytecode is refused, the migration fails cleanly (exit 1)", function()
       local p = P.new("bc")
@@ -226,7 +233,8 @@ end)
 
 describe("secrets", function()
   it("libpq's parse error never quotes the password (URI with a bare %, key=value with a space)", function()
-    for _, url in ipairs({ "postgresql://app:pa%zzSECRETPW@localhost/db", "host=localhost password=sec SECRETPW dbname=x" }) do
+    for _, url in ipairs({ "postgresql://app:pa%zzSECRETPW@localhost/db",
+                           "host=localhost password=sec SECRETPW dbname=x" }) do
       local r = T.run({ "--database-url", url, "show" })
       assert.equal(2, r.code, r.stderr)
       assert.matches("cannot connect", r.stderr)
@@ -251,7 +259,8 @@ describe("secrets", function()
     local doc, r = p:json({ "safe-run" })
     assert.equal(1, r.code, r.stderr)
     assert.is_false(doc.ok)
-    local all = r.stdout .. r.stderr .. T.read(p.log) .. p:sql("SELECT string_agg(concat_ws(' ', message, error_message, metadata::text), ' ') FROM migration_logs")
+    local all = r.stdout .. r.stderr .. T.read(p.log)
+      .. p:sql("SELECT string_agg(concat_ws(' ', message, error_message, metadata::text), ' ') FROM migration_logs")
     assert.matches("ALTER ROLE", all)             -- the statement is there ...
     assert.not_matches("SECRETPW", all)           -- ... its password is not
     assert.not_matches("hunter2", all)
@@ -261,11 +270,14 @@ describe("secrets", function()
     local p = P.new("pw")
     local role = "app_" .. p.db
     p:sql("CREATE ROLE " .. role)
-    p:add("20260101000001", "pw", M(([[m:exec("ALTER ROLE %s PASSWORD 'SECRETPW'"); m:exec("ALTER ROLE %s PASSWORD'SECRETPW2'")]]):format(role, role),
+    p:add("20260101000001", "pw",
+      M(([[m:exec("ALTER ROLE %s PASSWORD 'SECRETPW'"); ]] .. [[m:exec("ALTER ROLE %s PASSWORD'SECRETPW2'")]])
+        :format(role, role),
       nil, "  transaction = false,\n"))
     local r = p:cli({ "--verbose", "run" })
     assert.equal(0, r.code, r.stderr)
-    local all = r.stdout .. r.stderr .. T.read(p.log) .. p:sql("SELECT string_agg(concat_ws(' ', message, error_message, metadata::text), ' ') FROM migration_logs")
+    local all = r.stdout .. r.stderr .. T.read(p.log)
+      .. p:sql("SELECT string_agg(concat_ws(' ', message, error_message, metadata::text), ' ') FROM migration_logs")
     assert.matches("ALTER ROLE", all)
     assert.not_matches("SECRETPW", all)
   end)
@@ -287,7 +299,8 @@ describe("secrets", function()
 end)
 
 describe("the tool's own tables cannot be planted or forged", function()
-  it("a migration_logs planted earlier in search_path by a database owner: refused (exit 2) naming it and its owner; its trigger never runs", function()
+  it("a migration_logs planted earlier in search_path by a database owner: refused (exit 2) naming it and its owner; "
+    .. "its trigger never runs", function()
     local p = P.new("plant")
     p:add("20260101000001", "one", M([[m:exec("CREATE TABLE one (x int)")]]))
     assert.equal(0, p:cli({ "run" }).code)
@@ -318,8 +331,10 @@ describe("the tool's own tables cannot be planted or forged", function()
     local mallory = "mallory_" .. p.db
     p:sql(([[CREATE ROLE %s LOGIN; ALTER DATABASE %s OWNER TO %s]]):format(mallory, p.db, mallory))
     T.psql(T.conninfo(p.db) .. " user=" .. mallory, [[CREATE SCHEMA postgres;
-      CREATE TABLE postgres.migrate_lua_migrations (version text PRIMARY KEY, name text, checksum text, description text,
-        applied_at timestamptz DEFAULT now(), duration_ms int, applied_by text DEFAULT current_user, tool_version text, run_id text)]])
+      CREATE TABLE postgres.migrate_lua_migrations (version text PRIMARY KEY, name text, checksum text, ]]
+      .. [[description text,
+        applied_at timestamptz DEFAULT now(), duration_ms int, applied_by text DEFAULT current_user, ]]
+      .. [[tool_version text, run_id text)]])
     p:add("20260101000001", "one", M([[m:exec("CREATE TABLE one (x int)")]]))
     local r = p:cli({ "run" })
     assert.equal(2, r.code, r.stderr)
@@ -334,7 +349,8 @@ describe("the tool's own tables cannot be planted or forged", function()
     p:sql(([[CREATE ROLE %s LOGIN;
       ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT SELECT, INSERT, UPDATE, DELETE, TRIGGER ON TABLES TO %s;
       ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO %s;
-      CREATE TABLE accounts (id bigint PRIMARY KEY, note text); INSERT INTO accounts VALUES (1, 'a'), (2, 'b')]]):format(app, app, app))
+      CREATE TABLE accounts (id bigint PRIMARY KEY, note text); ]]
+      .. [[INSERT INTO accounts VALUES (1, 'a'), (2, 'b')]]):format(app, app, app))
     p:add("20260101000001", "drop_note", M([[m:safe_drop_column("accounts", "note")]]))
     local r = p:cli({ "safe-run" })
     assert.equal(0, r.code, r.stderr)
@@ -344,13 +360,15 @@ describe("the tool's own tables cannot be planted or forged", function()
     local function grants()
       local out = {}
       for _, rel in ipairs(rels) do
-        out[#out + 1] = p:sql(("SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = '%s'::regclass AND a.grantee = '%s'::regrole"):format(rel, app))
+        out[#out + 1] = p:sql(("SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a "
+          .. "WHERE c.oid = '%s'::regclass AND a.grantee = '%s'::regrole"):format(rel, app))
       end
       return table.concat(out, ",")
     end
     assert.equal("0,0,0,0,0,0", grants())
     -- granted again later (by hand, or a new default): taken back before the next use
-    p:sql(("GRANT INSERT, UPDATE ON migrate_lua_migrations, migration_logs, migrate_lua_backups.catalog TO %s"):format(app))
+    p:sql(("GRANT INSERT, UPDATE ON migrate_lua_migrations, migration_logs, migrate_lua_backups.catalog TO %s")
+      :format(app))
     r = p:cli({ "show" })
     assert.equal(0, r.code, r.stderr)
     assert.equal("0,0,0,0,0,0", grants())
@@ -365,14 +383,16 @@ describe("hostile input to the guard clauses", function()
     local r = p:cli({ "run" })
     assert.not_equal(0, r.code)
     assert.matches("is not a column type", r.stderr)
-    assert.equal("f", p:sql("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'c')"))
+    assert.equal("f",
+      p:sql("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'c')"))
     for _, bad in ipairs({ "int /*", "int; DROP TABLE t", "int) --" }) do
       p:add("20260101000001", "add", M(([[m:safe_add_column("t", "c", %s)]]):format(lit(bad))))
       r = p:cli({ "run" })
       assert.not_equal(0, r.code, bad)
       assert.equal("1", p:sql("SELECT count(*) FROM t"))
     end
-    p:add("20260101000001", "add", M([[m:safe_add_column("t", "c", "varchar(20)[]", { null = false, default = "{}" })]]))
+    p:add("20260101000001", "add",
+      M([[m:safe_add_column("t", "c", "varchar(20)[]", { null = false, default = "{}" })]]))
     r = p:cli({ "run" })
     assert.equal(0, r.code, r.stderr)
   end)
@@ -407,8 +427,10 @@ describe("hostile input to the guard clauses", function()
       lit(c1), lit(c2), lit(c1), lit(c2), lit(c2))))
     local r = p:cli({ "run" })
     assert.equal(0, r.code, r.stderr)
-    local names = p:sql([[SELECT string_agg(c.relname, '|' ORDER BY c.relname) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-      JOIN pg_class t ON t.oid = i.indrelid WHERE NOT i.indisprimary AND t.relnamespace = 'public'::regnamespace AND t.relname <> 'migration_logs']])
+    local names = p:sql([[SELECT string_agg(c.relname, '|' ORDER BY c.relname) ]]
+      .. [[FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+      JOIN pg_class t ON t.oid = i.indrelid WHERE NOT i.indisprimary ]]
+      .. [[AND t.relnamespace = 'public'::regnamespace AND t.relname <> 'migration_logs']])
     local list = {}
     for n in names:gmatch("[^|]+") do list[#list + 1] = n end
     assert.equal(4, #list, names)
@@ -425,7 +447,6 @@ end)
 describe("every Lua entry point runs under the stop hook", function()
   local function stops(p, args, how, signal)
     local h = p:cli_bg(args)
-    local waited = 0
     if signal then
       T.sleep(1.0)
       h:kill(signal)
@@ -478,7 +499,8 @@ describe("non-UTF-8 bytes in a migration's SQL", function()
       assert.is_truthy(pcall(T.json, line), line)
     end
     assert.matches("\u{FFFD}", T.read(p.log))
-    assert.equal("1", p:sql("SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000001' AND status = 'failed'"))
+    assert.equal("1",
+      p:sql("SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000001' AND status = 'failed'"))
   end)
 end)
 
@@ -487,7 +509,8 @@ describe("the log file on a full disk (RLIMIT_FSIZE: the kernel's EFBIG)", funct
     local p = P.new("efbig")
     local pad = '{"pad":"' .. string.rep("x", 4096 - 40 - 11) .. '"}\n'
     T.write(p.log, pad)                        -- 4056 bytes: the next event fits only in part
-    local wrap = T.write(p.root .. "/limited.sh", "#!/bin/bash\ntrap '' XFSZ\nulimit -f 4\nexec " .. T.shell_quote(T.bin) .. ' "$@"\n')
+    local wrap = T.write(p.root .. "/limited.sh",
+      "#!/bin/bash\ntrap '' XFSZ\nulimit -f 4\nexec " .. T.shell_quote(T.bin) .. ' "$@"\n')
     os.execute("chmod +x " .. T.shell_quote(wrap))
     p:add("20260101000001", "one", M([[m:exec("CREATE TABLE one (x int)")]]))
     local r = T.run({ "--database-url", p.conninfo, "--dir", p.dir, "--log-file", p.log, "run" }, { bin = wrap })
@@ -513,12 +536,14 @@ describe("a role without CREATE on the schema", function()
     local role = "weak_" .. p.db
     p:sql(("CREATE ROLE %s LOGIN; REVOKE CREATE ON SCHEMA public FROM PUBLIC"):format(role))
     p:add("20260101000001", "one", M([[m:exec("CREATE TABLE one (x int)")]]))
-    local r = T.run({ "--database-url", p.conninfo:gsub("user=%S+", "user=" .. role), "--dir", p.dir, "--log-file", p.log, "run" })
+    local r = T.run({ "--database-url", p.conninfo:gsub("user=%S+", "user=" .. role), "--dir", p.dir,
+                      "--log-file", p.log, "run" })
     assert.equal(2, r.code, r.stderr)
     assert.matches("no CREATE privilege on schema public", r.stderr)
     assert.matches("GRANT CREATE ON SCHEMA public TO " .. role, r.stderr, 1, true)
     p:sql(("GRANT CREATE ON SCHEMA public TO %s"):format(role))
-    r = T.run({ "--database-url", p.conninfo:gsub("user=%S+", "user=" .. role), "--dir", p.dir, "--log-file", p.log, "run" })
+    r = T.run({ "--database-url", p.conninfo:gsub("user=%S+", "user=" .. role), "--dir", p.dir,
+                "--log-file", p.log, "run" })
     assert.equal(0, r.code, r.stderr)
   end)
 end)

@@ -43,7 +43,8 @@ local CALLS = {
     { cascad = true }, "cascade", { cascade = "no" }, "cascade" },
   { "safe_add_column", function(m, o) m:safe_add_column("users", "qty", "int", o) end,
     { defualt = 0 }, "default", { null = "no" }, "null" },
-  { "safe_add_column option references", function(m, o) m:safe_add_column("users", "org", "bigint", { references = o }) end,
+  { "safe_add_column option references",
+    function(m, o) m:safe_add_column("users", "org", "bigint", { references = o }) end,
     { table = "orders", on_delte = "cascade" }, "on_delete", { table = "orders", on_delete = true }, "on_delete" },
   { "safe_drop_column", function(m, o) m:safe_drop_column("users", "email", o) end,
     { cascde = true }, "cascade", { cascade = 1 }, "cascade" },
@@ -80,7 +81,9 @@ local CALLS = {
 describe("strict option tables", function()
   local db, _, conn = H.db("opts")
   T.psql(db, SETUP)
-  local before = T.psql(db, "SELECT md5(string_agg(c.relname || ':' || a.attname || ':' || a.attnotnull, ',' ORDER BY c.relname, a.attnum)) FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0")
+  local before = T.psql(db, "SELECT md5(string_agg(c.relname || ':' || a.attname || ':' || a.attnotnull, ',' "
+    .. "ORDER BY c.relname, a.attnum)) FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
+    .. "WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0")
 
   local function attempt(c, opts)
     local proxy, calls = counting(conn)
@@ -90,7 +93,8 @@ describe("strict option tables", function()
 
   for _, c in ipairs(CALLS) do
     local name = c[1]
-    it(name .. ": a misspelled key fails before any statement, naming the key, the accepted keys and the closest", function()
+    it(name .. ": a misspelled key fails before any statement, naming the key, "
+      .. "the accepted keys and the closest", function()
       local ok, err, n = attempt(c, c[3])
       assert.is_false(ok, name .. " accepted a misspelled key")
       assert.equal("guard", err.kind, tostring(err))
@@ -131,14 +135,18 @@ describe("strict option tables", function()
   end)
 
   it("correct option tables still work, and nothing above changed the schema", function()
-    assert.equal(before, T.psql(db, "SELECT md5(string_agg(c.relname || ':' || a.attname || ':' || a.attnotnull, ',' ORDER BY c.relname, a.attnum)) FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0"))
+    assert.equal(before, T.psql(db, "SELECT md5(string_agg(c.relname || ':' || a.attname || ':' || a.attnotnull, ',' "
+      .. "ORDER BY c.relname, a.attnum)) FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
+      .. "WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0"))
     local ok, err = H.migrate(conn, function(m)
-      m:safe_create_table("nt", { { "id", "bigint", primary_key = true }, { name = "body", type = "text", null = false, default = "" } })
+      m:safe_create_table("nt", { { "id", "bigint", primary_key = true },
+                                  { name = "body", type = "text", null = false, default = "" } })
       m:safe_add_column("users", "qty", "int", { null = false, default = 0 })
       m:safe_add_column("empty_t", "user_id", "bigint", { references = { table = "users", on_delete = "cascade" } })
     end)
     assert.is_true(ok, tostring(err))
-    assert.equal("NO|0", T.psql(db, "SELECT is_nullable, column_default FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'qty'"))
+    assert.equal("NO|0", T.psql(db, "SELECT is_nullable, column_default FROM information_schema.columns "
+      .. "WHERE table_name = 'users' AND column_name = 'qty'"))
   end)
 end)
 

@@ -15,8 +15,10 @@ describe("progress", function()
 
   it("off a terminal, a backfill shorter than the interval prints no progress and no control codes", function()
     local p = P.new("progress")
-    p:add("20260101000001", "t", P.migration([[m:exec("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, NULL FROM generate_series(1, 5000) g")]]))
-    p:add("20260101000002", "fill", P.migration([[m:backfill("t", "v = id * 2", "v IS NULL", { batch_size = 1000 })]], nil,
+    p:add("20260101000001", "t", P.migration([[m:exec("CREATE TABLE t (id int PRIMARY KEY, v int); ]]
+      .. [[INSERT INTO t SELECT g, NULL FROM generate_series(1, 5000) g")]]))
+    p:add("20260101000002", "fill",
+      P.migration([[m:backfill("t", "v = id * 2", "v IS NULL", { batch_size = 1000 })]], nil,
       "  transaction = false,\n"))
     local r = p:cli({ "run" })
     assert.equal(0, r.code, r.stderr)
@@ -30,8 +32,10 @@ describe("progress", function()
   -- a backfill of 6000 rows in batches of 500 with a pause: about 1.2 s
   local function slow_backfill(prefix)
     local p = P.new(prefix)
-    p:add("20260101000001", "t", P.migration([[m:exec("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, NULL FROM generate_series(1, 6000) g"); m:exec("ANALYZE t")]]))
-    p:add("20260101000002", "fill", P.migration([[m:backfill("t", "v = id", "v IS NULL", { batch_size = 500, pause_ms = 100 })]], nil,
+    p:add("20260101000001", "t", P.migration([[m:exec("CREATE TABLE t (id int PRIMARY KEY, v int); ]]
+      .. [[INSERT INTO t SELECT g, NULL FROM generate_series(1, 6000) g"); m:exec("ANALYZE t")]]))
+    p:add("20260101000002", "fill",
+      P.migration([[m:backfill("t", "v = id", "v IS NULL", { batch_size = 500, pause_ms = 100 })]], nil,
       "  transaction = false,\n"))
     return p
   end
@@ -68,12 +72,15 @@ describe("progress", function()
     assert.equal("0", p:sql("SELECT count(*) FROM t WHERE v IS DISTINCT FROM id"))
   end)
 
-  it("off a terminal, a backup or restore slower than the interval prints its rows and rate; not with --quiet", function()
+  it("off a terminal, a backup or restore slower than the interval prints its rows and rate; "
+    .. "not with --quiet", function()
     for _, quiet in ipairs { false, true } do
       local p = P.new(quiet and "progressbackupq" or "progressbackup")
-      p:add("20260101000001", "t", P.migration([[m:exec("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 20000) g")]]))
+      p:add("20260101000001", "t", P.migration([[m:exec("CREATE TABLE t (id int PRIMARY KEY, v int); ]]
+        .. [[INSERT INTO t SELECT g, g FROM generate_series(1, 20000) g")]]))
       p:add("20260101000002", "drop", P.migration([[m:safe_drop_column("t", "v")]]))
-      local r = p:cli({ quiet and "--quiet" or "--verbose", "safe-run" }, { env = { MIGRATE_LUA_PROGRESS_SECONDS = "0" } })
+      local r = p:cli({ quiet and "--quiet" or "--verbose", "safe-run" },
+        { env = { MIGRATE_LUA_PROGRESS_SECONDS = "0" } })
       assert.equal(0, r.code, r.stderr)
       assert.equal("20000", p:sql("SELECT row_count FROM migrate_lua_backups.catalog"))
       if quiet then
@@ -97,11 +104,12 @@ describe("progress", function()
 
   it("draws on a terminal (the binary under script(1), which gives it a pty)", function()
     local p = P.new("progresstty")
-    p:add("20260101000001", "t", P.migration([[m:exec("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, NULL FROM generate_series(1, 3000) g"); m:exec("ANALYZE t")]]))
+    p:add("20260101000001", "t", P.migration([[m:exec("CREATE TABLE t (id int PRIMARY KEY, v int); ]]
+      .. [[INSERT INTO t SELECT g, NULL FROM generate_series(1, 3000) g"); m:exec("ANALYZE t")]]))
     p:add("20260101000002", "fill", P.migration([[m:backfill("t", "v = id", "v IS NULL", { batch_size = 1000 })]], nil,
       "  transaction = false,\n"))
-    local cmd = table.concat({ T.shell_quote(T.bin), "--database-url", T.shell_quote(p.conninfo), "--dir", T.shell_quote(p.dir),
-      "--log-file", T.shell_quote(p.log), "run" }, " ")
+    local cmd = table.concat({ T.shell_quote(T.bin), "--database-url", T.shell_quote(p.conninfo),
+      "--dir", T.shell_quote(p.dir), "--log-file", T.shell_quote(p.log), "run" }, " ")
     local out = p.root .. "/tty.out"
     local r = T.run({ "-qec", cmd, out }, { bin = "/usr/bin/script", env = { NO_COLOR = "1" } })
     assert.equal(0, r.code, r.stderr .. T.read(out))

@@ -45,7 +45,8 @@ return { transaction = false, up = function(m) m:safe_set_not_null("users", "not
     assert.equal("40", T.psql(db, "SELECT count(*) FROM users WHERE note IS NULL"))
   end)
 
-  it("plans the NOT NULL recipe: backfill, CHECK NOT VALID, VALIDATE, SET NOT NULL, with locks and no DDL run", function()
+  it("plans the NOT NULL recipe: backfill, CHECK NOT VALID, VALIDATE, SET NOT NULL, "
+    .. "with locks and no DDL run", function()
     local db, cli = project({ ["20260101000000_nn.lua"] = [[
 return { transaction = false, up = function(m)
   m:backfill("users", "note = 'x'", "note IS NULL")
@@ -74,7 +75,8 @@ end }
     for _, c in ipairs(doc.steps[1].checked) do if c.check == "rows to update" then rows = c.rows end end
     assert.equal(40, rows)
     assert.equal("40", T.psql(db, "SELECT count(*) FROM users WHERE note IS NULL"))
-    assert.equal("0", T.psql(db, "SELECT count(*) FROM pg_constraint WHERE conrelid = 'users'::regclass AND contype = 'c'"))
+    assert.equal("0",
+      T.psql(db, "SELECT count(*) FROM pg_constraint WHERE conrelid = 'users'::regclass AND contype = 'c'"))
     assert.equal("", T.psql(db, "SELECT to_regclass('users_note_idx')"))
     r = cli("dry-run", "--plan")
     assert.equal(0, r.code, r.stderr)
@@ -96,7 +98,8 @@ end }
     assert.equal("40", T.psql(db, "SELECT count(*) FROM users WHERE note IS NULL"))
     local s = cli("safe-run")
     assert.equal(0, s.code, s.stdout .. s.stderr)
-    assert.equal("NO", T.psql(db, "SELECT is_nullable FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'note'"))
+    assert.equal("NO", T.psql(db, "SELECT is_nullable FROM information_schema.columns "
+      .. "WHERE table_name = 'users' AND column_name = 'note'"))
   end)
 end)
 
@@ -128,13 +131,15 @@ end }
 end)
 
 describe("show", function()
-  it("reports a transaction = false migration running while its run holds the lock, failed once that run is gone", function()
+  it("reports a transaction = false migration running while its run holds the lock, "
+    .. "failed once that run is gone", function()
     local _, cli, dir, ci = project({ ["20260101000000_slow.lua"] = [[
 return { transaction = false, up = function(m)
   m:backfill("users", "note = 'x'", "note IS NULL", { batch_size = 1, pause_ms = 500, vacuum = false })
 end }
 ]] }, SETUP)
-    local h = T.run_bg({ "--database-url", ci, "--dir", dir .. "/m", "--log-file", dir .. "/bg.log", "run" }, { cwd = dir })
+    local h = T.run_bg({ "--database-url", ci, "--dir", dir .. "/m", "--log-file", dir .. "/bg.log", "run" },
+      { cwd = dir })
     local state
     for _ = 1, 50 do
       local r = cli("--json", "show")

@@ -9,7 +9,8 @@ local ROWS = 8000
 
 local function project(prefix)
   local p = P.new(prefix)
-  p:sql(("CREATE TABLE items (id bigint PRIMARY KEY, v int); INSERT INTO items SELECT g, 0 FROM generate_series(1, %d) g"):format(ROWS))
+  p:sql(("CREATE TABLE items (id bigint PRIMARY KEY, v int); "
+    .. "INSERT INTO items SELECT g, 0 FROM generate_series(1, %d) g"):format(ROWS))
   p:add("20260101000001", "fill", P.migration(
     [[m:backfill("items", "v = 1", "v = 0", { batch_size = 200, pause_ms = 100 })]],
     [[m:exec("UPDATE items SET v = 0")]], "  transaction = false,\n"))
@@ -48,8 +49,10 @@ describe("m:backfill and replica lag", function()
     assert.equal(before, done_rows(p))
     assert.is_true(before < ROWS)
     assert.is_false(h:done())
-    local msg = p:sql("SELECT message FROM migration_logs WHERE status = 'throttle' AND level = 'warn' ORDER BY id LIMIT 1")
-    assert.matches("backfill of items paused: replica walreceiver %(local socket%) replay lag [%d.]+ s exceeds %-%-max%-replica%-lag 1 s", msg)
+    local msg = p:sql("SELECT message FROM migration_logs "
+      .. "WHERE status = 'throttle' AND level = 'warn' ORDER BY id LIMIT 1")
+    assert.matches("backfill of items paused: replica walreceiver %(local socket%) replay lag [%d.]+ s "
+      .. "exceeds %-%-max%-replica%-lag 1 s", msg)
 
     T.psql(R.conninfo("postgres"), "SELECT pg_wal_replay_resume()")
     local r = h:wait(120)
@@ -58,7 +61,8 @@ describe("m:backfill and replica lag", function()
     assert.equal("20260101000001", p:applied())
     assert.matches("paused: replica walreceiver", r.stderr)
     assert.matches("backfill of items resumed after [%d.]+ s", r.stderr)
-    assert.equal("1", p:sql("SELECT count(*) FROM migration_logs WHERE status = 'throttle' AND message LIKE '%resumed after%'"))
+    assert.equal("1",
+      p:sql("SELECT count(*) FROM migration_logs WHERE status = 'throttle' AND message LIKE '%resumed after%'"))
     -- the file log has the pause too
     assert.matches('"status":"throttle"', T.read(p.log))
   end)
@@ -76,7 +80,8 @@ describe("m:backfill and replica lag", function()
 
   it("--replica-lag-query: a replica the primary cannot see (its lag in a table a monitor fills)", function()
     local p = project("rlagq")
-    p:sql("CREATE TABLE replica_lag (lag float8, name text); INSERT INTO replica_lag VALUES (30, 'eu-west-1 subscriber'), (0.2, 'other')")
+    p:sql("CREATE TABLE replica_lag (lag float8, name text); "
+      .. "INSERT INTO replica_lag VALUES (30, 'eu-west-1 subscriber'), (0.2, 'other')")
     local h = p:cli_bg({ "--replica-lag-query", "SELECT lag, name FROM replica_lag", "safe-run" })
     wait_for("the throttle row", 60, function()
       return p:sql("SELECT count(*) FROM migration_logs WHERE status = 'throttle'") ~= "0"

@@ -104,8 +104,10 @@ describe("metrics file", function()
 
     -- a second run: counters add up, gauges describe that run
     os.remove(dir .. "/m/" .. V_BAD .. "_bad.lua")
-    T.write(dir .. "/m/" .. V_LUA .. "_more.lua", [[return { up = function(m) m:exec("CREATE TABLE rep_more (id int)") end }]])
-    r = T.run({ "-d", conninfo, "--dir", "m", "--metrics-file", "migrate.prom", "run" }, { cwd = dir, env = { GITHUB_ACTIONS = false } })
+    T.write(dir .. "/m/" .. V_LUA .. "_more.lua",
+      [[return { up = function(m) m:exec("CREATE TABLE rep_more (id int)") end }]])
+    r = T.run({ "-d", conninfo, "--dir", "m", "--metrics-file", "migrate.prom", "run" },
+      { cwd = dir, env = { GITHUB_ACTIONS = false } })
     assert.equal(0, r.code, r.stderr)
     s = parse_exposition(T.read(dir .. "/migrate.prom"))
     assert.equal(2, s.migrate_lua_migrations_applied_total[1].value)
@@ -162,12 +164,14 @@ describe("GitHub annotations", function()
   it("--format text turns them off; --json keeps stdout one document", function()
     local _, conninfo = T.fresh_db("report")
     local dir = project()
-    local r = T.run({ "-d", conninfo, "--dir", "m", "--format", "text", "run" }, { cwd = dir, env = { GITHUB_ACTIONS = "true" } })
+    local r = T.run({ "-d", conninfo, "--dir", "m", "--format", "text", "run" },
+      { cwd = dir, env = { GITHUB_ACTIONS = "true" } })
     assert.equal(1, r.code)
     assert.equal(0, #annotations(r.stdout .. r.stderr))
 
     local _, conninfo2 = T.fresh_db("report")
-    r = T.run({ "-d", conninfo2, "--dir", "m", "--format", "github", "--json", "run" }, { cwd = dir, env = { GITHUB_ACTIONS = false } })
+    r = T.run({ "-d", conninfo2, "--dir", "m", "--format", "github", "--json", "run" },
+      { cwd = dir, env = { GITHUB_ACTIONS = false } })
     assert.equal(1, r.code)
     local doc = T.json(r.stdout)
     assert.equal(V_BAD, doc.failed)
@@ -179,7 +183,8 @@ describe("GitHub annotations", function()
     local _, conninfo = T.fresh_db("report")
     local ws = T.tmpdir()
     local dir = ws .. "/we,ird:dir"
-    T.write(dir .. "/" .. V_LUA .. "_boom.lua", "return {\n  up = function(m)\n    error(\"boom: 100% broken\")\n  end,\n}\n")
+    T.write(dir .. "/" .. V_LUA .. "_boom.lua",
+      "return {\n  up = function(m)\n    error(\"boom: 100% broken\")\n  end,\n}\n")
     local r = T.run({ "-d", conninfo, "--dir", dir, "run" },
       { cwd = ws, env = { GITHUB_ACTIONS = "true", GITHUB_WORKSPACE = ws } })
     assert.equal(1, r.code, r.stderr)

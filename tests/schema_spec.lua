@@ -32,10 +32,12 @@ describe("schema file", function()
     local r = cli(p, { "safe-run", "--schema-file", file })
     assert.equal(0, r.code, r.stderr)
     local text = T.read(file)
-    assert.matches("CREATE TABLE public%.widgets %(\n    id bigint NOT NULL,\n    name text,\n    active boolean DEFAULT true NOT NULL\n%);", text)
+    assert.matches("CREATE TABLE public%.widgets %(\n    id bigint NOT NULL,\n    name text,\n"
+      .. "    active boolean DEFAULT true NOT NULL\n%);", text)
     assert.matches("ADD CONSTRAINT widgets_pkey PRIMARY KEY %(id%)", text)
     -- safe-run created history, logs and (no) backups: none of them is in the file
-    assert.equal("t", p:sql("SELECT to_regclass('migration_logs') IS NOT NULL AND to_regclass('migrate_lua_migrations') IS NOT NULL"))
+    assert.equal("t",
+      p:sql("SELECT to_regclass('migration_logs') IS NOT NULL AND to_regclass('migrate_lua_migrations') IS NOT NULL"))
     for _, own in ipairs { "migrate_lua_migrations", "migration_logs", "migrate_lua_backups" } do
       assert.is_nil(text:find(own, 1, true), own)
     end
@@ -84,7 +86,8 @@ describe("schema file", function()
     assert.equal(3, r.code, r.stderr)
     assert.matches("the live schema differs from " .. file:gsub("%p", "%%%0"), r.stdout)
     assert.matches("\n%-%-%- " .. file:gsub("%p", "%%%0") .. "\n%+%+%+ live database\n", r.stdout)
-    assert.matches("\n%-    active boolean DEFAULT true NOT NULL\n%+    active boolean DEFAULT true NOT NULL,\n%+    hotfix text\n", r.stdout)
+    assert.matches("\n%-    active boolean DEFAULT true NOT NULL\n%+    active boolean DEFAULT true NOT NULL,\n"
+      .. "%+    hotfix text\n", r.stdout)
     local doc, jr = p:json({ "schema", "check", file }, { env = { PG_BIN = pg_bin } })
     assert.equal(3, jr.code)
     assert.is_false(doc.ok)

@@ -19,14 +19,15 @@ describe("a read-only standby", function()
     assert.equal("t", T.psql(R.conninfo(p.db), "SELECT pg_is_in_recovery()"))
   end)
 
-  for _, cmd in ipairs({ { "run" }, { "safe-run" }, { "rollback" }, { "revert" }, { "dry-run" }, { "validate" }, { "show" },
-      { "backup", "list" }, { "logs" } }) do
+  for _, cmd in ipairs({ { "run" }, { "safe-run" }, { "rollback" }, { "revert" }, { "dry-run" }, { "validate" },
+      { "show" }, { "backup", "list" }, { "logs" } }) do
     it(table.concat(cmd, " ") .. " exits 2 naming the standby", function()
       local args = { "--database-url", R.conninfo(p.db), "--dir", p.dir, "--log-file", p.log }
       for _, a in ipairs(cmd) do args[#args + 1] = a end
       local r = T.run(args)
       assert.equal(2, r.code, r.stderr)
-      assert.matches("port=" .. R.port .. ".* is a read%-only standby %(in recovery%); connect to the primary", r.stderr)
+      assert.matches("port=" .. R.port .. ".* is a read%-only standby %(in recovery%); connect to the primary",
+        r.stderr)
       -- nothing ran anywhere: the primary has no history table either
       assert.equal("f", p:sql("SELECT to_regclass('migrate_lua_migrations') IS NOT NULL"))
     end)

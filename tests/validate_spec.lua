@@ -21,9 +21,11 @@ describe("validate", function()
     local db, ci = T.fresh_db("val")
     T.psql(db, SETUP)
     local dir = H.dir {
-      ["20260101000000_add.lua"] = [[return { up = function(m) m:safe_add_column("users", "flag", "boolean", { default = false }) end,
+      ["20260101000000_add.lua"] =
+        [[return { up = function(m) m:safe_add_column("users", "flag", "boolean", { default = false }) end,
         down = function(m) m:safe_drop_column("users", "flag") end }]],
-      ["20260101000001_idx.lua"] = [[return { transaction = false, up = function(m) m:safe_add_index("users", { "flag" }) end,
+      ["20260101000001_idx.lua"] =
+        [[return { transaction = false, up = function(m) m:safe_add_index("users", { "flag" }) end,
         down = function(m) m:safe_drop_index("users_flag_idx") end }]],
     }
     local r = H.run(ci, dir, { "--json", "validate" })
@@ -38,8 +40,10 @@ describe("validate", function()
     local db, ci = T.fresh_db("val")
     T.psql(db, SETUP .. "UPDATE users SET n = NULL WHERE id < 4;")
     local dir = H.dir {
-      ["20260101000000_nn.lua"] = [[return { transaction = false, up = function(m) m:safe_set_not_null("users", "n") end, down = function() end }]],
-      ["20260101000001_drop.lua"] = [[return { up = function(m) m:exec("ALTER TABLE users DROP COLUMN email") end, down = function() end }]],
+      ["20260101000000_nn.lua"] = [[return { transaction = false, ]]
+        .. [[up = function(m) m:safe_set_not_null("users", "n") end, down = function() end }]],
+      ["20260101000001_drop.lua"] = [[return { up = function(m) m:exec("ALTER TABLE users DROP COLUMN email") end, ]]
+        .. [[down = function() end }]],
       ["20260101000002_nodown.lua"] = [[return { up = function(m) m:exec("SELECT 1") end }]],
     }
     local r = H.run(ci, dir, { "--json", "validate" })
@@ -65,8 +69,10 @@ describe("validate", function()
     local db, ci = T.fresh_db("val")
     T.psql(db, SETUP)
     local dir = H.dir {
-      ["20260101000000_create.lua"] = [[return { up = function(m) m:safe_create_table("notes", { { "id", "bigint", primary_key = true } }) end, down = function() end }]],
-      ["20260101000001_col.lua"] = [[return { up = function(m) m:safe_add_column("notes", "body", "text") end, down = function() end }]],
+      ["20260101000000_create.lua"] = [[return { up = function(m) ]]
+        .. [[m:safe_create_table("notes", { { "id", "bigint", primary_key = true } }) end, down = function() end }]],
+      ["20260101000001_col.lua"] = [[return { up = function(m) m:safe_add_column("notes", "body", "text") end, ]]
+        .. [[down = function() end }]],
     }
     local r = H.run(ci, dir, { "--json", "validate" })
     assert.equal(0, r.code, r.stdout .. r.stderr)
@@ -75,7 +81,8 @@ describe("validate", function()
 
   it("finds INVALID indexes, NOT VALID constraints and long transactions holding locks on the tables", function()
     local db, ci = T.fresh_db("val")
-    T.psql(db, SETUP .. "ALTER TABLE users ADD CONSTRAINT n_pos CHECK (n > 0) NOT VALID; UPDATE users SET email = 'x' WHERE id < 3;")
+    T.psql(db, SETUP .. "ALTER TABLE users ADD CONSTRAINT n_pos CHECK (n > 0) NOT VALID; "
+      .. "UPDATE users SET email = 'x' WHERE id < 3;")
     pcall(T.psql, db, "CREATE UNIQUE INDEX CONCURRENTLY users_email_key ON users(email)")
     local c2 = core.connect(ci)
     c2:exec("BEGIN")
@@ -83,7 +90,8 @@ describe("validate", function()
     local pid = c2:query("SELECT pg_backend_pid() AS p")[1].p
     T.sleep(1.2)
     local dir = H.dir {
-      ["20260101000000_add.lua"] = [[return { up = function(m) m:exec("SELECT count(*) FROM users") end, down = function() end }]],
+      ["20260101000000_add.lua"] =
+        [[return { up = function(m) m:exec("SELECT count(*) FROM users") end, down = function() end }]],
     }
     local r = H.run(ci, dir, { "--json", "--lock-timeout", "1000", "validate" })
     c2:exec("ROLLBACK")
@@ -102,9 +110,11 @@ describe("validate", function()
   it("reports drift as an error finding", function()
     local db, ci = T.fresh_db("val")
     T.psql(db, SETUP)
-    local dir = H.dir { ["20260101000000_a.lua"] = [[return { up = function(m) m:exec("SELECT 1") end, down = function() end }]] }
+    local dir = H.dir {
+      ["20260101000000_a.lua"] = [[return { up = function(m) m:exec("SELECT 1") end, down = function() end }]] }
     assert.equal(0, H.run(ci, dir, { "run" }).code)
-    T.write(dir .. "/20260101000000_a.lua", [[return { up = function(m) m:exec("SELECT 2") end, down = function() end }]])
+    T.write(dir .. "/20260101000000_a.lua",
+      [[return { up = function(m) m:exec("SELECT 2") end, down = function() end }]])
     local r = H.run(ci, dir, { "--json", "validate" })
     assert.equal(3, r.code)
     assert.equal("drift", T.json(r.stdout).findings[1].rule)

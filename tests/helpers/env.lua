@@ -76,8 +76,8 @@ function T.tmpdir()
 end
 
 function T.write(path, content)
-  local dir = path:match("^(.*)/[^/]*$")
-  if dir and dir ~= "" then capture("mkdir -p " .. q(dir)) end
+  local parent = path:match("^(.*)/[^/]*$")
+  if parent and parent ~= "" then capture("mkdir -p " .. q(parent)) end
   local f = assert(io.open(path, "wb"))
   f:write(content)
   f:close()
@@ -108,9 +108,9 @@ end
 -- Runs SQL (may be several statements, psql script semantics) in dbname
 -- (a database name or a conninfo string); returns trimmed unaligned output.
 function T.psql(dbname, sql)
-  local dir = scratch_dir()
+  local sdir = scratch_dir()
   local n = next_id()
-  local sqlf, outf, errf = dir .. "/q" .. n .. ".sql", dir .. "/q" .. n .. ".out", dir .. "/q" .. n .. ".err"
+  local sqlf, outf, errf = sdir .. "/q" .. n .. ".sql", sdir .. "/q" .. n .. ".out", sdir .. "/q" .. n .. ".err"
   T.write(sqlf, sql)
   local cmd = ("%s%s -X -A -t -q -v ON_ERROR_STOP=1 -d %s -f %s >%s 2>%s"):format(
     NOPRELOAD, q(T.psql_bin), q(dbname), q(sqlf), q(outf), q(errf))
@@ -252,7 +252,7 @@ function T.run_bg(args, opts)
     local flag = type(sig) == "number" and ("-" .. sig) or ("-s " .. tostring(sig):gsub("^SIG", ""))
     os.execute(("kill %s %d 2>/dev/null"):format(flag, self:pid()))
   end
-  function h:done() return result ~= nil or T.exists(done) end
+  function h:done() return result ~= nil or T.exists(done) end   -- luacheck: ignore 212/self (a method like h:wait)
   function h:wait(timeout)
     if result then return result end
     local waited = 0

@@ -29,7 +29,8 @@ function R.start()
   local ok, err = pcall(S.sh, ctl("start"))
   if not ok then
     stop()
-    error("standby did not start: " .. tostring(err) .. "\n" .. (T.exists(dir .. "/server.log") and T.read(dir .. "/server.log") or ""))
+    error("standby did not start: " .. tostring(err) .. "\n"
+      .. (T.exists(dir .. "/server.log") and T.read(dir .. "/server.log") or ""))
   end
   local self = { dir = dir, port = port, data = data }
   function self.conninfo(dbname)
