@@ -174,13 +174,3 @@ mig_l_sleep_ms(lua_State *L)
 		nanosleep(&ts, NULL);
 	return 0;
 }
-
-/* now_ms() -> monotonic milliseconds (float), for durations */
-int
-mig_l_now_ms(lua_State *L)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	lua_pushnumber(L, (lua_Number) ts.tv_sec * 1000.0 + (lua_Number) ts.tv_nsec / 1e6);
-	return 1;
-}
