@@ -37,8 +37,8 @@ static void
 stop_hook(lua_State *L, lua_Debug *ar)
 {
 	(void) ar;
-	if (pending_signal == SIGALRM && in_user)
-		luaL_error(L, "the migration exceeded --timeout");
+	/* the fact only ("interrupted by SIGTERM", "interrupted by timeout"):
+	 * executor.lua turns it into the user's words (which flag, what was kept) */
 	if (pending_signal && in_user)
 		luaL_error(L, "interrupted by %s", signal_name(pending_signal));
 }
@@ -69,7 +69,7 @@ mig_l_install_signals(lua_State *L)
 	return 0;
 }
 
-/* alarm(seconds): arms the --timeout of one migration (0 disarms). */
+/* alarm(seconds): arms the time limit of one migration (0 disarms). */
 int
 mig_l_alarm(lua_State *L)
 {
