@@ -14,8 +14,10 @@
 #define MIG_RESULT_MT "migrate.Result"
 #define MIG_ERROR_MT  "migrate.Error"
 
-/* lmigrate.c: the module entry point (exported by migrate.so) */
-int luaopen_migrate(lua_State *L);
+/* lmigrate.c: the module entry point, the one symbol migrate.so exports
+ * (everything else is built with -fvisibility=hidden) */
+#define MIG_EXPORT __attribute__((visibility("default")))
+MIG_EXPORT int luaopen_migrate(lua_State *L);
 
 /* lpg.c: Conn/Result userdata and their methods */
 void mig_open_pg(lua_State *L);          /* leaves nothing; fills the table at -1 */

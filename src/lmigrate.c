@@ -94,7 +94,7 @@ preload_embedded(lua_State *L)
 	lua_pop(L, 1);
 }
 
-LUAMOD_API int
+MIG_EXPORT int
 luaopen_migrate(lua_State *L)
 {
 	luaL_checkversion(L);
