@@ -165,7 +165,8 @@ describe("logger", function()
     local old = dir .. "/old.log"
     T.write(old, "")
     os.execute("chmod 0640 " .. T.shell_quote(old))
-    T.write(dir .. "/m/20260101000300_again.lua", 'return { up = function(m) m:exec("CREATE TABLE obs_again (id int)") end }')
+    T.write(dir .. "/m/20260101000300_again.lua",
+      'return { up = function(m) m:exec("CREATE TABLE obs_again (id int)") end }')
     assert.equal(0, T.run({ "-d", conninfo, "--dir", "m", "--log-file", old, "run" }, { cwd = dir }).code)
     assert.equal("640", mode(old))
     assert.equal(2, #json_lines(old))
