@@ -14,8 +14,10 @@
 #define MIG_RESULT_MT "migrate.Result"
 #define MIG_ERROR_MT  "migrate.Error"
 
-/* lmigrate.c: the module entry point (exported by migrate.so) */
-int luaopen_migrate(lua_State *L);
+/* lmigrate.c: the module entry point, the one symbol migrate.so exports
+ * (everything else is built with -fvisibility=hidden) */
+#define MIG_EXPORT __attribute__((visibility("default")))
+MIG_EXPORT int luaopen_migrate(lua_State *L);
 
 /* lpg.c: Conn/Result userdata and their methods */
 void mig_open_pg(lua_State *L);          /* leaves nothing; fills the table at -1 */
@@ -29,6 +31,8 @@ int mig_l_checksum(lua_State *L);
 int mig_l_sha256(lua_State *L);
 int mig_l_checksum_file(lua_State *L);
 int mig_l_redact(lua_State *L);
+int mig_l_scrub(lua_State *L);
+int mig_l_quote_ident(lua_State *L);     /* quote.c */
 int mig_l_listdir(lua_State *L);
 int mig_l_isdir(lua_State *L);
 int mig_l_mkdir(lua_State *L);
@@ -38,7 +42,11 @@ int mig_l_parser_version(lua_State *L);
 int mig_l_install_signals(lua_State *L);
 int mig_l_interrupted(lua_State *L);
 int mig_l_sleep_ms(lua_State *L);
+/* clock.c, runid.c, logfile.c */
 int mig_l_now_ms(lua_State *L);
+int mig_l_wall_ms(lua_State *L);
+int mig_l_run_id(lua_State *L);
+int mig_l_open_private(lua_State *L);
 int mig_l_alarm(lua_State *L);
 int mig_l_call_user(lua_State *L);
 int mig_l_setenv(lua_State *L);
@@ -50,6 +58,9 @@ int mig_l_poll_read(lua_State *L);
 int mig_l_wait_pid(lua_State *L);
 int mig_l_kill(lua_State *L);
 int mig_l_close_fd(lua_State *L);
+
+/* redact.c: every password in s overwritten by '*', in place (argv masking) */
+void mig_redact_mask(char *s);
 
 /* signals.c: the connection a SIGINT/SIGTERM should cancel, and the protected region */
 void mig_signals_set_cancel(PGconn *conn);   /* NULL clears */

@@ -18,6 +18,8 @@ static const luaL_Reg corelib[] = {
 	{"sha256",          mig_l_sha256},
 	{"checksum_file",   mig_l_checksum_file},
 	{"redact",          mig_l_redact},
+	{"scrub",           mig_l_scrub},
+	{"quote_ident",     mig_l_quote_ident},
 	{"listdir",         mig_l_listdir},
 	{"isdir",           mig_l_isdir},
 	{"mkdir",           mig_l_mkdir},
@@ -28,6 +30,9 @@ static const luaL_Reg corelib[] = {
 	{"interrupted",     mig_l_interrupted},
 	{"sleep_ms",        mig_l_sleep_ms},
 	{"now_ms",          mig_l_now_ms},
+	{"wall_ms",         mig_l_wall_ms},
+	{"run_id",          mig_l_run_id},
+	{"open_private",    mig_l_open_private},
 	{"alarm",           mig_l_alarm},
 	{"call_user",       mig_l_call_user},
 	{"setenv",          mig_l_setenv},
@@ -89,7 +94,7 @@ preload_embedded(lua_State *L)
 	lua_pop(L, 1);
 }
 
-LUAMOD_API int
+MIG_EXPORT int
 luaopen_migrate(lua_State *L)
 {
 	luaL_checkversion(L);

@@ -28,49 +28,12 @@ msghandler(lua_State *L)
 }
 
 /*
- * Overwrites, in the process's own argv, the password of a connection string
- * given with --database-url, so that ps and /proc/PID/cmdline stop showing it
- * (Lua has its own copy by then). It narrows the exposure, it cannot close
- * it: DATABASE_URL, PGPASSWORD or ~/.pgpass keep passwords off the command line.
+ * The password of a connection string given with --database-url is
+ * overwritten in the process's own argv (mig_redact_mask, the one redactor),
+ * so that ps and /proc/PID/cmdline stop showing it (Lua has its own copy by
+ * then). It narrows the exposure, it cannot close it: DATABASE_URL,
+ * PGPASSWORD or ~/.pgpass keep passwords off the command line.
  */
-static void
-mask_password(char *s)
-{
-	char *p, *at, *scheme;
-
-	/* URI: scheme://user:password@host */
-	scheme = strstr(s, "://");
-	if (scheme != NULL && (at = strchr(scheme + 3, '@')) != NULL)
-	{
-		char *colon = memchr(scheme + 3, ':', (size_t) (at - scheme - 3));
-		if (colon != NULL)
-			for (p = colon + 1; p < at; p++)
-				*p = '*';
-	}
-	/* key=value (also a URI's ?password=): up to a space, '&', or the closing quote */
-	for (p = s; (p = strstr(p, "password")) != NULL; p++)
-	{
-		char *v = p + 8;
-		while (*v == ' ')
-			v++;
-		if (*v != '=')
-			continue;
-		v++;
-		while (*v == ' ')
-			v++;
-		if (*v == '\'')
-			for (v++; *v != '\0' && *v != '\''; v++)
-			{
-				if (*v == '\\' && v[1] != '\0')
-					*v++ = '*';     /* a backslash escapes the next character, a quote too */
-				*v = '*';
-			}
-		else
-			for (; *v != '\0' && *v != ' ' && *v != '&'; v++)
-				*v = '*';
-	}
-}
-
 static int
 pmain(lua_State *L)
 {
@@ -89,7 +52,7 @@ pmain(lua_State *L)
 		lua_rawseti(L, -2, i);
 		if (strncmp(argv[i], "--database-url=", 15) == 0 ||
 			(i > 1 && (strcmp(argv[i - 1], "--database-url") == 0 || strcmp(argv[i - 1], "-d") == 0)))
-			mask_password(argv[i]);
+			mig_redact_mask(argv[i]);
 	}
 	lua_call(L, 1, 1);
 	return 1;

@@ -2,8 +2,10 @@
  * pgerr.c: PostgreSQL failures as Lua error objects.
  *
  * An error object is a table {kind = "sql", sqlstate, message, detail, hint,
- * position, context, sql} with the migrate.Error metatable, whose __tostring
- * renders it the way psql does. Lua code adds `file`, `line`, `migration`.
+ * position, context, severity, table, constraint, sql} with the migrate.Error
+ * metatable (set up and rendered by lpg.c's __tostring); a libpq-side failure
+ * has a message and, when the connection is gone, connection_lost = true but
+ * no sqlstate. Lua code adds `file`, `line`, `migration`.
  */
 #include <string.h>
 
@@ -58,12 +60,32 @@ mig_push_pg_error(lua_State *L, PGconn *conn, const PGresult *res, const char *s
 	luaL_setmetatable(L, MIG_ERROR_MT);
 }
 
-/* Frees res first, then raises its error object. Never returns. */
+/* [conn, res, sql as light userdata] -> [error object]: mig_push_pg_error under a pcall */
+static int
+push_error_protected(lua_State *L)
+{
+	PGconn *conn = lua_touserdata(L, 1);
+	const PGresult *res = lua_touserdata(L, 2);
+	const char *sql = lua_touserdata(L, 3);
+
+	mig_push_pg_error(L, conn, res, sql);
+	return 1;
+}
+
+/*
+ * Raises the error object of res, freeing res on the way. The fields are
+ * copied out under a pcall first (any lua_* call may raise a memory error),
+ * then res is cleared, then the object (or that memory error) is raised:
+ * res is freed on both paths. Never returns.
+ */
 int
 mig_raise_pg_error(lua_State *L, PGconn *conn, PGresult *res, const char *sql)
 {
-	/* copy everything out before PQclear: lua_* calls may raise (memory) */
-	mig_push_pg_error(L, conn, res, sql);
+	lua_pushcfunction(L, push_error_protected);     /* light C function: no allocation */
+	lua_pushlightuserdata(L, conn);
+	lua_pushlightuserdata(L, res);
+	lua_pushlightuserdata(L, (void *) sql);
+	lua_pcall(L, 3, 1, 0);                          /* [error object | memory error] */
 	PQclear(res);
 	return lua_error(L);
 }

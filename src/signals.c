@@ -37,8 +37,8 @@ static void
 stop_hook(lua_State *L, lua_Debug *ar)
 {
 	(void) ar;
-	if (pending_signal == SIGALRM && in_user)
-		luaL_error(L, "the migration exceeded --timeout");
+	/* the fact only ("interrupted by SIGTERM", "interrupted by timeout"):
+	 * executor.lua turns it into the user's words (which flag, what was kept) */
 	if (pending_signal && in_user)
 		luaL_error(L, "interrupted by %s", signal_name(pending_signal));
 }
@@ -69,7 +69,7 @@ mig_l_install_signals(lua_State *L)
 	return 0;
 }
 
-/* alarm(seconds): arms the --timeout of one migration (0 disarms). */
+/* alarm(seconds): arms the time limit of one migration (0 disarms). */
 int
 mig_l_alarm(lua_State *L)
 {
@@ -173,14 +173,4 @@ mig_l_sleep_ms(lua_State *L)
 	if (ms > 0 && !pending_signal)
 		nanosleep(&ts, NULL);
 	return 0;
-}
-
-/* now_ms() -> monotonic milliseconds (float), for durations */
-int
-mig_l_now_ms(lua_State *L)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	lua_pushnumber(L, (lua_Number) ts.tv_sec * 1000.0 + (lua_Number) ts.tv_nsec / 1e6);
-	return 1;
 }

@@ -178,6 +178,40 @@ describe("migrate.core helpers", function()
     assert.equal("(unparseable connection string)", core.redact("password='sekret123"))
   end)
 
+  it("scrubs every password form from free text with the one redactor", function()
+    local cases = {
+      { "host=db password=sekret1 dbname=x", "host=db password=*** dbname=x" },
+      { "password = 'a b\\' c' user=x", "password = *** user=x" },
+      { "postgres://app:sekret1@db/x?sslmode=require", "postgres://app:***@db/x?sslmode=require" },
+      { "postgresql://db/x?password=sekret1&sslmode=require", "postgresql://db/x?password=***&sslmode=require" },
+      { "PGPASSWORD=sekret1 psql", "PGPASSWORD=*** psql" },
+      { "ALTER ROLE x PASSWORD 'it''s' LOGIN", "ALTER ROLE x PASSWORD '***' LOGIN" },
+      { "CREATE ROLE y PASSWORD E'a\\'b'", "CREATE ROLE y PASSWORD E'***'" },
+      { "CREATE USER z PASSWORD $t$ s3 $t$;", "CREATE USER z PASSWORD $t$***$t$;" },
+      { "ALTER ROLE x PASSWORD 'unterminated", "ALTER ROLE x PASSWORD '***" },
+      { "nothing to hide", "nothing to hide" },
+    }
+    for _, c in ipairs(cases) do assert.equal(c[2], core.scrub(c[1])) end
+    assert.equal(42, core.scrub(42))
+  end)
+
+  it("makes run ids that are distinct version 4 UUIDs", function()
+    local seen = {}
+    for _ = 1, 50 do
+      local id = core.run_id()
+      assert.matches("^%x%x%x%x%x%x%x%x%-%x%x%x%x%-4%x%x%x%-[89ab]%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$", id)
+      assert.is_nil(seen[id])
+      seen[id] = true
+    end
+  end)
+
+  it("reads the wall clock in milliseconds and quotes identifiers without a connection", function()
+    local ms = core.wall_ms()
+    assert.is_true(math.abs(ms / 1000 - os.time()) < 5)
+    assert.equal('"a""b"', core.quote_ident('a"b'))
+    assert.equal('"Mixed Case"', core.quote_ident("Mixed Case"))
+  end)
+
   it("lists a folder sorted, and fails cleanly on a missing one", function()
     local dir = T.tmpdir()
     T.write(dir .. "/b.lua", "")

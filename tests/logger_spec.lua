@@ -144,6 +144,34 @@ describe("logger", function()
     assert.equal("20260101000200", lines[#lines].migration)
   end)
 
+  it("creates the log file 0600 under a restrictive umask, and keeps an existing file's mode", function()
+    local _, conninfo = db_with_password()
+    local dir = project(false)
+    local function mode(path)
+      local p = io.popen("stat -c %a " .. T.shell_quote(path))
+      local m = p:read("a"):gsub("%s", "")
+      p:close()
+      return m
+    end
+    -- umask 0277 would leave a plain open(2) at 0400: the file must still be 0600 and written
+    local umasked = { "-c", 'umask 0277; exec "$0" "$@"', T.bin }
+    local path = dir .. "/umask.log"
+    local args = { table.unpack(umasked) }
+    for _, a in ipairs({ "-d", conninfo, "--dir", "m", "--log-file", path, "run" }) do args[#args + 1] = a end
+    assert.equal(0, T.run(args, { cwd = dir, bin = "sh" }).code)
+    assert.equal("600", mode(path))
+    assert.equal(4, #json_lines(path))
+    -- an existing file is appended to, its mode untouched
+    local old = dir .. "/old.log"
+    T.write(old, "")
+    os.execute("chmod 0640 " .. T.shell_quote(old))
+    T.write(dir .. "/m/20260101000300_again.lua",
+      'return { up = function(m) m:exec("CREATE TABLE obs_again (id int)") end }')
+    assert.equal(0, T.run({ "-d", conninfo, "--dir", "m", "--log-file", old, "run" }, { cwd = dir }).code)
+    assert.equal("640", mode(old))
+    assert.equal(2, #json_lines(old))
+  end)
+
   it("goes on when the log file cannot be written", function()
     local dir = project(false)
     for _, path in ipairs({ "/nonexistent-dir/sub/x.log", "/proc/obs-x.log" }) do

@@ -19,15 +19,7 @@ local M = {}
 -- A fixed key in the advisory lock space: "mlua" as a 32-bit number.
 M.LOCK_KEY = 0x6d6c7561
 
-local function new_run_id()
-  local f = io.open("/proc/sys/kernel/random/uuid", "r")
-  if f then
-    local id = f:read("l")
-    f:close()
-    if id then return id end
-  end
-  return string.format("%x-%x", os.time(), math.random(0, 0x7fffffff))
-end
+local function new_run_id() return core.run_id() end   -- a UUID v4 (src/runid.c)
 
 -- --direct-url (issue 19), when given, carries every connection of the run.
 local function url_of(config)

@@ -44,7 +44,7 @@ end
 
 local function q(m, s)
   if m.conn then return m.conn:quote_ident(s) end
-  return '"' .. s:gsub('"', '""') .. '"'
+  return require("migrate.core").quote_ident(s)
 end
 
 -- {====== expressions ======

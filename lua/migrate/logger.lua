@@ -45,56 +45,9 @@ M.CREATE_TABLE = CREATE_TABLE
 -- {====== secrets ======
 
 -- Defence in depth: nothing that looks like a password reaches a sink.
--- Covers key=value conninfo (quoted or not), URIs (user:secret@host) and
--- ?password=... query parameters.
--- The end of a quoted conninfo value starting at i (just after the opening
--- quote): libpq lets a backslash escape the next character, quote included.
-local function quoted_end(s, i)
-  while i <= #s do
-    local c = s:sub(i, i)
-    if c == "\\" then i = i + 2
-    elseif c == "'" then return i
-    else i = i + 1 end
-  end
-  return #s
-end
-
--- SQL of role statements: CREATE/ALTER ROLE|USER … [ENCRYPTED] PASSWORD
--- 'literal' (also E'…', U&'…' and $tag$…$tag$). The literal ends at the
--- first quote not doubled (E'' strings also let a backslash escape one).
-local function sql_literal_end(s, i, escapes)
-  while i <= #s do
-    local c = s:sub(i, i)
-    if escapes and c == "\\" then i = i + 2
-    elseif c == "'" then
-      if s:sub(i + 1, i + 1) ~= "'" then return i end
-      i = i + 2
-    else i = i + 1 end
-  end
-  return #s + 1   -- unterminated: everything after the quote is the secret
-end
-
-local function scrub_sql_passwords(s)
-  if not s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]") then return s end
-  local out, pos = {}, 1
-  while true do
-    -- PASSWORD'x' needs no space; a comment in between is not covered
-    local a, b, prefix = s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*([EeUu]?&?)'", pos)
-    local da, db, tag = s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*(%$[%a_]*%$)", pos)
-    if da and (not a or da < a) then
-      out[#out + 1] = s:sub(pos, db) .. "***"
-      local close = s:find(tag, db + 1, true)
-      pos = close and close or #s + 1
-    elseif a then
-      out[#out + 1] = s:sub(pos, b) .. "***"
-      pos = sql_literal_end(s, b + 1, prefix:lower() == "e")
-    else
-      break
-    end
-  end
-  out[#out + 1] = s:sub(pos)
-  return table.concat(out)
-end
+-- core.scrub (src/redact.c, the one redactor, also behind argv masking)
+-- covers key=value conninfo (quoted or not), URIs (user:secret@host),
+-- ?password=... query parameters and role statements' PASSWORD literals.
 
 -- Invalid UTF-8 (a migration's SQL in Latin-1, a binary literal) would make
 -- the JSON of stdout and the log file invalid and the log row fail (text
@@ -117,19 +70,7 @@ M.valid_utf8 = valid_utf8
 
 local function scrub(s)
   if type(s) ~= "string" then return s end
-  s = valid_utf8(scrub_sql_passwords(s))
-  local out, pos = {}, 1
-  while true do
-    local a, b = s:find("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*'", pos)
-    if not a then break end
-    out[#out + 1] = s:sub(pos, b - 1) .. "***"
-    pos = quoted_end(s, b + 1) + 1
-  end
-  out[#out + 1] = s:sub(pos)
-  s = table.concat(out)
-  s = s:gsub("([Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*)[^%s'&*][^%s'&]*", "%1***")
-  s = s:gsub("(%a[%w+.-]*://[^:/@%s]*):[^@%s]*@", "%1:***@")
-  return s
+  return valid_utf8(core.scrub(s))
 end
 M.scrub = scrub
 
@@ -165,16 +106,14 @@ M.clean = function(t) return clean(t, 0, {}) end
 
 -- {====== time ======
 
--- core.now_ms is monotonic; anchor it once to the wall clock with ms
--- resolution (date(1): Lua's os.time has whole seconds only).
+-- core.now_ms is monotonic; anchor it once to the wall clock (core.wall_ms,
+-- milliseconds: Lua's os.time has whole seconds only), so the timestamps of
+-- one run never go backwards.
 local anchor_wall, anchor_mono
 local function wall_ms()
   if not anchor_wall then
     anchor_mono = core.now_ms()
-    local p = io.popen("date +%s%3N 2>/dev/null")
-    local v = p and tonumber(p:read("a"):match("%d+"))
-    if p then p:close() end
-    anchor_wall = v or os.time() * 1000
+    anchor_wall = core.wall_ms()
   end
   return anchor_wall + (core.now_ms() - anchor_mono)
 end
@@ -186,8 +125,6 @@ end
 M.iso_now = function() return iso(wall_ms()) end
 
 -- }======
-
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 -- Colour only on a terminal, never with NO_COLOR (https://no-color.org) or
 -- TERM=dumb.
@@ -236,20 +173,13 @@ function M:attach_table(conn, qualified)
   if ok then self.conn = conn else self:warn_sink("table migration_logs", err) end
 end
 
--- Opens the log file for appending. A new file is created by a shell with
--- umask 077, so it is 0600 from its first byte (Lua's io.open cannot pass a
--- mode, and a chmod after the fact leaves a window where it is readable);
--- an existing file keeps its mode and owner.
+-- Opens the log file for appending (core.open_private): a new file is 0600
+-- from its first byte whatever the umask; an existing file keeps its mode
+-- and owner.
 function M:open_file()
   if self.file ~= nil or self.opts.log_file == false then return self.file end
   local path = self.opts.log_file or "migration-execution.log"
-  local probe = io.open(path, "rb")
-  if probe then
-    probe:close()
-  else
-    os.execute("exec 2>/dev/null; umask 077; : >> " .. sh_quote(path))
-  end
-  local f, err = io.open(path, "ab")
+  local f, err = core.open_private(path)
   if not f then
     self.file = false
     self:warn_sink("file " .. path, err)

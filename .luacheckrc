@@ -1,0 +1,13 @@
+-- luacheck (Debian lua-check): `cmake --build build --target lint`, or
+-- `luacheck lua tests docs/*.lua` from the repository root.
+std = "lua54"
+max_line_length = 120
+codes = true
+
+-- build outputs and generated files are not ours to lint
+exclude_files = {
+  "build/**", "build-*/**", "**/embedded_lua.c",
+}
+
+-- busted's describe/it/assert/spy/... in the specs and their helpers
+files["tests/"] = { std = "+busted" }
