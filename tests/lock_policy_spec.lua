@@ -9,7 +9,8 @@ local core = require("migrate").core
 
 local function setup(body, transactional)
   local db, ci = T.fresh_db("lockpol")
-  T.psql(db, "CREATE TABLE t(id bigint PRIMARY KEY, v text); INSERT INTO t SELECT g, 'a' FROM generate_series(1, 100) g")
+  T.psql(db, "CREATE TABLE t(id bigint PRIMARY KEY, v text); "
+    .. "INSERT INTO t SELECT g, 'a' FROM generate_series(1, 100) g")
   local dir = T.tmpdir()
   T.write(dir .. "/m/20260101000000_change.lua", "return { transaction = " .. tostring(transactional) ..
     ", up = function(m)\n" .. body .. "\nend, down = function() end }\n")

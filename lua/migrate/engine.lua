@@ -480,7 +480,8 @@ local function locked(m, sql, stmts, budget, in_tx, run, on_retry)
     what = mode .. " on " .. table.concat(rels, ", "),
     on_wait = function(hs, waited)
       if on_retry then
-        on_retry(string.format("waiting without queueing (%d ms so far, --lock-timeout %d ms per attempt) for %s on %s: held by %s",
+        on_retry(string.format(
+          "waiting without queueing (%d ms so far, --lock-timeout %d ms per attempt) for %s on %s: held by %s",
           waited, budget, mode, table.concat(rels, ", "), retry.describe(hs)))
       end
     end,

@@ -263,7 +263,8 @@ end
 -- policy: look (on look, else conn), then a short queued wait; the
 -- transaction's lock_timeout is budget_ms again afterwards. on_wait as R.clear.
 function R.lock_table(conn, look, rel, mode, budget_ms, on_wait)
-  return R.attempt { look = look or { conn = conn, clear = true }, rels = { rel }, mode = mode, in_tx = true, once = true,
+  return R.attempt { look = look or { conn = conn, clear = true }, rels = { rel }, mode = mode,
+    in_tx = true, once = true,
     what = mode .. " on " .. rel, budget = budget_ms or 5000, on_wait = on_wait,
     set_timeout = function(ms) conn:exec(string.format("SET LOCAL lock_timeout = %d", ms)) end,
     run = function() return conn:exec("LOCK TABLE " .. rel .. " IN " .. mode .. " MODE") end }
