@@ -62,8 +62,8 @@ def main():
              "(bench/guard_latency/update.sql) throughout; a transaction's stall is its execution time (latency minus "
              "schedule lag). *During*: transactions overlapping the `migrate-lua run` process; *outside*: before it." % (
                  format(int(kv["rows"]), ","), kv["table_size"], kv["rate"]))
-    L.append("- naive: the raw SQL in one transactional migration inside `m:unsafe`, `--lock-timeout %s` (so it waits for "
-             "the reader and lands). guard: the guard clause in a `transaction = false` migration at the **default "
+    L.append("- naive: the raw SQL in one transaction through psql (`SET lock_timeout = %s`, so it waits for the reader "
+             "and lands; not through migrate-lua, whose `m:exec` would look before queueing too). guard: the guard clause in a `transaction = false` migration at the **default "
              "settings** (no flag: `--lock-timeout 5000`, `--lock-retries 3`)." % kv["naive_lt"])
     L.append("- long reader: a transaction holding ACCESS SHARE on `big` for %s s, started just before the change; "
              "\"after reader\" = the change's process ended after the reader's transaction did." % kv["reader_s"])
