@@ -4,7 +4,7 @@ analyses of bench/guard_latency.sh (WORK/*/analysis.json).
 
 Usage: report.py WORK RESULTS_FILE|- key=value...   (the keys are saved in WORK/meta.json;
        report.py WORK RESULTS_FILE|-                 re-renders a kept run from it)
-Only the text between <!-- bench:guards:begin --> and <!-- bench:guards:end -->
+Only the text between <!-- bench:guards-pipeline:begin --> and <!-- bench:guards-pipeline:end -->
 is replaced (the markers are appended when absent); the file is re-read right
 before writing, since other benchmarks own other sections of it.
 """
@@ -14,7 +14,7 @@ import os
 import statistics
 import sys
 
-BEGIN, END = "<!-- bench:guards:begin -->", "<!-- bench:guards:end -->"
+BEGIN, END = "<!-- bench:guards-pipeline:begin -->", "<!-- bench:guards-pipeline:end -->"
 LABEL = {
     "naive": "(a) naive: `run`, one transaction, inside `m:unsafe`",
     "guard": "(b) guard clauses: `run`, transaction = false",

@@ -18,6 +18,7 @@ local json = require "migrate.json"
 local core = require "migrate.core"
 local V = require "migrate.backup_values"
 local D = require "migrate.backup_ddl"
+local retry = require "migrate.retry"   -- the lock policy of the LOCK TABLE steps (issue 14)
 
 local M = {}
 
@@ -285,7 +286,9 @@ function M.copy(conn, spec)
     consistency = "created-in-transaction"
   elseif rel.size <= max_locked then
     consistency = "share-lock"
-    conn:exec("LOCK TABLE " .. src .. " IN SHARE MODE")
+    -- look before queueing (issue 14): a SHARE request queued behind a long
+    -- reader or autovacuum would stall every writer for the whole wait
+    retry.lock_table(conn, spec.look, src, "SHARE", spec.lock_ms, spec.on_wait)
   else
     consistency = "write-counters"
     before = write_counter(conn, rel.oid)
@@ -366,6 +369,11 @@ function M.take(m, tbl, cols, reason)
     migration = m.entry and m.entry.version, run_id = m.logger and m.logger.run_id,
     max_locked_copy_bytes = m.config and m.config.max_locked_copy_bytes,
     quiet = m.config and m.config.quiet,
+    look = retry.look_of(m), lock_ms = m.attempt_ms or (m.config and m.config.lock_timeout),
+    on_wait = function(hs, waited)
+      m.log:warn(string.format("backup of %s: waiting without queueing (%d ms so far) for SHARE: held by %s", what,
+        waited, retry.describe(hs)))
+    end,
   })
   if not ok then m:fail(b, { object = what }) end
   if m.taken then m.taken[#m.taken + 1] = b end   -- the run's list (session), for its summary
@@ -500,7 +508,7 @@ local function verify_restored(b, got, want)
   end
 end
 
-local function restore_column(conn, b, force, report)
+local function restore_column(conn, b, force, report, opts)
   local src, dst = source_rel(conn, b), backup_rel(conn, b)
   local rel = relation(conn, src)
   if not rel then
@@ -508,7 +516,8 @@ local function restore_column(conn, b, force, report)
       b.id, b.source_schema, b.source_table), { object = b.source_schema .. "." .. b.source_table })
   end
   -- writers wait while the values go back, so the divergence check holds
-  conn:exec("LOCK TABLE " .. src .. " IN SHARE ROW EXCLUSIVE MODE")
+  -- (taken under the look before queueing, issue 14)
+  retry.lock_table(conn, opts.look, src, "SHARE ROW EXCLUSIVE", opts.lock_timeout, opts.on_wait)
   local present = {}
   for _, c in ipairs(columns_of(conn, rel.oid)) do present[c.name] = c.type end
   for _, k in ipairs(b.primary_key) do
@@ -623,7 +632,7 @@ local function recreate_table(conn, b, src, report)
   end
 end
 
-local function restore_table(conn, b, force, report)
+local function restore_table(conn, b, force, report, opts)
   local src, dst = source_rel(conn, b), backup_rel(conn, b)
   local rel = relation(conn, src)
   if not rel then
@@ -632,7 +641,7 @@ local function restore_table(conn, b, force, report)
     report.checksum = b.checksum
     return
   end
-  conn:exec("LOCK TABLE " .. src .. " IN SHARE ROW EXCLUSIVE MODE")
+  retry.lock_table(conn, opts.look, src, "SHARE ROW EXCLUSIVE", opts.lock_timeout, opts.on_wait)
   local present = {}
   for _, c in ipairs(columns_of(conn, rel.oid)) do present[c.name] = c.type end
   b.live_types = present
@@ -670,8 +679,8 @@ function M.restore(conn, id, opts)
     verify_backup(conn, b)
     V.text_set(conn, b, backup_rel(conn, b))
     D.verify_seal(conn, b, backup_rel(conn, b))
-    if b.kind == "column" then restore_column(conn, b, opts.force, report)
-    else restore_table(conn, b, opts.force, report) end
+    if b.kind == "column" then restore_column(conn, b, opts.force, report, opts)
+    else restore_table(conn, b, opts.force, report, opts) end
   end)
   return report
 end

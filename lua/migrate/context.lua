@@ -111,6 +111,7 @@ function M:exec(sql, ...)
   self:record_sql(sql)
   if engine.mode(self) ~= "apply" then return engine.exec(self, sql, ...) end
   self:check_lock()
+  engine.look(self, sql)   -- look before queueing (issue 14)
   local n = self:call("exec", sql, ...)
   lint.ran(self)
   self.stats.statements = self.stats.statements + 1

@@ -416,6 +416,124 @@ local function set_lock_timeout(m, ms)
   m.conn:exec(string.format("SET lock_timeout = %d", ms))
 end
 
+-- {====== the lock policy of a step (issue 14; the policy is retry.attempt) ======
+
+local function quote(name) return '"' .. name:gsub('"', '""') .. '"' end
+
+local function regclass(rel)
+  return rel and rel.relname and ((rel.schemaname and (quote(rel.schemaname) .. ".") or "") .. quote(rel.relname))
+end
+
+-- The tables a parsed statement locks (quoted, for to_regclass): its
+-- relation, a foreign key's referenced table, a DROP's or TRUNCATE's objects.
+local function locked_rels(node, st, out)
+  local function add(r) if r then out[#out + 1] = r end end
+  if node == "AlterTableStmt" then
+    add(regclass(st.relation))
+    for _, c in ipairs(st.cmds or {}) do
+      local k = c.AlterTableCmd and c.AlterTableCmd.def and c.AlterTableCmd.def.Constraint
+      if k and k.contype == "CONSTR_FOREIGN" then add(regclass(k.pktable)) end   -- SHARE ROW EXCLUSIVE there too
+    end
+  elseif node == "IndexStmt" or node == "RenameStmt" then
+    add(regclass(st.relation))
+  elseif node == "TruncateStmt" then
+    for _, r in ipairs(st.relations or {}) do add(regclass(r.RangeVar)) end
+  elseif node == "DropStmt" and (st.removeType == "OBJECT_TABLE" or st.removeType == "OBJECT_INDEX") then
+    for _, o in ipairs(st.objects or {}) do
+      local parts = {}
+      for _, n in ipairs(strs(o.List and o.List.items)) do parts[#parts + 1] = quote(n) end
+      if #parts > 0 then add(table.concat(parts, ".")) end
+    end
+  end
+end
+
+local RANK = {}
+for i, l in ipairs(retry.MODES) do RANK[l] = i end
+
+-- What a step's statements need, from their parse trees: the strongest
+-- table lock mode (the plan's classification, dry_run.classify) and the
+-- tables it is taken on. nil when no statement takes a table lock.
+function M.lock_need(sql, stmts)
+  stmts = stmts or parse(sql)
+  local cls = require("migrate.commands.dry_run").classify(sql)
+  local mode, rels = nil, {}
+  for i, s in ipairs(stmts) do
+    local lock = cls[i] and cls[i].lock
+    if RANK[lock] and (not mode or RANK[lock] > RANK[mode]) then mode = lock end
+    if RANK[lock] then locked_rels(s.node, s.stmt, rels) end
+  end
+  return mode, rels
+end
+
+-- One attempt of a step under the lock policy, budget ms: look before
+-- queueing when its lock would stall writers, wait unqueued (the holders
+-- named through on_retry), then a short queued try (retry.attempt). Inside
+-- a transaction the short try runs in a savepoint, so a holder that
+-- outlasted it means look again, not a lost transaction; lock_timeout is
+-- the attempt's again afterwards (SET LOCAL). Returns the step's result.
+local function locked(m, sql, stmts, budget, in_tx, run, on_retry)
+  local mode, rels = M.lock_need(sql, stmts)
+  if not (mode and retry.looks(mode) and #rels > 0) then return run() end
+  local local_ = in_tx and "LOCAL " or ""
+  local sp = false
+  return retry.attempt { look = retry.look_of(m), rels = rels, mode = mode, budget = budget, in_tx = in_tx,
+    what = mode .. " on " .. table.concat(rels, ", "),
+    on_wait = function(hs, waited)
+      if on_retry then
+        on_retry(string.format(
+          "waiting without queueing (%d ms so far, --lock-timeout %d ms per attempt) for %s on %s: held by %s",
+          waited, budget, mode, table.concat(rels, ", "), retry.describe(hs)))
+      end
+    end,
+    set_timeout = function(ms)
+      if not in_tx then return set_lock_timeout(m, ms) end
+      if ms < budget then   -- the short try: in a savepoint of its own
+        m.conn:exec(string.format("SAVEPOINT migrate_lua_lock; SET LOCAL lock_timeout = %d", ms))
+        sp = true
+      elseif sp and m.conn:tx_status() ~= "inerror" then
+        m.conn:exec(string.format("RELEASE SAVEPOINT migrate_lua_lock; SET %slock_timeout = %d", local_, ms))
+        sp = false
+      end
+    end,
+    run = function()
+      local ok, r = pcall(run)
+      if not ok then
+        local e = errors.wrap(r)
+        if sp and m.conn:tx_status() == "inerror" and e.sqlstate == "55P03" then
+          m.conn:exec("ROLLBACK TO SAVEPOINT migrate_lua_lock; RELEASE SAVEPOINT migrate_lua_lock")
+          sp = false
+        end
+        error(e, 0)
+      end
+      return r
+    end }
+end
+M.locked = locked
+
+-- The lock_timeout of the attempt m runs in (the executor's, the
+-- rehearsal's or m:with_lock_retries' attempt), else --lock-timeout.
+local function budget_of(m) return m.attempt_ms or m.config.lock_timeout or 5000 end
+
+-- Raw SQL (m:exec): the look before queueing only. When the parse tree
+-- names the tables and the lock, wait without queueing while a conflicting
+-- holder is there (within the attempt's budget); the statements then run
+-- under the migration's own lock_timeout, as written (no short try: a
+-- user's statement list is not ours to split into savepoints).
+function M.look(m, sql, stmts)
+  local mode, rels = M.lock_need(sql, stmts)
+  if not (mode and retry.looks(mode) and #rels > 0) then return end
+  local budget = budget_of(m)
+  local ok, e = pcall(retry.clear, { look = retry.look_of(m), rels = rels, mode = mode, budget = budget,
+    in_tx = M.in_tx(m), deadline = core.now_ms() + budget, what = mode .. " on " .. table.concat(rels, ", "),
+    on_wait = function(hs, waited)
+      m.log:warn(string.format("waiting without queueing (%d ms so far) for %s on %s: held by %s", waited, mode,
+        table.concat(rels, ", "), retry.describe(hs)))
+    end })
+  if not ok then m:fail(e) end
+end
+
+-- }======
+
 -- Runs (or records and models) one guard-clause step. opts.concurrent: a
 -- CONCURRENTLY statement (no short lock_timeout: it takes only SHARE UPDATE
 -- EXCLUSIVE); opts.own_tx: its own transaction when outside one; opts.query:
@@ -438,12 +556,19 @@ function M.step(m, sql, opts, ...)
       model_sql(m, sql, stmts)
       return opts.query and {} or 0
     end
-    -- once, inside the rehearsal transaction (a retry would find it aborted)
-    local ok, r = pcall(m.conn[method], m.conn, sql, ...)
+    -- once, inside the rehearsal transaction, under the same lock policy as apply
+    local args = table.pack(...)
+    local ok, r = pcall(locked, m, sql, stmts, budget_of(m), true, function()
+      return m.conn[method](m.conn, sql, table.unpack(args, 1, args.n))
+    end, opts.on_retry)
     if not ok then m:fail(retry.name_blockers(r)) end
     res = r
   elseif M.in_tx(m) or opts.no_lock then
-    local ok, r = pcall(m.conn[method], m.conn, sql, ...)
+    local args = table.pack(...)
+    local function run() return m.conn[method](m.conn, sql, table.unpack(args, 1, args.n)) end
+    local ok, r
+    if opts.no_lock then ok, r = pcall(run)
+    else ok, r = pcall(locked, m, sql, nil, budget_of(m), true, run, opts.on_retry) end
     if not ok then m:fail(retry.name_blockers(r)) end
     res = r
   elseif opts.concurrent then
@@ -455,10 +580,13 @@ function M.step(m, sql, opts, ...)
   else
     local args = table.pack(...)
     local attempts = retry.attempts(m.config)
+    local stmts = parse(sql)
     local ok, r = pcall(retry.loop, attempts, function(ms)
       set_lock_timeout(m, ms)
       retry.watch(m.conn, m.watch_conn, ms)   -- name the blockers before this attempt's timeout fires
-      return pcall(m.conn[method], m.conn, sql, table.unpack(args, 1, args.n))
+      return pcall(locked, m, sql, stmts, ms, false, function()
+        return m.conn[method](m.conn, sql, table.unpack(args, 1, args.n))
+      end, opts.on_retry)
     end, function(e, ms, i, pause)
       if opts.on_retry then
         opts.on_retry(string.format("lock timeout after %d ms (attempt %d of %d) on: %s; retrying in %d ms%s",
@@ -495,6 +623,7 @@ function M.exec(m, sql, ...)
     model_sql(m, sql, stmts)
     return 0
   end
+  if M.mode(m) == "rehearse" then M.look(m, sql, stmts) end
   return m:call("exec", sql, ...)
 end
 
@@ -555,6 +684,7 @@ function M.rehearse(s, pending, config, opts)
       local r = { entry = entry, record = {}, steps = {} }
       local m = context.new { conn = conn, entry = entry, logger = opts.logger, mode = opts.mode, direction = "up",
                               config = config, record = r.record, model = model, watch_conn = s.side }
+      m.attempt_ms = lock_ms   -- the rehearsal's lock_timeout: the budget of each step's lock
       m.findings, r.m = {}, m
       if opts.mode == "plan" then m.plan = r.steps end
       local saved = copy(model)

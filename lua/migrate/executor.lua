@@ -278,6 +278,7 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
                       config = config, record = record, backups = s.backups, validator = s.validator,
                       watch_conn = s.side, session = s, taken = s.taken,
                       runstate = s.runstate, lock_key = M.LOCK_KEY }
+    m.attempt_ms = wait.lock_ms   -- this attempt's lock_timeout: each step's lock budget (engine)
     fn(m)
   end
   local function finish()   -- the history row, in the same transaction when there is one
@@ -311,7 +312,7 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
     -- a lock timeout retries the whole transaction, never sleeping inside it
     local attempts = mode == "safe-run" and M.lock_attempts(config) or { config.lock_timeout or 5000 }
     local ok, err = pcall(retry.loop, attempts, function(lock_ms, i)
-      wait.attempts = i
+      wait.attempts, wait.lock_ms = i, lock_ms
       watch(s, lock_ms)
       local mark = backups_mark(s)
       local ok, err = pcall(conn.transaction, conn, function()

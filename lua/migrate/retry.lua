@@ -72,4 +72,204 @@ function R.loop(attempts, try, on_retry, may_retry)
   end
 end
 
+-- {====== look before queueing (issue 14) ======
+--
+-- A step that needs a lock conflicting with the writers' ROW EXCLUSIVE must
+-- never wait in the lock queue behind a long holder: every writer would
+-- queue behind it for the whole wait. So first look at pg_locks: while
+-- another session holds (or already waits for) a conflicting lock on the
+-- step's tables, wait without queueing, polling with back-off; then take
+-- the lock with a short queued wait (QUEUED_MS), which is all a writer can
+-- ever be made to wait for us, plus the time the step holds the lock.
+
+-- PostgreSQL's table-level lock conflict table (docs, "Table-level lock
+-- modes", "Conflicting Lock Modes"), as data: mode -> the modes it conflicts with.
+R.MODES = { "ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE",
+            "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE" }
+local CONFLICTS = {
+  ["ACCESS SHARE"] = { "ACCESS EXCLUSIVE" },
+  ["ROW SHARE"] = { "EXCLUSIVE", "ACCESS EXCLUSIVE" },
+  ["ROW EXCLUSIVE"] = { "SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE" },
+  ["SHARE UPDATE EXCLUSIVE"] = { "SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE",
+                                 "ACCESS EXCLUSIVE" },
+  ["SHARE"] = { "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE" },
+  ["SHARE ROW EXCLUSIVE"] = { "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",
+                              "EXCLUSIVE", "ACCESS EXCLUSIVE" },
+  ["EXCLUSIVE"] = { "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",
+                    "EXCLUSIVE", "ACCESS EXCLUSIVE" },
+  ["ACCESS EXCLUSIVE"] = R.MODES,
+}
+-- pg_locks.mode spelling: "SHARE ROW EXCLUSIVE" -> "ShareRowExclusiveLock"
+local function pg_name(mode)
+  return (mode:lower():gsub("(%a)(%a*)", function(a, b) return a:upper() .. b end):gsub(" ", "")) .. "Lock"
+end
+
+function R.conflicts(a, b)
+  for _, c in ipairs(CONFLICTS[a] or {}) do if c == b then return true end end
+  return false
+end
+
+-- Does a queued request for mode stall the table's writers (conflict with
+-- ROW EXCLUSIVE)? Only those steps look before queueing.
+function R.looks(mode) return CONFLICTS[mode] ~= nil and R.conflicts(mode, "ROW EXCLUSIVE") end
+
+-- The queued wait of one try, in ms. A writer that arrives while we wait in
+-- the queue waits behind us: its stall is this wait plus the time the step
+-- holds the lock (a catalogue-only ALTER: 1-5 ms) plus its own statement.
+-- 10 ms leaves that sum under 20 ms, and is long enough for the short
+-- transactions the look lets through (younger than YOUNG_MS) to finish.
+R.QUEUED_MS = 10
+-- Holders whose transaction is younger than this are not waited for: they
+-- are the table's own short traffic, and the short queued try outlasts them.
+R.YOUNG_MS = 10
+-- Polling back-off while conflicting holders exist: 5 ms doubling to 200 ms.
+R.POLL_FIRST_MS, R.POLL_MAX_MS = 5, 200
+
+-- $1 relations (regclass text, newline-separated), $2 the step's backend pid
+-- (NULL: this connection's), $3 conflicting pg_locks modes. Rows: the other
+-- sessions holding or waiting for a conflicting lock on them; stalled: how
+-- many sessions wait for a lock on any relation the step's backend holds.
+local HOLDERS = [[
+WITH me AS (SELECT coalesce($2::int, pg_catalog.pg_backend_pid()) AS pid),
+rels AS (SELECT pg_catalog.to_regclass(n)::oid AS oid FROM pg_catalog.unnest(pg_catalog.string_to_array($1, E'\n')) n),
+db AS (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+SELECT a.pid, a.usename, a.application_name, a.state, a.backend_type, l.mode, l.granted,
+       l.relation::regclass::text AS rel,
+       pg_catalog.floor(extract(epoch FROM pg_catalog.now() - a.xact_start))::int AS xact_age_s,
+       (extract(epoch FROM pg_catalog.clock_timestamp()
+          - coalesce(l.waitstart, a.xact_start, a.query_start, a.backend_start)) * 1000)::int8 AS age_ms,
+       pg_catalog.left(a.query, 200) AS query,
+       (SELECT count(*) FROM pg_catalog.pg_locks w JOIN pg_catalog.pg_locks h
+               ON h.locktype = 'relation' AND h.relation = w.relation AND h.database = w.database
+         WHERE NOT w.granted AND w.locktype = 'relation' AND w.pid <> (SELECT pid FROM me)
+           AND h.granted AND h.pid = (SELECT pid FROM me)) AS stalled
+  FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+ WHERE l.locktype = 'relation' AND l.database = (SELECT oid FROM db)
+   AND l.relation IN (SELECT oid FROM rels WHERE oid IS NOT NULL)
+   AND l.pid <> (SELECT pid FROM me) AND l.mode = ANY ($3::text[])
+   -- a request waiting for a lock the step's backend holds is behind it, not ahead
+   AND (l.granted OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_locks o WHERE o.pid = (SELECT pid FROM me)
+          AND o.granted AND o.locktype = 'relation' AND o.relation = l.relation AND o.database = l.database))
+ ORDER BY l.granted DESC, age_ms DESC]]
+
+-- The sessions a step needing mode on rels would queue behind right now:
+-- granted conflicting locks of transactions older than YOUNG_MS, and
+-- conflicting requests already waiting. look = {conn, pid (nil: conn's own),
+-- clear (conn is inside a transaction: refresh its activity snapshot)}.
+-- Returns the list (R.describe's fields, plus mode, granted, rel) and
+-- whether the step's backend already makes someone wait.
+function R.holders(look, rels, mode, all)
+  local names = {}
+  for _, c in ipairs(CONFLICTS[mode] or {}) do names[#names + 1] = pg_name(c) end
+  if look.clear then look.conn:exec("SELECT pg_catalog.pg_stat_clear_snapshot()") end
+  local rows = look.conn:query(HOLDERS, table.concat(rels, "\n"), look.pid, "{" .. table.concat(names, ",") .. "}")
+  local out, stalled = {}, false
+  for _, r in ipairs(rows) do
+    if (r.stalled or 0) > 0 then stalled = true end
+    if all or not r.granted or (r.age_ms or 0) >= R.YOUNG_MS then
+      r.state = (r.granted and "" or "waiting for ") .. r.mode .. " on " .. (r.rel or "?") .. ", " .. (r.state or "?")
+      out[#out + 1] = r
+    end
+  end
+  return out, stalled
+end
+
+-- A lock timeout of our own making: the same sqlstate as PostgreSQL's, so
+-- the retry loops treat it alike, and the blockers named.
+local function timeout_error(what, waited, budget, holders, why)
+  local e = errors.new("sql", string.format("lock timeout: %s: %s after %d ms (the attempt's cap is %d ms)",
+    what, why or "waited without queueing", waited, budget), { sqlstate = "55P03", blockers = holders })
+  return R.name_blockers(e)
+end
+
+-- Waits without queueing until no conflicting holder is left (R.holders),
+-- or raises a 55P03 error naming them at deadline (core.now_ms() clock).
+-- p: look, rels, mode, what (for messages), deadline, budget, in_tx,
+-- on_wait(holders, waited_ms) (when the wait starts and every second).
+-- Inside a transaction that already makes other sessions wait (an earlier
+-- step's lock), waiting would stall them: it fails at once, and the whole
+-- transaction is retried later. Returns the ms waited.
+function R.clear(p)
+  local t0 = core.now_ms()
+  local pause, told, last = R.POLL_FIRST_MS, nil, nil
+  while true do
+    local hs, stalled = R.holders(p.look, p.rels, p.mode)
+    local now = core.now_ms()
+    local waited = math.floor(now - t0)
+    if #hs == 0 then return waited end
+    if p.in_tx and stalled then
+      error(timeout_error(p.what, waited, p.budget, hs,
+        "not waiting while this transaction's earlier locks keep other sessions waiting"), 0)
+    end
+    if now >= p.deadline or core.interrupted() then error(timeout_error(p.what, waited, p.budget, hs), 0) end
+    local who = R.describe(hs)
+    if p.on_wait and (told == nil or now - told >= 1000 or who:gsub("open %d+s", "") ~= last) then
+      p.on_wait(hs, waited)
+      told, last = now, who:gsub("open %d+s", "")
+    end
+    core.sleep_ms(math.max(1, math.floor(math.min(pause, p.deadline - now))))
+    pause = math.min(pause * 2, R.POLL_MAX_MS)
+  end
+end
+
+-- One attempt of a lock-taking step under the policy, within budget ms:
+-- look and wait unqueued (R.clear), then run() under set_timeout(short)
+-- (a queued wait of at most QUEUED_MS). Outside a transaction a short try
+-- that timed out looks again until the budget is spent; p.once (inside a
+-- transaction without a savepoint: the failed statement aborted it) raises
+-- at once instead (named). p: look, rels, mode, what, budget, in_tx (for
+-- R.clear), once, set_timeout(ms), run(), on_wait.
+-- Returns run()'s result. A mode that does not stall writers just runs.
+function R.attempt(p)
+  if not R.looks(p.mode) or #p.rels == 0 or not p.look then
+    p.set_timeout(p.budget)
+    return p.run()
+  end
+  local t0 = core.now_ms()
+  p.deadline = t0 + p.budget
+  while true do
+    R.clear(p)
+    local left = p.deadline - core.now_ms()
+    p.set_timeout(math.max(1, math.floor(math.min(R.QUEUED_MS, left))))
+    local ok, r = pcall(p.run)
+    if ok then
+      p.set_timeout(p.budget)
+      return r
+    end
+    local e = errors.wrap(r)
+    if e.sqlstate ~= "55P03" or p.once or core.now_ms() >= p.deadline or core.interrupted() then
+      if e.sqlstate == "55P03" and not (e.blockers and #e.blockers > 0) and not p.look.clear then
+        -- who held it through the short try (the side connection can still ask)
+        local okh, hs = pcall(R.holders, p.look, p.rels, p.mode, true)
+        if okh then e.blockers = hs end
+      end
+      if not p.once then pcall(p.set_timeout, p.budget) end
+      error(e, 0)
+    end
+  end
+end
+
+-- The look of a migration context: its side connection with the main
+-- connection's pid (asked once per context), else the main connection.
+function R.look_of(m)
+  if m.watch_conn then
+    if not m.backend_pid then m.backend_pid = m.conn:query("SELECT pg_catalog.pg_backend_pid() AS p")[1].p end
+    return { conn = m.watch_conn, pid = m.backend_pid }
+  end
+  return { conn = m.conn, clear = m.conn:tx_status() == "intrans" }
+end
+
+-- LOCK TABLE rel IN mode MODE inside conn's open transaction, under the
+-- policy: look (on look, else conn), then a short queued wait; the
+-- transaction's lock_timeout is budget_ms again afterwards. on_wait as R.clear.
+function R.lock_table(conn, look, rel, mode, budget_ms, on_wait)
+  return R.attempt { look = look or { conn = conn, clear = true }, rels = { rel }, mode = mode,
+    in_tx = true, once = true,
+    what = mode .. " on " .. rel, budget = budget_ms or 5000, on_wait = on_wait,
+    set_timeout = function(ms) conn:exec(string.format("SET LOCAL lock_timeout = %d", ms)) end,
+    run = function() return conn:exec("LOCK TABLE " .. rel .. " IN " .. mode .. " MODE") end }
+end
+
+-- }======
+
 return R

@@ -45,7 +45,13 @@ end
 
 local function restore(config, s, id)
   local t0 = require("migrate.core").now_ms()
-  local r = backup.restore(s.main, id, { force = config.force, lock_timeout = config.lock_timeout })
+  local retry = require "migrate.retry"
+  local look = s.side and { conn = s.side, pid = s.main:query("SELECT pg_catalog.pg_backend_pid() AS p")[1].p }
+  local r = backup.restore(s.main, id, { force = config.force, lock_timeout = config.lock_timeout, look = look,
+    on_wait = function(hs, waited)   -- the lock policy: waiting without queueing, the holders named
+      io.stderr:write(string.format("    waiting without queueing (%d ms so far) for the table: held by %s\n", waited,
+        retry.describe(hs)))
+    end })
   local dur = require("migrate.core").now_ms() - t0
   -- off a terminal, a restore slower than the progress interval shows its rate (migrate.progress)
   if not config.quiet and not require("migrate.core").isatty(2)

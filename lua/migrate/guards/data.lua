@@ -173,11 +173,13 @@ function G.with_lock_retries(m, fn, opts)
     -- inside this transaction m.transactional reads true (own_tx), so fn's
     -- steps do not run retry loops of their own
     m.own_tx = m.own_tx + 1
+    local saved = m.attempt_ms
+    m.attempt_ms = ms   -- each step's lock budget inside (engine)
     local ok, err = pcall(m.conn.transaction, m.conn, function()
       m.conn:exec(string.format("SET LOCAL lock_timeout = %d", ms))
       result = fn(m)
     end)
-    m.own_tx = m.own_tx - 1
+    m.own_tx, m.attempt_ms = m.own_tx - 1, saved
     return ok, ok and result or err
   end, function(_, ms, i, pause)
     U.warn(m, "ML35", nil, string.format("lock timeout after %d ms (attempt %d of %d); retrying in %d ms", ms, i, #attempts, pause))
