@@ -200,7 +200,8 @@ load=$(cut -d' ' -f1-3 /proc/loadavg)
   printf '| `backup restore` of the dropped table (process start to exit) | %.0f ms | %.0f ms | %.2f× | ≤ 1.5× | %s |\n' \
     "$(median "${svs[@]}")" "$(median "${frs[@]}")" "$mr" "$(verdict "$mr" 1.5)"
   echo
-  echo "Per round (ms): backup floor ${fbs[*]} · backup step ${sbs[*]} · restore floor ${frs[*]} · restore ${svs[*]}."
+  r0() { printf '%.0f ' "$@" | sed 's/ $//'; }
+  echo "Per round (ms): backup floor $(r0 "${fbs[@]}") · backup step $(r0 "${sbs[@]}") · restore floor $(r0 "${frs[@]}") · restore $(r0 "${svs[@]}")."
   echo "<!-- backup:$kind:end -->"
 } >"${BENCH_OUT:-/dev/stdout}"
 rm -rf "$work"
