@@ -149,6 +149,69 @@ describe("backup service", function()
     assert.equal(before, content(db, cols))
   end)
 
+  it("refuses a dropped table's backup with a changed, added or deleted row, then restores exactly", function()
+    -- items (json: the md5-of-text method) and ledger (built-in hashes: hash_record_extended)
+    local db, _, _, cli = setup("bk_tamper", { ["20260101000000_drop_tables.lua"] = [[
+return { up = function(m)
+  bk(m, "items")
+  bk(m, "ledger")
+  m:unsafe("the test drops the tables after backing them up", function() m:exec("DROP TABLE items, ledger") end)
+end }
+]] })
+    T.psql(db, [[CREATE TABLE ledger (id bigint PRIMARY KEY, note text, amount numeric(12, 2), at timestamptz);
+      INSERT INTO ledger SELECT g, 'n' || g, g / 3.0, '2026-01-01'::timestamptz + g * interval '1 h'
+        FROM generate_series(1, 50) g]])
+    local cases = {
+      items = { cols = "shop, code, label, blob, doc, tags, price", order = "shop, code", method = "v1t:4:",
+                change = "UPDATE %s SET label = 'changed' WHERE code = 'a'",
+                undo_change = "UPDATE %s SET label = 'plain' WHERE code = 'a'",
+                add = "INSERT INTO %s (shop, code) VALUES (3, 'extra')", undo_add = "DELETE FROM %s WHERE shop = 3",
+                dup = "INSERT INTO %s SELECT * FROM %s WHERE code = 'b'",
+                undo_dup = "DELETE FROM %s WHERE ctid = (SELECT max(ctid) FROM %s WHERE code = 'b')",
+                key = "code = 'line'" },
+      ledger = { cols = "id, note, amount, at", order = "id", method = "v1h:50:",
+                 change = "UPDATE %s SET amount = amount + 0.01 WHERE id = 7",
+                 undo_change = "UPDATE %s SET amount = amount - 0.01 WHERE id = 7",
+                 add = "INSERT INTO %s VALUES (51, 'n51', 17, now())", undo_add = "DELETE FROM %s WHERE id = 51",
+                 dup = "INSERT INTO %s SELECT * FROM %s WHERE id = 1",
+                 undo_dup = "DELETE FROM %s WHERE ctid = (SELECT max(ctid) FROM %s WHERE id = 1)",
+                 key = "id = 9" },
+    }
+    local before = {}
+    for tbl, c in pairs(cases) do
+      before[tbl] = T.psql(db, string.format(
+        "SELECT md5(string_agg(t::text, E'\\n' ORDER BY %s)) FROM (SELECT %s FROM %s) t", c.order, c.cols, tbl))
+    end
+    assert.equal(0, cli("safe-run").code)
+    for tbl, c in pairs(cases) do
+      local id = T.psql(db, "SELECT id FROM migrate_lua_backups.catalog WHERE source_table = '" .. tbl .. "'")
+      assert.equal("1", T.psql(db, string.format(
+        "SELECT count(*) FROM migrate_lua_backups.catalog WHERE id = %s AND checksum LIKE '%s%%'", id, c.method)))
+      local bt = "migrate_lua_backups."
+        .. T.psql(db, "SELECT backup_table FROM migrate_lua_backups.catalog WHERE id = " .. id)
+      local side = "side_" .. tbl
+      T.psql(db, string.format("CREATE TABLE %s AS SELECT * FROM %s WHERE %s", side, bt, c.key))
+      assert.equal("1", T.psql(db, "SELECT count(*) FROM " .. side))
+      -- each tampering is refused, naming the backup; the table stays absent
+      for _, t in ipairs({ { c.change, c.undo_change }, { c.add, c.undo_add }, { c.dup, c.undo_dup },
+                           { "DELETE FROM %s WHERE " .. c.key, "INSERT INTO %s SELECT * FROM " .. side } }) do
+        T.psql(db, string.format(t[1], bt, bt))
+        local r = cli("backup", "restore", id)
+        assert.equal(3, r.code, t[1] .. ": " .. r.stdout .. r.stderr)
+        assert.matches("backup " .. id .. ": .* no longer matches its checksum", r.stderr)
+        assert.equal("", T.psql(db, "SELECT to_regclass('" .. tbl .. "')"))
+        T.psql(db, string.format(t[2], bt, bt))
+      end
+      -- undone (the deleted row is back at the end of the table: the checksum
+      -- does not depend on row order), the backup restores exactly
+      local r = cli("backup", "restore", id)
+      assert.equal(0, r.code, r.stderr)
+      assert.matches("checksum verified", r.stdout)
+      assert.equal(before[tbl], T.psql(db, string.format(
+        "SELECT md5(string_agg(t::text, E'\\n' ORDER BY %s)) FROM (SELECT %s FROM %s) t", c.order, c.cols, tbl)))
+    end
+  end)
+
   it("copies a table above --max-locked-copy-bytes without the SHARE lock, checking the write counters", function()
     local db, _, _, cli = setup("bk_big", { ["20260101000000_drop_cols.lua"] = DROP_COLS })
     local cols = "shop, code, label, blob, doc, tags"

@@ -420,12 +420,16 @@ end
 local function backup_rel(conn, b) return qualified(conn, M.SCHEMA, b.backup_table) end
 local function source_rel(conn, b) return qualified(conn, b.source_schema, b.source_table) end
 
--- The backup table itself must still hold what was catalogued.
-local function verify_backup(conn, b)
+local function backup_present(conn, b)
   local exists = conn:query("SELECT pg_catalog.to_regclass($1) IS NOT NULL AS e", backup_rel(conn, b))[1].e
   if not exists then
     errors.raise("validation", string.format("backup %d: its table %s.%s is gone", b.id, M.SCHEMA, b.backup_table))
   end
+end
+
+-- The backup table itself must still hold what was catalogued.
+local function verify_backup(conn, b)
+  backup_present(conn, b)
   local sum = M.checksum(conn, collist(conn, b.columns), backup_rel(conn, b), method_of(b.checksum))
   if sum ~= b.checksum then
     errors.raise("validation", string.format("backup %d: %s.%s no longer matches its checksum (%s, catalogued %s): it was modified; not restored",
@@ -676,11 +680,29 @@ function M.restore(conn, id, opts)
     conn:exec(string.format("SET LOCAL lock_timeout = %d", opts.lock_timeout or 5000))
     local b = M.get(conn, id, true)
     report.kind, report.table, report.columns = b.kind, b.source_schema .. "." .. b.source_table, b.columns
-    verify_backup(conn, b)
+    backup_present(conn, b)
     V.text_set(conn, b, backup_rel(conn, b))
     D.verify_seal(conn, b, backup_rel(conn, b))
-    if b.kind == "column" then restore_column(conn, b, opts.force, report, opts)
-    else restore_table(conn, b, opts.force, report, opts) end
+    if b.kind == "table" and not relation(conn, source_rel(conn, b)) then
+      -- a dropped table: the checksum of the recreated table, taken once its
+      -- rows are in, is the one pass that verifies both the backup and the
+      -- restore (no other session sees the new table before the commit, and
+      -- its triggers come after the rows, so none fired on them). When
+      -- anything fails, a modified backup is reported if that is the cause.
+      conn:exec("SAVEPOINT migrate_lua_restore")
+      local ok, err = pcall(restore_table, conn, b, opts.force, report, opts)
+      if not ok then
+        conn:exec("ROLLBACK TO SAVEPOINT migrate_lua_restore")
+        verify_backup(conn, b)
+        error(err, 0)
+      end
+      conn:exec("RELEASE SAVEPOINT migrate_lua_restore")
+    else
+      -- values go back into a live table (its triggers fire): verified first
+      verify_backup(conn, b)
+      if b.kind == "column" then restore_column(conn, b, opts.force, report, opts)
+      else restore_table(conn, b, opts.force, report, opts) end
+    end
   end)
   return report
 end
