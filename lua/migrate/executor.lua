@@ -302,6 +302,33 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
       history.delete(conn, entry.version, s.names.migrate_lua_migrations)
     end
   end
+  -- The transactional finish in one round trip with COMMIT (conn:transaction
+  -- opts.finish, libpq pipeline mode): the lock proof first, then the history
+  -- row; the server skips what follows a failure, so nothing commits.
+  local function finish_items()
+    s.names = s.names or {}
+    s.names.migrate_lua_migrations = s.names.migrate_lua_migrations or history.qualified(conn)
+    local tbl = s.names.migrate_lua_migrations
+    local row = direction == "up" and history.insert_sql(entry, core.now_ms() - t0, s.run_id, core.version, tbl)
+      or history.delete_sql(entry.version, tbl)
+    local proof = require("migrate.runstate").proof_item(s.runstate, M.LOCK_KEY,
+      { "lock_timeout", config.statement_timeout and "statement_timeout" or nil })
+    return proof and { proof, row } or { row }, proof ~= nil
+  end
+  local function finish_failed(err, proved)
+    if type(err) ~= "table" or not err.finish then return err end
+    local runstate = require "migrate.runstate"
+    if proved and err.finish == 1 and tostring(err.message or ""):find(runstate.LOST, 1, true) then
+      return runstate.lost_error(s.runstate, label(entry))
+    end
+    local what = (proved and err.finish == 1) and "the lock proof"
+      or err.finish == (proved and 3 or 2) and "COMMIT"
+      or (direction == "up" and "the history row (INSERT INTO migrate_lua_migrations)"
+        or "removing the history row (DELETE FROM migrate_lua_migrations)")
+    err.message = string.format("%s of %s failed, so the migration was rolled back: %s", what, label(entry),
+      tostring(err.message))
+    return err
+  end
   local function failed(err)
     err = name_blockers(errors.wrap(err))
     err.stats = err.stats or (m and m.stats)
@@ -322,11 +349,13 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
       wait.attempts = i
       watch(s, lock_ms)
       local mark = backups_mark(s)
+      local tx, proved = { prelude = timeouts_sql("LOCAL ", config, lock_ms) }   -- one round trip with BEGIN
       local ok, err = pcall(conn.transaction, conn, function()
         body()
-        finish()
-      end, { prelude = timeouts_sql("LOCAL ", config, lock_ms) })   -- one round trip with BEGIN
+        tx.finish, proved = finish_items()   -- read by conn:transaction after this returns
+      end, tx)
       if not ok then
+        err = finish_failed(err, proved)
         backups_reset(s, mark)
         err = name_blockers(err)
         if err.sqlstate == "55P03" then wait.lock_wait_ms = wait.lock_wait_ms + lock_ms end
