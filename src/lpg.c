@@ -700,12 +700,41 @@ command_or_rollback(lua_State *L, Conn *c, const char *sql)
  * rolled back and the error raised with finish = its index (n + 1: COMMIT).
  */
 static void
-finish_pipelined(lua_State *L, Conn *c, int finish)
+finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 {
 	int n = (int) lua_rawlen(L, finish), failed_at = 0, k = 0, synced = 0, nulls = 0;
 	int base = lua_gettop(L);
-	PGresult **box = new_result_box(L);   /* the first error, until it is reported */
 	const char *failed_sql = NULL;
+
+	luaL_checkstack(L, n + 8, "too many finish statements");
+	PGresult **err = new_result_box(L);   /* the first error, until it is reported */
+	int boxes = lua_gettop(L) + 1;        /* one box per statement: its rows */
+	for (int i = 0; i < n; i++)
+		new_result_box(L);
+
+	/* every statement and its parameters are checked and bound first: an
+	 * error raised here has sent nothing, so no pipeline is left open */
+	typedef struct { const char *sql; int nparams; const char **values; } Item;
+	Item *items = (Item *) lua_newuserdatauv(L, sizeof(Item) * (size_t) (n > 0 ? n : 1), 0);
+	for (int i = 1; i <= n; i++)
+	{
+		Item *it = &items[i - 1];
+		if (lua_rawgeti(L, finish, i) != LUA_TTABLE)
+			luaL_error(L, "opts.finish[%d] is not a table {sql, n = k, params…}", i);
+		int item = lua_gettop(L);
+		lua_rawgeti(L, item, 1);
+		it->sql = lua_tostring(L, -1);     /* anchored: the item table is in opts.finish */
+		if (it->sql == NULL)
+			luaL_error(L, "opts.finish[%d][1] is not an SQL string", i);
+		lua_getfield(L, item, "n");
+		it->nparams = (int) lua_tointeger(L, -1);
+		lua_pop(L, 1);
+		luaL_checkstack(L, it->nparams + 4, "too many query parameters");
+		for (int j = 1; j <= it->nparams; j++)
+			lua_rawgeti(L, item, j + 1);
+		/* the bound strings stay on the stack until the statements are sent */
+		it->values = it->nparams > 0 ? bind_params(L, lua_gettop(L) - it->nparams + 1, it->nparams) : NULL;
+	}
 
 	drain_sent(c);
 	if (!PQenterPipelineMode(c->pg))
@@ -713,30 +742,17 @@ finish_pipelined(lua_State *L, Conn *c, int finish)
 		PQclear(PQexec(c->pg, "ROLLBACK"));
 		luaL_error(L, "cannot enter pipeline mode for COMMIT: %s; rolled back", PQerrorMessage(c->pg));
 	}
-	for (int i = 1; i <= n; i++)
-	{
-		int top = lua_gettop(L), nparams, ok;
-		const char **values;
-		if (lua_rawgeti(L, finish, i) != LUA_TTABLE)
-			luaL_error(L, "opts.finish[%d] is not a table", i);   /* before anything is sent: nothing to drain */
-		int item = lua_gettop(L);
-		lua_rawgeti(L, item, 1);
-		const char *sql = lua_tostring(L, -1);
-		lua_getfield(L, item, "n");
-		nparams = (int) lua_tointeger(L, -1);
-		lua_pop(L, 1);
-		for (int j = 1; j <= nparams; j++)
-			lua_rawgeti(L, item, j + 1);
-		values = nparams > 0 ? bind_params(L, lua_gettop(L) - nparams + 1, nparams) : NULL;
-		ok = sql != NULL && PQsendQueryParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0);
-		lua_settop(L, top);
-		if (!ok)
-			break;   /* the sync below still ends what was sent; the error comes back as a result */
-	}
-	PQsendQueryParams(c->pg, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
+	int unsent = 0;
+	for (int i = 0; i < n && !unsent; i++)
+		if (!PQsendQueryParams(c->pg, items[i].sql, items[i].nparams, NULL, items[i].values, NULL, NULL, 0))
+			unsent = i + 1;
+	/* a statement that could not be sent: no COMMIT behind it (the sync ends
+	 * what was sent, the transaction stays open and is rolled back below) */
+	if (!unsent && !PQsendQueryParams(c->pg, "COMMIT", 0, NULL, NULL, NULL, NULL, 0))
+		unsent = n + 1;
 	PQpipelineSync(c->pg);
 
-	/* read everything: one result (then NULL) per command, then the sync */
+	/* read everything: the results (then NULL) of each command, then the sync */
 	mig_signals_set_cancel(c->pg);
 	while (!synced)
 	{
@@ -758,13 +774,23 @@ finish_pipelined(lua_State *L, Conn *c, int finish)
 			case PGRES_FATAL_ERROR:
 			case PGRES_BAD_RESPONSE:
 			case PGRES_NONFATAL_ERROR:
-				if (*box == NULL)
+				if (*err == NULL)
 				{
-					*box = r;
+					*err = r;
 					failed_at = k + 1;
 				}
 				else
 					PQclear(r);
+				break;
+			case PGRES_TUPLES_OK:
+				if (k < n)
+				{
+					PGresult **box = (PGresult **) lua_touserdata(L, boxes + k);
+					PQclear(*box);
+					*box = r;
+					break;
+				}
+				PQclear(r);
 				break;
 			default:
 				PQclear(r);
@@ -772,23 +798,38 @@ finish_pipelined(lua_State *L, Conn *c, int finish)
 	}
 	mig_signals_set_cancel(NULL);
 	PQexitPipelineMode(c->pg);
-	if (synced && *box == NULL)
+	if (synced && *err == NULL && !unsent)
 	{
+		/* opts.finished[i]: the rows of finish statement i that returned any */
+		lua_createtable(L, n, 0);
+		for (int i = 0; i < n; i++)
+		{
+			PGresult **box = (PGresult **) lua_touserdata(L, boxes + i);
+			if (*box != NULL)
+			{
+				push_rows(L, *box);
+				lua_rawseti(L, -2, i + 1);
+			}
+		}
+		lua_setfield(L, opts, "finished");
 		lua_settop(L, base);
 		return;
 	}
 	if (PQstatus(c->pg) == CONNECTION_OK && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
 		PQclear(PQexec(c->pg, "ROLLBACK"));
 	if (failed_at == 0)
-		failed_at = k < n + 1 ? k + 1 : n + 1;
+		failed_at = unsent ? unsent : k < n + 1 ? k + 1 : n + 1;
 	if (failed_at <= n)
 	{
 		lua_rawgeti(L, finish, failed_at);
-		lua_rawgeti(L, -1, 1);
+		if (lua_istable(L, -1))
+			lua_rawgeti(L, -1, 1);
+		else
+			lua_pushnil(L);
 		failed_sql = lua_tostring(L, -1);   /* anchored in opts.finish */
 		lua_pop(L, 2);
 	}
-	mig_push_pg_error(L, c->pg, *box, failed_sql != NULL ? failed_sql : "COMMIT");
+	mig_push_pg_error(L, c->pg, *err, failed_sql != NULL ? failed_sql : "COMMIT");
 	lua_pushinteger(L, failed_at);
 	lua_setfield(L, -2, "finish");
 	lua_error(L);
@@ -802,7 +843,8 @@ finish_pipelined(lua_State *L, Conn *c, int finish)
  * round trip (SQL of our own: it can bind no parameters). opts.finish, read
  * after fn returned (so fn may set it), is a list of {sql, n = k, p1 … pk}
  * sent with COMMIT in one pipeline (finish_pipelined), parameters bound;
- * it takes the place of opts.epilogue.
+ * it takes the place of opts.epilogue. After a COMMIT, opts.finished[i]
+ * holds the rows of finish statement i when it returned rows.
  * An error raised by fn is re-raised after the ROLLBACK, unchanged. This is
  * the executor's transaction boundary: no Lua path can leave it open.
  */
@@ -875,7 +917,7 @@ conn_transaction(lua_State *L)
 	if (lua_istable(L, 2) && lua_getfield(L, 2, "finish") == LUA_TTABLE)
 	{
 		int finish = lua_gettop(L);
-		finish_pipelined(L, c, finish);
+		finish_pipelined(L, c, 2, finish);
 		lua_remove(L, finish);
 		return nres;
 	}

@@ -29,6 +29,15 @@ describe("conn:transaction opts.finish (pipeline mode)", function()
       FROM pg_class WHERE relname = 'made') FROM hist h]]))
   end)
 
+  it("returns the rows of finish statements that return rows in opts.finished", function()
+    local o = {}
+    conn:transaction(function()
+      o.finish = { { "SELECT $1::int + 1 AS x", 41, n = 1 }, { "SET LOCAL work_mem = '5MB'", n = 0 } }
+    end, o)
+    assert.equal(42, o.finished[1][1].x)
+    assert.is_nil(o.finished[2])
+  end)
+
   it("a failing finish statement rolls everything back, names its SQL and index, and leaves the connection usable", function()
     conn:exec("CREATE TABLE hist (v text PRIMARY KEY)")
     conn:exec("INSERT INTO hist VALUES ('dup')")
