@@ -4,13 +4,17 @@
 # (the floor: what one psql process does with no tool around it).
 # Each migration: CREATE TABLE, ADD COLUMN (nullable), CREATE INDEX on the
 # table it created: statements the lint accepts, one m:exec each.
+# Also: OUTDIR/floor_down.sql (the down floor: DROP TABLE each, newest first,
+# BEGIN/COMMIT each) and OUTDIR/dbmate/ (the same migrations for dbmate:
+# -- migrate:up / -- migrate:down, each in its own transaction, dbmate's default).
 set -euo pipefail
 out=${1:?usage: gen.sh OUTDIR N}
 n=${2:-200}
 migs=$out/migrations
 floor_sql=$out/floor.sql
-mkdir -p "$migs"
+mkdir -p "$migs" "$out/dbmate"
 : >"$floor_sql"
+: >"$out/floor_down.rev"
 for ((i = 1; i <= n; i++)); do
   v=$(printf '20250101%02d%02d%02d' $((i / 3600)) $((i % 3600 / 60)) $((i % 60)))
   t=$(printf 'bench_t%04d' "$i")
@@ -34,4 +38,14 @@ for ((i = 1; i <= n; i++)); do
     for s in "${stmts[@]}"; do echo "$s;"; done
     echo "COMMIT;"
   } >>"$floor_sql"
+  echo "BEGIN; DROP TABLE $t; COMMIT;" >>"$out/floor_down.rev"
+  {
+    echo "-- migrate:up"
+    for s in "${stmts[@]}"; do echo "$s;"; done
+    echo
+    echo "-- migrate:down"
+    echo "DROP TABLE $t;"
+  } >"$out/dbmate/${v}_bench_$(printf '%04d' "$i").sql"
 done
+tac "$out/floor_down.rev" >"$out/floor_down.sql"
+rm -f "$out/floor_down.rev"

@@ -25,6 +25,12 @@ N=${N:-200}
 REPS_SHOW=${REPS_SHOW:-20}
 REPS_VERSION=${REPS_VERSION:-50}
 RESULTS=${RESULTS:-$here/RESULTS.md}
+# the production-like cluster (bench/run.sh with BENCH_DURABLE=1) has its own section
+if [ "${MIGRATE_TEST_PG_DURABLE:-}" = 1 ]; then
+  SECTION=core-durable cluster="fsync=on, synchronous_commit=on, full_page_writes=on: the production-like cluster"
+else
+  SECTION=core cluster="fsync=off: the fast cluster"
+fi
 
 : "${PGHOST:?run me under tests/with_pg.sh (bench/run.sh does)}"
 PG_BIN=${MIGRATE_TEST_PG_BIN:-$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
@@ -163,14 +169,20 @@ else
 fi
 buildtype=$(awk -F= '/^CMAKE_BUILD_TYPE:/ {print $2}' "$(dirname "$BIN")/CMakeCache.txt" 2>/dev/null || true)
 
+peers=""
+if [ "${BENCH_PEERS:-}" = 1 ]; then
+  peers=$("$here/peers.sh")
+fi
+
 section=$tmp/section.md
 {
-  echo "<!-- bench:core:begin -->"
-  echo "## Core: migrate-lua vs psql (issue 2)"
+  echo "<!-- bench:$SECTION:begin -->"
+  if [ "$SECTION" = core ]; then echo "## Core: migrate-lua vs psql (issue 2), fast cluster"
+  else echo "## Core on a production-like cluster (issue 13)"; fi
   echo
   echo "Run by \`bench/run.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'): median of $ROUNDS alternating rounds, a fresh database per round and side."
   echo "Machine: $(nproc) cores ($cpu), load average $load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end (the machine is shared with other builds: absolute times move a lot, ratios less);"
-  echo "PostgreSQL $pg_server (throwaway cluster of tests/with_pg.sh: unix socket, fsync=off); psql = \`$PSQL\`;"
+  echo "PostgreSQL $pg_server (throwaway cluster of tests/with_pg.sh: unix socket, $cluster); psql = \`$PSQL\`;"
   if [ -n "$HYPERFINE" ]; then timer="hyperfine -N (no shell in between)"; else timer="a bash loop (adds bash's fork cost to both sides)"; fi
   echo "Timer for (b) and (c): $timer; for (a): bash \$EPOCHREALTIME around /usr/bin/time."
   echo "migrate-lua $("$BIN" --version | awk '{print $2}') at $commit$dirty, build type ${buildtype:-?}."
@@ -195,19 +207,20 @@ section=$tmp/section.md
       "$(ms2 "${C_ML[r]}")" "$(ms2 "${C_PG[r]}")" "$(ratio "${C_ML[r]}" "${C_PG[r]}")" "${RSS_A_ML[r]}" "${RSS_B_ML[r]}"
   done
   echo '```'
-  notes=${BENCH_NOTES:-$here/core-notes.md}   # hand-written analysis, kept across runs
+  if [ -n "$peers" ]; then echo; echo "$peers"; fi
+  notes=${BENCH_NOTES:-$here/$SECTION-notes.md}   # hand-written analysis, kept across runs
   if [ -f "$notes" ]; then echo; cat "$notes"; fi
-  echo "<!-- bench:core:end -->"
+  echo "<!-- bench:$SECTION:end -->"
 } >"$section"
 
 cat "$section"
 [ "$RESULTS" = "-" ] && exit 0
 
 # Replace only our section; keep the other engineers' (bench:guards, bench:backup).
-if [ -f "$RESULTS" ] && grep -q '<!-- bench:core:begin -->' "$RESULTS"; then
-  awk -v sec="$section" '
-    /<!-- bench:core:begin -->/ { while ((getline l < sec) > 0) print l; skip = 1; next }
-    /<!-- bench:core:end -->/ { skip = 0; next }
+if [ -f "$RESULTS" ] && grep -q "<!-- bench:$SECTION:begin -->" "$RESULTS"; then
+  awk -v sec="$section" -v b="<!-- bench:$SECTION:begin -->" -v e="<!-- bench:$SECTION:end -->" '
+    $0 == b { while ((getline l < sec) > 0) print l; skip = 1; next }
+    $0 == e { skip = 0; next }
     !skip { print }' "$RESULTS" >"$tmp/results.new"
   cat "$tmp/results.new" >"$RESULTS"
 elif [ -f "$RESULTS" ]; then

@@ -7,6 +7,9 @@
 #                      people's uncommitted edits never leak into the figures)
 #   default            the working tree, built in build-bench
 #   --profile          run bench/profile.sh (round trips, timers, A/B) instead
+#   --peers            also dbmate, down, client CPU, RSS at 20/200/2,000 (bench/peers.sh)
+#   BENCH_DURABLE=1    on a production-like cluster (fsync=on, synchronous_commit=on):
+#                      writes the bench:core-durable section instead of bench:core
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -17,6 +20,8 @@ done
 
 script=bench/measure.sh
 if [ "${1:-}" = --profile ]; then script=bench/profile.sh; shift; fi
+if [ "${1:-}" = --peers ]; then export BENCH_PEERS=1; shift; fi
+if [ "${BENCH_DURABLE:-}" = 1 ]; then export MIGRATE_TEST_PG_DURABLE=1; fi
 
 export BENCH_REAL_LUA=${BENCH_REAL_LUA:-$root/lua}
 if [ -z "${MIGRATE_BIN:-}" ]; then

@@ -80,11 +80,17 @@ port = $port
 unix_socket_directories = '$tmp'
 unix_socket_permissions = 0777
 max_connections = 100
+logging_collector = off
+EOF
+# MIGRATE_TEST_PG_DURABLE=1: a production-like cluster (fsync, synchronous
+# commit and full-page writes on: the defaults) for bench/run.sh; else fast.
+if [ "${MIGRATE_TEST_PG_DURABLE:-}" != 1 ]; then
+  cat >>"$data/postgresql.conf" <<EOF
 fsync = off
 synchronous_commit = off
 full_page_writes = off
-logging_collector = off
 EOF
+fi
 
 if ! as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$tmp/server.log" -w -t 60 start >/dev/null; then
   echo "with_pg.sh: PostgreSQL failed to start; server log:" >&2

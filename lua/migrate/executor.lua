@@ -273,12 +273,13 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
   local t0 = core.now_ms()
   local m
   local wait = { attempts = 0, lock_wait_ms = 0 }
-  local function body()
+  local function body(pipelined)
     m = require("migrate.context").new { conn = conn, entry = entry, logger = s.logger, mode = mode, direction = direction,
                       config = config, record = record, backups = s.backups, validator = s.validator,
                       watch_conn = s.side, session = s, taken = s.taken,
                       runstate = s.runstate, lock_key = M.LOCK_KEY }
     m.attempt_ms = wait.lock_ms   -- this attempt's lock_timeout: each step's lock budget (engine)
+    if pipelined then m.defer_created = {} end   -- the created tables' oids come back with COMMIT
     fn(m)
   end
   local function finish()   -- the history row, in the same transaction when there is one
@@ -293,6 +294,46 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
       history.insert(conn, entry, core.now_ms() - t0, s.run_id, core.version, s.names.migrate_lua_migrations)
     else
       history.delete(conn, entry.version, s.names.migrate_lua_migrations)
+    end
+  end
+  -- The transactional finish in one round trip with COMMIT (conn:transaction
+  -- opts.finish, libpq pipeline mode): the lock proof first, then the history
+  -- row; the server skips what follows a failure, so nothing commits.
+  -- items[i].what names statement i in an error; the tables the migration
+  -- created are looked up in the same round trip (facts.created_item)
+  local function finish_items()
+    s.names = s.names or {}
+    s.names.migrate_lua_migrations = s.names.migrate_lua_migrations or history.qualified(conn)
+    local tbl = s.names.migrate_lua_migrations
+    local items = {}
+    local proof = require("migrate.runstate").proof_item(s.runstate, M.LOCK_KEY,
+      { "lock_timeout", config.statement_timeout and "statement_timeout" or nil })
+    if proof then proof.what = "proof"; items[#items + 1] = proof end
+    local row = direction == "up" and history.insert_sql(entry, core.now_ms() - t0, s.run_id, core.version, tbl)
+      or history.delete_sql(entry.version, tbl)
+    row.what = direction == "up" and "the history row (INSERT INTO migrate_lua_migrations)"
+      or "removing the history row (DELETE FROM migrate_lua_migrations)"
+    items[#items + 1] = row
+    local created = require("migrate.facts").created_item(m)
+    if created then created.what = "created"; items[#items + 1] = created end
+    return items
+  end
+  local function finish_failed(err, items)
+    if type(err) ~= "table" or not err.finish or not items then return err end
+    local item = items[err.finish]
+    local what = item and item.what or "COMMIT"
+    local runstate = require "migrate.runstate"
+    if what == "proof" and tostring(err.message or ""):find(runstate.LOST, 1, true) then
+      return runstate.lost_error(s.runstate, label(entry))
+    end
+    if what == "proof" then what = "the lock proof" elseif what == "created" then what = "reading the created tables" end
+    err.message = string.format("%s of %s failed, so the migration was rolled back: %s", what, label(entry),
+      tostring(err.message))
+    return err
+  end
+  local function finished(tx)
+    for i, item in ipairs(tx.finish or {}) do
+      if item.what == "created" then require("migrate.facts").settle_created(m, tx.finished and tx.finished[i]) end
     end
   end
   local function failed(err)
@@ -315,11 +356,14 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
       wait.attempts, wait.lock_ms = i, lock_ms
       watch(s, lock_ms)
       local mark = backups_mark(s)
+      local tx = { prelude = timeouts_sql("LOCAL ", config, lock_ms) }   -- one round trip with BEGIN
       local ok, err = pcall(conn.transaction, conn, function()
-        body()
-        finish()
-      end, { prelude = timeouts_sql("LOCAL ", config, lock_ms) })   -- one round trip with BEGIN
+        body(true)
+        tx.finish = finish_items()   -- read by conn:transaction after this returns
+      end, tx)
+      if ok then finished(tx) end
       if not ok then
+        err = finish_failed(err, tx.finish)
         backups_reset(s, mark)
         err = name_blockers(err)
         if err.sqlstate == "55P03" then wait.lock_wait_ms = wait.lock_wait_ms + lock_ms end

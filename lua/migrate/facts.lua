@@ -26,9 +26,37 @@ end
 -- ran): its oid, so a creation rolled back later is not believed.
 function M.note_created(m, name)
   if not (m.run_facts and name) then return end
+  if m.defer_created then   -- resolved with the COMMIT (executor: M.created_item / M.settle_created)
+    m.defer_created[#m.defer_created + 1] = name
+    return
+  end
   local rows = query(m, "SELECT pg_catalog.to_regclass($1)::oid AS oid", M.ident(m, name))
   local oid = rows and rows[1] and rows[1].oid
   if oid then m.run_facts.created[type(name) == "table" and (name[1] .. "." .. name[2]) or name] = oid end
+end
+
+-- The deferred lookups of a transactional migration as one statement that
+-- travels with its COMMIT (conn:transaction opts.finish): no round trip per
+-- CREATE TABLE. nil when the migration created no table.
+function M.created_item(m)
+  local names = m and m.defer_created
+  if not names or #names == 0 then return nil end
+  local idents = {}
+  for i, name in ipairs(names) do idents[i] = M.ident(m, name) end
+  return { [[SELECT e.ord::int AS i, pg_catalog.to_regclass(e.name)::oid AS oid
+    FROM pg_catalog.jsonb_array_elements_text($1::jsonb) WITH ORDINALITY AS e (name, ord)]],
+    require("cjson").encode(idents), n = 1 }
+end
+
+-- After the COMMIT: the oids the created_item statement returned.
+function M.settle_created(m, rows)
+  local names = m and m.defer_created
+  if not (names and rows) then return end
+  for _, r in ipairs(rows) do
+    local name = names[r.i]
+    if r.oid and name then m.run_facts.created[type(name) == "table" and (name[1] .. "." .. name[2]) or name] = r.oid end
+  end
+  m.defer_created = nil
 end
 
 -- Was `name` created earlier in this run (and is it still that table)?

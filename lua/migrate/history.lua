@@ -69,13 +69,20 @@ function M.applied(conn, exists)
   return by_version, order
 end
 
+-- The history row's INSERT as a pipeline item for conn:transaction's
+-- opts.finish ({sql, n = #params, params…}: it travels with COMMIT).
 -- tbl: the schema-qualified name (history.qualified); default: by search_path.
-function M.insert(conn, entry, duration_ms, run_id, tool_version, tbl)
-  conn:exec([[INSERT INTO ]] .. (tbl or M.TABLE) .. [[
+function M.insert_sql(entry, duration_ms, run_id, tool_version, tbl)
+  return { [[INSERT INTO ]] .. (tbl or M.TABLE) .. [[
       (version, name, checksum, description, duration_ms, tool_version, run_id)
       VALUES ($1, $2, $3, $4, $5, $6, $7)]],
     entry.version, entry.name, entry.checksum, entry.description,
-    math.floor(duration_ms + 0.5), tool_version, run_id)
+    math.floor(duration_ms + 0.5), tool_version, run_id, n = 7 }
+end
+
+function M.insert(conn, entry, duration_ms, run_id, tool_version, tbl)
+  local item = M.insert_sql(entry, duration_ms, run_id, tool_version, tbl)
+  conn:exec(table.unpack(item, 1, item.n + 1))
 end
 
 -- A migration recorded as applied without running it (baseline): the
@@ -93,8 +100,12 @@ function M.set_checksum(conn, version, old, new, tbl)
     version, old, new)
 end
 
+function M.delete_sql(version, tbl)
+  return { "DELETE FROM " .. (tbl or M.TABLE) .. " WHERE version = $1", version, n = 1 }
+end
+
 function M.delete(conn, version, tbl)
-  return conn:exec("DELETE FROM " .. (tbl or M.TABLE) .. " WHERE version = $1", version)
+  return conn:exec(table.unpack(M.delete_sql(version, tbl), 1, 2))
 end
 
 return M

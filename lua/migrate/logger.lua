@@ -157,6 +157,11 @@ end
 -- current_schema() and its name resolved once, so every row goes to it.
 function M:attach_table(conn, qualified)
   local ok, err = pcall(function()
+    -- asynchronous commit for the log rows only: on a durable server each
+    -- INSERT would otherwise wait for its own WAL flush. The rows are visible
+    -- (and survive the migration's rollback) at once; a server crash may lose
+    -- the last few (docs/observability.md). close() drains them before exit.
+    conn:exec("SET synchronous_commit = off")
     if not qualified then
       local bk = require "migrate.bookkeeping"
       conn:exec(CREATE_TABLE)

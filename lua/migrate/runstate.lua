@@ -61,6 +61,34 @@ function M.prove(conn, rs, key, skip, what)
   M.settle(conn, rs, conn:query(sql, table.unpack(args))[1], what)
 end
 
+-- The proof as a pipeline item for conn:transaction's opts.finish, sent
+-- with the history row and COMMIT in one round trip: the server itself
+-- raises when the lock is gone (so the row and COMMIT after it are skipped)
+-- and puts back the settings the migration changed (set_config(…, false)
+-- commits with the transaction). concat() is stable, so the planner never
+-- folds the raising branch into a constant. nil when there is no lock.
+M.LOST = "migrate-lua: the migration lock was lost"
+
+function M.proof_item(rs, key, skip)
+  if not rs then return nil end
+  local _, args = proof_sql(rs, key, skip)
+  local sql = "SELECT CASE WHEN " .. (rs.lock_pid and LOCKED or "true") .. [[ THEN
+      (SELECT pg_catalog.count(pg_catalog.set_config(n.name, coalesce($3::jsonb ->> n.name, ''), false))
+         FROM (SELECT s.name FROM pg_catalog.pg_settings s
+                WHERE NOT ]] .. SKIP .. [[ AND $3::jsonb ? s.name
+                  AND pg_catalog.current_setting(s.name) IS DISTINCT FROM ($3::jsonb ->> s.name)
+               UNION ALL SELECT 'role' WHERE pg_catalog.current_setting('role') IS DISTINCT FROM ($3::jsonb ->> 'role')) n)
+      ELSE pg_catalog.concat(']] .. M.LOST .. [[ (pid ', $1::int, ')')::int END AS proven]]
+  return { sql, args[1], args[2], args[3], args[4], n = 4 }
+end
+
+-- The error of a proof_item that raised: the same lock_lost error as prove's.
+function M.lost_error(rs, what)
+  return errors.new("lock_lost", string.format(
+    "the migration lock was lost (the \"migrate-lua lock\" connection, pid %d, is gone or no longer holds it): %s was not committed; the run stops",
+    rs.lock_pid or -1, what))
+end
+
 -- Reads the proof row: raises when the lock is gone, puts back changed
 -- settings (set_config(..., false) inside the transaction commits with it).
 function M.settle(conn, rs, row, what)
