@@ -228,6 +228,28 @@ describe("backfill / safe_truncate / safe_set_default / counts / with_lock_retri
     fine(H.migrate(c, function(m) n = m:backfill("users", "n = -id", "n IS NULL") end, { transactional = false }))
     assert.equal(0, n)
   end)
+  it("backfill: default batches start at 500 rows, adapt and never pass 10000; an explicit batch_size is used as given", function()
+    local db, c = setup()
+    T.psql(db, [[CREATE TABLE big (id bigint PRIMARY KEY, v int);
+      INSERT INTO big SELECT g, NULL FROM generate_series(1, 30000) g;
+      CREATE TABLE sizes (seq serial, n bigint);
+      CREATE FUNCTION note_size() RETURNS trigger LANGUAGE plpgsql AS
+        $f$BEGIN INSERT INTO sizes (n) SELECT count(*) FROM nt; RETURN NULL; END$f$;
+      CREATE TRIGGER big_sizes AFTER UPDATE ON big REFERENCING NEW TABLE AS nt
+        FOR EACH STATEMENT EXECUTE FUNCTION note_size()]])
+    local n
+    fine(H.migrate(c, function(m) n = m:backfill("big", "v = 1", "v IS NULL", { vacuum = false }) end,
+      { transactional = false }))
+    assert.equal(30000, n)
+    -- the first batch is 500 rows, none is over 10000, each is at most double the one before
+    assert.equal("500|t|t|30000", q(db, [[SELECT (SELECT n FROM sizes ORDER BY seq LIMIT 1), bool_and(n <= 10000),
+      bool_and(n <= 2 * coalesce(prev, 250)), sum(n) FROM (SELECT n, lag(n) OVER (ORDER BY seq) AS prev FROM sizes) s]]))
+    T.psql(db, "TRUNCATE sizes; UPDATE big SET v = NULL")
+    T.psql(db, "TRUNCATE sizes")
+    fine(H.migrate(c, function(m) n = m:backfill("big", "v = 2", "v IS NULL", { batch_size = 7000, vacuum = false }) end,
+      { transactional = false }))
+    assert.equal("7000,7000,7000,7000,2000", q(db, "SELECT string_agg(n::text, ',' ORDER BY seq) FROM sizes"))
+  end)
   it("truncate: refuses CASCADE and referenced non-empty tables; empties otherwise", function()
     local db, c = setup()
     T.psql(db, "DELETE FROM orders WHERE id > 10; ALTER TABLE orders ADD CONSTRAINT o_fk FOREIGN KEY (user_id) REFERENCES users(id)")

@@ -9,6 +9,8 @@ local retry = require "migrate.retry"
 
 local G = {}
 
+local BATCH_TARGET_MS = 10   -- a default backfill batch's row-lock time: under the 20 ms writer budget (issue 14)
+
 -- UPDATE tbl SET set_sql WHERE where_sql in key batches of opts.batch_size
 -- (default 10000), each its own transaction; resumable (a re-run continues
 -- with the rows where_sql still selects). Refused in a transactional migration.
@@ -34,20 +36,28 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
   if not key or #U.pk_cols(m, tbl) > 1 and not opts.key then
     U.refuse(m, "ML34", U.key(tbl), U.key(tbl) .. " has no single-column primary key to batch by; pass {key = \"unique_not_null_column\"}")
   end
+  -- An explicit batch_size is used as given. The default is at most 10000
+  -- rows, sized from the batches so far to hold its row locks about
+  -- BATCH_TARGET_MS: a writer that meets a row of the batch in flight waits
+  -- for the whole batch (bench/RESULTS.md, guards: 10000 rows held 200-300 ms).
   local batch = opts.batch_size or 10000
+  local size = opts.batch_size or math.min(batch, 500)
   local pause = opts.pause_ms or 0
   local k = m:quote_name(key)
   local filter = where_sql and (" AND (" .. where_sql .. ")") or ""
   local total, batches, last = 0, 0, nil
   -- the target is not aliased, so set_sql and where_sql name it by its own
   -- name (users.n); the batch's names are ones no table column is likely to have
-  local sql_first = string.format([[WITH migrate_lua_batch AS (SELECT %s AS migrate_lua_k FROM %s WHERE true%s ORDER BY %s LIMIT %d),
+  local function batch_sql(n, after)
+    local sql = string.format([[WITH migrate_lua_batch AS (SELECT %s AS migrate_lua_k FROM %s WHERE true%s ORDER BY %s LIMIT %d),
       migrate_lua_done AS (UPDATE %s SET %s FROM migrate_lua_batch WHERE %s.%s = migrate_lua_batch.migrate_lua_k RETURNING 1)
     SELECT (SELECT max(migrate_lua_k)::text FROM migrate_lua_batch) AS last, (SELECT count(*) FROM migrate_lua_batch) AS seen,
            (SELECT count(*) FROM migrate_lua_done) AS n]],
-    k, m:ident(tbl), filter, k, batch, m:ident(tbl), set_sql, m:ident(tbl), k)
-  local sql_next = sql_first:gsub("WHERE true", string.format("WHERE %s > $1::text::%s", k,
-    U.column(m, tbl, key).type), 1)
+      k, m:ident(tbl), filter, k, n, m:ident(tbl), set_sql, m:ident(tbl), k)
+    if not after then return sql end
+    return (sql:gsub("WHERE true", string.format("WHERE %s > $1::text::%s", k, U.column(m, tbl, key).type), 1))
+  end
+  local sql_first = batch_sql(batch)
   if U.simulated(m) then
     -- a rehearsal runs it when it is small enough, else models its effect
     local n = engine.modelled_data(m, tbl, filter) and 0
@@ -56,7 +66,8 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
     for _, t in ipairs(doc.stmts[1].stmt.UpdateStmt.targetList or {}) do assigned[#assigned + 1] = t.ResTarget.name end
     if engine.backfill(m, tbl, assigned, n, sql_first) then
       m:record_sql(sql_first)
-      U.info(m, string.format("backfill of %s would update %d rows in batches of %d", U.key(tbl), n, batch))
+      U.info(m, string.format("backfill of %s would update %d rows in batches of %s%d", U.key(tbl), n,
+        opts.batch_size and "" or "at most ", batch))
       return n
     end
   end
@@ -68,9 +79,16 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
     { quiet = m.config and m.config.quiet })
   while true do
     if core.interrupted() then errors.raise("interrupted", string.format("backfill of %s interrupted after %d rows (last key %s); the next run resumes it", U.key(tbl), total, tostring(last))) end
-    local r = last and U.run(m, sql_next, { query = true }, last) or U.run(m, sql_first, { query = true })
+    local b0 = core.now_ms()
+    local r = last and U.run(m, batch_sql(size, true), { query = true }, last)
+      or U.run(m, batch_sql(size), { query = true })
     r = r[1]
     if r.seen == 0 then break end
+    local asked = size
+    if not opts.batch_size then   -- next size: toward the target, at most doubling or halving, capped
+      local want = math.floor(asked * BATCH_TARGET_MS / math.max(core.now_ms() - b0, 0.5))
+      size = math.max(50, math.min(batch, asked * 2, math.max(asked // 2, want)))
+    end
     total, batches, last = total + r.n, batches + 1, r.last
     m.stats.rows = m.stats.rows + r.n
     if m.logger then
@@ -79,7 +97,7 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
         metadata = { table = U.key(tbl), batch = batches, rows = total, last_key = last }, console = false }
     end
     bar:update(total)
-    if r.seen < batch then break end
+    if r.seen < asked then break end
     if pause > 0 then core.sleep_ms(pause) end
     require("migrate.replicas").throttle(m, "backfill of " .. U.key(tbl), bar)   -- --max-replica-lag
   end
