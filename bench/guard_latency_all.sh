@@ -12,7 +12,7 @@
 # Usage: MIGRATE_BUILD_DIR=build bench/guard_latency_all.sh
 # Knobs: ROWS (1000000) ROUNDS (5) CHANGES (all) VARIANTS ("naive guard")
 #        READERS ("none long") READER_S (10) RATE (500 tps) WARMUP (2 s) COOL (1 s)
-#        BATCH (10000) VACUUMER (0; 1: a loop of VACUUM big during the change, as an
+#        BATCH (empty: the default, adaptive batches; N: batch_size = N) VACUUMER (0; 1: a loop of VACUUM big during the change, as an
 #        autovacuum worker would be: bench/guard_latency/unique_gap.sh) NAIVE_LOCK_TIMEOUT (60000: the naive change waits for the
 #        reader, so it lands too) KEEP=/dir keeps the raw logs.
 # The guard clauses run at the default settings (no --lock-timeout flag).
@@ -30,7 +30,7 @@ reader_s=${READER_S:-10}
 rate=${RATE:-500}
 warmup=${WARMUP:-2}
 cool=${COOL:-1}
-batch=${BATCH:-10000}
+batch=${BATCH:-}
 naive_lt=${NAIVE_LOCK_TIMEOUT:-60000}
 vacuumer=${VACUUMER:-0}
 build=${MIGRATE_BUILD_DIR:-build}
@@ -67,7 +67,7 @@ migration() {  # change variant -> Lua source
     rename) sql="ALTER TABLE big RENAME COLUMN payload TO body"
       guard='m:safe_rename_column("big", "payload", "body")' ;;
     backfill) sql="UPDATE big SET n2 = n WHERE n2 IS NULL"
-      guard="m:backfill(\"big\", \"n2 = n\", \"n2 IS NULL\", { batch_size = $batch })" ;;
+      guard="m:backfill(\"big\", \"n2 = n\", \"n2 IS NULL\"${batch:+, { batch_size = $batch \}})" ;;
     drop_column) sql="ALTER TABLE big DROP COLUMN old_col"
       guard='m:safe_drop_column("big", "old_col")' ;;
     *) say "unknown change $c"; exit 64 ;;

@@ -24,7 +24,7 @@ WHAT = {
     "not_null": ("`SET NOT NULL` (scan under ACCESS EXCLUSIVE)", "`m:safe_set_not_null` (validated CHECK first)"),
     "type_change": ("`TYPE varchar(40)` (from varchar(20))", "`m:safe_change_column_type` (backup, then the ALTER)"),
     "rename": ("`RENAME COLUMN`", "`m:safe_rename_column`"),
-    "backfill": ("one `UPDATE` of every row", "`m:backfill` (batches of BATCH rows)"),
+    "backfill": ("one `UPDATE` of every row", "`m:backfill` (BATCH)"),
     "drop_column": ("`DROP COLUMN`", "`m:safe_drop_column` (backup of the column, then the drop)"),
 }
 
@@ -84,7 +84,7 @@ def main():
                 ok = all(r["exit_code"] == 0 and r["applied"] for r in rs)
                 after = all(r["after_reader"] for r in rs)
                 L.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                    c, v + ": " + WHAT[c][0 if v == "naive" else 1].replace("BATCH", kv["batch"]), rd,
+                    c, v + ": " + WHAT[c][0 if v == "naive" else 1].replace("BATCH", ("batch_size = " + kv["batch"]) if kv.get("batch") else "default adaptive batches"), rd,
                     " / ".join(("**%s**" % fmt(w)) if v == "guard" else fmt(w) for w in worst),
                     " / ".join(fmt(r["during"]["p99_ms"]) for r in rs),
                     " · ".join("%s / %s" % (fmt(r["baseline"]["max_ms"]), fmt(r["baseline"]["p99_ms"])) for r in rs),
