@@ -1,4 +1,4 @@
--- `migrate-lua help [COMMAND]`, `-h`/`--help` anywhere, and the man page.
+-- `migrate-lua help [COMMAND]`, `-h`/`--help` anywhere, and the words of the man page.
 --
 -- Everything a user can look up is derived from cli.lua: the option list,
 -- aliases, defaults, environment variables and minimums come from
@@ -6,8 +6,9 @@
 -- errors.EXIT. This file only adds the words (OPTION_DOCS, COMMAND_DOCS,
 -- EXIT_DOCS). An option or command added to cli.lua without words here still
 -- appears, with what cli.lua knows about it; tests/help_spec.lua fails until
--- it is described. docs/gen-man.lua renders the man page from M.man(), so
--- help and man page cannot drift.
+-- it is described. The man page is rendered at build time from these same
+-- tables by docs/man.lua (run by docs/gen-man.lua), so help and man page
+-- cannot drift; the roff renderer is not in the binary.
 local M = {}
 
 -- {name, metavar (nil for a flag), description}; the display order.
@@ -452,7 +453,9 @@ function M.main(command, args, config)
   if topic and not cli().commands[topic] then
     unknown(topic)
     io.stderr:write("run 'migrate-lua help' for usage\n")
-    if config and config.json then M.write_json { ok = false, error = { kind = "usage", message = "unknown command " .. topic } } end
+    if config and config.json then
+      M.write_json { ok = false, error = { kind = "usage", message = "unknown command " .. topic } }
+    end
     return 2
   end
   if config and config.json then
@@ -491,113 +494,10 @@ function M.document(topic)
     options = json.array(), exit_codes = json.array() }
   for _, c in ipairs(M.commands()) do doc.commands[#doc.commands + 1] = command_doc(c) end
   for _, o in ipairs(M.options()) do doc.options[#doc.options + 1] = option_doc(o) end
-  for _, e in ipairs(M.exit_codes()) do doc.exit_codes[#doc.exit_codes + 1] = { code = e.code, name = e.name, text = e.text } end
-  return doc
-end
-
--- {====== man page (roff), rendered by docs/gen-man.lua ======
-
-local function roff(s)
-  s = tostring(s):gsub("\\", "\\e"):gsub("%-", "\\-")
-  return (s:gsub("\n%.", "\n\\&."):gsub("^%.", "\\&."):gsub("\n'", "\n\\&'"))
-end
-
-local function man_options(out, opts)
-  for _, o in ipairs(opts) do
-    local names = {}
-    for _, a in ipairs(o.aliases) do names[#names + 1] = "\\fB" .. roff(a) .. "\\fR" end
-    names[#names + 1] = "\\fB" .. roff(o.name) .. "\\fR"
-    out[#out + 1] = ".TP"
-    out[#out + 1] = table.concat(names, ", ") .. (o.metavar and (" \\fI" .. roff(o.metavar) .. "\\fR") or "")
-    local facts = M.facts(o)
-    out[#out + 1] = roff((o.text or "(undocumented)") .. (facts ~= "" and (" " .. facts) or "") .. ".")
-  end
-end
-
-function M.man(date)
-  local core = require "migrate.core"
-  local out = {
-    string.format('.TH MIGRATE\\-LUA 1 "%s" "migrate-lua %s" "User Commands"', date or "", core.version),
-    ".SH NAME",
-    "migrate\\-lua \\- production\\-safe PostgreSQL schema migrations written in Lua",
-    ".SH SYNOPSIS",
-    ".B migrate\\-lua",
-    "[\\fIoptions\\fR] \\fICOMMAND\\fR [\\fIcommand options\\fR]",
-    ".SH DESCRIPTION",
-    roff("migrate-lua runs schema migrations written as Lua files (<version>_<name>.lua in the "
-      .. "migrations folder) against PostgreSQL. Each migration's up and down functions receive a "
-      .. "context m whose guard clauses (m:safe_add_column, m:safe_add_index, m:backfill, ...) check "
-      .. "the live data first, refuse operations that would lock or lose data, and back data up before "
-      .. "destructive steps. Raw SQL run through m:exec is linted with the PostgreSQL parser."),
-    ".SH COMMANDS",
-  }
-  for _, c in ipairs(M.commands()) do
-    out[#out + 1] = ".TP"
-    out[#out + 1] = "\\fB" .. roff(c.name) .. "\\fR" .. (c.args ~= "" and (" " .. roff(c.args)) or "")
-    out[#out + 1] = roff((c.text or c.summary))
-    if #c.aliases > 0 then
-      out[#out + 1] = ".br"
-      out[#out + 1] = roff("Also: " .. table.concat(c.aliases, ", ") .. ".")
-    end
-    out[#out + 1] = ".br"
-    out[#out + 1] = roff("Options: " .. (#c.options > 0 and table.concat(c.options, ", ") or "none") .. " (and the global ones).")
-    if c.exits then
-      out[#out + 1] = ".br"
-      out[#out + 1] = roff("Exit codes besides 0 and 2: " .. c.exits .. ".")
-    end
-    if c.example then
-      out[#out + 1] = ".br"
-      out[#out + 1] = "Example: \\fB" .. roff(c.example) .. "\\fR"
-    end
-  end
-  local globals, cmdopts = {}, {}
-  for _, o in ipairs(M.options()) do
-    if o.command then cmdopts[#cmdopts + 1] = o else globals[#globals + 1] = o end
-  end
-  out[#out + 1] = ".SH OPTIONS"
-  out[#out + 1] = roff("Accepted before or after the command. Every value may also be given as --name=value.")
-  man_options(out, globals)
-  out[#out + 1] = ".SH COMMAND OPTIONS"
-  man_options(out, cmdopts)
-  out[#out + 1] = ".SH EXIT STATUS"
   for _, e in ipairs(M.exit_codes()) do
-    out[#out + 1] = ".TP"
-    out[#out + 1] = "\\fB" .. e.code .. "\\fR"
-    out[#out + 1] = roff(e.text .. ".")
+    doc.exit_codes[#doc.exit_codes + 1] = { code = e.code, name = e.name, text = e.text }
   end
-  out[#out + 1] = ".SH ENVIRONMENT"
-  local envs = {}
-  for _, o in ipairs(M.options()) do
-    if o.env then envs[#envs + 1] = { o.env, "default of " .. o.name } end
-  end
-  for _, e in ipairs(M.ENVIRONMENT) do envs[#envs + 1] = e end
-  for _, e in ipairs(envs) do
-    out[#out + 1] = ".TP"
-    out[#out + 1] = "\\fB" .. roff(e[1]) .. "\\fR"
-    out[#out + 1] = roff(e[2] .. ".")
-  end
-  out[#out + 1] = ".SH FILES"
-  out[#out + 1] = ".TP"
-  out[#out + 1] = "\\fI./migrations/<version>_<name>.lua\\fR"
-  out[#out + 1] = roff("Migration files; version is 14 digits (UTC YYYYMMDDHHMMSS), name is [a-z0-9_]+.")
-  out[#out + 1] = ".TP"
-  out[#out + 1] = "\\fI./migration\\-execution.log\\fR"
-  out[#out + 1] = roff("The JSON-lines log (see --log-file).")
-  out[#out + 1] = ".TP"
-  out[#out + 1] = "\\fI./migrate\\-lua.conf\\fR"
-  out[#out + 1] = roff("The config file (see --config): option = value lines, keys are the long option names.")
-  out[#out + 1] = ".TP"
-  out[#out + 1] = "\\fI./.env\\fR"
-  out[#out + 1] = roff("NAME=VALUE lines put into the environment when not already set there (as dbmate reads it).")
-  out[#out + 1] = ".SH EXAMPLES"
-  out[#out + 1] = ".nf"
-  for _, c in ipairs(M.commands()) do
-    if c.example then out[#out + 1] = roff(c.example) end
-  end
-  out[#out + 1] = ".fi"
-  out[#out + 1] = ".SH SEE ALSO"
-  out[#out + 1] = roff("docs/quick-reference.md and docs/best-practices.md in the source tree; psql(1).")
-  return table.concat(out, "\n") .. "\n"
+  return doc
 end
 
 return M
