@@ -81,26 +81,34 @@ M.OPTION_DOCS = {
 
 -- Per command: arguments, the command options it reads (the rest are
 -- global), what it does, exit codes beyond 0/2, and one example.
+-- fleet { ... }: a command that runs per target also takes the fleet options (issue 19).
+local function fleet(options)
+  for _, o in ipairs({ "--targets", "--targets-query", "--parallel", "--canary", "--max-failures" }) do
+    options[#options + 1] = o
+  end
+  return options
+end
+
 M.COMMAND_DOCS = {
   { "generate", args = "NAME", options = {},
     text = "Writes <dir>/<now UTC>_NAME.lua from a template (NAME: lower-case letters, digits, _); when "
       .. "a file's version is now or later, the newest version + 1 s instead, so the new file sorts last. "
       .. "Never overwrites a file; creates the migrations folder when it does not exist.",
     example = "migrate-lua generate add_users_email_verified" },
-  { "show", args = "[--check]", options = { "--check" },
+  { "show", args = "[--check]", options = fleet { "--check" },
     text = "Lists every migration with its state: applied, pending, changed (the file changed after it "
       .. "was applied), missing (applied, no file), failed (a transaction = false migration that stopped "
       .. "part-way, with the steps that ran), running (a transaction = false migration whose run still "
       .. "holds the migration lock).",
     exits = "3 a migration file is broken; 5 pending (with --check)",
     example = "migrate-lua show --check" },
-  { "validate", args = "[--to VERSION | --steps N]", options = { "--to", "--steps" },
+  { "validate", args = "[--to VERSION | --steps N]", options = fleet { "--to", "--steps" },
     text = "Static checks (files load, up and down exist, no drift, order), the lint, a rehearsal of every "
       .. "pending migration in a transaction that is rolled back, and live checks on the tables they "
       .. "touch. Changes nothing.",
     exits = "3 an error finding",
     example = "migrate-lua validate --json" },
-  { "dry-run", args = "[--plan] [--to VERSION | --steps N]", options = { "--plan", "--to", "--steps" },
+  { "dry-run", args = "[--plan] [--to VERSION | --steps N]", options = fleet { "--plan", "--to", "--steps" },
     text = "Validates, then runs every pending migration inside one transaction that is always rolled "
       .. "back, under a short lock timeout, and prints the SQL it ran. The steps of a transaction = false "
       .. "migration run inside it where they can (a backfill of a table up to --small-table-rows); what "
@@ -109,7 +117,7 @@ M.COMMAND_DOCS = {
     exits = "1 a migration failed; 3 validation failed or (with --plan) a step would be refused",
     example = "migrate-lua dry-run --plan" },
   { "safe-run", args = "[--to VERSION | --steps N] [--schema-file PATH]",
-    options = { "--to", "--steps", "--schema-file" },
+    options = fleet { "--to", "--steps", "--schema-file" },
     text = "Validates, takes the migration lock, then applies each pending migration in its own "
       .. "transaction with guard clauses, backups before destructive steps, lock-timeout retries and "
       .. "full logging. Stops at the first failure; earlier migrations stay applied.",
@@ -117,12 +125,12 @@ M.COMMAND_DOCS = {
       .. "stay); 3 validation failed or drift; 4 another run holds the lock",
     example = "migrate-lua --database-url postgres://app@db/app safe-run" },
   { "run", args = "[--to VERSION | --steps N] [--schema-file PATH]",
-    options = { "--to", "--steps", "--schema-file" },
+    options = fleet { "--to", "--steps", "--schema-file" },
     text = "Applies pending migrations on the plain path: no validation and no backups (the lint and "
       .. "the guard clauses still apply).",
     exits = "1 a migration failed (rolled back); 4 another run holds the lock",
     example = "migrate-lua run" },
-  { "rollback", args = "[--steps N | --to VERSION]", options = { "--steps", "--to", "--schema-file" },
+  { "rollback", args = "[--steps N | --to VERSION]", options = fleet { "--steps", "--to", "--schema-file" },
     text = "Safely reverts the newest applied migration (or N, or down to VERSION): validates the downs, "
       .. "backs data up before destructive steps, one transaction per migration, and prints the "
       .. "command that restores each backup.",
@@ -179,18 +187,6 @@ M.COMMAND_DOCS = {
       .. "(nothing recorded); 4 another run holds the lock",
     example = "migrate-lua baseline --from typeorm" },
 }
-
--- issue 19: the fleet options, taken by each command that runs per target
-do
-  local fleet = { show = true, validate = true, ["dry-run"] = true, ["safe-run"] = true, run = true, rollback = true }
-  for _, c in ipairs(M.COMMAND_DOCS) do
-    if fleet[c[1]] then
-      for _, o in ipairs({ "--targets", "--targets-query", "--parallel", "--canary", "--max-failures" }) do
-        c.options[#c.options + 1] = o
-      end
-    end
-  end
-end
 
 -- errors.EXIT name -> meaning
 M.EXIT_DOCS = {
