@@ -10,6 +10,7 @@
 -- tables by docs/man.lua (run by docs/gen-man.lua), so help and man page
 -- cannot drift; the roff renderer is not in the binary.
 local M = {}
+local EXIT = require("migrate.errors").EXIT
 
 -- {name, metavar (nil for a flag), description}; the display order.
 M.OPTION_DOCS = {
@@ -452,20 +453,20 @@ function M.main(command, args, config)
     if config and config.json then
       M.write_json { ok = false, error = { kind = "usage", message = "unknown command " .. topic } }
     end
-    return 2
+    return EXIT.usage
   end
   if config and config.json then
     -- under --json, standard output holds one JSON document, never text
     if command == nil and not config.help then
       M.write_json { ok = false, error = { kind = "usage", message = "no command given (run 'migrate-lua help')" } }
-      return 2
+      return EXIT.usage
     end
     M.write_json(M.document(topic))
-    return 0
+    return EXIT.ok
   end
   io.stdout:write(M.text(topic))
   -- bare `migrate-lua` is a usage error that prints the help
-  return (command == nil and not (config and config.help)) and 2 or 0
+  return (command == nil and not (config and config.help)) and EXIT.usage or EXIT.ok
 end
 
 function M.write_json(doc)
