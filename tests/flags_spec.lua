@@ -7,6 +7,8 @@ local T = require "helpers.env"
 local P = require "helpers.project"
 local cli = require("migrate").cli
 local help = require "migrate.help"
+-- the man page renderer lives with the build (docs/man.lua), not in the binary
+local manpage = dofile(T.root .. "/docs/man.lua")
 local flags = require "migrate.flags"
 
 local function plain(s) return (s:gsub("%p", "%%%0")) end
@@ -181,7 +183,7 @@ describe("aliases", function()
       assert.equal(0, a.code)
       assert.equal(b.stdout, a.stdout)
     end
-    local page = help.man("")
+    local page = manpage.render("")
     assert.matches("Also: status%.", page)
   end)
 
@@ -248,7 +250,7 @@ describe("docs list the same flags per command", function()
   -- the man page: the "Options:" line of each command
   local function man()
     local out, current = {}, nil
-    for line in help.man(""):gmatch("[^\n]+") do
+    for line in manpage.render(""):gmatch("[^\n]+") do
       local name = line:match("^\\fB([%w\\%-]+)\\fR")
       if name then current = name:gsub("\\%-", "-") end
       local list = line:match("^Options: (.-) %(and the global ones%)%.$")

@@ -3,6 +3,7 @@
 -- file before anything runs, run, summarise. Returns exit code, JSON doc.
 local executor = require "migrate.executor"
 local errors = require "migrate.errors"
+local EXIT = errors.EXIT
 local loader = require "migrate.loader"
 local history = require "migrate.history"
 local json = require "migrate.json"
@@ -124,7 +125,7 @@ function M.up(config, opts)
   if result.ok and not config.json and #result.applied > 0 and not opts.rollback then
     io.stderr:write(string.format("applied %d migration%s\n", #result.applied, #result.applied == 1 and "" or "s"))
   end
-  return result.ok and 0 or errors.exit_code(result.error.kind == "lint" and result.error or { kind = "sql" }),
+  return result.ok and EXIT.ok or errors.exit_code(result.error.kind == "lint" and result.error or { kind = "sql" }),
     document(result)
 end
 
@@ -191,7 +192,7 @@ function M.down(config, opts)
   result.from_version, result.to_version = newest(status), newest(status, nil, gone)
   if opts.after then opts.after(result) end
   report_failure(result, config)
-  return result.ok and 0 or 1, document(result)
+  return result.ok and EXIT.ok or EXIT.failed, document(result)
 end
 
 return M

@@ -3,6 +3,7 @@
 -- document), return the contract's exit code. Commands print nothing to
 -- stdout themselves when --json is on.
 local errors = require "migrate.errors"
+local EXIT = errors.EXIT
 local json = require "migrate.json"
 local core = require "migrate.core"
 
@@ -238,7 +239,7 @@ function M.main(argv)
     else
       io.stdout:write("migrate-lua ", core.version, " (", _VERSION, ", libpq ", tostring(core.libpq_version), ")\n")
     end
-    return 0
+    return EXIT.ok
   end
   local name = command
   if not M.commands[name] then
@@ -247,7 +248,7 @@ function M.main(argv)
       hint and (" (did you mean " .. hint .. "?)") or ""))
     if config.json then io.stdout:write(json.encode(error_document(nil, e)), "\n") end
     print_error(e, config)
-    return 2
+    return EXIT.usage
   end
   core.install_signals()
   -- the host returns its exit code from main; nothing in Lua may exit the

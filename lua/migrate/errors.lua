@@ -9,11 +9,13 @@ local M = {}
 M.EXIT = { ok = 0, failed = 1, usage = 2, validation = 3, locked = 4, pending = 5 }
 
 -- exit code for each error kind
+local EXIT = M.EXIT
 local kind_exit = {
-  usage = 2, config = 2, connect = 2,
-  validation = 3, drift = 3, load = 3, lint = 1, guard = 1,
-  locked = 4,
-  sql = 1, runtime = 1, interrupted = 1, lock_lost = 1,
+  usage = EXIT.usage, config = EXIT.usage, connect = EXIT.usage,
+  validation = EXIT.validation, drift = EXIT.validation, load = EXIT.validation,
+  lint = EXIT.failed, guard = EXIT.failed,
+  locked = EXIT.locked,
+  sql = EXIT.failed, runtime = EXIT.failed, interrupted = EXIT.failed, lock_lost = EXIT.failed,
 }
 
 function M.new(kind, message, fields)
@@ -46,7 +48,7 @@ function M.wrap(e, kind)
 end
 
 function M.exit_code(e)
-  return kind_exit[e.kind] or 1
+  return kind_exit[e.kind] or EXIT.failed
 end
 
 function M.tostring(e)

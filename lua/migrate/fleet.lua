@@ -10,6 +10,7 @@
 -- the same command finishes a fleet: each target's history skips what it has.
 local core = require "migrate.core"
 local errors = require "migrate.errors"
+local EXIT = errors.EXIT
 local json = require "migrate.json"
 local cjson = require "cjson"
 
@@ -99,7 +100,7 @@ local function outcome(job)
   if d.migrations then before = show_version(d); after = before end
   job.before, job.after = before, after
   local what
-  if job.code == 0 then
+  if job.code == EXIT.ok then
     local n = type(d.applied) == "table" and #d.applied or 0
     local r = type(d.reverted) == "table" and #d.reverted or 0
     if n > 0 then what = string.format("ok: applied %d", n)
@@ -188,7 +189,7 @@ function M.main(command, argv, config)
     if ok and type(doc) == "table" then job.doc, job.raw = doc, text end
     outcome(job)
     job.state = "done"
-    if job.code ~= 0 then failures = failures + 1 end
+    if job.code ~= EXIT.ok then failures = failures + 1 end
     event(live, {}, job.n, total, job, string.format("%s (%s)", job.what, seconds(job.ms)))
   end
 
@@ -252,7 +253,7 @@ end
 
 -- Summary table (stderr), the --json document (stdout); returns the exit code.
 function M.report(jobs, config, stop)
-  local code, skipped, failed, ok_n = 0, 0, 0, 0
+  local code, skipped, failed, ok_n = EXIT.ok, 0, 0, 0
   local rows = { { "target", "version", "duration", "outcome" } }
   for _, job in ipairs(jobs) do
     if job.state == "skipped" then
@@ -260,12 +261,12 @@ function M.report(jobs, config, stop)
       rows[#rows + 1] = { job.label, "-", "-", "skipped (not started)" }
     else
       if job.code > code then code = job.code end
-      if job.code == 0 then ok_n = ok_n + 1 else failed = failed + 1 end
+      if job.code == EXIT.ok then ok_n = ok_n + 1 else failed = failed + 1 end
       local v = (job.before or "none") .. " -> " .. (job.after or "none")
       rows[#rows + 1] = { job.label, v, seconds(job.ms), job.what }
     end
   end
-  if skipped > 0 and code == 0 then code = 1 end   -- only an interrupt skips targets without a failure
+  if skipped > 0 and code == EXIT.ok then code = EXIT.failed end   -- only an interrupt skips targets without a failure
   local width = {}
   for _, r in ipairs(rows) do
     for i, c in ipairs(r) do width[i] = math.max(width[i] or 0, #c) end
@@ -280,7 +281,7 @@ function M.report(jobs, config, stop)
     out[#out + 1] = string.format("%d target%s not started (%s); run the same command again to finish the fleet",
       skipped, skipped == 1 and " was" or "s were", stop or "stopped")
   end
-  if not config.quiet or code ~= 0 then io.stderr:write(table.concat(out, "\n"), "\n") end
+  if not config.quiet or code ~= EXIT.ok then io.stderr:write(table.concat(out, "\n"), "\n") end
 
   if config.json then
     local parts = {}
@@ -292,10 +293,10 @@ function M.report(jobs, config, stop)
         -- the child's own document, verbatim (it is exactly one JSON document)
         local result = job.raw or json.encode { ok = false, error = { message = job.what } }
         parts[#parts + 1] = string.format('{"target":%s,"ok":%s,"exit":%d,"result":%s}', json.encode(job.label),
-          tostring(job.code == 0), job.code, result)
+          tostring(job.code == EXIT.ok), job.code, result)
       end
     end
-    io.stdout:write(string.format('{"ok":%s,"targets":[%s]}\n', tostring(code == 0), table.concat(parts, ",")))
+    io.stdout:write(string.format('{"ok":%s,"targets":[%s]}\n', tostring(code == EXIT.ok), table.concat(parts, ",")))
   end
   return code
 end

@@ -1,4 +1,4 @@
--- `migrate-lua help [COMMAND]`, `-h`/`--help` anywhere, and the man page.
+-- `migrate-lua help [COMMAND]`, `-h`/`--help` anywhere, and the words of the man page.
 --
 -- Everything a user can look up is derived from cli.lua: the option list,
 -- aliases, defaults, environment variables and minimums come from
@@ -6,9 +6,11 @@
 -- errors.EXIT. This file only adds the words (OPTION_DOCS, COMMAND_DOCS,
 -- EXIT_DOCS). An option or command added to cli.lua without words here still
 -- appears, with what cli.lua knows about it; tests/help_spec.lua fails until
--- it is described. docs/gen-man.lua renders the man page from M.man(), so
--- help and man page cannot drift.
+-- it is described. The man page is rendered at build time from these same
+-- tables by docs/man.lua (run by docs/gen-man.lua), so help and man page
+-- cannot drift; the roff renderer is not in the binary.
 local M = {}
+local EXIT = require("migrate.errors").EXIT
 
 -- {name, metavar (nil for a flag), description}; the display order.
 M.OPTION_DOCS = {
@@ -80,26 +82,34 @@ M.OPTION_DOCS = {
 
 -- Per command: arguments, the command options it reads (the rest are
 -- global), what it does, exit codes beyond 0/2, and one example.
+-- fleet { ... }: a command that runs per target also takes the fleet options (issue 19).
+local function fleet(options)
+  for _, o in ipairs({ "--targets", "--targets-query", "--parallel", "--canary", "--max-failures" }) do
+    options[#options + 1] = o
+  end
+  return options
+end
+
 M.COMMAND_DOCS = {
   { "generate", args = "NAME", options = {},
     text = "Writes <dir>/<now UTC>_NAME.lua from a template (NAME: lower-case letters, digits, _); when "
       .. "a file's version is now or later, the newest version + 1 s instead, so the new file sorts last. "
       .. "Never overwrites a file; creates the migrations folder when it does not exist.",
     example = "migrate-lua generate add_users_email_verified" },
-  { "show", args = "[--check]", options = { "--check" },
+  { "show", args = "[--check]", options = fleet { "--check" },
     text = "Lists every migration with its state: applied, pending, changed (the file changed after it "
       .. "was applied), missing (applied, no file), failed (a transaction = false migration that stopped "
       .. "part-way, with the steps that ran), running (a transaction = false migration whose run still "
       .. "holds the migration lock).",
     exits = "3 a migration file is broken; 5 pending (with --check)",
     example = "migrate-lua show --check" },
-  { "validate", args = "[--to VERSION | --steps N]", options = { "--to", "--steps" },
+  { "validate", args = "[--to VERSION | --steps N]", options = fleet { "--to", "--steps" },
     text = "Static checks (files load, up and down exist, no drift, order), the lint, a rehearsal of every "
       .. "pending migration in a transaction that is rolled back, and live checks on the tables they "
       .. "touch. Changes nothing.",
     exits = "3 an error finding",
     example = "migrate-lua validate --json" },
-  { "dry-run", args = "[--plan] [--to VERSION | --steps N]", options = { "--plan", "--to", "--steps" },
+  { "dry-run", args = "[--plan] [--to VERSION | --steps N]", options = fleet { "--plan", "--to", "--steps" },
     text = "Validates, then runs every pending migration inside one transaction that is always rolled "
       .. "back, under a short lock timeout, and prints the SQL it ran. The steps of a transaction = false "
       .. "migration run inside it where they can (a backfill of a table up to --small-table-rows); what "
@@ -108,7 +118,7 @@ M.COMMAND_DOCS = {
     exits = "1 a migration failed; 3 validation failed or (with --plan) a step would be refused",
     example = "migrate-lua dry-run --plan" },
   { "safe-run", args = "[--to VERSION | --steps N] [--schema-file PATH]",
-    options = { "--to", "--steps", "--schema-file" },
+    options = fleet { "--to", "--steps", "--schema-file" },
     text = "Validates, takes the migration lock, then applies each pending migration in its own "
       .. "transaction with guard clauses, backups before destructive steps, lock-timeout retries and "
       .. "full logging. Stops at the first failure; earlier migrations stay applied.",
@@ -116,12 +126,12 @@ M.COMMAND_DOCS = {
       .. "stay); 3 validation failed or drift; 4 another run holds the lock",
     example = "migrate-lua --database-url postgres://app@db/app safe-run" },
   { "run", args = "[--to VERSION | --steps N] [--schema-file PATH]",
-    options = { "--to", "--steps", "--schema-file" },
+    options = fleet { "--to", "--steps", "--schema-file" },
     text = "Applies pending migrations on the plain path: no validation and no backups (the lint and "
       .. "the guard clauses still apply).",
     exits = "1 a migration failed (rolled back); 4 another run holds the lock",
     example = "migrate-lua run" },
-  { "rollback", args = "[--steps N | --to VERSION]", options = { "--steps", "--to", "--schema-file" },
+  { "rollback", args = "[--steps N | --to VERSION]", options = fleet { "--steps", "--to", "--schema-file" },
     text = "Safely reverts the newest applied migration (or N, or down to VERSION): validates the downs, "
       .. "backs data up before destructive steps, one transaction per migration, and prints the "
       .. "command that restores each backup.",
@@ -178,18 +188,6 @@ M.COMMAND_DOCS = {
       .. "(nothing recorded); 4 another run holds the lock",
     example = "migrate-lua baseline --from typeorm" },
 }
-
--- issue 19: the fleet options, taken by each command that runs per target
-do
-  local fleet = { show = true, validate = true, ["dry-run"] = true, ["safe-run"] = true, run = true, rollback = true }
-  for _, c in ipairs(M.COMMAND_DOCS) do
-    if fleet[c[1]] then
-      for _, o in ipairs({ "--targets", "--targets-query", "--parallel", "--canary", "--max-failures" }) do
-        c.options[#c.options + 1] = o
-      end
-    end
-  end
-end
 
 -- errors.EXIT name -> meaning
 M.EXIT_DOCS = {
@@ -452,21 +450,23 @@ function M.main(command, args, config)
   if topic and not cli().commands[topic] then
     unknown(topic)
     io.stderr:write("run 'migrate-lua help' for usage\n")
-    if config and config.json then M.write_json { ok = false, error = { kind = "usage", message = "unknown command " .. topic } } end
-    return 2
+    if config and config.json then
+      M.write_json { ok = false, error = { kind = "usage", message = "unknown command " .. topic } }
+    end
+    return EXIT.usage
   end
   if config and config.json then
     -- under --json, standard output holds one JSON document, never text
     if command == nil and not config.help then
       M.write_json { ok = false, error = { kind = "usage", message = "no command given (run 'migrate-lua help')" } }
-      return 2
+      return EXIT.usage
     end
     M.write_json(M.document(topic))
-    return 0
+    return EXIT.ok
   end
   io.stdout:write(M.text(topic))
   -- bare `migrate-lua` is a usage error that prints the help
-  return (command == nil and not (config and config.help)) and 2 or 0
+  return (command == nil and not (config and config.help)) and EXIT.usage or EXIT.ok
 end
 
 function M.write_json(doc)
@@ -491,113 +491,10 @@ function M.document(topic)
     options = json.array(), exit_codes = json.array() }
   for _, c in ipairs(M.commands()) do doc.commands[#doc.commands + 1] = command_doc(c) end
   for _, o in ipairs(M.options()) do doc.options[#doc.options + 1] = option_doc(o) end
-  for _, e in ipairs(M.exit_codes()) do doc.exit_codes[#doc.exit_codes + 1] = { code = e.code, name = e.name, text = e.text } end
-  return doc
-end
-
--- {====== man page (roff), rendered by docs/gen-man.lua ======
-
-local function roff(s)
-  s = tostring(s):gsub("\\", "\\e"):gsub("%-", "\\-")
-  return (s:gsub("\n%.", "\n\\&."):gsub("^%.", "\\&."):gsub("\n'", "\n\\&'"))
-end
-
-local function man_options(out, opts)
-  for _, o in ipairs(opts) do
-    local names = {}
-    for _, a in ipairs(o.aliases) do names[#names + 1] = "\\fB" .. roff(a) .. "\\fR" end
-    names[#names + 1] = "\\fB" .. roff(o.name) .. "\\fR"
-    out[#out + 1] = ".TP"
-    out[#out + 1] = table.concat(names, ", ") .. (o.metavar and (" \\fI" .. roff(o.metavar) .. "\\fR") or "")
-    local facts = M.facts(o)
-    out[#out + 1] = roff((o.text or "(undocumented)") .. (facts ~= "" and (" " .. facts) or "") .. ".")
-  end
-end
-
-function M.man(date)
-  local core = require "migrate.core"
-  local out = {
-    string.format('.TH MIGRATE\\-LUA 1 "%s" "migrate-lua %s" "User Commands"', date or "", core.version),
-    ".SH NAME",
-    "migrate\\-lua \\- production\\-safe PostgreSQL schema migrations written in Lua",
-    ".SH SYNOPSIS",
-    ".B migrate\\-lua",
-    "[\\fIoptions\\fR] \\fICOMMAND\\fR [\\fIcommand options\\fR]",
-    ".SH DESCRIPTION",
-    roff("migrate-lua runs schema migrations written as Lua files (<version>_<name>.lua in the "
-      .. "migrations folder) against PostgreSQL. Each migration's up and down functions receive a "
-      .. "context m whose guard clauses (m:safe_add_column, m:safe_add_index, m:backfill, ...) check "
-      .. "the live data first, refuse operations that would lock or lose data, and back data up before "
-      .. "destructive steps. Raw SQL run through m:exec is linted with the PostgreSQL parser."),
-    ".SH COMMANDS",
-  }
-  for _, c in ipairs(M.commands()) do
-    out[#out + 1] = ".TP"
-    out[#out + 1] = "\\fB" .. roff(c.name) .. "\\fR" .. (c.args ~= "" and (" " .. roff(c.args)) or "")
-    out[#out + 1] = roff((c.text or c.summary))
-    if #c.aliases > 0 then
-      out[#out + 1] = ".br"
-      out[#out + 1] = roff("Also: " .. table.concat(c.aliases, ", ") .. ".")
-    end
-    out[#out + 1] = ".br"
-    out[#out + 1] = roff("Options: " .. (#c.options > 0 and table.concat(c.options, ", ") or "none") .. " (and the global ones).")
-    if c.exits then
-      out[#out + 1] = ".br"
-      out[#out + 1] = roff("Exit codes besides 0 and 2: " .. c.exits .. ".")
-    end
-    if c.example then
-      out[#out + 1] = ".br"
-      out[#out + 1] = "Example: \\fB" .. roff(c.example) .. "\\fR"
-    end
-  end
-  local globals, cmdopts = {}, {}
-  for _, o in ipairs(M.options()) do
-    if o.command then cmdopts[#cmdopts + 1] = o else globals[#globals + 1] = o end
-  end
-  out[#out + 1] = ".SH OPTIONS"
-  out[#out + 1] = roff("Accepted before or after the command. Every value may also be given as --name=value.")
-  man_options(out, globals)
-  out[#out + 1] = ".SH COMMAND OPTIONS"
-  man_options(out, cmdopts)
-  out[#out + 1] = ".SH EXIT STATUS"
   for _, e in ipairs(M.exit_codes()) do
-    out[#out + 1] = ".TP"
-    out[#out + 1] = "\\fB" .. e.code .. "\\fR"
-    out[#out + 1] = roff(e.text .. ".")
+    doc.exit_codes[#doc.exit_codes + 1] = { code = e.code, name = e.name, text = e.text }
   end
-  out[#out + 1] = ".SH ENVIRONMENT"
-  local envs = {}
-  for _, o in ipairs(M.options()) do
-    if o.env then envs[#envs + 1] = { o.env, "default of " .. o.name } end
-  end
-  for _, e in ipairs(M.ENVIRONMENT) do envs[#envs + 1] = e end
-  for _, e in ipairs(envs) do
-    out[#out + 1] = ".TP"
-    out[#out + 1] = "\\fB" .. roff(e[1]) .. "\\fR"
-    out[#out + 1] = roff(e[2] .. ".")
-  end
-  out[#out + 1] = ".SH FILES"
-  out[#out + 1] = ".TP"
-  out[#out + 1] = "\\fI./migrations/<version>_<name>.lua\\fR"
-  out[#out + 1] = roff("Migration files; version is 14 digits (UTC YYYYMMDDHHMMSS), name is [a-z0-9_]+.")
-  out[#out + 1] = ".TP"
-  out[#out + 1] = "\\fI./migration\\-execution.log\\fR"
-  out[#out + 1] = roff("The JSON-lines log (see --log-file).")
-  out[#out + 1] = ".TP"
-  out[#out + 1] = "\\fI./migrate\\-lua.conf\\fR"
-  out[#out + 1] = roff("The config file (see --config): option = value lines, keys are the long option names.")
-  out[#out + 1] = ".TP"
-  out[#out + 1] = "\\fI./.env\\fR"
-  out[#out + 1] = roff("NAME=VALUE lines put into the environment when not already set there (as dbmate reads it).")
-  out[#out + 1] = ".SH EXAMPLES"
-  out[#out + 1] = ".nf"
-  for _, c in ipairs(M.commands()) do
-    if c.example then out[#out + 1] = roff(c.example) end
-  end
-  out[#out + 1] = ".fi"
-  out[#out + 1] = ".SH SEE ALSO"
-  out[#out + 1] = roff("docs/quick-reference.md and docs/best-practices.md in the source tree; psql(1).")
-  return table.concat(out, "\n") .. "\n"
+  return doc
 end
 
 return M

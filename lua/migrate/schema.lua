@@ -157,7 +157,7 @@ local CHANGES = { run = true, ["safe-run"] = true, rollback = true, revert = tru
 -- cli.main's hook after a command: with --schema-file, writes the schema
 -- when a changing command succeeded. Returns the exit code.
 function M.after_command(config, command, code, doc)
-  if code ~= 0 or not config.schema_file or not CHANGES[command] then return code end
+  if code ~= errors.EXIT.ok or not config.schema_file or not CHANGES[command] then return code end
   local ok, e = pcall(M.write, config, config.schema_file)
   if not ok then
     e = errors.wrap(e)

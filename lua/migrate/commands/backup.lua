@@ -2,6 +2,7 @@
 local backup = require "migrate.backup"
 local executor = require "migrate.executor"
 local errors = require "migrate.errors"
+local EXIT = errors.EXIT
 local json = require "migrate.json"
 
 local M = {}
@@ -40,7 +41,7 @@ local function list(config, s)
     end
     io.stdout:write(table.concat(out, "\n"), "\n")
   end
-  return 0, doc
+  return EXIT.ok, doc
 end
 
 local function restore(config, s, id)
@@ -76,7 +77,7 @@ local function restore(config, s, id)
     for _, n in ipairs(r.rebuilt or {}) do io.stdout:write("  rebuilt: ", n, "\n") end
     for _, n in ipairs(r.notes) do io.stdout:write("  note: ", n, "\n") end
   end
-  return 0, { ok = true, id = id, table = r.table, kind = r.kind, rows = r.rows, recreated = r.recreated or false,
+  return EXIT.ok, { ok = true, id = id, table = r.table, kind = r.kind, rows = r.rows, recreated = r.recreated or false,
               readded = json.array(r.readded), added = r.added, removed = r.removed, checksum = r.checksum,
               notes = json.array(r.notes), rebuilt = json.array(r.rebuilt or {}), duration_ms = dur }
 end
@@ -90,7 +91,7 @@ local function drop(config, s, id)
     io.stdout:write(string.format("dropped backup %d (%s.%s, %d rows)\n", id, b.source_schema, b.source_table,
       b.row_count))
   end
-  return 0, { ok = true, dropped = json.array { id } }
+  return EXIT.ok, { ok = true, dropped = json.array { id } }
 end
 
 local function prune(config, s)
@@ -109,7 +110,7 @@ local function prune(config, s)
     io.stdout:write(string.format("pruned %d backup%s older than %s%s\n", #ids, #ids == 1 and "" or "s",
       config.older_than, #ids > 0 and (": " .. table.concat(ids, ", ")) or ""))
   end
-  return 0, { ok = true, dropped = ids }
+  return EXIT.ok, { ok = true, dropped = ids }
 end
 
 function M.run(config, args)

@@ -12,6 +12,7 @@ local apply = require "migrate.apply"
 local executor = require "migrate.executor"
 local history = require "migrate.history"
 local errors = require "migrate.errors"
+local EXIT = errors.EXIT
 local json = require "migrate.json"
 local audit = require "migrate.audit"
 local importers = require "migrate.importers"
@@ -122,8 +123,8 @@ function M.run(config, args)
     end
     io.stdout:write(table.concat(out, "\n"), "\n")
   end
-  return 0, { ok = true, baselined = json.array(recorded), from = tool or json.null, unmatched = json.array(unmatched),
-              reason = reason }
+  return EXIT.ok, { ok = true, baselined = json.array(recorded), from = tool or json.null,
+                   unmatched = json.array(unmatched), reason = reason }
 end
 
 return M

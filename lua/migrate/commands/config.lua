@@ -2,6 +2,7 @@
 -- from (flag, environment, config file:line, .env, default). Connection
 -- strings are printed through core.redact; PGPASSWORD as ***.
 local core = require "migrate.core"
+local EXIT = require("migrate.errors").EXIT
 
 local M = {}
 
@@ -85,7 +86,7 @@ function M.run(config)
     doc.settings[#doc.settings + 1] = { option = r.option, value = v, source = r.source,
                                         where = r.where }
   end
-  return 0, doc
+  return EXIT.ok, doc
 end
 
 return M

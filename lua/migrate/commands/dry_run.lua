@@ -17,6 +17,7 @@ local history = require "migrate.history"
 local loader = require "migrate.loader"
 local engine = require "migrate.engine"
 local errors = require "migrate.errors"
+local EXIT = errors.EXIT
 local json = require "migrate.json"
 
 local M = {}
@@ -190,7 +191,7 @@ end
 local function plan(config)
   local s = executor.open(config, { lock = true, log_table = false })
   local doc = { ok = true, plan = true, findings = json.array(), migrations = json.array(), steps = json.array() }
-  local code = 0
+  local code = EXIT.ok
   local ok, err = pcall(function()
     local conn = s.main
     local status, problems = executor.status(conn, config.dir)
@@ -199,7 +200,7 @@ local function plan(config)
     if not okp then findings[#findings + 1] = { severity = "error", message = tostring(errors.wrap(pending)) } end
     for _, f in ipairs(findings) do doc.findings[#doc.findings + 1] = finding_doc(f) end
     print_findings(findings, config)
-    if require("migrate.validator").has_errors(findings) then code = 3; return end
+    if require("migrate.validator").has_errors(findings) then code = EXIT.validation; return end
     for _, entry in ipairs(pending) do loader.load(entry) end
     local events, cache = {}, {}
     local results, terr = engine.rehearse(s, pending, config, { mode = "plan", logger = capturing(s.logger, events) })
@@ -242,7 +243,7 @@ local function plan(config)
       if r.error then
         local we = r.error
         mig.error = error_doc(we)
-        code = 3
+        code = EXIT.validation
         doc.findings[#doc.findings + 1] = finding_doc { severity = "error", migration = entry.version,
           message = tostring(we), rule = we.rule or we.kind, object = we.object }
         if not config.json then io.stderr:write("error: ", entry.version, ": ", tostring(we), "\n") end
@@ -273,7 +274,7 @@ local function plan(config)
   end)
   executor.close(s)
   if not ok then error(err, 0) end
-  doc.ok = code == 0
+  doc.ok = code == EXIT.ok
   return code, doc
 end
 
@@ -284,7 +285,7 @@ function M.run(config, args)
   if config.plan then return plan(config) end
   local s = executor.open(config, { lock = true, log_table = false })
   local doc = { ok = true, findings = json.array(), migrations = json.array() }
-  local code = 0
+  local code = EXIT.ok
   local conn = s.main
   local ok, err = pcall(function()
     local status, problems = executor.status(conn, config.dir)
@@ -293,7 +294,7 @@ function M.run(config, args)
     if not okp then findings[#findings + 1] = { severity = "error", message = tostring(errors.wrap(pending)) } end
     for _, f in ipairs(findings) do doc.findings[#doc.findings + 1] = finding_doc(f) end
     print_findings(findings, config)
-    if require("migrate.validator").has_errors(findings) then code = 3; return end
+    if require("migrate.validator").has_errors(findings) then code = EXIT.validation; return end
     if #pending == 0 and not config.json then
       io.stderr:write("nothing to do: no pending migrations in ", config.dir, "\n")
     end
@@ -319,7 +320,7 @@ function M.run(config, args)
         -- a refusal by the lint or a guard clause is a finding (nothing ran
         -- for real); a PostgreSQL error is a failed migration
         local refusal = we.kind == "lint" or we.kind == "guard" or we.kind == "validation" or we.kind == "usage"
-        code = refusal and 3 or 1
+        code = refusal and EXIT.validation or EXIT.failed
         doc.findings[#doc.findings + 1] = { severity = "error", migration = entry.version, message = tostring(we),
                                             rule = we.rule, object = we.object }
         doc.failed, doc.error = entry.version, mig.error
@@ -332,13 +333,13 @@ function M.run(config, args)
     end
   end)
   executor.close(s)
-  if not ok and code == 0 then error(err, 0) end
-  doc.ok = code == 0
+  if not ok and code == EXIT.ok then error(err, 0) end
+  doc.ok = code == EXIT.ok
   if not config.json then
-    if code == 0 and #doc.migrations > 0 then
+    if code == EXIT.ok and #doc.migrations > 0 then
       io.stderr:write(string.format("dry-run: %d migration%s ran and %s rolled back; nothing changed\n",
         #doc.migrations, #doc.migrations == 1 and "" or "s", #doc.migrations == 1 and "was" or "were"))
-    elseif code ~= 0 then
+    elseif code ~= EXIT.ok then
       io.stderr:write("dry-run: rolled back; nothing changed\n")
     end
   end

@@ -1,5 +1,6 @@
 -- migrate-lua generate NAME: writes <dir>/<now UTC>_<NAME>.lua; never overwrites.
 local errors = require "migrate.errors"
+local EXIT = errors.EXIT
 local loader = require "migrate.loader"
 local core = require "migrate.core"
 
@@ -43,7 +44,7 @@ function M.run(config, args)
   f:write(string.format(require "migrate.template", version, description, description))
   f:close()
   if not config.json then io.stdout:write(path, "\n") end
-  return 0, { ok = true, path = path, version = version, name = name }
+  return EXIT.ok, { ok = true, path = path, version = version, name = name }
 end
 
 return M

@@ -3,6 +3,7 @@
 -- --json, {"logs":[...]}. Reads only; takes no lock.
 local executor = require "migrate.executor"
 local errors = require "migrate.errors"
+local EXIT = errors.EXIT
 local json = require "migrate.json"
 
 local M = {}
@@ -69,7 +70,7 @@ function M.run(config)
     }
   end
   if not config.json then io.stdout:write(render(rows)) end
-  return 0, doc
+  return EXIT.ok, doc
 end
 
 return M

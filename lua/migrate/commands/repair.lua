@@ -10,6 +10,7 @@ local apply = require "migrate.apply"
 local executor = require "migrate.executor"
 local history = require "migrate.history"
 local errors = require "migrate.errors"
+local EXIT = errors.EXIT
 local json = require "migrate.json"
 local audit = require "migrate.audit"
 
@@ -101,7 +102,7 @@ function M.run(config, args)
   end
   local items = json.array()
   for _, d in ipairs(done) do items[#items + 1] = d end
-  return 0, { ok = true, repaired = items, reason = reason }
+  return EXIT.ok, { ok = true, repaired = items, reason = reason }
 end
 
 return M

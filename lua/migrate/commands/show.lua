@@ -1,6 +1,7 @@
 -- migrate-lua show [--check]: every migration and its state.
 local executor = require "migrate.executor"
 local json = require "migrate.json"
+local EXIT = require("migrate.errors").EXIT
 
 local M = {}
 
@@ -30,22 +31,25 @@ function M.run(config)
     local out = {}
     if #list == 0 then out[#out + 1] = "no migrations in " .. config.dir end
     for _, st in ipairs(list) do
+      local baseline = st.row and st.row.baseline and ", baseline" or ""
       out[#out + 1] = string.format("%-8s %s_%s%s%s", st.state, st.version, st.name,
-        st.applied_at and ("  (applied " .. st.applied_at .. (st.row and st.row.baseline and ", baseline" or "") .. ")") or "",
+        st.applied_at and ("  (applied " .. st.applied_at .. baseline .. ")") or "",
         st.holder and ("  (" .. st.holder .. " holds the migration lock)") or "")
       if st.incomplete then
-        out[#out + 1] = string.format("           partial: %s stopped part-way (transaction = false), %d step(s) done; %s",
-          st.incomplete.direction == "down" and "its rollback" or "it", #st.incomplete.steps,
-          st.incomplete.direction == "down" and "run rollback again to finish" or "the next run resumes it, rollback undoes it")
+        local down = st.incomplete.direction == "down"
+        out[#out + 1] = string.format(
+          "           partial: %s stopped part-way (transaction = false), %d step(s) done; %s",
+          down and "its rollback" or "it", #st.incomplete.steps,
+          down and "run rollback again to finish" or "the next run resumes it, rollback undoes it")
         for _, step in ipairs(st.incomplete.steps) do out[#out + 1] = "           done: " .. step end
       end
     end
     for _, p in ipairs(problems) do out[#out + 1] = "error    " .. p.message end
     io.stdout:write(table.concat(out, "\n"), "\n")
   end
-  if #problems > 0 then return 3, doc end
-  if config.check and pending > 0 then return 5, doc end
-  return 0, doc
+  if #problems > 0 then return EXIT.validation, doc end
+  if config.check and pending > 0 then return EXIT.pending, doc end
+  return EXIT.ok, doc
 end
 
 return M

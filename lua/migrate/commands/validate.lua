@@ -13,6 +13,7 @@ local validator = require "migrate.validator"
 local engine = require "migrate.engine"
 local loader = require "migrate.loader"
 local errors = require "migrate.errors"
+local EXIT = errors.EXIT
 local json = require "migrate.json"
 local core = require "migrate.core"
 
@@ -139,7 +140,7 @@ function M.run(config)
     out:write(string.format("validate: %d error%s, %d warning%s\n", n_err, n_err == 1 and "" or "s",
       n_warn, n_warn == 1 and "" or "s"))
   end
-  return has_errors and 3 or 0, doc
+  return has_errors and EXIT.validation or EXIT.ok, doc
 end
 
 return M
