@@ -141,7 +141,6 @@ l_connect(lua_State *L)
 
 	c->pg = NULL;             /* consistent before acquiring */
 	c->busy = 0;
-	c->depth = 0;
 	c->watch_ms = 0;
 	c->sent = 0;
 	c->copy_refused = 0;
@@ -180,7 +179,7 @@ l_connect(lua_State *L)
 }
 
 /*
- * Binds arguments first..top as text parameters. Values become Lua strings
+ * Binds the nparams arguments from index first on as text parameters. Values become Lua strings
  * kept on the stack (so their pointers stay valid) and the pointer array
  * lives in a userdata: nothing to free if a conversion raises.
  * Leaves the array userdata and the strings on the stack; returns the array.
@@ -189,7 +188,6 @@ const char **
 lpg_bind_params(lua_State *L, int first, int nparams)
 {
 	const char **values;
-	int top = lua_gettop(L);
 
 	luaL_checkstack(L, nparams + 2, "too many query parameters");
 	values = (const char **) lua_newuserdatauv(L, sizeof(char *) * (nparams + 1), 0);
@@ -234,7 +232,6 @@ lpg_bind_params(lua_State *L, int first, int nparams)
 		}
 		values[i] = lua_tostring(L, -1);
 	}
-	(void) top;
 	return values;
 }
 
@@ -248,11 +245,12 @@ run(lua_State *L, Conn *c, const char *sql)
 {
 	int nparams = lua_gettop(L) - 2;
 	const char **values = nparams > 0 ? lpg_bind_params(L, 3, nparams) : NULL;
-	PGresult **box;
+	PGresult **box, **blockers;
 	PGresult *res;
 	ExecStatusType st;
 	Conn *w = NULL;
 
+	luaL_checkstack(L, 8, "too many query parameters");   /* the boxes and the rows */
 	if (c->busy)
 		luaL_error(L, "connection is busy: a query cannot run while another one is being read");
 	lpg_drain_sent(c);
@@ -262,27 +260,27 @@ run(lua_State *L, Conn *c, const char *sql)
 		w = (Conn *) luaL_testudata(L, -1, MIG_CONN_MT);
 		lua_pop(L, 1);                               /* the uservalue keeps it alive */
 	}
-	box = lpg_new_result_box(L);
+	box = lpg_new_result_box(L);                    /* [box]: the command's result */
+	blockers = lpg_new_result_box(L);               /* [box, side box]: who blocked it */
 	c->busy = 1;
 	c->copy_refused = 0;
 	mig_signals_set_cancel(c->pg);
-	res = lpg_run_watched(L, c, w, sql, nparams, values);   /* [box, blockers] */
-	*box = res;                                      /* owned by the box from here */
-	lua_insert(L, -2);                               /* [blockers, box] */
+	lpg_run_watched(c, w, box, blockers, sql, nparams, values);   /* raises nothing */
 	mig_signals_set_cancel(NULL);
 	c->busy = 0;
+	res = *box;                                     /* owned by the box until collected */
+	if (*blockers != NULL)
+		lpg_push_rows(L, *blockers);
+	else
+		lua_pushnil(L);
+	lua_replace(L, -2);                             /* [box, blockers] */
+	lua_insert(L, -2);                              /* [blockers, box] */
 	if (c->copy_refused)
-	{
-		*box = NULL;
-		PQclear(res);
 		luaL_error(L, "%s (SQL: %s)", LPG_COPY_REFUSED, sql);
-	}
 	st = PQresultStatus(res);
 	if (res == NULL || (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY))
 	{
-		*box = NULL;
-		mig_push_pg_error(L, c->pg, res, sql);       /* [.., box, err] */
-		PQclear(res);
+		mig_push_pg_error(L, c->pg, res, sql);       /* [.., blockers, box, err] */
 		if (!lua_isnil(L, -3))
 		{
 			lua_pushvalue(L, -3);
@@ -433,6 +431,32 @@ conn_query(lua_State *L)
 	return 2;
 }
 
+/*
+ * Pushes s quoted by libpq. The room for the copy is made before libpq's
+ * malloc'd string exists, so a memory error cannot leak it: libpq returns
+ * at most 2 * len + 4 bytes (every character doubled, the quotes, " E").
+ */
+static int
+push_quoted(lua_State *L, Conn *c, const char *s, size_t len, int literal)
+{
+	luaL_Buffer b;
+	size_t room = 2 * len + 8;
+	char *dst = luaL_buffinitsize(L, &b, room);
+	char *q = literal ? PQescapeLiteral(c->pg, s, len) : PQescapeIdentifier(c->pg, s, len);
+	if (q == NULL)
+		return luaL_error(L, "cannot quote %s: %s", literal ? "literal" : "identifier", PQerrorMessage(c->pg));
+	size_t n = strlen(q);
+	if (n > room)
+	{
+		PQfreemem(q);          /* cannot happen (see above) */
+		return luaL_error(L, "cannot quote %s: libpq returned %d bytes", literal ? "literal" : "identifier", (int) n);
+	}
+	memcpy(dst, q, n);
+	PQfreemem(q);
+	luaL_pushresultsize(&b, n);
+	return 1;
+}
+
 /* conn:quote_ident("name") -> "\"name\""; "schema.table" is quoted part by part
  * only by conn:quote_qualified. */
 static int
@@ -444,12 +468,7 @@ conn_quote_ident(lua_State *L)
 	/* libpq stops at a NUL: "victim\0_old" would quote as "victim" */
 	if (memchr(s, '\0', len) != NULL)
 		return luaL_error(L, "identifier holds a NUL byte (\"%s\\0…\"): refused, PostgreSQL would see a shorter name", s);
-	char *q = PQescapeIdentifier(c->pg, s, len);
-	if (q == NULL)
-		return luaL_error(L, "cannot quote identifier: %s", PQerrorMessage(c->pg));
-	lua_pushstring(L, q);   /* may raise on memory: free after copying is the norm here */
-	PQfreemem(q);
-	return 1;
+	return push_quoted(L, c, s, len, 0);
 }
 
 static int
@@ -460,12 +479,7 @@ conn_quote_literal(lua_State *L)
 	const char *s = luaL_checklstring(L, 2, &len);
 	if (memchr(s, '\0', len) != NULL)   /* libpq would cut the value at the NUL */
 		return luaL_error(L, "literal holds a NUL byte: refused, PostgreSQL text cannot hold one");
-	char *q = PQescapeLiteral(c->pg, s, len);
-	if (q == NULL)
-		return luaL_error(L, "cannot quote literal: %s", PQerrorMessage(c->pg));
-	lua_pushstring(L, q);
-	PQfreemem(q);
-	return 1;
+	return push_quoted(L, c, s, len, 1);
 }
 
 /* conn:tx_status() -> "idle" | "active" | "intrans" | "inerror" | "unknown" */

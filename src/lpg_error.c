@@ -4,8 +4,9 @@
  */
 #include "lpg_int.h"
 
-/* Notices (RAISE NOTICE, "table does not exist, skipping") go to the
- * connection's queue, read by conn:notices(); nothing here may raise. */
+/* Notices (RAISE NOTICE, "table does not exist, skipping") are dropped:
+ * nothing reads them yet, and libpq's default receiver would write them to
+ * stderr, across the tool's own output. Nothing here may raise. */
 void
 lpg_notice_receiver(void *arg, const PGresult *res)
 {

@@ -10,7 +10,6 @@
 typedef struct Conn {
 	PGconn *pg;
 	int     busy;         /* a command is running: no re-entry */
-	int     depth;        /* nesting of conn:transaction */
 	int     watch_ms;     /* > 0: name the blockers of a statement waiting this long */
 	int     sent;         /* a conn:send is in flight: its results are read before the next command */
 	int     copy_refused; /* the last command was a COPY TO STDOUT (drained, refused) */
@@ -35,7 +34,8 @@ int lpg_conn_advisory_lock(lua_State *L);
 
 /* lpg_watch.c: the watched command, conn:set_watch, the COPY refusal */
 extern const char LPG_COPY_REFUSED[];
-PGresult *lpg_run_watched(lua_State *L, Conn *c, Conn *w, const char *sql, int nparams, const char **values);
+void lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
+                     const char *sql, int nparams, const char **values);   /* never raises */
 int       lpg_conn_set_watch(lua_State *L);
 
 /* lpg_error.c: the migrate.Error __tostring and the notice receiver */

@@ -7,26 +7,41 @@
 
 #include "lpg_int.h"
 
+static void
+rollback_if_open(Conn *c)
+{
+	if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+		PQclear(PQexec(c->pg, "ROLLBACK"));
+}
+
 /*
- * Runs BEGIN or COMMIT (with the statements sent along): when one fails,
- * the transaction it leaves open or aborted is rolled back before the error
- * is raised, so the connection is always idle after a failure.
+ * Runs BEGIN (with the prelude sent along) or COMMIT: when one fails, the
+ * transaction it leaves open or aborted is rolled back before the error is
+ * raised, so the connection is always idle after a failure. The result is
+ * boxed first; a server error is rendered from the result alone, so it is
+ * rolled back before the error object is built (a memory error there
+ * leaves no transaction open); a libpq-side failure is rendered from the
+ * connection's message first, as ROLLBACK would replace it.
  */
 static void
 command_or_rollback(lua_State *L, Conn *c, const char *sql)
 {
-	PGresult *res;
+	PGresult **box = lpg_new_result_box(L);
 	lpg_drain_sent(c);
-	res = PQexec(c->pg, sql);
-	if (PQresultStatus(res) == PGRES_COMMAND_OK)
+	*box = PQexec(c->pg, sql);
+	if (PQresultStatus(*box) == PGRES_COMMAND_OK)
 	{
-		PQclear(res);
+		PQclear(*box);
+		*box = NULL;
+		lua_pop(L, 1);
 		return;
 	}
-	mig_push_pg_error(L, c->pg, res, sql);
-	PQclear(res);
-	if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
-		PQclear(PQexec(c->pg, "ROLLBACK"));
+	int from_result = *box != NULL && PQresultErrorField(*box, PG_DIAG_MESSAGE_PRIMARY) != NULL;
+	if (from_result)
+		rollback_if_open(c);
+	mig_push_pg_error(L, c->pg, *box, sql);
+	if (!from_result)
+		rollback_if_open(c);
 	lua_error(L);
 }
 
@@ -180,12 +195,11 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
  * conn:transaction(fn [, opts]) -> results of fn
  * BEGIN; fn(); then COMMIT if the transaction is still open and healthy,
  * else ROLLBACK and raise. opts.rollback = true always rolls back (dry-run);
- * opts.prelude is sent with BEGIN and opts.epilogue with COMMIT, in the same
- * round trip (SQL of our own: it can bind no parameters). opts.finish, read
- * after fn returned (so fn may set it), is a list of {sql, n = k, p1 … pk}
- * sent with COMMIT in one pipeline (finish_pipelined), parameters bound;
- * it takes the place of opts.epilogue. After a COMMIT, opts.finished[i]
- * holds the rows of finish statement i when it returned rows.
+ * opts.prelude is sent with BEGIN, in the same round trip (SQL of our own:
+ * it can bind no parameters). opts.finish, read after fn returned (so fn
+ * may set it), is a list of {sql, n = k, p1 … pk} sent with COMMIT in one
+ * pipeline (finish_pipelined), parameters bound. After a COMMIT,
+ * opts.finished[i] holds the rows of finish statement i when it returned rows.
  * An error raised by fn is re-raised after the ROLLBACK, unchanged. This is
  * the executor's transaction boundary: no Lua path can leave it open.
  */
@@ -194,7 +208,7 @@ lpg_conn_transaction(lua_State *L)
 {
 	Conn *c = lpg_check_conn(L, 1);
 	int always_rollback = 0, status, nres;
-	const char *begin, *commit;
+	const char *begin;
 
 	luaL_checktype(L, 2, LUA_TFUNCTION);
 	lua_settop(L, 3);
@@ -204,37 +218,25 @@ lpg_conn_transaction(lua_State *L)
 		always_rollback = lua_toboolean(L, -1);
 		lua_pop(L, 1);
 		lua_getfield(L, 3, "prelude");      /* "SET LOCAL …": sent with BEGIN */
-		lua_getfield(L, 3, "epilogue");     /* SQL of our own: sent with COMMIT */
 	}
 	else
-	{
-		lua_pushnil(L);
-		lua_pushnil(L);
-	}                                       /* [conn, fn, opts, prelude, epilogue] */
+		lua_pushnil(L);                     /* [conn, fn, opts, prelude] */
 	if (lua_isstring(L, 4))
 		lua_pushfstring(L, "BEGIN; %s", lua_tostring(L, 4));
 	else
 		lua_pushliteral(L, "BEGIN");
-	if (lua_isstring(L, 5))
-		lua_pushfstring(L, "%s; COMMIT", lua_tostring(L, 5));
-	else
-		lua_pushliteral(L, "COMMIT");   /* [conn, fn, opts, prelude, epilogue, begin, commit] */
-	lua_replace(L, 5);
-	lua_replace(L, 4);                  /* [conn, fn, opts, begin, commit] */
-	lua_rotate(L, 2, -1);               /* [conn, opts, begin, commit, fn]: the strings stay anchored */
+	lua_replace(L, 4);                  /* [conn, fn, opts, begin] */
+	lua_rotate(L, 2, -1);               /* [conn, opts, begin, fn]: the string stays anchored */
 	begin = lua_tostring(L, 3);
-	commit = lua_tostring(L, 4);
 
 	if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
 		return luaL_error(L, "cannot begin: the connection is already in a transaction (%s)",
 						  lpg_tx_status_name(c->pg));
 	command_or_rollback(L, c, begin);
-	c->depth++;
 	int prev_user = mig_signals_enter_user(L);
 	status = lua_pcall(L, 0, LUA_MULTRET, 0);
 	mig_signals_leave_user(L, prev_user);
-	c->depth--;
-	nres = lua_gettop(L) - 4;   /* results or the error object, above [conn, opts, begin, commit] */
+	nres = lua_gettop(L) - 3;   /* results or the error object, above [conn, opts, begin] */
 
 	if (PQstatus(c->pg) != CONNECTION_OK)
 		return status != LUA_OK ? lua_error(L) : luaL_error(L, "connection lost before COMMIT");
@@ -264,7 +266,7 @@ lpg_conn_transaction(lua_State *L)
 	}
 	if (lua_istable(L, 2))
 		lua_pop(L, 1);              /* the nil finish */
-	command_or_rollback(L, c, commit);
+	command_or_rollback(L, c, "COMMIT");
 	return nres;
 }
 

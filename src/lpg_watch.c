@@ -50,51 +50,52 @@ refuse_copy(Conn *c, PGresult *r)
 }
 
 /*
- * Reads the blockers of c's backend on the side connection w and leaves
- * them as an array on the stack (empty when nobody blocks). Never raises on
- * a failed side query: naming blockers is a courtesy, not the migration.
+ * Asks the side connection w who blocks c's backend and keeps the answer in
+ * *keep when somebody does (the newest non-empty list wins). Touches no Lua
+ * state, so it cannot raise while c is busy; a failed side query is ignored:
+ * naming blockers is a courtesy, not the migration.
  */
-static int
-capture_blockers(lua_State *L, Conn *c, Conn *w)
+static void
+capture_blockers(Conn *c, Conn *w, PGresult **keep)
 {
 	char pidbuf[16];
 	const char *values[1] = {pidbuf};
-	PGresult **box;
+	PGresult *r;
 
 	snprintf(pidbuf, sizeof pidbuf, "%d", PQbackendPID(c->pg));
 	lpg_drain_sent(w);
-	box = lpg_new_result_box(L);
-	*box = PQexecParams(w->pg, BLOCKERS_SQL, 1, NULL, values, NULL, NULL, 0);
-	if (PQresultStatus(*box) != PGRES_TUPLES_OK)
+	r = PQexecParams(w->pg, BLOCKERS_SQL, 1, NULL, values, NULL, NULL, 0);
+	if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0)
 	{
-		lua_pop(L, 1);                   /* the box frees the result when collected */
-		lua_newtable(L);
-		return 0;
+		PQclear(*keep);
+		*keep = r;
 	}
-	lpg_push_rows(L, *box);                  /* [box, rows] */
-	lua_remove(L, -2);
-	return (int) lua_rawlen(L, -1);
+	else
+		PQclear(r);
 }
 
 /*
  * Sends the command and waits for it, asking the side connection who blocks
- * it every watch_ms. Returns the final result (the first error result when
- * a statement of a multi-statement string fails); leaves the last non-empty
- * blocker list (or nil) on the stack.
+ * it every watch_ms. Stores the final result in the box *res (the first
+ * error result when a statement of a multi-statement string fails; NULL
+ * when nothing could be sent or the connection failed) and the last
+ * non-empty blocker list in the box *blockers. Never raises and touches no
+ * Lua state: the caller resets busy and the cancel target right after, and
+ * converts the blockers to rows only then.
  */
-PGresult *
-lpg_run_watched(lua_State *L, Conn *c, Conn *w, const char *sql, int nparams, const char **values)
+void
+lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
+				const char *sql, int nparams, const char **values)
 {
 	int sent = nparams > 0
 		? PQsendQueryParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0)
 		: PQsendQuery(c->pg, sql);
-	PGresult *last = NULL, *r;
+	PGresult *r;
 	struct timespec start, now;
 	int next_ms = c->watch_ms;
 
-	lua_pushnil(L);                                  /* [blockers] */
 	if (!sent)
-		return NULL;
+		return;
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	for (;;)
 	{
@@ -102,15 +103,15 @@ lpg_run_watched(lua_State *L, Conn *c, Conn *w, const char *sql, int nparams, co
 		{
 			r = PQgetResult(c->pg);
 			if (r == NULL)
-				return last;
+				return;
 			if (refuse_copy(c, r))
 				continue;                            /* the server answers with an error next */
-			if (last != NULL && PQresultStatus(last) == PGRES_FATAL_ERROR)
+			if (*res != NULL && PQresultStatus(*res) == PGRES_FATAL_ERROR)
 				PQclear(r);                          /* keep the first error */
 			else
 			{
-				PQclear(last);
-				last = r;
+				PQclear(*res);
+				*res = r;
 			}
 		}
 		struct pollfd pfd = {PQsocket(c->pg), POLLIN, 0};
@@ -120,17 +121,14 @@ lpg_run_watched(lua_State *L, Conn *c, Conn *w, const char *sql, int nparams, co
 		if (poll(&pfd, 1, timeout) == 0 && w != NULL && w->pg != NULL)
 		{
 			/* waited watch_ms: ask who blocks us while we still wait */
-			int top = lua_gettop(L);
-			if (capture_blockers(L, c, w) > 0)
-				lua_replace(L, top);                 /* keep the newest non-empty list */
-			else
-				lua_settop(L, top);
+			capture_blockers(c, w, blockers);
 			next_ms += c->watch_ms;
 		}
 		if (!PQconsumeInput(c->pg))
 		{
-			PQclear(last);
-			return NULL;
+			PQclear(*res);
+			*res = NULL;
+			return;
 		}
 	}
 }
