@@ -3,9 +3,9 @@
  *
  * An error object is a table {kind = "sql", sqlstate, message, detail, hint,
  * position, context, severity, table, constraint, sql} with the migrate.Error
- * metatable (set up and rendered by lpg.c's __tostring); a libpq-side failure
- * has a message and, when the connection is gone, connection_lost = true but
- * no sqlstate. Lua code adds `file`, `line`, `migration`.
+ * metatable (registered in lpg_conn.c, rendered by lpg_error.c's
+ * __tostring); a libpq-side failure has a message and, when the connection
+ * is gone, connection_lost = true but no sqlstate. Lua code adds `file`, `line`, `migration`.
  */
 #include <string.h>
 

@@ -1,0 +1,45 @@
+/*
+ * lpg_int.h: what the lpg_*.c units (the migrate.Conn binding) share: the
+ * Conn struct and the helpers each unit lends the others. Private to src/.
+ */
+#ifndef LPG_INT_H
+#define LPG_INT_H
+
+#include "migrate.h"
+
+typedef struct Conn {
+	PGconn *pg;
+	int     busy;         /* a command is running: no re-entry */
+	int     watch_ms;     /* > 0: name the blockers of a statement waiting this long */
+	int     sent;         /* a conn:send is in flight: its results are read before the next command */
+	int     copy_refused; /* the last command was a COPY TO STDOUT (drained, refused) */
+	int     send_errors;  /* failed conn:send commands not yet reported */
+	char    send_error[256];
+} Conn;
+
+/* uservalue slots of a Conn */
+#define UV_WATCH 1        /* the side connection that reads pg_blocking_pids */
+
+/* lpg_conn.c: the connection, the result box, values and rows */
+Conn       *lpg_check_conn(lua_State *L, int i);             /* raises on a closed connection */
+PGresult  **lpg_new_result_box(lua_State *L);               /* pushes an empty Result box */
+void        lpg_drain_sent(Conn *c);                        /* reads a conn:send in flight; never raises */
+const char **lpg_bind_params(lua_State *L, int first, int nparams);
+void        lpg_push_rows(lua_State *L, PGresult *res);
+const char *lpg_tx_status_name(PGconn *pg);
+
+/* lpg_tx.c: conn:transaction and conn:advisory_lock */
+int lpg_conn_transaction(lua_State *L);
+int lpg_conn_advisory_lock(lua_State *L);
+
+/* lpg_watch.c: the watched command, conn:set_watch, the COPY refusal */
+extern const char LPG_COPY_REFUSED[];
+void lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
+                     const char *sql, int nparams, const char **values);   /* never raises */
+int       lpg_conn_set_watch(lua_State *L);
+
+/* lpg_error.c: the migrate.Error __tostring and the notice receiver */
+int  lpg_error_tostring(lua_State *L);
+void lpg_notice_receiver(void *arg, const PGresult *res);
+
+#endif

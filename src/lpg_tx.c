@@ -1,0 +1,313 @@
+/*
+ * lpg_tx.c: the transaction boundary (conn:transaction, with its pipelined
+ * finish) and the session-level advisory lock (conn:advisory_lock).
+ */
+#include <stdio.h>
+#include <time.h>
+
+#include "lpg_int.h"
+
+static void
+rollback_if_open(Conn *c)
+{
+	if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+		PQclear(PQexec(c->pg, "ROLLBACK"));
+}
+
+/*
+ * Runs BEGIN (with the prelude sent along) or COMMIT: when one fails, the
+ * transaction it leaves open or aborted is rolled back before the error is
+ * raised, so the connection is always idle after a failure. The result is
+ * boxed first; a server error is rendered from the result alone, so it is
+ * rolled back before the error object is built (a memory error there
+ * leaves no transaction open); a libpq-side failure is rendered from the
+ * connection's message first, as ROLLBACK would replace it.
+ */
+static void
+command_or_rollback(lua_State *L, Conn *c, const char *sql)
+{
+	PGresult **box = lpg_new_result_box(L);
+	lpg_drain_sent(c);
+	*box = PQexec(c->pg, sql);
+	if (PQresultStatus(*box) == PGRES_COMMAND_OK)
+	{
+		PQclear(*box);
+		*box = NULL;
+		lua_pop(L, 1);
+		return;
+	}
+	int from_result = *box != NULL && PQresultErrorField(*box, PG_DIAG_MESSAGE_PRIMARY) != NULL;
+	if (from_result)
+		rollback_if_open(c);
+	mig_push_pg_error(L, c->pg, *box, sql);
+	if (!from_result)
+		rollback_if_open(c);
+	lua_error(L);
+}
+
+/*
+ * The finish of conn:transaction in one round trip: the statements of
+ * opts.finish ({sql, n = k, p1 … pk} each: the lock proof, the history row)
+ * and COMMIT, sent in libpq pipeline mode with one sync. The server runs
+ * them in order and skips the rest after the first error, so a failed
+ * proof writes no row and a failed row commits nothing. Every result is
+ * drained and pipeline mode left before anything can raise; the first
+ * error is kept in a Result box meanwhile. On failure the transaction is
+ * rolled back and the error raised with finish = its index (n + 1: COMMIT).
+ */
+static void
+finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
+{
+	int n = (int) lua_rawlen(L, finish), failed_at = 0, k = 0, synced = 0, nulls = 0;
+	int base = lua_gettop(L);
+	const char *failed_sql = NULL;
+
+	luaL_checkstack(L, n + 8, "too many finish statements");
+	PGresult **err = lpg_new_result_box(L);   /* the first error, until it is reported */
+	int boxes = lua_gettop(L) + 1;        /* one box per statement: its rows */
+	for (int i = 0; i < n; i++)
+		lpg_new_result_box(L);
+
+	/* every statement and its parameters are checked and bound first: an
+	 * error raised here has sent nothing, so no pipeline is left open */
+	typedef struct { const char *sql; int nparams; const char **values; } Item;
+	Item *items = (Item *) lua_newuserdatauv(L, sizeof(Item) * (size_t) (n > 0 ? n : 1), 0);
+	for (int i = 1; i <= n; i++)
+	{
+		Item *it = &items[i - 1];
+		if (lua_rawgeti(L, finish, i) != LUA_TTABLE)
+			luaL_error(L, "opts.finish[%d] is not a table {sql, n = k, params…}", i);
+		int item = lua_gettop(L);
+		lua_rawgeti(L, item, 1);
+		it->sql = lua_tostring(L, -1);     /* anchored: the item table is in opts.finish */
+		if (it->sql == NULL)
+			luaL_error(L, "opts.finish[%d][1] is not an SQL string", i);
+		lua_getfield(L, item, "n");
+		it->nparams = (int) lua_tointeger(L, -1);
+		lua_pop(L, 1);
+		luaL_checkstack(L, it->nparams + 4, "too many query parameters");
+		for (int j = 1; j <= it->nparams; j++)
+			lua_rawgeti(L, item, j + 1);
+		/* the bound strings stay on the stack until the statements are sent */
+		it->values = it->nparams > 0 ? lpg_bind_params(L, lua_gettop(L) - it->nparams + 1, it->nparams) : NULL;
+	}
+
+	lpg_drain_sent(c);
+	if (!PQenterPipelineMode(c->pg))
+	{
+		PQclear(PQexec(c->pg, "ROLLBACK"));
+		luaL_error(L, "cannot enter pipeline mode for COMMIT: %s; rolled back", PQerrorMessage(c->pg));
+	}
+	int unsent = 0;
+	for (int i = 0; i < n && !unsent; i++)
+		if (!PQsendQueryParams(c->pg, items[i].sql, items[i].nparams, NULL, items[i].values, NULL, NULL, 0))
+			unsent = i + 1;
+	/* a statement that could not be sent: no COMMIT behind it (the sync ends
+	 * what was sent, the transaction stays open and is rolled back below) */
+	if (!unsent && !PQsendQueryParams(c->pg, "COMMIT", 0, NULL, NULL, NULL, NULL, 0))
+		unsent = n + 1;
+	PQpipelineSync(c->pg);
+
+	/* read everything: the results (then NULL) of each command, then the sync */
+	mig_signals_set_cancel(c->pg);
+	while (!synced)
+	{
+		PGresult *r = PQgetResult(c->pg);
+		if (r == NULL)
+		{
+			k++;
+			if (++nulls > n + 2 || PQstatus(c->pg) != CONNECTION_OK)
+				break;                    /* the connection went away: nothing more comes */
+			continue;
+		}
+		nulls = 0;
+		switch (PQresultStatus(r))
+		{
+			case PGRES_PIPELINE_SYNC:
+				synced = 1;
+				PQclear(r);
+				break;
+			case PGRES_FATAL_ERROR:
+			case PGRES_BAD_RESPONSE:
+			case PGRES_NONFATAL_ERROR:
+				if (*err == NULL)
+				{
+					*err = r;
+					failed_at = k + 1;
+				}
+				else
+					PQclear(r);
+				break;
+			case PGRES_TUPLES_OK:
+				if (k < n)
+				{
+					PGresult **box = (PGresult **) lua_touserdata(L, boxes + k);
+					PQclear(*box);
+					*box = r;
+					break;
+				}
+				PQclear(r);
+				break;
+			default:
+				PQclear(r);
+		}
+	}
+	mig_signals_set_cancel(NULL);
+	PQexitPipelineMode(c->pg);
+	if (synced && *err == NULL && !unsent)
+	{
+		/* opts.finished[i]: the rows of finish statement i that returned any */
+		lua_createtable(L, n, 0);
+		for (int i = 0; i < n; i++)
+		{
+			PGresult **box = (PGresult **) lua_touserdata(L, boxes + i);
+			if (*box != NULL)
+			{
+				lpg_push_rows(L, *box);
+				lua_rawseti(L, -2, i + 1);
+			}
+		}
+		lua_setfield(L, opts, "finished");
+		lua_settop(L, base);
+		return;
+	}
+	if (PQstatus(c->pg) == CONNECTION_OK && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+		PQclear(PQexec(c->pg, "ROLLBACK"));
+	if (failed_at == 0)
+		failed_at = unsent ? unsent : k < n + 1 ? k + 1 : n + 1;
+	if (failed_at <= n)
+	{
+		lua_rawgeti(L, finish, failed_at);
+		if (lua_istable(L, -1))
+			lua_rawgeti(L, -1, 1);
+		else
+			lua_pushnil(L);
+		failed_sql = lua_tostring(L, -1);   /* anchored in opts.finish */
+		lua_pop(L, 2);
+	}
+	mig_push_pg_error(L, c->pg, *err, failed_sql != NULL ? failed_sql : "COMMIT");
+	lua_pushinteger(L, failed_at);
+	lua_setfield(L, -2, "finish");
+	lua_error(L);
+}
+
+/*
+ * conn:transaction(fn [, opts]) -> results of fn
+ * BEGIN; fn(); then COMMIT if the transaction is still open and healthy,
+ * else ROLLBACK and raise. opts.rollback = true always rolls back (dry-run);
+ * opts.prelude is sent with BEGIN, in the same round trip (SQL of our own:
+ * it can bind no parameters). opts.finish, read after fn returned (so fn
+ * may set it), is a list of {sql, n = k, p1 … pk} sent with COMMIT in one
+ * pipeline (finish_pipelined), parameters bound. After a COMMIT,
+ * opts.finished[i] holds the rows of finish statement i when it returned rows.
+ * An error raised by fn is re-raised after the ROLLBACK, unchanged. This is
+ * the executor's transaction boundary: no Lua path can leave it open.
+ */
+int
+lpg_conn_transaction(lua_State *L)
+{
+	Conn *c = lpg_check_conn(L, 1);
+	int always_rollback = 0, status, nres;
+	const char *begin;
+
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	lua_settop(L, 3);
+	if (lua_istable(L, 3))
+	{
+		lua_getfield(L, 3, "rollback");
+		always_rollback = lua_toboolean(L, -1);
+		lua_pop(L, 1);
+		lua_getfield(L, 3, "prelude");      /* "SET LOCAL …": sent with BEGIN */
+	}
+	else
+		lua_pushnil(L);                     /* [conn, fn, opts, prelude] */
+	if (lua_isstring(L, 4))
+		lua_pushfstring(L, "BEGIN; %s", lua_tostring(L, 4));
+	else
+		lua_pushliteral(L, "BEGIN");
+	lua_replace(L, 4);                  /* [conn, fn, opts, begin] */
+	lua_rotate(L, 2, -1);               /* [conn, opts, begin, fn]: the string stays anchored */
+	begin = lua_tostring(L, 3);
+
+	if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+		return luaL_error(L, "cannot begin: the connection is already in a transaction (%s)",
+						  lpg_tx_status_name(c->pg));
+	command_or_rollback(L, c, begin);
+	int prev_user = mig_signals_enter_user(L);
+	status = lua_pcall(L, 0, LUA_MULTRET, 0);
+	mig_signals_leave_user(L, prev_user);
+	nres = lua_gettop(L) - 3;   /* results or the error object, above [conn, opts, begin] */
+
+	if (PQstatus(c->pg) != CONNECTION_OK)
+		return status != LUA_OK ? lua_error(L) : luaL_error(L, "connection lost before COMMIT");
+
+	PGTransactionStatusType ts = PQtransactionStatus(c->pg);
+	if (status != LUA_OK || always_rollback || ts != PQTRANS_INTRANS)
+	{
+		if (ts != PQTRANS_IDLE)
+		{
+			PGresult *res = PQexec(c->pg, "ROLLBACK");
+			PQclear(res);   /* a failed ROLLBACK leaves nothing committed either */
+		}
+		if (status != LUA_OK)
+			return lua_error(L);
+		if (ts == PQTRANS_INERROR)
+			return luaL_error(L, "transaction aborted by an earlier error (a failed statement was caught by pcall); rolled back");
+		if (ts == PQTRANS_IDLE)
+			return luaL_error(L, "the transaction was ended inside the migration (COMMIT or ROLLBACK in SQL); rolled back what remained");
+		return nres;
+	}
+	if (lua_istable(L, 2) && lua_getfield(L, 2, "finish") == LUA_TTABLE)
+	{
+		int finish = lua_gettop(L);
+		finish_pipelined(L, c, 2, finish);
+		lua_remove(L, finish);
+		return nres;
+	}
+	if (lua_istable(L, 2))
+		lua_pop(L, 1);              /* the nil finish */
+	command_or_rollback(L, c, "COMMIT");
+	return nres;
+}
+
+/*
+ * conn:advisory_lock(key, wait_seconds) -> true | false
+ * Polls pg_try_advisory_lock every 100 ms (never blocks inside the server,
+ * so a SIGINT stops the wait). Session-level: hold it on a connection that
+ * never opens a transaction.
+ */
+int
+lpg_conn_advisory_lock(lua_State *L)
+{
+	Conn *c = lpg_check_conn(L, 1);
+	lua_Integer key = luaL_checkinteger(L, 2);
+	double wait = luaL_optnumber(L, 3, 0);
+	char keybuf[32];
+	const char *values[1] = {keybuf};
+	struct timespec start, now, pause = {0, 100 * 1000 * 1000};
+
+	snprintf(keybuf, sizeof keybuf, "%lld", (long long) key);
+	lpg_drain_sent(c);
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;)
+	{
+		PGresult *res = PQexecParams(c->pg, "SELECT pg_catalog.pg_try_advisory_lock($1::bigint)",
+									 1, NULL, values, NULL, NULL, 0);
+		if (PQresultStatus(res) != PGRES_TUPLES_OK)
+			return mig_raise_pg_error(L, c->pg, res, "SELECT pg_try_advisory_lock($1)");
+		int got = PQgetvalue(res, 0, 0)[0] == 't';
+		PQclear(res);
+		if (got)
+		{
+			lua_pushboolean(L, 1);
+			return 1;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		double elapsed = (double) (now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9;
+		if (elapsed >= wait || mig_signals_pending())
+			break;
+		nanosleep(&pause, NULL);
+	}
+	lua_pushboolean(L, 0);
+	return 1;
+}
