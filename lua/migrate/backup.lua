@@ -168,7 +168,8 @@ local function definition_of(conn, oid, cols)
     SELECT pg_catalog.pg_get_indexdef(i.indexrelid) AS def
       FROM pg_catalog.pg_index i
      WHERE i.indrelid = $1::oid
-       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid)]], oid)
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.conindid = i.indexrelid AND c.conrelid ]] .. [[
+= i.indrelid)]], oid)
   def.grants = conn:query([[
     SELECT CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(x.grantee) END AS grantee,
            x.privilege_type AS privilege, x.is_grantable AS grantable
@@ -238,7 +239,9 @@ end
 function M.copy(conn, spec)
   local t0 = core.now_ms()
   if conn:tx_status() ~= "intrans" then
-    errors.raise("guard", string.format("backup of %s: must run inside the transaction of the destructive step (this migration has transaction = false); move the destructive step to a transactional migration",
+    errors.raise("guard", string.format(
+      "backup of %s: must run inside the transaction of the destructive step (this migration has transaction = " ..
+      "false); move the destructive step to a transactional migration",
       spec.ident))
   end
   local rel = relation(conn, spec.ident)
@@ -254,14 +257,17 @@ function M.copy(conn, spec)
   if spec.cols then
     kind = "column"
     if #key == 0 then
-      errors.raise("guard", string.format("backup of %s(%s): the table has no primary key (nor a unique NOT NULL index), so the column's values could not be put back into the right rows; add a primary key first, or back the whole table up with m:backup(%q)",
+      errors.raise("guard", string.format(
+        "backup of %s(%s): the table has no primary key (nor a unique NOT NULL index), so the column's values could " ..
+        "not be put back into the right rows; add a primary key first, or back the whole table up with m:backup(%q)",
         label, table.concat(spec.cols, ", "), label), { object = label })
     end
     local seen = {}
     for _, k in ipairs(key) do selected[#selected + 1] = k; seen[k] = true end
     for _, c in ipairs(spec.cols) do
       if not types[c] then
-        errors.raise("guard", string.format("backup of %s.%s: no such column", label, c), { object = label .. "." .. c })
+        errors.raise("guard", string.format("backup of %s.%s: no such column", label, c), {
+          object = label .. "." .. c })
       end
       if not seen[c] then selected[#selected + 1] = c; seen[c] = true end
     end
@@ -275,7 +281,8 @@ function M.copy(conn, spec)
   for i, c in ipairs(selected) do coltypes[i] = types[c] end
 
   M.ensure(conn)
-  local id = conn:query("SELECT pg_catalog.nextval(pg_catalog.pg_get_serial_sequence('migrate_lua_backups.catalog', 'id')) AS id")[1].id
+  local id = conn:query(
+    "SELECT pg_catalog.nextval(pg_catalog.pg_get_serial_sequence('migrate_lua_backups.catalog', 'id')) AS id")[1].id
   local bname = backup_name(id, rel.name)
   local src = qualified(conn, rel.schema, rel.name)
   local dst = qualified(conn, M.SCHEMA, bname)
@@ -297,13 +304,17 @@ function M.copy(conn, spec)
   -- took longer than the progress interval (migrate.progress)
   local progress = not spec.quiet and rel.size >= 64 * 1024 * 1024
   if progress then
-    io.stderr:write(string.format("    backing up %s (~%d rows, %s) ...\n", label, rel.estimate, pretty_bytes(rel.size)))
+    io.stderr:write(
+      string.format("    backing up %s (~%d rows, %s) ...\n", label, rel.estimate, pretty_bytes(rel.size)))
   end
   conn:exec(string.format("CREATE TABLE %s AS SELECT %s FROM %s", dst, V.copy_list(conn, selected, user), src))
   if before then
     local after = write_counter(conn, rel.oid)
     if after ~= before then
-      errors.raise("guard", string.format("backup of %s: %d row writes were committed to the table while it was copied (%s is above --max-locked-copy-bytes %d, so the copy ran without a SHARE lock); retry when the table is quiet, or raise --max-locked-copy-bytes to copy under a lock",
+      errors.raise("guard", string.format(
+        "backup of %s: %d row writes were committed to the table while it was copied (%s is above " ..
+        "--max-locked-copy-bytes %d, so the copy ran without a SHARE lock); retry when the table is quiet, or raise " ..
+        "--max-locked-copy-bytes to copy under a lock",
         label, after - before, pretty_bytes(rel.size), max_locked), { object = label })
     end
   end
@@ -334,14 +345,16 @@ function M.copy(conn, spec)
       columns, column_types, primary_key, row_count, size_bytes, checksum, source_owner, consistency,
       definition, ddl, reason, duration_ms, run_id)
     VALUES ($1, $2, $3, $4, $5, $6, ARRAY(SELECT pg_catalog.json_array_elements_text($7::json)),
-      ARRAY(SELECT pg_catalog.json_array_elements_text($8::json)), ARRAY(SELECT pg_catalog.json_array_elements_text($9::json)),
+      ARRAY(SELECT pg_catalog.json_array_elements_text($8::json)), ARRAY(SELECT ]] .. [[
+pg_catalog.json_array_elements_text($9::json)),
       $10, $11, $12, $13, $14, $15::jsonb, $16, $17, $18, $19)]],
     id, spec.migration, kind, rel.schema, rel.name, bname,
     json.encode(json.array(selected)), json.encode(json.array(coltypes)), json.encode(json.array(key)),
     nrows, size, checksum, rel.owner, consistency,
     definition and json.encode(definition) or nil, ddl, spec.reason, duration, spec.run_id)
   if progress or (not spec.quiet and not on_tty() and duration >= require("migrate.progress").interval_ms()) then
-    io.stderr:write(string.format("    backed up %s: %d rows, %s in %.1f s, %.0f rows/s\n", label, nrows, pretty_bytes(size),
+    io.stderr:write(
+      string.format("    backed up %s: %d rows, %s in %.1f s, %.0f rows/s\n", label, nrows, pretty_bytes(size),
       duration / 1000, duration > 0 and nrows * 1000 / duration or nrows))
   end
   return { id = id, kind = kind, table = label, backup_table = M.SCHEMA .. "." .. bname, columns = selected,
@@ -384,7 +397,8 @@ function M.take(m, tbl, cols, reason)
       console_text = string.format("    backup %d: %s, %d rows, %s, %.0f ms", b.id, what, b.rows,
         pretty_bytes(b.size_bytes), b.duration_ms),
       metadata = { backup_id = b.id, table = b.table, columns = b.columns, rows = b.rows, size_bytes = b.size_bytes,
-                   checksum = b.checksum, consistency = b.consistency, backup_table = b.backup_table, reason = reason } }
+                   checksum = b.checksum, consistency = b.consistency, backup_table = b.backup_table,
+                     reason = reason } }
   end
   return b.id
 end
@@ -404,16 +418,21 @@ function M.list(conn, opts)
   opts = opts or {}
   if not M.exists(conn) then return {} end
   if opts.migrations then
-    return conn:query(SELECT_CATALOG .. " WHERE migration = ANY(ARRAY(SELECT pg_catalog.json_array_elements_text($1::json))) ORDER BY id",
+    return conn:query(SELECT_CATALOG .. " WHERE migration = ANY(ARRAY(SELECT " ..
+      "pg_catalog.json_array_elements_text($1::json))) ORDER BY id",
       json.encode(json.array(opts.migrations)))
   end
   return conn:query(SELECT_CATALOG .. " ORDER BY id")
 end
 
 function M.get(conn, id, lock)
-  if not M.exists(conn) then errors.raise("usage", "backup " .. tostring(id) .. ": no backups exist in this database") end
+  if not M.exists(conn) then
+    errors.raise("usage", "backup " .. tostring(id) .. ": no backups exist in this database")
+  end
   local rows = conn:query(SELECT_CATALOG .. " WHERE id = $1" .. (lock and " FOR UPDATE" or ""), id)
-  if not rows[1] then errors.raise("usage", "backup " .. tostring(id) .. ": no such backup (see migrate-lua backup list)") end
+  if not rows[1] then
+    errors.raise("usage", "backup " .. tostring(id) .. ": no such backup (see migrate-lua backup list)")
+  end
   return rows[1]
 end
 
@@ -432,7 +451,8 @@ local function verify_backup(conn, b)
   backup_present(conn, b)
   local sum = M.checksum(conn, collist(conn, b.columns), backup_rel(conn, b), method_of(b.checksum))
   if sum ~= b.checksum then
-    errors.raise("validation", string.format("backup %d: %s.%s no longer matches its checksum (%s, catalogued %s): it was modified; not restored",
+    errors.raise("validation", string.format(
+      "backup %d: %s.%s no longer matches its checksum (%s, catalogued %s): it was modified; not restored",
       b.id, M.SCHEMA, b.backup_table, sum, b.checksum))
   end
 end
@@ -450,8 +470,10 @@ end
 
 local function diverged_error(b, added, removed)
   errors.raise("validation", string.format(
-    "backup %d: %s.%s has diverged since the backup (%d row%s added, %d removed); not restored. Pass --force to put back the values of the backed-up rows anyway (rows added since are left as they are; nothing is deleted)",
-    b.id, b.source_schema, b.source_table, added, added == 1 and "" or "s", removed), { object = b.source_schema .. "." .. b.source_table })
+    "backup %d: %s.%s has diverged since the backup (%d row%s added, %d removed); not restored. Pass --force to put " ..
+    "back the values of the backed-up rows anyway (rows added since are left as they are; nothing is deleted)",
+    b.id, b.source_schema, b.source_table, added, added == 1 and "" or "s", removed), {
+      object = b.source_schema .. "." .. b.source_table })
 end
 
 local function non_key(b)
@@ -474,7 +496,9 @@ local function put_back_values(conn, b, src, dst, cols)
   local gen = generated_set(b)
   local sets = {}
   for _, c in ipairs(cols) do
-    if not gen[c] then sets[#sets + 1] = string.format("%s = %s", qi(conn, c), V.value(conn, "b", c, b.text_set, b.live_types)) end
+    if not gen[c] then
+      sets[#sets + 1] = string.format("%s = %s", qi(conn, c), V.value(conn, "b", c, b.text_set, b.live_types))
+    end
   end
   if #sets == 0 then return 0 end
   return conn:exec(string.format("UPDATE %s AS t SET %s FROM %s AS b WHERE %s", src, table.concat(sets, ", "), dst,
@@ -492,7 +516,8 @@ local function insert_missing(conn, b, src, dst)
   local cols = collist(conn, insertable(b))
   local vals = {}
   for i, c in ipairs(insertable(b)) do vals[i] = V.value(conn, "b", c, b.text_set, b.live_types) end
-  return conn:exec(string.format("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s AS b WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE %s)",
+  return conn:exec(string.format("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s AS b WHERE NOT " ..
+    "EXISTS (SELECT 1 FROM %s t WHERE %s)",
     src, cols, table.concat(vals, ", "), dst, src, V.key_match(conn, b.primary_key, "t", "b", b.text_set)))
 end
 
@@ -500,14 +525,17 @@ end
 local function shared_checksums(conn, b, src, dst)
   local match = V.key_match(conn, b.primary_key, "t", "b", b.text_set)
   local mth = method_of(b.checksum)
-  local a = M.checksum(conn, V.stored_list(conn, b.columns, "t", b.text_set), string.format("%s t WHERE EXISTS (SELECT 1 FROM %s b WHERE %s)", src, dst, match), mth)
-  local z = M.checksum(conn, collist(conn, b.columns, "b"), string.format("%s b WHERE EXISTS (SELECT 1 FROM %s t WHERE %s)", dst, src, match), mth)
+  local a = M.checksum(conn, V.stored_list(conn, b.columns, "t", b.text_set), string.format("%s t WHERE EXISTS " ..
+    "(SELECT 1 FROM %s b WHERE %s)", src, dst, match), mth)
+  local z = M.checksum(conn, collist(conn, b.columns, "b"), string.format("%s b WHERE EXISTS (SELECT 1 FROM %s t " ..
+    "WHERE %s)", dst, src, match), mth)
   return a, z
 end
 
 local function verify_restored(b, got, want)
   if got ~= want then
-    errors.raise("runtime", string.format("backup %d: after the restore %s.%s has checksum %s, expected %s; rolled back",
+    errors.raise("runtime", string.format(
+      "backup %d: after the restore %s.%s has checksum %s, expected %s; rolled back",
       b.id, b.source_schema, b.source_table, got, want))
   end
 end
@@ -516,7 +544,8 @@ local function restore_column(conn, b, force, report, opts)
   local src, dst = source_rel(conn, b), backup_rel(conn, b)
   local rel = relation(conn, src)
   if not rel then
-    errors.raise("validation", string.format("backup %d: table %s.%s no longer exists; restore a backup of the table first",
+    errors.raise("validation", string.format(
+      "backup %d: table %s.%s no longer exists; restore a backup of the table first",
       b.id, b.source_schema, b.source_table), { object = b.source_schema .. "." .. b.source_table })
   end
   -- writers wait while the values go back, so the divergence check holds
@@ -526,7 +555,8 @@ local function restore_column(conn, b, force, report, opts)
   for _, c in ipairs(columns_of(conn, rel.oid)) do present[c.name] = c.type end
   for _, k in ipairs(b.primary_key) do
     if not present[k] then
-      errors.raise("validation", string.format("backup %d: key column %s of %s.%s no longer exists: the values cannot be matched to rows",
+      errors.raise("validation", string.format(
+        "backup %d: key column %s of %s.%s no longer exists: the values cannot be matched to rows",
         b.id, k, b.source_schema, b.source_table))
     end
   end
@@ -536,7 +566,8 @@ local function restore_column(conn, b, force, report, opts)
         "AlterTableStmt", { schema = b.source_schema, name = b.source_table }, "AT_AddColumn"))
       report.readded[#report.readded + 1] = c
     elseif present[c] ~= b.column_types[i] then
-      errors.raise("validation", string.format("backup %d: column %s.%s.%s is now %s, the backup holds %s; change it back first",
+      errors.raise("validation", string.format(
+        "backup %d: column %s.%s.%s is now %s, the backup holds %s; change it back first",
         b.id, b.source_schema, b.source_table, c, present[c], b.column_types[i]))
     end
   end
@@ -582,19 +613,24 @@ local function recreate_table(conn, b, src, report)
       local seq = c.default:match("^nextval%('(.-)'::regclass%)$")
       if seq then
         -- the name re-quoted part by part: nothing of the catalog row is pasted
-        local parts = conn:query("SELECT pg_catalog.array_to_json(pg_catalog.parse_ident($1)) AS p", (seq:gsub("''", "'")))[1].p
+        local parts = conn:query(
+          "SELECT pg_catalog.array_to_json(pg_catalog.parse_ident($1)) AS p", (seq:gsub("''", "'")))[1].p
         for i, part in ipairs(parts) do parts[i] = qi(conn, part) end
         seq = table.concat(parts, ".")
       end
       if seq and not conn:query("SELECT pg_catalog.to_regclass($1) IS NOT NULL AS e", seq)[1].e then
         conn:exec(string.format("CREATE SEQUENCE %s OWNED BY %s.%s", seq, src, qi(conn, c.name)))
-        conn:exec(string.format("SELECT pg_catalog.setval($1::regclass, coalesce((SELECT pg_catalog.max(%s) FROM %s), 0) + 1, false)",
+        conn:exec(string.format(
+          "SELECT pg_catalog.setval($1::regclass, coalesce((SELECT pg_catalog.max(%s) FROM %s), 0) + 1, false)",
           qi(conn, c.name), src), seq)
       end
-      conn:exec(D.checked(b, string.format("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s", src, qi(conn, c.name), c.default),
+      conn:exec(D.checked(
+        b, string.format("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s", src, qi(conn, c.name), c.default),
         "AlterTableStmt", target, "AT_ColumnDefault"))
     elseif c.identity:match("[ad]") then
-      conn:exec(string.format("SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence($1, $2), coalesce((SELECT pg_catalog.max(%s) FROM %s), 0) + 1, false)",
+      conn:exec(string.format(
+        "SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence($1, $2), coalesce((SELECT pg_catalog.max(%s) " ..
+        "FROM %s), 0) + 1, false)",
         qi(conn, c.name), src), src, c.name)
     end
   end
@@ -602,11 +638,13 @@ local function recreate_table(conn, b, src, report)
     if k.type == "f" then
       -- another table's rows may be gone: add it unvalidated, never fail the restore on it
       conn:exec("SAVEPOINT migrate_lua_restore_fk")
-      local sql = D.checked(b, string.format("ALTER TABLE %s ADD CONSTRAINT %s %s NOT VALID", src, qi(conn, k.name), k.def),
+      local sql = D.checked(
+        b, string.format("ALTER TABLE %s ADD CONSTRAINT %s %s NOT VALID", src, qi(conn, k.name), k.def),
         "AlterTableStmt", target, "AT_AddConstraint")
       local ok = pcall(conn.exec, conn, sql)
       conn:exec(ok and "RELEASE SAVEPOINT migrate_lua_restore_fk" or "ROLLBACK TO SAVEPOINT migrate_lua_restore_fk")
-      report.notes[#report.notes + 1] = ok and string.format("foreign key %s restored NOT VALID: run ALTER TABLE %s VALIDATE CONSTRAINT %s", k.name, src, qi(conn, k.name))
+      report.notes[#report.notes + 1] = ok and string.format(
+        "foreign key %s restored NOT VALID: run ALTER TABLE %s VALIDATE CONSTRAINT %s", k.name, src, qi(conn, k.name))
         or string.format("foreign key %s not restored (%s): its referenced rows are gone", k.name, k.def)
     else
       conn:exec(D.checked(b, string.format("ALTER TABLE %s ADD CONSTRAINT %s %s", src, qi(conn, k.name), k.def),
@@ -618,7 +656,8 @@ local function recreate_table(conn, b, src, report)
   D.finish_table(conn, b, src, report)
   for _, g in ipairs(def.grants or {}) do
     if not D.PRIVILEGES[g.privilege] then
-      errors.raise("validation", string.format("backup %d: catalogued grant %q is not a table privilege; not restored", b.id, tostring(g.privilege)))
+      errors.raise("validation", string.format(
+        "backup %d: catalogued grant %q is not a table privilege; not restored", b.id, tostring(g.privilege)))
     end
   end
   conn:exec("SAVEPOINT migrate_lua_restore_owner")
@@ -630,7 +669,10 @@ local function recreate_table(conn, b, src, report)
     end
   end)
   conn:exec(ok and "RELEASE SAVEPOINT migrate_lua_restore_owner" or "ROLLBACK TO SAVEPOINT migrate_lua_restore_owner")
-  if not ok then report.notes[#report.notes + 1] = "owner " .. b.source_owner .. " and grants not restored (not permitted): set them by hand" end
+  if not ok then
+    report.notes[#report.notes + 1] = "owner " .. b.source_owner
+      .. " and grants not restored (not permitted): set them by hand"
+  end
   for _, r in ipairs(def.referenced_by or {}) do
     report.notes[#report.notes + 1] = string.format("not restored: foreign key %s on %s (%s)", r.name, r.table, r.def)
   end
@@ -641,7 +683,8 @@ local function restore_table(conn, b, force, report, opts)
   local rel = relation(conn, src)
   if not rel then
     recreate_table(conn, b, src, report)
-    verify_restored(b, (M.checksum(conn, V.stored_list(conn, b.columns, nil, b.text_set), src, method_of(b.checksum))), b.checksum)
+    verify_restored(
+      b, (M.checksum(conn, V.stored_list(conn, b.columns, nil, b.text_set), src, method_of(b.checksum))), b.checksum)
     report.checksum = b.checksum
     return
   end
@@ -651,14 +694,17 @@ local function restore_table(conn, b, force, report, opts)
   b.live_types = present
   for i, c in ipairs(b.columns) do
     if present[c] ~= b.column_types[i] then
-      errors.raise("validation", string.format("backup %d: %s.%s exists with a different definition (column %s is %s, the backup holds %s); not restored",
+      errors.raise("validation", string.format(
+        "backup %d: %s.%s exists with a different definition (column %s is %s, the backup holds %s); not restored",
         b.id, b.source_schema, b.source_table, c, present[c] or "missing", b.column_types[i]))
     end
   end
   if #b.primary_key == 0 then
     local sum = M.checksum(conn, V.stored_list(conn, b.columns, nil, b.text_set), src, method_of(b.checksum))
     if sum == b.checksum then report.rows, report.added, report.removed = 0, 0, 0; report.checksum = sum; return end
-    errors.raise("validation", string.format("backup %d: %s.%s exists and differs from the backup, and has no primary key to match rows by; rename or drop it, then restore",
+    errors.raise("validation", string.format(
+      "backup %d: %s.%s exists and differs from the backup, and has no primary key to match rows by; rename or drop " ..
+      "it, then restore",
       b.id, b.source_schema, b.source_table))
   end
   local added, removed = divergence(conn, b, src, dst)
@@ -666,7 +712,8 @@ local function restore_table(conn, b, force, report, opts)
   if (added > 0 or removed > 0) and not force then diverged_error(b, added, removed) end
   report.rows = put_back_values(conn, b, src, dst, non_key(b)) + insert_missing(conn, b, src, dst)
   local got = M.checksum(conn, V.stored_list(conn, b.columns, "t", b.text_set),
-    string.format("%s t WHERE EXISTS (SELECT 1 FROM %s b WHERE %s)", src, dst, V.key_match(conn, b.primary_key, "t", "b", b.text_set)), method_of(b.checksum))
+    string.format("%s t WHERE EXISTS (SELECT 1 FROM %s b WHERE %s)", src, dst, V.key_match(
+      conn, b.primary_key, "t", "b", b.text_set)), method_of(b.checksum))
   verify_restored(b, got, b.checksum)
   report.checksum = got
 end
@@ -729,7 +776,9 @@ end
 -- Drops every backup older than the interval; returns the dropped rows.
 function M.prune(conn, interval)
   if not M.exists(conn) then return {} end
-  local old = conn:query("SELECT id FROM migrate_lua_backups.catalog WHERE created_at < pg_catalog.now() - $1::interval ORDER BY id", interval)
+  local old = conn:query(
+    "SELECT id FROM migrate_lua_backups.catalog WHERE created_at < pg_catalog.now() - $1::interval ORDER BY id",
+    interval)
   local dropped = {}
   for _, r in ipairs(old) do dropped[#dropped + 1] = M.drop(conn, r.id) end
   return dropped

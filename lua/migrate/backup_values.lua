@@ -30,7 +30,8 @@ function M.text_set(conn, b, backup_ident)
   if b.text_set then return b.text_set end
   local set = {}
   local rows = conn:query([[SELECT a.attname AS name, a.atttypid = 'pg_catalog.text'::pg_catalog.regtype AS is_text
-      FROM pg_catalog.pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped]],
+      FROM pg_catalog.pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT ]] .. [[
+a.attisdropped]],
     backup_ident)
   local stored = {}
   for _, r in ipairs(rows) do stored[r.name] = r.is_text end

@@ -163,22 +163,29 @@ local function effect(model, node, st)
         if new then new.columns[cmd.name] = nil elseif model.columns[k] then model.columns[k][cmd.name] = nil end
       elseif stp == "AT_AddConstraint" and def.Constraint then
         local kc = def.Constraint
-        local ct = ({ CONSTR_CHECK = "c", CONSTR_FOREIGN = "f", CONSTR_UNIQUE = "u", CONSTR_PRIMARY = "p", CONSTR_EXCLUSION = "x" })[kc.contype]
+        local ct = ({ CONSTR_CHECK = "c", CONSTR_FOREIGN = "f", CONSTR_UNIQUE = "u", CONSTR_PRIMARY = "p",
+          CONSTR_EXCLUSION = "x" })[kc.contype]
         if kc.conname and ct then
-          sub(model.constraints, k)[kc.conname] = { contype = ct, convalidated = not kc.skip_validation, modelled = true,
+          sub(model.constraints, k)[kc.conname] = {
+            contype = ct, convalidated = not kc.skip_validation, modelled = true,
             def = "(modelled)", index = kc.indexname }
           if model.dropped.constraints[k] then model.dropped.constraints[k][kc.conname] = nil end
         end
         if ct == "p" then
           local cols = strs(kc.keys)
           if new then new.pk = cols end
-          if #cols == 0 and kc.indexname and model.indexes[kc.indexname] then cols = model.indexes[kc.indexname].list end
+          if #cols == 0 and kc.indexname and model.indexes[kc.indexname] then
+            cols = model.indexes[kc.indexname].list
+          end
           for _, n in ipairs(cols) do local f = col(n); if f then f.notnull = true end end
           if not new then sub(model, "pks")[k] = cols end
         end
       elseif stp == "AT_ValidateConstraint" then
         local have = model.constraints[k] and model.constraints[k][cmd.name]
-        if have then have.convalidated = true else sub(model.constraints, k)[cmd.name] = { validated_only = true, convalidated = true } end
+        if have then
+          have.convalidated = true else sub(model.constraints, k)[cmd.name] = {
+            validated_only = true, convalidated = true }
+        end
       elseif stp == "AT_DropConstraint" then
         sub(model.dropped.constraints, k)[cmd.name] = true
         if model.constraints[k] then model.constraints[k][cmd.name] = nil end
@@ -190,7 +197,8 @@ local function effect(model, node, st)
     local name = st.idxname
     if name then
       local schema = st.relation and st.relation.schemaname
-      model.indexes[name] = { tbl = relkey(st.relation), cols = table.concat(cols, ","), list = cols, uniq = st.unique or false,
+      model.indexes[name] = {
+        tbl = relkey(st.relation), cols = table.concat(cols, ","), list = cols, uniq = st.unique or false,
         valid = true, modelled = true, pred = st.whereClause and "(modelled)" or nil, schema = schema }
       model.dropped.indexes[name] = nil
     end
@@ -242,7 +250,9 @@ local READS = { SelectStmt = true, VariableSetStmt = true, VariableShowStmt = tr
 -- The table a parsed statement works on (for "held" tables).
 local function target(node, st)
   if st.relation then return relkey(st.relation) end
-  if node == "DropStmt" and st.objects and st.objects[1] then return table.concat(strs(st.objects[1].List and st.objects[1].List.items), ".") end
+  if node == "DropStmt" and st.objects and st.objects[1] then
+    return table.concat(strs(st.objects[1].List and st.objects[1].List.items), ".")
+  end
   return nil
 end
 
@@ -385,7 +395,8 @@ local function plan_step(m, sql, refused, over)
     if c.check == "rewrite" then cls.rewrite = c.rewrites and "yes" or "no" end
   end
   m.plan[#m.plan + 1] = { sql = sql, lock = cls.lock, table = cls.table, rewrite = cls.rewrite, notes = cls.notes,
-    statement = cls.statement, checked = rows, refused = refused or false, concurrent = sql:find("CONCURRENTLY", 1, true) ~= nil }
+    statement = cls.statement, checked = rows, refused = refused or false, concurrent = sql:find(
+      "CONCURRENTLY", 1, true) ~= nil }
 end
 M.plan_step = plan_step
 
@@ -537,7 +548,8 @@ end
 -- Runs (or records and models) one guard-clause step. opts.concurrent: a
 -- CONCURRENTLY statement (no short lock_timeout: it takes only SHARE UPDATE
 -- EXCLUSIVE); opts.own_tx: its own transaction when outside one; opts.query:
--- return rows; opts.on_retry(message): reports a lock-timeout retry. In apply, a lock-taking step of a transaction = false
+-- return rows; opts.on_retry(message): reports a lock-timeout retry. In apply, a lock-taking step of a transaction =
+-- false
 -- migration runs under the retry policy; inside a transaction the executor
 -- retries the whole transaction.
 function M.step(m, sql, opts, ...)
@@ -590,7 +602,8 @@ function M.step(m, sql, opts, ...)
     end, function(e, ms, i, pause)
       if opts.on_retry then
         opts.on_retry(string.format("lock timeout after %d ms (attempt %d of %d) on: %s; retrying in %d ms%s",
-          ms, i, #attempts, sql:sub(1, 120), pause, e.blockers_named and (" (" .. e.message:match("blocked by .*") .. ")") or ""))
+          ms, i, #attempts, sql:sub(1, 120), pause, e.blockers_named and (
+            " (" .. e.message:match("blocked by .*") .. ")") or ""))
       end
     end)
     set_lock_timeout(m, m.config.lock_timeout or 5000)
@@ -658,7 +671,8 @@ function M.check(s, status, pending, config, problems)
   if ok then
     for _, f in ipairs(extra) do findings[#findings + 1] = f end
   else
-    findings[#findings + 1] = { severity = "warning", message = "live validation could not run: " .. tostring(errors.wrap(extra)) }
+    findings[#findings + 1] = {
+      severity = "warning", message = "live validation could not run: " .. tostring(errors.wrap(extra)) }
   end
   return findings
 end

@@ -44,7 +44,8 @@ local function connect(config, role)
     if target == "(unparseable connection string)" then
       -- libpq quotes the token it choked on, and that token can be the
       -- password (a bare % in a URI, a space in key=value): never echo it
-      why = why:gsub('"([^"]*)"', function(tok) return tok == "=" and '"="' or '"…"' end) .. " (the connection string is not shown: it may hold a password; check %-encoding in a URI and quoting of values with spaces)"
+      why = why:gsub('"([^"]*)"', function(tok) return tok == "=" and '"="' or '"…"' end) .. " (the connection " ..
+        "string is not shown: it may hold a password; check %-encoding in a URI and quoting of values with spaces)"
     end
     e.message = "cannot connect to the database (" .. target .. "): " .. why
     error(e, 0)
@@ -60,7 +61,8 @@ local function lock_holder(conn)
            to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS since
       FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
      WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = $1::bigint::oid
-       AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())]],
+       AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = ]] .. [[
+current_database())]],
     M.LOCK_KEY)
   return rows[1]
 end
@@ -217,7 +219,8 @@ function M.pending(status, config)
   for _, e in ipairs(pending) do
     if newest_applied and e.version < newest_applied and not config.allow_out_of_order then
       errors.raise("validation", string.format(
-        "%s: migration %s is older than the newest applied migration %s (out of order); add a new migration with a later version, or pass --allow-out-of-order",
+        "%s: migration %s is older than the newest applied migration %s (out of order); add a new migration with a " ..
+        "later version, or pass --allow-out-of-order",
         e.path, e.version, newest_applied), { migration = e.version, file = e.path })
     end
   end
@@ -274,7 +277,8 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
   local m
   local wait = { attempts = 0, lock_wait_ms = 0 }
   local function body(pipelined)
-    m = require("migrate.context").new { conn = conn, entry = entry, logger = s.logger, mode = mode, direction = direction,
+    m = require("migrate.context").new {
+      conn = conn, entry = entry, logger = s.logger, mode = mode, direction = direction,
                       config = config, record = record, backups = s.backups, validator = s.validator,
                       watch_conn = s.side, session = s, taken = s.taken,
                       runstate = s.runstate, lock_key = M.LOCK_KEY }
@@ -326,7 +330,9 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
     if what == "proof" and tostring(err.message or ""):find(runstate.LOST, 1, true) then
       return runstate.lost_error(s.runstate, label(entry))
     end
-    if what == "proof" then what = "the lock proof" elseif what == "created" then what = "reading the created tables" end
+    if what == "proof" then
+      what = "the lock proof" elseif what == "created" then what = "reading the created tables"
+    end
     err.message = string.format("%s of %s failed, so the migration was rolled back: %s", what, label(entry),
       tostring(err.message))
     return err
@@ -407,9 +413,11 @@ function M.interrupted_error(e, sig, entry, done, how)
     undone = "it is transaction = false: the steps already run stay, and the next run resumes it"
   end
   local kept = (not how.single and #done > 0)
-    and (string.format("; %s before it and kept: %s", how.down and "reverted" or "applied", table.concat(done, ", "))) or ""
+    and (string.format("; %s before it and kept: %s", how.down and "reverted" or "applied", table.concat(done, ", ")))
+      or ""
   e.kind = "interrupted"
-  e.message = string.format("interrupted by %s while %s %s; %s%s", sig, how.down and "reverting" or "running", label(entry), undone, kept)
+  e.message = string.format(
+    "interrupted by %s while %s %s; %s%s", sig, how.down and "reverting" or "running", label(entry), undone, kept)
   e.interrupted_sql = e.sql and e.sql:sub(1, 200)
   e.sql, e.detail, e.hint, e.sqlstate = nil, nil, nil, nil
   return e
@@ -505,8 +513,10 @@ function M.migrate(s, pending, opts)
         -- nothing to roll back: the steps that ran stay, and show reports it failed
         result.partial, result.steps_done = true, e.steps or {}
         logger:event { migration = entry.version, status = "partial", level = "warn",
-          message = string.format("%s stopped part-way (transaction = false): %d completed step(s) stay; the next run resumes it",
-            label(entry), #result.steps_done), metadata = { transaction = false, steps_done = result.steps_done }, console = false }
+          message = string.format(
+            "%s stopped part-way (transaction = false): %d completed step(s) stay; the next run resumes it",
+            label(entry), #result.steps_done), metadata = { transaction = false, steps_done = result.steps_done },
+              console = false }
       end
     end
   end
@@ -546,7 +556,9 @@ function M.revert(s, entries, opts)
         -- its down's completed steps stay: show reports it failed until a
         -- revert (or a fixed down) completes
         logger:event { migration = entry.version, status = "partial", level = "warn",
-          message = string.format("the revert of %s stopped part-way (transaction = false): %d completed down step(s) stay; it is still applied: run rollback again to finish",
+          message = string.format(
+            "the revert of %s stopped part-way (transaction = false): %d completed down step(s) stay; it is still " ..
+            "applied: run rollback again to finish",
             label(entry), #result.steps_done),
           console = false, metadata = { direction = "down", transaction = false, steps_done = result.steps_done } }
       end

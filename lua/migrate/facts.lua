@@ -54,7 +54,9 @@ function M.settle_created(m, rows)
   if not (names and rows) then return end
   for _, r in ipairs(rows) do
     local name = names[r.i]
-    if r.oid and name then m.run_facts.created[type(name) == "table" and (name[1] .. "." .. name[2]) or name] = r.oid end
+    if r.oid and name then
+      m.run_facts.created[type(name) == "table" and (name[1] .. "." .. name[2]) or name] = r.oid
+    end
   end
   m.defer_created = nil
 end

@@ -34,7 +34,9 @@ end
 local function ignored(dir, file)
   local lower = file:lower()
   if lower:sub(-4) == ".sql" then
-    return string.format("%s/%s is not run: migrate-lua runs only <version>_<name>.lua files (put the SQL in m:exec of a .lua migration)", dir, file)
+    return string.format(
+      "%s/%s is not run: migrate-lua runs only <version>_<name>.lua files (put the SQL in m:exec of a .lua migration)",
+      dir, file)
   elseif lower:sub(-4) == ".lua" and file:sub(-4) ~= ".lua" then
     return string.format("%s/%s is not run: the extension must be lower-case .lua", dir, file)
   end
@@ -60,12 +62,15 @@ function M.scan(dir)
       if not version then
         problems[#problems + 1] = {
           file = file,
-          message = string.format("%s/%s: bad migration file name: expected <14-digit UTC version>_<name>.lua with name in [a-z0-9_], e.g. 20261124120000_add_users.lua", dir, file),
+          message = string.format(
+            "%s/%s: bad migration file name: expected <14-digit UTC version>_<name>.lua with name in [a-z0-9_], " ..
+            "e.g. 20261124120000_add_users.lua", dir, file),
         }
       elseif M.bad_date(version) then
         problems[#problems + 1] = {
           file = file, migration = version,
-          message = string.format("%s/%s: bad migration version %s: %s is not a date (the version is the UTC time YYYYMMDDHHMMSS)",
+          message = string.format(
+            "%s/%s: bad migration version %s: %s is not a date (the version is the UTC time YYYYMMDDHHMMSS)",
             dir, file, version, M.bad_date(version)),
         }
       elseif seen[version] then
@@ -110,7 +115,8 @@ end
 local function text_require(name)
   if package.loaded[name] ~= nil then return package.loaded[name] end
   if type(name) == "string" and not package.searchpath(name, package.path)
-      and (package.searchpath(name, package.cpath) or package.searchpath(name:match("^[^.]+") or name, package.cpath)) then
+      and (package.searchpath(name, package.cpath) or package.searchpath(
+        name:match("^[^.]+") or name, package.cpath)) then
     error(string.format("require %q: C modules cannot be loaded by a migration (native code in the host)", name), 2)
   end
   local fn, where = nil, nil
@@ -142,7 +148,8 @@ local safe_coroutine = setmetatable({
 }, { __index = coroutine })
 
 local safe_package = setmetatable({
-  loadlib = function() return nil, "package.loadlib is not allowed in a migration (native code in the host)", "absent" end,
+  loadlib = function() return nil, "package.loadlib is not allowed in a migration (native code in the host)",
+    "absent" end,
 }, { __index = package })
 
 -- The environment a migration file runs in: the standard library, read
@@ -150,7 +157,8 @@ local safe_package = setmetatable({
 local function sandbox(path)
   local safe_os = setmetatable({
     exit = function()
-      error(string.format("%s: os.exit is not allowed in a migration (raise an error instead: the migration is rolled back)", path), 2)
+      error(string.format(
+        "%s: os.exit is not allowed in a migration (raise an error instead: the migration is rolled back)", path), 2)
     end,
   }, { __index = os })
   return setmetatable({ os = safe_os, load = text_load, loadfile = text_loadfile, dofile = text_dofile,

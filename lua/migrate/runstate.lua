@@ -49,7 +49,8 @@ local function proof_sql(rs, key, skip)
          FROM (SELECT s.name FROM pg_catalog.pg_settings s
                 WHERE NOT ]] .. SKIP .. [[ AND $3::jsonb ? s.name
                   AND pg_catalog.current_setting(s.name) IS DISTINCT FROM ($3::jsonb ->> s.name)
-               UNION ALL SELECT 'role' WHERE pg_catalog.current_setting('role') IS DISTINCT FROM ($3::jsonb ->> 'role')) n
+               UNION ALL SELECT 'role' WHERE pg_catalog.current_setting('role') IS DISTINCT FROM ($3::jsonb ]] .. [[
+->> 'role')) n
       )::text AS changed]], { rs.lock_pid or -1, key, rs.settings, "{" .. table.concat(skip or {}, ",") .. "}" }
 end
 
@@ -77,7 +78,8 @@ function M.proof_item(rs, key, skip)
          FROM (SELECT s.name FROM pg_catalog.pg_settings s
                 WHERE NOT ]] .. SKIP .. [[ AND $3::jsonb ? s.name
                   AND pg_catalog.current_setting(s.name) IS DISTINCT FROM ($3::jsonb ->> s.name)
-               UNION ALL SELECT 'role' WHERE pg_catalog.current_setting('role') IS DISTINCT FROM ($3::jsonb ->> 'role')) n)
+               UNION ALL SELECT 'role' WHERE pg_catalog.current_setting('role') IS DISTINCT FROM ($3::jsonb ]] .. [[
+->> 'role')) n)
       ELSE pg_catalog.concat(']] .. M.LOST .. [[ (pid ', $1::int, ')')::int END AS proven]]
   return { sql, args[1], args[2], args[3], args[4], n = 4 }
 end
@@ -85,7 +87,8 @@ end
 -- The error of a proof_item that raised: the same lock_lost error as prove's.
 function M.lost_error(rs, what)
   return errors.new("lock_lost", string.format(
-    "the migration lock was lost (the \"migrate-lua lock\" connection, pid %d, is gone or no longer holds it): %s was not committed; the run stops",
+    "the migration lock was lost (the \"migrate-lua lock\" connection, pid %d, is gone or no longer holds it): %s " ..
+    "was not committed; the run stops",
     rs.lock_pid or -1, what))
 end
 
@@ -94,7 +97,8 @@ end
 function M.settle(conn, rs, row, what)
   if rs.lock_pid and not row.locked then
     errors.raise("lock_lost", string.format(
-      "the migration lock was lost (the \"migrate-lua lock\" connection, pid %d, is gone or no longer holds it): %s was not committed; the run stops",
+      "the migration lock was lost (the \"migrate-lua lock\" connection, pid %d, is gone or no longer holds it): %s " ..
+      "was not committed; the run stops",
       rs.lock_pid, what))
   end
   M.restore(conn, row.changed)
@@ -130,7 +134,10 @@ function M.explain(e)
   e.rls_explained = true
   e.object = e.object or tbl
   e.message = string.format(
-    "table %q has row-level security that would hide rows from this role (FORCE ROW LEVEL SECURITY on a table it owns, or a policy on a table it does not own, and no BYPASSRLS): migrate-lua refuses to count, back up or change a filtered view of it. Run as a role with BYPASSRLS (or a superuser), or ALTER TABLE %s NO FORCE ROW LEVEL SECURITY while migrating (PostgreSQL: %s)",
+    "table %q has row-level security that would hide rows from this role (FORCE ROW LEVEL SECURITY on a table it " ..
+    "owns, or a policy on a table it does not own, and no BYPASSRLS): migrate-lua refuses to count, back up or " ..
+    "change a filtered view of it. Run as a role with BYPASSRLS (or a superuser), or ALTER TABLE %s NO FORCE ROW " ..
+    "LEVEL SECURITY while migrating (PostgreSQL: %s)",
     tbl, tbl, e.message)
   return e
 end

@@ -16,13 +16,16 @@ local M = {}
 function M.run(m, tbl, col, typ, opts)
   local obj = U.key(tbl) .. "." .. col
   if m.transactional then
-    U.refuse(m, "ML34", obj, string.format("safe_add_column %s with {backfill = true} needs a migration with transaction = false: "
+    U.refuse(m, "ML34", obj, string.format(
+      "safe_add_column %s with {backfill = true} needs a migration with transaction = false: "
       .. "its batches must commit one by one; nothing was changed", obj))
   end
   if opts.default == nil and not opts.default_sql then
     U.usage(m, "safe_add_column with {backfill = true} needs default or default_sql: the value the existing rows get")
   end
-  if opts.default ~= nil and opts.default_sql then U.usage(m, "safe_add_column: give default or default_sql, not both") end
+  if opts.default ~= nil and opts.default_sql then
+    U.usage(m, "safe_add_column: give default or default_sql, not both")
+  end
   if opts.identity or opts.generated_sql then
     U.usage(m, "safe_add_column: {backfill = true} cannot be combined with identity or generated_sql")
   end
@@ -36,12 +39,14 @@ function M.run(m, tbl, col, typ, opts)
     local ok, want = U.probe(m, tbl, function(probe)
       m.conn:exec(string.format("ALTER TABLE %s DROP COLUMN IF EXISTS %s", probe, m:quote_name(col)))
       m.conn:exec(string.format("ALTER TABLE %s ADD COLUMN %s %s", probe, m:quote_name(col), typ))
-      return m.conn:query(string.format("SELECT pg_catalog.format_type(atttypid, atttypmod) AS type FROM pg_catalog.pg_attribute "
+      return m.conn:query(
+        string.format("SELECT pg_catalog.format_type(atttypid, atttypmod) AS type FROM pg_catalog.pg_attribute "
         .. "WHERE attrelid = '%s'::regclass AND attname = $1", probe), col)[1]
     end)
     if not ok then m:fail(U.decorate(want)) end
     if want.type ~= have.type then
-      U.refuse(m, "ML40", obj, string.format("column %s already exists as %s, asked %s; use m:safe_change_column_type or another name",
+      U.refuse(m, "ML40", obj, string.format(
+        "column %s already exists as %s, asked %s; use m:safe_change_column_type or another name",
         obj, have.type, want.type))
     end
     U.info(m, "safe_add_column: " .. obj .. " exists: resuming its backfill")
@@ -57,7 +62,8 @@ function M.run(m, tbl, col, typ, opts)
   -- rows, so it only records the step
   if opts.null == false or opts.nullable == false then
     if U.simulated(m) or m.mode == "plan" then
-      m:record_sql(string.format("ALTER TABLE %s ALTER COLUMN %s SET NOT NULL -- via a validated CHECK, after the backfill", m:ident(tbl), q))
+      m:record_sql(string.format(
+        "ALTER TABLE %s ALTER COLUMN %s SET NOT NULL -- via a validated CHECK, after the backfill", m:ident(tbl), q))
     else
       m:safe_set_not_null(tbl, col)
     end

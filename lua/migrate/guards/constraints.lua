@@ -23,15 +23,19 @@ local function add_then_validate(m, tbl, name, spec, opts, rule, recipe)
   end
   local small, n = U.is_small(m, tbl)
   if validate and not small then
-    U.refuse(m, "ML19", U.key(tbl) .. "." .. name, string.format("%s has more than %d rows (--small-table-rows): validating %s in this transaction would hold the lock of ADD CONSTRAINT through the whole scan; %s",
-      U.key(tbl), m.config.small_table_rows or 10000, name, recipe or "use transaction = false (NOT VALID, commit, VALIDATE), or {validate = false} and a later m:safe_validate_constraint"),
+    U.refuse(m, "ML19", U.key(tbl) .. "." .. name, string.format(
+      "%s has more than %d rows (--small-table-rows): validating %s in this transaction would hold the lock of ADD " ..
+      "CONSTRAINT through the whole scan; %s",
+      U.key(tbl), m.config.small_table_rows or 10000, name, recipe or "use transaction = false (NOT VALID, commit, " ..
+        "VALIDATE), or {validate = false} and a later m:safe_validate_constraint"),
       { rows = n })
   end
   U.run(m, add)
   if validate then
     validate_step(m, tbl, name)
   else
-    U.warn(m, rule, U.key(tbl) .. "." .. name, string.format("%s added NOT VALID: validate it later with m:safe_validate_constraint(%q, %q)", name, U.key(tbl), name))
+    U.warn(m, rule, U.key(tbl) .. "." .. name, string.format(
+      "%s added NOT VALID: validate it later with m:safe_validate_constraint(%q, %q)", name, U.key(tbl), name))
   end
 end
 
@@ -41,13 +45,17 @@ local function existing(m, tbl, name, same, validate)
   local c = U.constraint(m, tbl, name)
   if not c then return false end
   if not same(c) then
-    U.refuse(m, "ML40", U.key(tbl) .. "." .. name, string.format("constraint %s on %s already exists with a different definition (%s); choose another name or drop it first (m:safe_drop_constraint)",
+    U.refuse(m, "ML40", U.key(tbl) .. "." .. name, string.format(
+      "constraint %s on %s already exists with a different definition (%s); choose another name or drop it first " ..
+      "(m:safe_drop_constraint)",
       name, U.key(tbl), c.def))
   end
   if not c.convalidated and validate ~= false and (c.contype == "c" or c.contype == "f") then
     U.info(m, string.format("%s on %s exists NOT VALID (an earlier run stopped): validating it", name, U.key(tbl)))
     if not U.outside_tx(m) and not U.is_small(m, tbl) then
-      U.refuse(m, "ML19", U.key(tbl) .. "." .. name, string.format("%s exists NOT VALID on a table of more than %d rows: validate it with m:safe_validate_constraint in a transaction = false migration",
+      U.refuse(m, "ML19", U.key(tbl) .. "." .. name, string.format(
+        "%s exists NOT VALID on a table of more than %d rows: validate it with m:safe_validate_constraint in a " ..
+        "transaction = false migration",
         name, m.config.small_table_rows or 10000))
     end
     validate_step(m, tbl, name)
@@ -146,16 +154,20 @@ function G.safe_add_foreign_key(m, tbl, cols, ref_tbl, ref_cols, opts)
   local _, rel = require("migrate.context").split_name(tbl)
   local name = opts.name or U.default_name(rel, table.concat(cols, "_"), "fkey")
   local on_delete = opts.on_delete and ON_DELETE[opts.on_delete:lower()]
-  if opts.on_delete and not on_delete then U.usage(m, "safe_add_foreign_key: unknown on_delete " .. tostring(opts.on_delete)) end
+  if opts.on_delete and not on_delete then
+    U.usage(m, "safe_add_foreign_key: unknown on_delete " .. tostring(opts.on_delete))
+  end
   local obj = U.key(tbl) .. "." .. name
 
   local ref_oid = U.oid(m, ref_tbl)
   local function same(c)
     if c.contype ~= "f" then return false end
     local r = U.q(m, [[
-      SELECT (SELECT array_to_string(array_agg(a.attname ORDER BY k.o), ',') FROM unnest(c.conkey) WITH ORDINALITY k(n, o)
+      SELECT (SELECT array_to_string(array_agg(a.attname ORDER BY k.o), ',') FROM unnest(c.conkey) WITH ]] .. [[
+ORDINALITY k(n, o)
                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n) AS cols,
-             (SELECT array_to_string(array_agg(a.attname ORDER BY k.o), ',') FROM unnest(c.confkey) WITH ORDINALITY k(n, o)
+             (SELECT array_to_string(array_agg(a.attname ORDER BY k.o), ',') FROM unnest(c.confkey) WITH ]] .. [[
+ORDINALITY k(n, o)
                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n) AS refcols,
              c.confrelid AS ref
         FROM pg_catalog.pg_constraint c WHERE c.oid = $1]], c.oid)[1]
@@ -168,24 +180,33 @@ function G.safe_add_foreign_key(m, tbl, cols, ref_tbl, ref_cols, opts)
     SELECT 1 FROM pg_catalog.pg_index i
      WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
        AND (SELECT array_to_string(array_agg(a.attname::text ORDER BY a.attname::text COLLATE "C"), ',')
-              FROM unnest(i.indkey::int2[]) k(n) JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n)
-           = $2]], ref_oid, (function() local t = { table.unpack(ref_cols) } table.sort(t) return table.concat(t, ",") end)())
+              FROM unnest(i.indkey::int2[]) k(n) JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND ]] .. [[
+a.attnum = k.n)
+           = $2]], ref_oid, (
+             function() local t = { table.unpack(ref_cols) } table.sort(t) return table.concat(t, ",") end)())
   if #uniq == 0 and not engine.unique_on(m, ref_tbl, ref_cols) then
-    U.refuse(m, "ML18", obj, string.format("%s(%s) has no unique index: a foreign key needs one; add it first (m:safe_add_unique)", U.key(ref_tbl), table.concat(ref_cols, ", ")))
+    U.refuse(m, "ML18", obj, string.format(
+      "%s(%s) has no unique index: a foreign key needs one; add it first (m:safe_add_unique)", U.key(ref_tbl),
+      table.concat(ref_cols, ", ")))
   end
   local n, sample, keyname, values = G.count_orphans(m, tbl, cols, ref_tbl, ref_cols)
   if n > 0 then
-    U.refuse(m, "ML18", obj, string.format("%d rows of %s have %s values with no match in %s(%s): %s %s have no match in %s(%s)%s; fix or delete them (or set them NULL) before adding the foreign key",
+    U.refuse(m, "ML18", obj, string.format(
+      "%d rows of %s have %s values with no match in %s(%s): %s %s have no match in %s(%s)%s; fix or delete them " ..
+      "(or set them NULL) before adding the foreign key",
       n, U.key(tbl), table.concat(cols, ", "), U.key(ref_tbl), table.concat(ref_cols, ", "),
       table.concat(cols, ","), table.concat(values, ", "), U.key(ref_tbl), table.concat(ref_cols, ", "),
       U.sample_text(sample, keyname)), { count = n, sample = sample, values = values })
   end
   -- an unindexed referencing column makes every DELETE on the parent scan the child
   local idx = U.q(m, [[SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
-      ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = pg_catalog.to_regclass($1) AND a.attname = $2]],
+      ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = pg_catalog.to_regclass($1) AND ]] .. [[
+a.attname = $2]],
     m:ident(tbl), cols[1])
   if #idx == 0 and not U.is_new(m, tbl) then
-    U.warn(m, "ML18", obj, string.format("%s(%s) has no index: deletes on %s will scan %s (m:safe_add_index)", U.key(tbl), table.concat(cols, ", "), U.key(ref_tbl), U.key(tbl)))
+    U.warn(m, "ML18", obj, string.format(
+      "%s(%s) has no index: deletes on %s will scan %s (m:safe_add_index)", U.key(tbl), table.concat(cols, ", "), U.key(
+      ref_tbl), U.key(tbl)))
   end
   local spec = string.format("FOREIGN KEY (%s) REFERENCES %s (%s)%s", U.col_list(m, cols), m:ident(ref_tbl),
     U.col_list(m, ref_cols), on_delete and (" ON DELETE " .. on_delete) or "")
@@ -197,9 +218,13 @@ end
 local function check_def(m, tbl, name, expr)
   local ok, def = U.probe(m, tbl, function(probe)
     m.conn:exec(string.format("ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s) NOT VALID", probe, m:quote_name(name), expr))
-    return m.conn:query(string.format("SELECT pg_catalog.pg_get_constraintdef(oid) AS d FROM pg_catalog.pg_constraint WHERE conrelid = '%s'::regclass AND conname = $1", probe), name)[1].d
+    return m.conn:query(string.format("SELECT pg_catalog.pg_get_constraintdef(oid) AS d FROM " ..
+      "pg_catalog.pg_constraint WHERE conrelid = '%s'::regclass AND conname = $1", probe), name)[1].d
   end)
-  if not ok then U.refuse(m, "ML17", U.key(tbl) .. "." .. name, "CHECK (" .. expr .. ") is not valid on " .. U.key(tbl) .. ": " .. tostring(U.decorate(def).message)) end
+  if not ok then
+    U.refuse(m, "ML17", U.key(tbl) .. "." .. name, "CHECK (" .. expr .. ") is not valid on " .. U.key(tbl) .. ": "
+      .. tostring(U.decorate(def).message))
+  end
   return (def:gsub(" NOT VALID$", ""))
 end
 
@@ -210,12 +235,14 @@ function G.safe_add_check(m, tbl, name, expr, opts)
   U.require_table(m, tbl, "ML17", "safe_add_check")
   local obj = U.key(tbl) .. "." .. name
   local want = check_def(m, tbl, name, expr)
-  if existing(m, tbl, name, function(c) return c.contype == "c" and c.def:gsub(" NOT VALID$", "") == want end, opts.validate) then
+  if existing(m, tbl, name, function(c) return c.contype == "c" and c.def:gsub(" NOT VALID$", "") == want end,
+    opts.validate) then
     return false
   end
   local n, sample, keyname = G.count_violations(m, tbl, expr)
   if n > 0 then
-    U.refuse(m, "ML17", obj, string.format("%d rows of %s violate CHECK (%s)%s; fix them (m:backfill) before adding the constraint",
+    U.refuse(m, "ML17", obj, string.format(
+      "%d rows of %s violate CHECK (%s)%s; fix them (m:backfill) before adding the constraint",
       n, U.key(tbl), expr, U.sample_text(sample, keyname)), { count = n, sample = sample })
   end
   add_then_validate(m, tbl, name, "CHECK (" .. expr .. ")", opts, "ML17")
@@ -237,7 +264,8 @@ function G.safe_set_not_null(m, tbl, col, opts)
   local n, sample, keyname = G.count_nulls(m, tbl, col)
   if n > 0 then
     U.refuse(m, "ML15", obj, string.format("%d rows of %s have %s NULL%s; fill them first (m:backfill(%q, ..., %q))",
-      n, U.key(tbl), col, U.sample_text(sample, keyname), U.key(tbl), col .. " IS NULL"), { count = n, sample = sample })
+      n, U.key(tbl), col, U.sample_text(sample, keyname), U.key(tbl), col .. " IS NULL"), {
+        count = n, sample = sample })
   end
   local _, rel = require("migrate.context").split_name(tbl)
   local cname = U.default_name(rel, col, "not_null")
@@ -270,11 +298,13 @@ function G.safe_add_unique(m, tbl, cols, opts)
       U.info(m, "safe_add_unique: " .. obj .. " already exists (no-op)")
       return false
     end
-    U.refuse(m, "ML40", obj, string.format("constraint %s already exists with a different definition (%s)", name, c.def))
+    U.refuse(m, "ML40", obj, string.format(
+      "constraint %s already exists with a different definition (%s)", name, c.def))
   end
   local groups, sample = G.count_duplicates(m, tbl, cols)
   if groups > 0 then
-    U.refuse(m, "ML20", obj, string.format("%d groups of rows of %s share the same (%s) (e.g. %s); remove the duplicates first",
+    U.refuse(m, "ML20", obj, string.format(
+      "%d groups of rows of %s share the same (%s) (e.g. %s); remove the duplicates first",
       groups, U.key(tbl), table.concat(cols, ", "), table.concat(sample, "; ")), { count = groups, sample = sample })
   end
   require("migrate.guards.indexes").safe_add_index(m, tbl, cols, { unique = true, name = name })
@@ -294,19 +324,22 @@ function G.safe_add_primary_key(m, tbl, cols, opts)
       U.info(m, "safe_add_primary_key: " .. U.key(tbl) .. " already has this primary key (no-op)")
       return false
     end
-    U.refuse(m, "ML21", U.key(tbl), string.format("%s already has a primary key (%s)", U.key(tbl), table.concat(pk, ", ")))
+    U.refuse(m, "ML21", U.key(tbl), string.format(
+      "%s already has a primary key (%s)", U.key(tbl), table.concat(pk, ", ")))
   end
   for _, c in ipairs(cols) do
     U.require_column(m, tbl, c, "ML21")
     local n, sample, keyname = G.count_nulls(m, tbl, c)
     if n > 0 then
-      U.refuse(m, "ML21", U.key(tbl) .. "." .. c, string.format("%d rows of %s have %s NULL%s: a primary key column cannot be NULL",
+      U.refuse(m, "ML21", U.key(tbl) .. "." .. c, string.format(
+        "%d rows of %s have %s NULL%s: a primary key column cannot be NULL",
         n, U.key(tbl), c, U.sample_text(sample, keyname)), { count = n, sample = sample })
     end
   end
   local groups, sample = G.count_duplicates(m, tbl, cols)
   if groups > 0 then
-    U.refuse(m, "ML21", U.key(tbl), string.format("%d groups of rows of %s share the same (%s) (e.g. %s): a primary key must be unique",
+    U.refuse(m, "ML21", U.key(tbl), string.format(
+      "%d groups of rows of %s share the same (%s) (e.g. %s): a primary key must be unique",
       groups, U.key(tbl), table.concat(cols, ", "), table.concat(sample, "; ")), { count = groups, sample = sample })
   end
   for _, c in ipairs(cols) do G.safe_set_not_null(m, tbl, c) end
@@ -321,13 +354,17 @@ end
 -- VALIDATE in a transaction that holds no write-blocking lock on tbl (ML19).
 function G.safe_validate_constraint(m, tbl, name)
   local c = U.constraint(m, tbl, name)
-  if not c then U.refuse(m, "ML19", U.key(tbl) .. "." .. name, "constraint " .. name .. " on " .. U.key(tbl) .. " does not exist") end
+  if not c then
+    U.refuse(m, "ML19", U.key(tbl) .. "." .. name, "constraint " .. name .. " on " .. U.key(tbl) .. " does not exist")
+  end
   if c.convalidated then
     U.info(m, "safe_validate_constraint: " .. name .. " is already valid (no-op)")
     return false
   end
   if m.transactional and require("migrate.lint_rules").holds_write_lock(m, m:ident(tbl)) then
-    U.refuse(m, "ML19", U.key(tbl) .. "." .. name, string.format("this transaction already holds a write-blocking lock on %s (an earlier step): validating now keeps writes blocked through the whole scan; validate in a later migration or use transaction = false",
+    U.refuse(m, "ML19", U.key(tbl) .. "." .. name, string.format(
+      "this transaction already holds a write-blocking lock on %s (an earlier step): validating now keeps writes " ..
+      "blocked through the whole scan; validate in a later migration or use transaction = false",
       U.key(tbl)))
   end
   validate_step(m, tbl, name)
@@ -344,16 +381,21 @@ function G.safe_drop_constraint(m, tbl, name, opts)
   end
   if c.contype == "p" or c.contype == "u" then
     local refs = U.q(m, [[SELECT f.conname || ' on ' || f.conrelid::regclass::text AS r FROM pg_catalog.pg_constraint f
-      WHERE f.contype = 'f' AND f.conindid = $1::oid]], U.q(m, "SELECT conindid::oid AS i FROM pg_catalog.pg_constraint WHERE oid = $1", c.oid)[1].i)
+      WHERE f.contype = 'f' AND f.conindid = $1::oid]], U.q(
+        m, "SELECT conindid::oid AS i FROM pg_catalog.pg_constraint WHERE oid = $1", c.oid)[1].i)
     if #refs > 0 and not opts.cascade then
       local list = {}
       for _, r in ipairs(refs) do list[#list + 1] = r.r end
-      U.refuse(m, "ML07", U.key(tbl) .. "." .. name, string.format("%s is referenced by the foreign keys %s; drop those first or pass {cascade = true}", name, table.concat(list, ", ")))
+      U.refuse(m, "ML07", U.key(tbl) .. "." .. name, string.format(
+        "%s is referenced by the foreign keys %s; drop those first or pass {cascade = true}", name, table.concat(
+        list, ", ")))
     end
   elseif c.contype == "f" then
-    U.warn(m, "ML08", U.key(tbl) .. "." .. name, string.format("dropping foreign key %s locks %s and %s briefly", name, U.key(tbl), c.ref or "?"))
+    U.warn(m, "ML08", U.key(tbl) .. "." .. name, string.format(
+      "dropping foreign key %s locks %s and %s briefly", name, U.key(tbl), c.ref or "?"))
   end
-  U.run(m, string.format("ALTER TABLE %s DROP CONSTRAINT %s%s", m:ident(tbl), m:quote_name(name), opts.cascade and " CASCADE" or ""))
+  U.run(m, string.format(
+    "ALTER TABLE %s DROP CONSTRAINT %s%s", m:ident(tbl), m:quote_name(name), opts.cascade and " CASCADE" or ""))
   return true
 end
 

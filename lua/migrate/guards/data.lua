@@ -17,10 +17,14 @@ local BATCH_TARGET_MS = 10   -- a default backfill batch's row-lock time: under 
 function G.backfill(m, tbl, set_sql, where_sql, opts)
   O.check(m, "backfill", opts, { batch_size = "integer", key = "names", pause_ms = "number", vacuum = "boolean" })
   opts = opts or {}
-  if type(set_sql) ~= "string" or set_sql == "" then U.usage(m, "backfill(tbl, set_sql, where_sql, opts): set_sql must be SQL such as \"status = 'active'\"") end
+  if type(set_sql) ~= "string" or set_sql == "" then
+    U.usage(m, "backfill(tbl, set_sql, where_sql, opts): set_sql must be SQL such as \"status = 'active'\"")
+  end
   if where_sql then U.check_expr(m, where_sql, "where_sql") end
   if m.transactional then
-    U.refuse(m, "ML34", U.key(tbl), string.format("m:backfill of %s needs a migration with transaction = false: inside one transaction every batch's row locks are held until commit; no row was touched",
+    U.refuse(m, "ML34", U.key(tbl), string.format(
+      "m:backfill of %s needs a migration with transaction = false: inside one transaction every batch's row locks " ..
+      "are held until commit; no row was touched",
       U.key(tbl)))
   end
   U.require_table(m, tbl, "ML34", "backfill")
@@ -34,7 +38,8 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
   local key = opts.key or U.pk_cols(m, tbl)[1]
   if type(key) == "table" then key = key[1] end
   if not key or #U.pk_cols(m, tbl) > 1 and not opts.key then
-    U.refuse(m, "ML34", U.key(tbl), U.key(tbl) .. " has no single-column primary key to batch by; pass {key = \"unique_not_null_column\"}")
+    U.refuse(m, "ML34", U.key(tbl), U.key(tbl)
+      .. " has no single-column primary key to batch by; pass {key = \"unique_not_null_column\"}")
   end
   -- An explicit batch_size is used as given. The default is at most 10000
   -- rows, sized from the batches so far to hold its row locks about
@@ -49,9 +54,12 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
   -- the target is not aliased, so set_sql and where_sql name it by its own
   -- name (users.n); the batch's names are ones no table column is likely to have
   local function batch_sql(n, after)
-    local sql = string.format([[WITH migrate_lua_batch AS (SELECT %s AS migrate_lua_k FROM %s WHERE true%s ORDER BY %s LIMIT %d),
-      migrate_lua_done AS (UPDATE %s SET %s FROM migrate_lua_batch WHERE %s.%s = migrate_lua_batch.migrate_lua_k RETURNING 1)
-    SELECT (SELECT max(migrate_lua_k)::text FROM migrate_lua_batch) AS last, (SELECT count(*) FROM migrate_lua_batch) AS seen,
+    local sql = string.format([[WITH migrate_lua_batch AS (SELECT %s AS migrate_lua_k FROM %s WHERE true%s ]] .. [[
+ORDER BY %s LIMIT %d),
+      migrate_lua_done AS (UPDATE %s SET %s FROM migrate_lua_batch WHERE %s.%s = ]] .. [[
+migrate_lua_batch.migrate_lua_k RETURNING 1)
+    SELECT (SELECT max(migrate_lua_k)::text FROM migrate_lua_batch) AS last, (SELECT count(*) FROM ]] .. [[
+migrate_lua_batch) AS seen,
            (SELECT count(*) FROM migrate_lua_done) AS n]],
       k, m:ident(tbl), filter, k, n, m:ident(tbl), set_sql, m:ident(tbl), k)
     if not after then return sql end
@@ -73,12 +81,18 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
   end
   local t0 = core.now_ms()
   -- the planner's estimate is enough for an ETA and costs no scan
-  local estimate = U.q(m, "SELECT greatest(reltuples, 0)::bigint AS n FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass($1)",
+  local estimate = U.q(
+    m, "SELECT greatest(reltuples, 0)::bigint AS n FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass($1)",
     m:ident(tbl))[1]
-  local bar = require("migrate.progress").new("backfill " .. U.key(tbl), estimate and estimate.n > 0 and estimate.n or nil,
+  local bar = require("migrate.progress").new(
+    "backfill " .. U.key(tbl), estimate and estimate.n > 0 and estimate.n or nil,
     { quiet = m.config and m.config.quiet })
   while true do
-    if core.interrupted() then errors.raise("interrupted", string.format("backfill of %s interrupted after %d rows (last key %s); the next run resumes it", U.key(tbl), total, tostring(last))) end
+    if core.interrupted() then
+      errors.raise("interrupted", string.format(
+        "backfill of %s interrupted after %d rows (last key %s); the next run resumes it", U.key(tbl), total, tostring(
+        last)))
+    end
     local b0 = core.now_ms()
     local r = last and U.run(m, batch_sql(size, true), { query = true }, last)
       or U.run(m, batch_sql(size), { query = true })
@@ -102,7 +116,8 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
     require("migrate.replicas").throttle(m, "backfill of " .. U.key(tbl), bar)   -- --max-replica-lag
   end
   bar:finish(total)
-  U.info(m, string.format("backfill of %s: %d rows in %d batches (%.0f ms)", U.key(tbl), total, batches, core.now_ms() - t0))
+  U.info(m, string.format(
+    "backfill of %s: %d rows in %d batches (%.0f ms)", U.key(tbl), total, batches, core.now_ms() - t0))
   -- The batches left a dead version of every row: vacuum now, while nothing
   -- waits (its SHARE UPDATE EXCLUSIVE lock lets reads and writes go on),
   -- rather than let autovacuum start later and sit in front of the next
@@ -147,17 +162,20 @@ function G.safe_truncate(m, tbl, opts)
   opts = opts or {}
   U.require_table(m, tbl, "ML09", "safe_truncate")
   if opts.cascade then
-    U.refuse(m, "ML09", U.key(tbl), "TRUNCATE ... CASCADE empties every table that references " .. U.key(tbl) .. "; truncate or delete from the children explicitly")
+    U.refuse(m, "ML09", U.key(tbl), "TRUNCATE ... CASCADE empties every table that references " .. U.key(tbl)
+      .. "; truncate or delete from the children explicitly")
   end
   local refs = U.q(m, [[SELECT DISTINCT c.conrelid::regclass::text AS tbl FROM pg_catalog.pg_constraint c
-    WHERE c.confrelid = pg_catalog.to_regclass($1) AND c.contype = 'f' AND c.conrelid <> c.confrelid ORDER BY 1]], m:ident(tbl))
+    WHERE c.confrelid = pg_catalog.to_regclass($1) AND c.contype = 'f' AND c.conrelid <> c.confrelid ORDER BY ]] .. [[
+1]], m:ident(tbl))
   local busy = {}
   for _, r in ipairs(refs) do
     local n = U.q(m, "SELECT count(*) AS n FROM " .. r.tbl)[1].n
     if n > 0 then busy[#busy + 1] = string.format("%s (%d rows)", r.tbl, n) end
   end
   if #busy > 0 then
-    U.refuse(m, "ML09", U.key(tbl), string.format("%s is referenced by non-empty tables: %s; empty those first", U.key(tbl), table.concat(busy, ", ")))
+    U.refuse(m, "ML09", U.key(tbl), string.format(
+      "%s is referenced by non-empty tables: %s; empty those first", U.key(tbl), table.concat(busy, ", ")))
   end
   local n = U.q(m, "SELECT count(*) AS n FROM " .. m:ident(tbl))[1].n
   if n == 0 then
@@ -200,7 +218,8 @@ function G.with_lock_retries(m, fn, opts)
     m.own_tx, m.attempt_ms = m.own_tx - 1, saved
     return ok, ok and result or err
   end, function(_, ms, i, pause)
-    U.warn(m, "ML35", nil, string.format("lock timeout after %d ms (attempt %d of %d); retrying in %d ms", ms, i, #attempts, pause))
+    U.warn(m, "ML35", nil, string.format(
+      "lock timeout after %d ms (attempt %d of %d); retrying in %d ms", ms, i, #attempts, pause))
   end, function() return not deadline or core.now_ms() < deadline end)
 end
 

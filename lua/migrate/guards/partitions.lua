@@ -24,7 +24,8 @@ function G.safe_detach_partition(m, parent, part)
   local obj = U.key(parent) .. "." .. U.key(part)
   if not p or p.poid ~= poid then
     if m:table_exists(part) then
-      U.info(m, string.format("safe_detach_partition: %s is not a partition of %s (already detached: no-op)", U.key(part), U.key(parent)))
+      U.info(m, string.format(
+        "safe_detach_partition: %s is not a partition of %s (already detached: no-op)", U.key(part), U.key(parent)))
       return false
     end
     U.refuse(m, "ML30", obj, string.format("%s does not exist", U.key(part)))
@@ -37,7 +38,10 @@ function G.safe_detach_partition(m, parent, part)
   end
   local small, n = U.is_small(m, parent)
   if not small and not U.is_new(m, parent) then
-    U.refuse(m, "ML30", obj, string.format("DETACH PARTITION of %s inside a transaction takes an ACCESS EXCLUSIVE lock on %s (more than %d rows, --small-table-rows) until the migration commits; use a migration with transaction = false (DETACH ... CONCURRENTLY, PostgreSQL 14+)",
+    U.refuse(m, "ML30", obj, string.format(
+      "DETACH PARTITION of %s inside a transaction takes an ACCESS EXCLUSIVE lock on %s (more than %d rows, " ..
+      "--small-table-rows) until the migration commits; use a migration with transaction = false (DETACH ... " ..
+      "CONCURRENTLY, PostgreSQL 14+)",
       U.key(part), U.key(parent), m.config.small_table_rows or 10000), { rows = n })
   end
   U.run(m, sql)
@@ -94,11 +98,14 @@ local function implied_check(m, parent, bound_node)
   end
 end
 
-local function squash(s) return (s:upper():gsub("%s+", " "):gsub("%( ", "("):gsub(" %)", ")"):gsub("^ ", ""):gsub(" $", "")) end
+local function squash(s) return (
+  s:upper():gsub("%s+", " "):gsub("%( ", "("):gsub(" %)", ")"):gsub("^ ", ""):gsub(" $", "")) end
 
 -- bound: "FOR VALUES FROM (0) TO (10)", "FOR VALUES IN (1, 2)", "DEFAULT".
 function G.safe_attach_partition(m, parent, part, bound)
-  if type(bound) ~= "string" or bound == "" then U.usage(m, "safe_attach_partition(parent, part, bound): bound is e.g. \"FOR VALUES FROM (0) TO (10)\"") end
+  if type(bound) ~= "string" or bound == "" then
+    U.usage(m, "safe_attach_partition(parent, part, bound): bound is e.g. \"FOR VALUES FROM (0) TO (10)\"")
+  end
   local poid = U.require_table(m, parent, "ML30", "safe_attach_partition")
   U.require_table(m, part, "ML30", "safe_attach_partition: partition")
   local obj = U.key(parent) .. "." .. U.key(part)
@@ -107,21 +114,30 @@ function G.safe_attach_partition(m, parent, part, bound)
   st = node == "AlterTableStmt" and st
   local cmd = st and #st.cmds == 1 and st.cmds[1].AlterTableCmd
   local pc = cmd and cmd.subtype == "AT_AttachPartition" and cmd.def and cmd.def.PartitionCmd
-  if not (pc and pc.bound) then U.usage(m, string.format("safe_attach_partition: %q is not a partition bound", bound)) end
+  if not (pc and pc.bound) then
+    U.usage(m, string.format("safe_attach_partition: %q is not a partition bound", bound))
+  end
   local p = parent_of(m, part)
   if p then
-    if p.poid ~= poid then U.refuse(m, "ML30", obj, string.format("%s is already a partition of %s", U.key(part), p.parent)) end
-    local have = U.q(m, "SELECT pg_catalog.pg_get_expr(relpartbound, oid) AS b FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass($1)", m:ident(part))[1].b
+    if p.poid ~= poid then
+      U.refuse(m, "ML30", obj, string.format("%s is already a partition of %s", U.key(part), p.parent))
+    end
+    local have = U.q(m, "SELECT pg_catalog.pg_get_expr(relpartbound, oid) AS b FROM pg_catalog.pg_class WHERE oid = " ..
+      "pg_catalog.to_regclass($1)", m:ident(part))[1].b
     if squash(have) == squash(bound) then
-      U.info(m, string.format("safe_attach_partition: %s is already attached to %s %s (no-op)", U.key(part), U.key(parent), have))
+      U.info(m, string.format(
+        "safe_attach_partition: %s is already attached to %s %s (no-op)", U.key(part), U.key(parent), have))
       return false
     end
-    U.refuse(m, "ML40", obj, string.format("%s is already attached to %s with another bound (%s)", U.key(part), U.key(parent), have))
+    U.refuse(m, "ML40", obj, string.format(
+      "%s is already attached to %s with another bound (%s)", U.key(part), U.key(parent), have))
   end
   local expr = implied_check(m, parent, pc.bound.PartitionBoundSpec or pc.bound)
   if not expr then
     if not U.is_small(m, part) then
-      U.warn(m, "ML30", obj, string.format("no CHECK can be built for the bound %s: ATTACH scans %s under an ACCESS EXCLUSIVE lock on it", bound, U.key(part)))
+      U.warn(m, "ML30", obj, string.format(
+        "no CHECK can be built for the bound %s: ATTACH scans %s under an ACCESS EXCLUSIVE lock on it", bound, U.key(
+        part)))
     end
     U.run(m, sql)
     return true
@@ -129,7 +145,8 @@ function G.safe_attach_partition(m, parent, part, bound)
   local cons = require "migrate.guards.constraints"
   local n, sample, keyname = cons.count_violations(m, part, expr)
   if n > 0 then
-    U.refuse(m, "ML30", obj, string.format("%d rows of %s fall outside %s%s; move them first", n, U.key(part), bound, U.sample_text(sample, keyname)),
+    U.refuse(m, "ML30", obj, string.format(
+      "%d rows of %s fall outside %s%s; move them first", n, U.key(part), bound, U.sample_text(sample, keyname)),
       { count = n, sample = sample })
   end
   -- a valid CHECK that implies the bound lets ATTACH skip its scan
@@ -159,7 +176,8 @@ function U.partitioned_index(m, tbl, cols, opts, name, method)
   local body = string.format("ON ONLY %s USING %s (%s)%s", m:ident(tbl), method, U.col_list(m, cols),
     opts.where and (" WHERE " .. opts.where) or "")
   if not have then
-    U.run(m, string.format("CREATE %sINDEX IF NOT EXISTS %s %s", opts.unique and "UNIQUE " or "", m:quote_name(name), body))
+    U.run(m, string.format(
+      "CREATE %sINDEX IF NOT EXISTS %s %s", opts.unique and "UNIQUE " or "", m:quote_name(name), body))
   end
   for _, c in ipairs(U.q(m, [[SELECT c.oid::regclass::text AS part, c.relname, n.nspname FROM pg_catalog.pg_inherits i
       JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -168,7 +186,8 @@ function U.partitioned_index(m, tbl, cols, opts, name, method)
     local attached = U.q(m, [[SELECT ic.relname FROM pg_catalog.pg_inherits i
         JOIN pg_catalog.pg_class ic ON ic.oid = i.inhrelid
         JOIN pg_catalog.pg_index x ON x.indexrelid = ic.oid
-       WHERE i.inhparent = pg_catalog.to_regclass($1) AND x.indrelid = pg_catalog.to_regclass($2)]], target, m:ident(part))[1]
+       WHERE i.inhparent = pg_catalog.to_regclass($1) AND x.indrelid = pg_catalog.to_regclass($2)]], target, m:ident(
+         part))[1]
     if not attached then
       local pname = U.default_name(c.relname, table.concat(cols, "_"), opts.unique and "key" or "idx")
       require("migrate.guards.indexes").safe_add_index(m, part, cols,

@@ -117,7 +117,9 @@ end
 
 function U.warn(m, rule, object, msg)
   log_event(m, "warn", rule, object, rule .. ": " .. msg)
-  if m.findings then m.findings[#m.findings + 1] = { severity = "warning", rule = rule, object = object, message = rule .. ": " .. msg } end
+  if m.findings then
+    m.findings[#m.findings + 1] = { severity = "warning", rule = rule, object = object, message = rule .. ": " .. msg }
+  end
 end
 
 -- Blocker rendering and the retry policy live in migrate.retry.
@@ -155,7 +157,8 @@ function U.inline_constraints(m, tbl, col, opts)
   if opts.references then
     local r = opts.references
     if type(r) == "string" then r = { r } end
-    m:safe_add_foreign_key(tbl, { col }, r[1] or r.table, U.cols(r[2] or r.cols or { "id" }), { on_delete = r.on_delete })
+    m:safe_add_foreign_key(
+      tbl, { col }, r[1] or r.table, U.cols(r[2] or r.cols or { "id" }), { on_delete = r.on_delete })
   end
   if opts.check then m:safe_add_check(tbl, U.default_name(U.key(tbl), col, "check"), opts.check) end
 end
@@ -234,7 +237,9 @@ end
 
 function U.require_column(m, tbl, col, rule)
   local c = U.column(m, tbl, col)
-  if not c then U.refuse(m, rule, U.key(tbl) .. "." .. col, string.format("column %s of %s does not exist", col, U.key(tbl))) end
+  if not c then
+    U.refuse(m, rule, U.key(tbl) .. "." .. col, string.format("column %s of %s does not exist", col, U.key(tbl)))
+  end
   return c
 end
 
@@ -302,7 +307,8 @@ end
 -- Rows of tbl, counted up to limit + 1 (a bounded scan, never the whole table).
 function U.rows_upto(m, tbl, limit)
   if engine.table_state(m, tbl) == "new" then return 0 end
-  local n = U.q(m, string.format("SELECT count(*) AS n FROM (SELECT 1 FROM %s LIMIT %d) s", m:ident(tbl), limit + 1))[1].n
+  local n = U.q(m, string.format(
+    "SELECT count(*) AS n FROM (SELECT 1 FROM %s LIMIT %d) s", m:ident(tbl), limit + 1))[1].n
   engine.checked(m, "rows", { table = U.key(tbl), rows = n, upto = limit + 1 })
   return n
 end
@@ -375,7 +381,8 @@ function U.rewrite_probe(m, tbl, sql_fn)
       JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = '%s'::regclass ORDER BY 1]]
   return U.probe(m, tbl, function(probe)
     local function nodes()
-      local t = { file = m.conn:query(string.format("SELECT pg_catalog.pg_relation_filenode('%s') AS f", probe))[1].f, idx = {} }
+      local t = { file = m.conn:query(string.format("SELECT pg_catalog.pg_relation_filenode('%s') AS f", probe))[1].f,
+        idx = {} }
       for _, r in ipairs(m.conn:query(string.format(sql_idx, probe))) do t.idx[r.relname] = r.relfilenode end
       return t
     end
@@ -414,7 +421,8 @@ function U.type_change_probe(m, tbl, col, typ, using)
         SELECT DISTINCT d.objid::regclass::text AS name FROM pg_catalog.pg_depend d
           JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
           JOIN pg_catalog.pg_class ic ON ic.oid = d.objid AND ic.relkind IN ('i', 'I')
-         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refobjid = pg_catalog.to_regclass($1) AND a.attname = $2
+         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refobjid = pg_catalog.to_regclass($1) AND ]] .. [[
+a.attname = $2
          ORDER BY 1]], m:ident(tbl), col)) do
       res.rebuilt[#res.rebuilt + 1] = r.name
     end
@@ -445,8 +453,12 @@ function U.probe_sql(m, tbl, name, like)
   end
   local sql = string.format("CREATE TEMP TABLE %s (LIKE %s%s)", name, m:ident(tbl), like and (" " .. like) or "")
   for c, f in pairs(md and md.columns[k] or {}) do
-    if f.added then sql = sql .. string.format("; ALTER TABLE pg_temp.%s ADD COLUMN %s %s", name, m.conn:quote_ident(c), f.type or "text")
-    elseif f.patch and f.type then sql = sql .. string.format("; ALTER TABLE pg_temp.%s ALTER COLUMN %s TYPE %s", name, m.conn:quote_ident(c), f.type) end
+    if f.added then
+      sql = sql .. string.format(
+        "; ALTER TABLE pg_temp.%s ADD COLUMN %s %s", name, m.conn:quote_ident(c), f.type or "text")
+    elseif f.patch and f.type then
+      sql = sql .. string.format(
+        "; ALTER TABLE pg_temp.%s ALTER COLUMN %s TYPE %s", name, m.conn:quote_ident(c), f.type) end
   end
   return sql
 end
