@@ -17,7 +17,8 @@ INSERT INTO items VALUES
 
 -- what the spec compares: md5 over the ordered rows' text, computed by the server
 local function content(db, cols, tbl)
-  return T.psql(db, string.format("SELECT md5(string_agg(t::text, E'\\n' ORDER BY shop, code)) FROM (SELECT %s FROM %s) t", cols, tbl or "items"))
+  return T.psql(db, string.format(
+    "SELECT md5(string_agg(t::text, E'\\n' ORDER BY shop, code)) FROM (SELECT %s FROM %s) t", cols, tbl or "items"))
 end
 
 -- m:backup when the guard clauses provide it, else the service entry point
@@ -76,7 +77,8 @@ describe("backup service", function()
     local before = content(db, cols)
     local r = cli("safe-run")
     assert.equal(0, r.code, r.stderr)
-    assert.equal("0", T.psql(db, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'items' AND column_name IN ('label','blob','doc','tags')"))
+    assert.equal("0", T.psql(db, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'items' AND " ..
+      "column_name IN ('label','blob','doc','tags')"))
     local list = backups(cli)
     assert.equal(1, #list)
     local b = list[1]
@@ -88,13 +90,15 @@ describe("backup service", function()
     assert.same({ "shop", "code" }, b.primary_key)
     assert.truthy(b.created_at)
     -- catalogued with a checksum, the size and the source owner
-    assert.equal("1", T.psql(db, "SELECT count(*) FROM migrate_lua_backups.catalog WHERE checksum LIKE 'v1_:4:%' AND size_bytes > 0 AND source_owner = 'postgres'"))
+    assert.equal("1", T.psql(db, "SELECT count(*) FROM migrate_lua_backups.catalog WHERE checksum LIKE 'v1_:4:%' " ..
+      "AND size_bytes > 0 AND source_owner = 'postgres'"))
     -- restore re-adds the columns (absent) with their original types and the values by key
     r = cli("backup", "restore", tostring(b.id))
     assert.equal(0, r.code, r.stderr)
     assert.matches("checksum verified", r.stdout)
     assert.equal(before, content(db, cols))
-    assert.equal("bytea|json|text|integer[]", T.psql(db, [[SELECT string_agg(format_type(atttypid, atttypmod), '|' ORDER BY attname)
+    assert.equal("bytea|json|text|integer[]", T.psql(
+      db, [[SELECT string_agg(format_type(atttypid, atttypmod), '|' ORDER BY attname)
       FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname IN ('label','blob','doc','tags')]]))
   end)
 
@@ -105,7 +109,8 @@ describe("backup service", function()
     assert.equal(0, cli("safe-run").code)
     local id = tostring(backups(cli)[1].id)
     -- the columns come back empty (as a down would re-create them), and a row is added
-    T.psql(db, "ALTER TABLE items ADD COLUMN label text, ADD COLUMN blob bytea, ADD COLUMN doc json, ADD COLUMN tags int[]")
+    T.psql(db, "ALTER TABLE items ADD COLUMN label text, ADD COLUMN blob bytea, ADD COLUMN doc json, ADD COLUMN " ..
+      "tags int[]")
     T.psql(db, "INSERT INTO items (shop, code, label) VALUES (9, 'new', 'added after the backup')")
     local r = cli("backup", "restore", id)
     assert.equal(3, r.code, r.stdout .. r.stderr)
@@ -120,7 +125,8 @@ describe("backup service", function()
 
   it("backs up a dropped table whole and recreates it exactly", function()
     local db, _, _, cli = setup("bk_tbl", { ["20260101000000_drop_table.lua"] = DROP_TABLE })
-    T.psql(db, "CREATE INDEX items_label ON items (label); ALTER TABLE items ADD CONSTRAINT price_sane CHECK (price > -100)")
+    T.psql(db, "CREATE INDEX items_label ON items (label); ALTER TABLE items ADD CONSTRAINT price_sane CHECK (price " ..
+      "> -100)")
     local cols = "shop, code, label, blob, doc, tags, price"
     local before = content(db, cols)
     local types_sql = [[SELECT string_agg(attname || ':' || format_type(atttypid, atttypmod), ',' ORDER BY attnum)
@@ -137,7 +143,8 @@ describe("backup service", function()
     assert.equal(before, content(db, cols))
     assert.equal(types, T.psql(db, types_sql))
     -- key, check constraint and index came back too
-    assert.equal("items_label,items_pkey", T.psql(db, "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'items'"))
+    assert.equal("items_label,items_pkey", T.psql(
+      db, "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'items'"))
     assert.equal("1", T.psql(db, "SELECT count(*) FROM pg_constraint WHERE conname = 'price_sane'"))
     -- the table exists now and a row went missing: diverged
     T.psql(db, "DELETE FROM items WHERE code = 'b'")
@@ -262,7 +269,8 @@ return { up = function(m) bk(m, "loose", { "v" }) end }
     assert.equal(0, r.code, r.stderr)
     assert.same({ b.id }, T.json(r.stdout).dropped)
     assert.equal(0, #backups(cli))
-    assert.equal("0", T.psql(db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'migrate_lua_backups' AND tablename <> 'catalog'"))
+    assert.equal("0", T.psql(
+      db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'migrate_lua_backups' AND tablename <> 'catalog'"))
     assert.equal(2, cli("backup", "drop", tostring(b.id)).code)   -- gone: usage error
   end)
 
@@ -270,12 +278,15 @@ return { up = function(m) bk(m, "loose", { "v" }) end }
     local db, _, _, cli = setup("bk_priv", { ["20260101000000_drop_table.lua"] = DROP_TABLE })
     local suffix = db:match("(%d+_%d+)$")
     local owner, intruder = "app_owner_" .. suffix, "intruder_" .. suffix
-    T.psql(db, string.format("CREATE ROLE %s LOGIN; CREATE ROLE %s LOGIN; ALTER TABLE items OWNER TO %s; GRANT CREATE ON SCHEMA public TO %s",
+    T.psql(db, string.format(
+      "CREATE ROLE %s LOGIN; CREATE ROLE %s LOGIN; ALTER TABLE items OWNER TO %s; GRANT CREATE ON SCHEMA public TO %s",
       owner, intruder, owner, owner))
     assert.equal(0, cli("safe-run").code)
     local b = backups(cli)[1]
-    local rel = "migrate_lua_backups." .. T.psql(db, "SELECT backup_table FROM migrate_lua_backups.catalog WHERE id = " .. b.id)
-    assert.equal(owner, T.psql(db, string.format("SELECT tableowner FROM pg_tables WHERE schemaname || '.' || tablename = '%s'", rel)))
+    local rel = "migrate_lua_backups." .. T.psql(
+      db, "SELECT backup_table FROM migrate_lua_backups.catalog WHERE id = " .. b.id)
+    assert.equal(owner, T.psql(
+      db, string.format("SELECT tableowner FROM pg_tables WHERE schemaname || '.' || tablename = '%s'", rel)))
     local function as(role) return T.conninfo(db) .. " user=" .. role end
     -- the owner reads its backup; another role cannot, not even with USAGE on the schema
     assert.equal("4", T.psql(as(owner), "SELECT count(*) FROM " .. rel))
@@ -288,7 +299,8 @@ return { up = function(m) bk(m, "loose", { "v" }) end }
     assert.matches("permission denied for table", err)
     ok, err = pcall(T.psql, as(intruder), "SELECT count(*) FROM migrate_lua_backups.catalog")
     assert.is_false(ok)
-    assert.equal("", T.psql(db, string.format("SELECT relacl FROM pg_class WHERE oid = '%s'::regclass AND relacl::text LIKE '%%=r%%/%%' AND relacl::text LIKE '%%{=%%'", rel)))
+    assert.equal("", T.psql(db, string.format("SELECT relacl FROM pg_class WHERE oid = '%s'::regclass AND " ..
+      "relacl::text LIKE '%%=r%%/%%' AND relacl::text LIKE '%%{=%%'", rel)))
     -- and the restored table has its owner back
     assert.equal(0, cli("backup", "restore", tostring(b.id)).code)
     assert.equal(owner, T.psql(db, "SELECT tableowner FROM pg_tables WHERE tablename = 'items'"))

@@ -197,7 +197,8 @@ describe("a password given with --database-url", function()
       local p = P.new("argv" .. form)
       p:add("20260101000001", "slow", M([[m:exec("SELECT pg_sleep(1.5)")]]))
       local url = form == "uri"
-        and string.format("postgresql://postgres:sekret-in-argv@/%s?host=%s&port=%s", p.db, os.getenv("PGHOST"), os.getenv("PGPORT"))
+        and string.format(
+          "postgresql://postgres:sekret-in-argv@/%s?host=%s&port=%s", p.db, os.getenv("PGHOST"), os.getenv("PGPORT"))
         or form == "keyword" and (p.conninfo .. " password='sekret in argv'")
         or (p.conninfo .. [[ password='sek\'ret in argv']])
       local h = T.run_bg({ "--database-url", url, "--dir", p.dir, "--log-file", p.log, "run" })

@@ -45,7 +45,8 @@ end
 
 for _, n in ipairs({ 2, 8 }) do
   describe(n .. " concurrent safe-runs", function()
-    it("--wait 0: one applies everything exactly once, the others exit 4 naming the holder (or find nothing to do)", function()
+    it("--wait 0: one applies everything exactly once, the others exit 4 naming the holder (or find nothing to do)",
+      function()
       local p = project("c" .. n .. "w0")
       local rs = start_all(p, n, { "--json", "--wait", "0", "safe-run" })
       local winners, losers, applied = 0, 0, {}
@@ -99,7 +100,8 @@ describe("a rollback racing a safe-run", function()
 
   local function wait_for_slow(p, tag)
     for _ = 1, 200 do
-      if p:sql(("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2) /* %s */' AND state = 'active'"):format(tag or "race")) == "1" then
+      if p:sql(("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2) /* %s */' AND state = " ..
+        "'active'"):format(tag or "race")) == "1" then
         return
       end
       T.sleep(0.05)

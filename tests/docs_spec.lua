@@ -112,7 +112,8 @@ describe("documentation examples", function()
         local file = d.file or "20260101000000_doc_example.lua"
         T.write(dir .. "/migrations/" .. file, b.code)
         local function cli(...)
-          return T.run({ "--database-url", conninfo, "--dir", dir .. "/migrations", "--log-file", dir .. "/run.log", ... },
+          return T.run({ "--database-url", conninfo, "--dir", dir .. "/migrations", "--log-file", dir .. "/run.log",
+            ... },
             { cwd = dir, env = { NO_COLOR = "1" } })
         end
         if d.validate then
@@ -210,7 +211,8 @@ describe("documented exit codes", function()
       good(p); p:add("20260101000001", "twin", P.migration("")); return p:cli({ "show" }).code   -- duplicate version
     end,
     ["show 5"] = function(p) good(p); return p:cli({ "show", "--check" }).code end,
-    ["validate 3"] = function(p) good(p); p:add("20260101000002", "bad", refused); return p:cli({ "validate" }).code end,
+    ["validate 3"] = function(p) good(p); p:add("20260101000002", "bad", refused); return p:cli(
+      { "validate" }).code end,
     ["dry-run 1"] = function(p) good(p); p:add("20260101000002", "boom", failing); return p:cli({ "dry-run" }).code end,
     ["dry-run 3"] = function(p) good(p); p:add("20260101000002", "bad", refused); return p:cli({ "dry-run" }).code end,
     ["safe-run 1"] = function(p)
@@ -240,7 +242,8 @@ describe("documented exit codes", function()
     end,
     ["backup 1"] = function(p)
       -- the re-created column refuses the backed-up value: the restore fails and is rolled back
-      p:add("20260101000001", "t", P.migration([[m:exec("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'x')")]]))
+      p:add("20260101000001", "t", P.migration(
+        [[m:exec("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'x')")]]))
       p:add("20260101000002", "drop", P.migration([[m:safe_drop_column("t", "v")]],
         [[m:exec("ALTER TABLE t ADD COLUMN v text"); m:safe_add_check("t", "v_not_x", "v <> 'x'")]]))
       assert.equal(0, p:cli({ "safe-run" }).code)
@@ -251,8 +254,10 @@ describe("documented exit codes", function()
       return r.code
     end,
     ["backup 3"] = function(p)
-      p:add("20260101000001", "t", P.migration([[m:exec("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 1)")]]))
-      p:add("20260101000002", "drop", P.migration([[m:safe_drop_column("t", "v")]], [[m:exec("ALTER TABLE t ADD COLUMN v int")]]))
+      p:add("20260101000001", "t", P.migration(
+        [[m:exec("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 1)")]]))
+      p:add("20260101000002", "drop", P.migration(
+        [[m:safe_drop_column("t", "v")]], [[m:exec("ALTER TABLE t ADD COLUMN v int")]]))
       assert.equal(0, p:cli({ "safe-run" }).code)
       assert.equal(0, p:cli({ "rollback" }).code)
       p:sql("INSERT INTO t VALUES (2, NULL)")   -- diverged: refused without --force
@@ -425,13 +430,15 @@ describe("docs/operations.md getting unstuck", function()
       end,
       after = function(p)
         assert.equal("20260101000000,20260102000000", p:applied())
-        assert.equal("true|false", p:sql("SELECT string_agg(baseline::text, '|' ORDER BY version) FROM migrate_lua_migrations"))
+        assert.equal("true|false", p:sql(
+          "SELECT string_agg(baseline::text, '|' ORDER BY version) FROM migrate_lua_migrations"))
       end,
     },
     typeorm = {
       setup = function(p)
         p:sql([[CREATE TABLE t1 (id bigint PRIMARY KEY);
-          CREATE TABLE "migrations" ("id" SERIAL NOT NULL, "timestamp" bigint NOT NULL, "name" character varying NOT NULL,
+          CREATE TABLE "migrations" ("id" SERIAL NOT NULL, "timestamp" bigint NOT NULL, "name" character ]] .. [[
+varying NOT NULL,
             CONSTRAINT "PK_8c82d7f526340ab734260ea46be" PRIMARY KEY ("id"));
           INSERT INTO migrations ("timestamp", name) VALUES (1767225600000, 'CreateT11767225600000')]])
         p:add("20260101000000", "create_t1", table_mig(1))

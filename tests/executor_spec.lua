@@ -9,7 +9,8 @@ local LOCK_KEY = 0x6d6c7561
 local function users_and_orders(p)
   p:add("20260101000001", "create_users", M([[m:exec("CREATE TABLE users (id int PRIMARY KEY, email text)")]],
     [[m:unsafe("drops the table this migration created", function() m:exec("DROP TABLE users") end)]]))
-  p:add("20260101000002", "create_orders", M([[m:exec("CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users (id))")]],
+  p:add("20260101000002", "create_orders", M(
+    [[m:exec("CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users (id))")]],
     [[m:unsafe("drops the table this migration created", function() m:exec("DROP TABLE orders") end)]]))
 end
 
@@ -109,7 +110,8 @@ end)
 describe("transaction = false migrations", function()
   it("journals each step; a failure part-way shows as failed and the next run resumes", function()
     local p = P.new("notx")
-    p:add("20260101000001", "create", M([[m:exec("CREATE TABLE t (x int)"); m:exec("INSERT INTO t SELECT generate_series(1, 100)")]]))
+    p:add("20260101000001", "create", M(
+      [[m:exec("CREATE TABLE t (x int)"); m:exec("INSERT INTO t SELECT generate_series(1, 100)")]]))
     local marker = p.root .. "/fail-once"
     T.write(marker, "")
     p:add("20260101000002", "index", M(string.format([[
@@ -154,7 +156,8 @@ describe("show", function()
     p:add("20260101000003", "gone", M([[m:exec("CREATE TABLE gone (x int)")]]))
     assert.equal(0, p:cli({ "run" }).code)
     os.remove(p.dir .. "/20260101000003_gone.lua")
-    T.write(p.dir .. "/20260101000002_create_orders.lua", T.read(p.dir .. "/20260101000002_create_orders.lua") .. "-- edited\n")
+    T.write(p.dir .. "/20260101000002_create_orders.lua", T.read(p.dir .. "/20260101000002_create_orders.lua")
+      .. "-- edited\n")
     p:add("20260101000004", "later", M([[m:exec("SELECT 1")]]))
     local doc, r = p:json({ "show" })
     assert.equal(0, r.code)
@@ -242,7 +245,8 @@ describe("the advisory lock", function()
 
   it("lets CREATE INDEX CONCURRENTLY finish while a second run waits for the lock", function()
     local p = P.new("cic")
-    p:add("20260101000001", "create", M([[m:exec("CREATE TABLE t (x int)"); m:exec("INSERT INTO t SELECT generate_series(1, 1000)")]]))
+    p:add("20260101000001", "create", M(
+      [[m:exec("CREATE TABLE t (x int)"); m:exec("INSERT INTO t SELECT generate_series(1, 1000)")]]))
     p:add("20260101000002", "index", M([[
     m:exec("SELECT pg_sleep(1.5)")
     m:exec("CREATE INDEX CONCURRENTLY t_x_idx ON t (x)")]], nil, "  transaction = false,\n"))
@@ -279,7 +283,8 @@ describe("lock timeouts", function()
     assert.matches("blocked by pid " .. holder:info().pid, r.stderr)
     assert.matches("long%-report", r.stderr)
     holder:close()
-    assert.equal("f", p:sql("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'y')"))
+    assert.equal("f", p:sql(
+      "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'y')"))
   end)
 
   it("retry a transactional migration under safe-run, then succeed once the blocker leaves", function()
@@ -294,7 +299,8 @@ describe("lock timeouts", function()
     local r = bg:wait(60)
     assert.equal(0, r.code, r.stderr)
     assert.matches("retrying", r.stderr)
-    assert.equal("t", p:sql("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'y')"))
+    assert.equal("t", p:sql(
+      "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'y')"))
     assert.matches('"status":"retry"', T.read(p.log))
   end)
 end)
@@ -302,7 +308,8 @@ end)
 describe("m:backup", function()
   it("takes an explicit backup even on the plain run path and returns its id", function()
     local p = P.new("explicit")
-    p:add("20260101000001", "t", M([[m:exec("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, NULL)")]]))
+    p:add("20260101000001", "t", M(
+      [[m:exec("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, NULL)")]]))
     p:add("20260101000002", "keep", M([[
     local id = m:backup("t")
     m:exec("CREATE TABLE got (id bigint)")
@@ -310,7 +317,9 @@ describe("m:backup", function()
     local r = p:cli({ "run" })
     assert.equal(0, r.code, r.stderr)
     local id = p:sql("SELECT id FROM got")
-    assert.equal("t|2|20260101000002", p:sql("SELECT source_table, row_count, migration FROM migrate_lua_backups.catalog WHERE id = " .. id):gsub("public%.", ""))
+    assert.equal("t|2|20260101000002", p:sql(
+      "SELECT source_table, row_count, migration FROM migrate_lua_backups.catalog WHERE id = " .. id):gsub(
+      "public%.", ""))
   end)
 end)
 
@@ -330,7 +339,8 @@ describe("a migration cannot get around the rollback or leak a password", functi
 
   it("an error message quoting a connection string is scrubbed on stderr and in --json", function()
     local p = P.new("scrub")
-    p:add("20260101000001", "leaks", M([[error("cannot reach postgresql://app:hunter2@db/x nor host=db password=hunter2")]]))
+    p:add("20260101000001", "leaks", M(
+      [[error("cannot reach postgresql://app:hunter2@db/x nor host=db password=hunter2")]]))
     local doc, r = p:json({ "run" })
     assert.equal(1, r.code)
     assert.is_nil((r.stdout .. r.stderr):find("hunter2", 1, true))
@@ -340,7 +350,9 @@ end)
 
 describe("revert and show around transaction = false migrations (review regressions)", function()
   local function base(p)
-    p:add("20260101000001", "mk_t", M([[m:exec("CREATE TABLE t (id int PRIMARY KEY, a int, b int); INSERT INTO t SELECT g, g, g FROM generate_series(1, 5) g")]],
+    p:add("20260101000001", "mk_t", M(
+      [[m:exec("CREATE TABLE t (id int PRIMARY KEY, a int, b int); INSERT INTO t SELECT g, g, g FROM ]] .. [[
+generate_series(1, 5) g")]],
       [[m:safe_drop_table("t")]]))
   end
 
@@ -387,7 +399,8 @@ describe("revert and show around transaction = false migrations (review regressi
     local st = p:json({ "show" }).migrations[2]
     assert.equal("failed", st.state)
     assert.equal("20260101000001,20260101000002", p:applied())
-    assert.equal("1", p:sql("SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000002' AND status = 'partial'"))
+    assert.equal("1", p:sql(
+      "SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000002' AND status = 'partial'"))
     -- a run does not re-apply it: it is still in the history
     assert.equal(0, p:cli({ "run" }).code)
     assert.equal("20260101000001,20260101000002", p:applied())
@@ -406,9 +419,13 @@ describe("more review regressions", function()
 
   it("rollback undoes the most recently applied migration, even one applied out of order", function()
     local p = P.new("rbooo")
-    p:add("20260101000002", "second", M([[m:exec("CREATE TABLE second (x int)")]], [[m:unsafe("drops what up created here", function() m:exec("DROP TABLE second") end)]]))
+    p:add("20260101000002", "second", M(
+      [[m:exec("CREATE TABLE second (x int)")]],
+        [[m:unsafe("drops what up created here", function() m:exec("DROP TABLE second") end)]]))
     assert.equal(0, p:cli({ "run" }).code)
-    p:add("20260101000001", "first", M([[m:exec("CREATE TABLE first (x int)")]], [[m:unsafe("drops what up created here", function() m:exec("DROP TABLE first") end)]]))
+    p:add("20260101000001", "first", M(
+      [[m:exec("CREATE TABLE first (x int)")]],
+        [[m:unsafe("drops what up created here", function() m:exec("DROP TABLE first") end)]]))
     assert.equal(0, p:cli({ "run", "--allow-out-of-order" }).code)
     local doc, r = p:json({ "rollback" })
     assert.equal(0, r.code, r.stderr)

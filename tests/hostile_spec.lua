@@ -36,7 +36,8 @@ local function guard_cycle(name, tbl)
   p:add("20260101000001", "create", M(([[
     local t, c = %s, %s
     m:safe_create_table(t, { { "id", "bigint", primary_key = true }, { c, "text" } })
-    m:exec("INSERT INTO " .. m:ident(t) .. " (id, " .. m:ident(c) .. ") VALUES (1, $1), (2, $2)", "one", "it's; \"two\"")
+    m:exec("INSERT INTO " .. m:ident(t) .. " (id, " .. m:ident(c) .. ") VALUES (1, $1), (2, $2)", "one", ]] .. [[
+"it's; \"two\"")
     assert(m:table_exists(t), "table_exists")
     assert(m:column_exists(t, c), "column_exists")]]):format(lit(tbl), lit(col)),
     ([[m:safe_drop_table(%s)]]):format(lit(tbl))))
@@ -64,7 +65,9 @@ describe("identifiers built to break quoting go through the guard clauses intact
         assert.equal("1", p:sql("SELECT count(*) FROM pg_class WHERE relname = " .. qname .. " AND relkind = 'r'"))
         assert.equal("one", p:sql(("SELECT %s FROM %s WHERE id = 1"):format(
           '"' .. col:gsub('"', '""') .. '"', '"' .. tbl:gsub('"', '""') .. '"')))
-        assert.equal("1", p:sql("SELECT count(*) FROM pg_class WHERE relname = '" .. (col .. "2_idx"):gsub("'", "''") .. "' AND relkind = 'i'"))
+        assert.equal("1", p:sql(
+          "SELECT count(*) FROM pg_class WHERE relname = '" .. (col .. "2_idx"):gsub("'", "''")
+          .. "' AND relkind = 'i'"))
         assert.equal("7", p:sql(("SELECT %s FROM %s WHERE id = 2"):format(
           '"' .. (col .. "2"):gsub('"', '""') .. '"', '"' .. tbl:gsub('"', '""') .. '"')))
         -- the safe path back: column dropped with a backup, then the table
@@ -102,7 +105,8 @@ describe("names longer than 63 bytes", function()
   it("refuse a long column name too, so two names sharing 63 bytes never become one", function()
     local p = P.new("collide")
     p:add("20260101000001", "first", M([[m:safe_create_table("t", { { "id", "bigint", primary_key = true } })]]))
-    p:add("20260101000002", "second", M(([[m:safe_add_column("t", %s, "text")]]):format(lit(string.rep("n", 59) .. "_col2"))))
+    p:add("20260101000002", "second", M(
+      ([[m:safe_add_column("t", %s, "text")]]):format(lit(string.rep("n", 59) .. "_col2"))))
     local doc, r = p:json({ "safe-run" })
     assert.equal(1, r.code, r.stderr)
     assert.equal("20260101000002", doc.failed)
@@ -114,7 +118,8 @@ describe("names longer than 63 bytes", function()
   it("a multibyte name's cut form is shown on a character boundary, and logged as valid UTF-8", function()
     local p = P.new("mb")
     local name = string.rep("é", 40)   -- 80 bytes
-    p:add("20260101000001", "mb", M(([[m:safe_create_table(%s, { { "id", "bigint", primary_key = true } })]]):format(lit(name))))
+    p:add("20260101000001", "mb", M(
+      ([[m:safe_create_table(%s, { { "id", "bigint", primary_key = true } })]]):format(lit(name))))
     local doc, r = p:json({ "safe-run" })
     assert.equal(1, r.code, r.stderr)
     assert.matches(string.rep("é", 31) .. '"', doc.error.message, 1, true)
@@ -214,7 +219,9 @@ describe("a down that raises", function()
       assert.matches("_keep%.lua:%d+", doc.error.message)
       assert.equal("20260101000001", p:applied())
       assert.equal("1", p:sql("SELECT count(*) FROM keep"))   -- the DELETE was rolled back
-      assert.equal("1", p:sql("SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000001' AND status = 'failed' AND error_message LIKE '%down refuses%'"))
+      assert.equal("1", p:sql(
+        "SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000001' AND status = 'failed' AND " ..
+        "error_message LIKE '%down refuses%'"))
     end)
   end
 end)

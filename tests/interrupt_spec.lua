@@ -10,7 +10,9 @@ local SLEEP = "SELECT pg_sleep(30)"
 
 local function wait_for_sleep(p)
   for _ = 1, 100 do
-    if p:sql("SELECT count(*) FROM pg_stat_activity WHERE query = '" .. SLEEP .. "' AND state = 'active'") == "1" then return end
+    if p:sql("SELECT count(*) FROM pg_stat_activity WHERE query = '" .. SLEEP .. "' AND state = 'active'") == "1" then
+      return
+    end
     T.sleep(0.1)
   end
   error("the slow statement never started")
@@ -34,7 +36,8 @@ describe("the message of an interrupted run", function()
       h:kill(sig)
       local r = h:wait(20)
       assert.equal(1, r.code, r.stderr)
-      assert.matches("interrupted by SIG" .. sig .. " while running 20260101000002_slow; its transaction was rolled back: "
+      assert.matches("interrupted by SIG" .. sig
+        .. " while running 20260101000002_slow; its transaction was rolled back: "
         .. "nothing of it was applied; applied before it and kept: 20260101000001", r.stderr)
       assert.not_matches("SQL:", r.stderr)
       assert.not_matches("context%.lua", r.stderr)
@@ -52,7 +55,8 @@ describe("the message of an interrupted run", function()
     assert.equal(1, r.code)
     local doc = T.json(r.stdout)
     assert.equal("interrupted", doc.error.kind)
-    assert.matches("interrupted by SIGINT while running 20260101000002_slow; it is transaction = false: the steps already run stay, "
+    assert.matches("interrupted by SIGINT while running 20260101000002_slow; it is transaction = false: the steps " ..
+      "already run stay, "
       .. "and the next run resumes it", doc.error.message)
     assert.equal("t", p:sql("SELECT to_regclass('slow') IS NOT NULL"))
     assert.equal("20260101000001", p:applied())
@@ -82,7 +86,8 @@ describe("the message of an interrupted run", function()
     h:kill("TERM")
     local r = h:wait(20)
     assert.equal(1, r.code, r.stderr)
-    assert.matches("interrupted by SIGTERM while reverting 20260101000001_t; its transaction was rolled back: 20260101000001_t stays applied", r.stderr)
+    assert.matches("interrupted by SIGTERM while reverting 20260101000001_t; its transaction was rolled back: " ..
+      "20260101000001_t stays applied", r.stderr)
     assert.equal("20260101000001", p:applied())
     assert.equal("t", p:sql("SELECT to_regclass('t') IS NOT NULL"))
   end)

@@ -50,7 +50,8 @@ describe("lint with the live table", function()
   setup(fresh)
   teardown(function() conn:close() end)
 
-  it("refuses a plain index on a big table with the numbers it used, passes on a small or empty one (a note)", function()
+  it("refuses a plain index on a big table with the numbers it used, passes on a small or empty one (a note)",
+    function()
     local ok, err = run("CREATE INDEX big_n_idx ON big(n)")
     refused("ML23", { ok, err }, "big: about 50000 rows (statistics: pg_class.reltuples", "--small-table-rows 10000")
     assert.equal("", T.psql(db, "SELECT to_regclass('big_n_idx')"))
@@ -59,7 +60,8 @@ describe("lint with the live table", function()
       m:exec("CREATE INDEX small_n_idx ON small(n)")
       m:exec("CREATE INDEX empty_n_idx ON empty(n)")
     end))
-    assert.equal("small_n_idx|empty_n_idx", T.psql(db, "SELECT to_regclass('small_n_idx') || '|' || to_regclass('empty_n_idx')"))
+    assert.equal("small_n_idx|empty_n_idx", T.psql(
+      db, "SELECT to_regclass('small_n_idx') || '|' || to_regclass('empty_n_idx')"))
     assert.equal(2, #m.lint_notes)
     assert.equal("ML23", m.lint_notes[1].rule)
     assert.matches("small: about 50 rows (statistics", m.lint_notes[1].note_why, 1, true)
@@ -69,7 +71,8 @@ describe("lint with the live table", function()
   it("keeps data-loss rules refusals on an empty table", function()
     refused("ML07", { run("ALTER TABLE empty DROP COLUMN n") })
     refused("ML08", { run("DROP TABLE empty") })
-    assert.equal("n", T.psql(db, "SELECT attname FROM pg_attribute WHERE attrelid = 'empty'::regclass AND attname = 'n'"))
+    assert.equal("n", T.psql(
+      db, "SELECT attname FROM pg_attribute WHERE attrelid = 'empty'::regclass AND attname = 'n'"))
   end)
 
   it("ML02 refuses on a small non-empty table and passes on an empty one", function()
@@ -91,16 +94,19 @@ describe("lint with the live table", function()
       m:exec("ALTER TABLE big ALTER COLUMN code TYPE varchar(20)")
       m:exec("ALTER TABLE big ALTER COLUMN code TYPE text")
     end))
-    assert.equal("timestamp with time zone|text", T.psql(db, "SELECT string_agg(format_type(atttypid, atttypmod), '|' ORDER BY attname) FROM pg_attribute WHERE attrelid = 'big'::regclass AND attname IN ('at', 'code')"))
+    assert.equal("timestamp with time zone|text", T.psql(db, "SELECT string_agg(format_type(atttypid, atttypmod), " ..
+      "'|' ORDER BY attname) FROM pg_attribute WHERE attrelid = 'big'::regclass AND attname IN ('at', 'code')"))
     refused("ML13", { run("ALTER TABLE big ALTER COLUMN n TYPE bigint") }, "rewrites big")
     refused("ML13", { run("ALTER TABLE big ALTER COLUMN n TYPE text USING n::text") }, "rewrites big")
     fine(run("ALTER TABLE small ALTER COLUMN n TYPE bigint"))
   end)
 
-  it("ML13 refuses a change that rebuilds an index or re-checks a CHECK, although the table is not rewritten", function()
+  it("ML13 refuses a change that rebuilds an index or re-checks a CHECK, although the table is not rewritten",
+    function()
     refused("ML13", { run("ALTER TABLE big ALTER COLUMN email TYPE citext") }, "rebuilds the index(es) big_email_idx")
     T.psql(db, "ALTER TABLE big ADD COLUMN tag varchar(10) CHECK (length(tag) < 9)")
-    refused("ML13", { run("ALTER TABLE big ALTER COLUMN tag TYPE varchar(20)") }, "re-checks the constraint(s) big_tag_check with a full scan")
+    refused("ML13", { run("ALTER TABLE big ALTER COLUMN tag TYPE varchar(20)") },
+      "re-checks the constraint(s) big_tag_check with a full scan")
     fine(run("ALTER TABLE small ALTER COLUMN email TYPE citext"))
   end)
 
@@ -119,20 +125,24 @@ describe("lint with the live table", function()
   end)
 
   it("refuses a non-unique index over more than three columns (ML41), not a unique one or three", function()
-    refused("ML41", { run("CREATE INDEX CONCURRENTLY big_4_idx ON big(n, x, code, at)", { transactional = false }) }, "4 columns")
+    refused("ML41", { run("CREATE INDEX CONCURRENTLY big_4_idx ON big(n, x, code, at)", { transactional = false }) },
+      "4 columns")
     fine(run("CREATE INDEX CONCURRENTLY big_3_idx ON big(n, x, code)", { transactional = false }))
     fine(run("CREATE UNIQUE INDEX CONCURRENTLY big_u4_idx ON big(id, n, x, code)", { transactional = false }))
     assert.equal("", T.psql(db, "SELECT to_regclass('big_4_idx')"))
   end)
 
   it("refuses CREATE INDEX CONCURRENTLY on a partitioned table (PostgreSQL cannot), naming m:safe_add_index", function()
-    T.psql(db, "CREATE TABLE pt(k int) PARTITION BY RANGE (k); CREATE TABLE pt_0 PARTITION OF pt FOR VALUES FROM (0) TO (10)")
-    refused("ML23", { run("CREATE INDEX CONCURRENTLY pt_k_idx ON pt(k)", { transactional = false }) }, "partitioned table pt", "m:safe_add_index")
+    T.psql(db, "CREATE TABLE pt(k int) PARTITION BY RANGE (k); CREATE TABLE pt_0 PARTITION OF pt FOR VALUES FROM " ..
+      "(0) TO (10)")
+    refused("ML23", { run("CREATE INDEX CONCURRENTLY pt_k_idx ON pt(k)", { transactional = false }) },
+      "partitioned table pt", "m:safe_add_index")
     fine(run("CREATE INDEX CONCURRENTLY pt_0_k_idx ON pt_0(k)", { transactional = false }))
   end)
 
   it("ML32 refuses ALTER DOMAIN ADD CONSTRAINT even NOT VALID when a big table uses the domain", function()
-    refused("ML32", { run("ALTER DOMAIN posint ADD CONSTRAINT pos CHECK (VALUE > 0) NOT VALID") }, "dom_big", "SHARE lock")
+    refused("ML32", { run("ALTER DOMAIN posint ADD CONSTRAINT pos CHECK (VALUE > 0) NOT VALID") }, "dom_big",
+      "SHARE lock")
     fine(run("CREATE DOMAIN unused_d AS int; ALTER DOMAIN unused_d ADD CONSTRAINT pos CHECK (VALUE > 0)"))
   end)
 end)
@@ -145,7 +155,8 @@ describe("lint: the same lock-only hazards on a small table are notes", function
   local CASES = {
     { "ML29", "VACUUM (FULL TRUE) small", false },
     { "ML28", "REINDEX (CONCURRENTLY FALSE) INDEX small_email_idx", false },
-    { "ML19", "ALTER TABLE small ADD CONSTRAINT n_pos CHECK (n > 0) NOT VALID; ALTER TABLE small VALIDATE CONSTRAINT n_pos", false },
+    { "ML19", "ALTER TABLE small ADD CONSTRAINT n_pos CHECK (n > 0) NOT VALID; ALTER TABLE small VALIDATE " ..
+      "CONSTRAINT n_pos", false },
     { "ML21", "ALTER TABLE small DROP CONSTRAINT small_pkey, ADD PRIMARY KEY (id)", true },
     { "ML13", "ALTER TABLE small ALTER COLUMN x TYPE bigint", true },
     { "ML34", "UPDATE small SET x = 1", true },
@@ -172,17 +183,22 @@ describe("lint of multi-statement strings", function()
   teardown(function() conn:close() end)
 
   it("knows the effect of an earlier VALIDATE: VALIDATE; SET NOT NULL; DROP CONSTRAINT passes as one string", function()
-    T.psql(db, "ALTER TABLE big ADD CONSTRAINT n_nn CHECK (n IS NOT NULL) NOT VALID; ALTER TABLE small ADD CONSTRAINT n_nn CHECK (n IS NOT NULL) NOT VALID")
-    local sql = "ALTER TABLE %s VALIDATE CONSTRAINT n_nn; ALTER TABLE %s ALTER COLUMN n SET NOT NULL; ALTER TABLE %s DROP CONSTRAINT n_nn"
+    T.psql(db, "ALTER TABLE big ADD CONSTRAINT n_nn CHECK (n IS NOT NULL) NOT VALID; ALTER TABLE small ADD " ..
+      "CONSTRAINT n_nn CHECK (n IS NOT NULL) NOT VALID")
+    local sql = "ALTER TABLE %s VALIDATE CONSTRAINT n_nn; ALTER TABLE %s ALTER COLUMN n SET NOT NULL; ALTER TABLE " ..
+      "%s DROP CONSTRAINT n_nn"
     fine(run(sql:format("big", "big", "big")))
     fine(run(sql:format("small", "small", "small"), { transactional = false }))
-    assert.equal("true|true", T.psql(db, "SELECT string_agg(attnotnull::text, '|') FROM pg_attribute WHERE attrelid IN ('big'::regclass, 'small'::regclass) AND attname = 'n'"))
+    assert.equal("true|true", T.psql(db, "SELECT string_agg(attnotnull::text, '|') FROM pg_attribute WHERE attrelid " ..
+      "IN ('big'::regclass, 'small'::regclass) AND attname = 'n'"))
     -- without the VALIDATE, SET NOT NULL still scans
     refused("ML15", { run("ALTER TABLE big ALTER COLUMN x SET NOT NULL") })
   end)
 
   it("refuses ADD ... NOT VALID; VALIDATE in one string of a transaction = false migration", function()
-    local ok, err = run("ALTER TABLE refs ADD CONSTRAINT refs_fk FOREIGN KEY (user_id) REFERENCES users(id) NOT VALID; ALTER TABLE refs VALIDATE CONSTRAINT refs_fk",
+    local ok, err = run(
+      "ALTER TABLE refs ADD CONSTRAINT refs_fk FOREIGN KEY (user_id) REFERENCES users(id) NOT VALID; ALTER TABLE " ..
+      "refs VALIDATE CONSTRAINT refs_fk",
       { transactional = false })
     refused("ML19", { ok, err }, "one implicit transaction", "split it")
     assert.equal("0", T.psql(db, "SELECT count(*) FROM pg_constraint WHERE conname = 'refs_fk'"))
@@ -195,10 +211,12 @@ describe("lint of multi-statement strings", function()
   end)
 
   it("refuses anything + CREATE INDEX CONCURRENTLY or VACUUM in one string (PostgreSQL's 25001)", function()
-    refused("ML24", { run("ALTER TABLE small ADD COLUMN z int; CREATE INDEX CONCURRENTLY small_z ON small(z)", { transactional = false }) },
+    refused("ML24", { run("ALTER TABLE small ADD COLUMN z int; CREATE INDEX CONCURRENTLY small_z ON " ..
+      "small(z)", { transactional = false }) },
       "25001", "one m:exec call per statement")
     refused("ML24", { run("SELECT 1; VACUUM small", { transactional = false }) }, "VACUUM")
-    assert.equal("0", T.psql(db, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'small'::regclass AND attname = 'z'"))
+    assert.equal("0", T.psql(
+      db, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'small'::regclass AND attname = 'z'"))
     fine(run(function(m)
       m:exec("ALTER TABLE small ADD COLUMN z int")
       m:exec("CREATE INDEX CONCURRENTLY small_z ON small(z)")
@@ -243,7 +261,8 @@ describe("lint escape hatches", function()
         m:exec("ALTER TABLE empty DROP COLUMN n")
       end)
     end))
-    assert.equal("", T.psql(db, "SELECT attname FROM pg_attribute WHERE attrelid = 'empty'::regclass AND attname = 'n'"))
+    assert.equal("", T.psql(
+      db, "SELECT attname FROM pg_attribute WHERE attrelid = 'empty'::regclass AND attname = 'n'"))
     local ok, err = run(function(m)
       m:unsafe({ reason = "column email is unused now", allow = { "ML07" } }, function()
         m:exec("ALTER TABLE empty DROP COLUMN email")
@@ -251,7 +270,8 @@ describe("lint escape hatches", function()
       end)
     end)
     refused("ML08", { ok, err })
-    assert.equal("email", T.psql(db, "SELECT attname FROM pg_attribute WHERE attrelid = 'empty'::regclass AND attname = 'email'"))
+    assert.equal("email", T.psql(
+      db, "SELECT attname FROM pg_attribute WHERE attrelid = 'empty'::regclass AND attname = 'email'"))
     ok, err = run(function(m) m:unsafe({ reason = "a reason long enough", allow = { "DROP" } }, function() end) end)
     assert.is_false(ok)
     assert.equal("usage", err.kind)
@@ -260,7 +280,8 @@ describe("lint escape hatches", function()
 end)
 
 describe("lint across a run", function()
-  it("a table created by an earlier migration of the same run is new: its index passes; in a later run it is refused", function()
+  it("a table created by an earlier migration of the same run is new: its index passes; in a later run it is refused",
+    function()
     local d, c = T.fresh_db("lintrun")
     local dir = H.dir {
       ["20260101000000_create.lua"] = [[return { up = function(m)
@@ -276,7 +297,8 @@ describe("lint across a run", function()
     }
     local r = H.run(c, dir, { "run" })
     assert.equal(0, r.code, r.stderr)
-    assert.equal("events_kind_idx|audit_what_idx", T.psql(d, "SELECT to_regclass('events_kind_idx') || '|' || to_regclass('audit_what_idx')"))
+    assert.equal("events_kind_idx|audit_what_idx", T.psql(
+      d, "SELECT to_regclass('events_kind_idx') || '|' || to_regclass('audit_what_idx')"))
     T.write(dir .. "/20260101000002_index2.lua", [[return { up = function(m)
         m:exec("CREATE INDEX events_kind2_idx ON events(kind)")
       end }]])
@@ -288,7 +310,8 @@ describe("lint across a run", function()
     assert.matches("events: more than 10000 rows", doc.error.message, 1, true)
   end)
 
-  it("unreadable SQL inside m:unsafe reaches the server, and migration_logs says it went unlinted with both versions", function()
+  it("unreadable SQL inside m:unsafe reaches the server, and migration_logs says it went unlinted with both versions",
+    function()
     local d, c = T.fresh_db("lintparse")
     local dir = H.dir {
       ["20260101000000_newer.lua"] = [[return { up = function(m)
@@ -298,7 +321,8 @@ describe("lint across a run", function()
     local r = H.run(c, dir, { "run", "--json" })
     assert.equal(1, r.code, r.stderr)
     assert.equal("42601", T.json(r.stdout).error.sqlstate)
-    local row = T.psql(d, "SELECT metadata->>'parser_version' || '|' || (metadata->>'server_version' ~ '^[0-9]+[.][0-9]+$')::text || '|' || message FROM migration_logs WHERE status = 'lint'")
+    local row = T.psql(d, "SELECT metadata->>'parser_version' || '|' || (metadata->>'server_version' ~ " ..
+      "'^[0-9]+[.][0-9]+$')::text || '|' || message FROM migration_logs WHERE status = 'lint'")
     assert.matches("^15%.%d+|true|not linted: the lint's parser", row)
   end)
 end)

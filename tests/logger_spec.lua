@@ -55,7 +55,8 @@ local function statuses(rows, version)
 end
 
 local function table_statuses(db, version)
-  return T.psql(db, ("SELECT string_agg(status, ',' ORDER BY id) FROM migration_logs WHERE migration_name = '%s'"):format(version))
+  return T.psql(db, (
+    "SELECT string_agg(status, ',' ORDER BY id) FROM migration_logs WHERE migration_name = '%s'"):format(version))
 end
 
 describe("logger", function()
@@ -101,7 +102,8 @@ describe("logger", function()
     assert.equal("started,log,failed,rolled_back", table_statuses(db, V_BAD))
     assert.equal("22P02|29|t", T.psql(db, [[SELECT metadata->'error'->>'sqlstate', metadata->'error'->>'position',
       error_message LIKE '%invalid input syntax%' FROM migration_logs WHERE status = 'failed']]))
-    assert.equal("42", T.psql(db, "SELECT metadata->>'answer' FROM migration_logs WHERE message = 'hello from the migration'"))
+    assert.equal("42", T.psql(
+      db, "SELECT metadata->>'answer' FROM migration_logs WHERE message = 'hello from the migration'"))
     -- one run, one run_id, in the file and the table
     assert.equal("1", T.psql(db, "SELECT count(DISTINCT run_id) FROM migration_logs"))
     assert.equal(lines[1].run_id, T.psql(db, "SELECT DISTINCT run_id FROM migration_logs"))
@@ -135,7 +137,8 @@ describe("logger", function()
     assert.equal("600", p:read("a"):gsub("%s", ""))
     p:close()
     -- a second run appends
-    T.write(dir .. "/m/20260101000200_more.lua", 'return { up = function(m) m:exec("CREATE TABLE obs_more (id int)") end }')
+    T.write(dir .. "/m/20260101000200_more.lua",
+      'return { up = function(m) m:exec("CREATE TABLE obs_more (id int)") end }')
     assert.equal(0, T.run({ "-d", conninfo, "--dir", "m", "--log-file", path, "run" }, { cwd = dir }).code)
     local lines = json_lines(path)
     assert.equal(n1 + 2, #lines)
@@ -192,7 +195,10 @@ describe("logger", function()
     local role = "obs_app_" .. db
     T.psql("postgres", ('CREATE ROLE "%s" LOGIN; ALTER DATABASE "%s" OWNER TO "%s"'):format(role, db, role))
     -- the table exists, owned by postgres: the app role may read it, not write
-    T.psql(db, ("CREATE TABLE migration_logs (id bigserial PRIMARY KEY, created_at timestamptz DEFAULT now(), run_id text, migration_name text, status text NOT NULL, level text, message text, duration_ms float8, error_message text, metadata jsonb); REVOKE ALL ON migration_logs FROM PUBLIC; GRANT SELECT ON migration_logs TO \"%s\""):format(role))
+    T.psql(db, ("CREATE TABLE migration_logs (id bigserial PRIMARY KEY, created_at timestamptz DEFAULT now(), " ..
+      "run_id text, migration_name text, status text NOT NULL, level text, message text, duration_ms float8, " ..
+      "error_message text, metadata jsonb); REVOKE ALL ON migration_logs FROM PUBLIC; GRANT SELECT ON " ..
+      "migration_logs TO \"%s\""):format(role))
     local dir = project(false)
     local r = T.run({ "-d", conninfo:gsub("user=postgres", "user=" .. role), "--dir", "m", "run" }, { cwd = dir })
     assert.equal(0, r.code, r.stderr)
@@ -208,7 +214,8 @@ describe("logger", function()
     local r1 = T.run({ "-d", conninfo, "--dir", "m", "--metrics-file", "metrics.prom", "-v", "run" }, { cwd = dir })
     assert.equal(1, r1.code)
     -- the same through a URI and the environment
-    local uri = ("postgresql://postgres:sekret123@/%s?host=%s&port=%s"):format(db, os.getenv("PGHOST"), os.getenv("PGPORT") or "5432")
+    local uri = ("postgresql://postgres:sekret123@/%s?host=%s&port=%s"):format(
+      db, os.getenv("PGHOST"), os.getenv("PGPORT") or "5432")
     local r2 = T.run({ "--dir", "m", "--json", "-v", "logs" }, { cwd = dir, env = { DATABASE_URL = uri } })
     assert.equal(0, r2.code, r2.stderr)
     local r3 = T.run({ "--dir", "m", "--format", "github", "run" }, { cwd = dir, env = { DATABASE_URL = uri } })

@@ -5,7 +5,8 @@ local V1, V2, V3 = "20260201000000", "20260201000100", "20260201000200"
 
 local function project()
   local dir = T.tmpdir()
-  T.write(dir .. "/m/" .. V1 .. "_one.lua", [[return { up = function(m) m:exec("CREATE TABLE logs_one (id int)") end }]])
+  T.write(dir .. "/m/" .. V1 .. "_one.lua",
+    [[return { up = function(m) m:exec("CREATE TABLE logs_one (id int)") end }]])
   T.write(dir .. "/m/" .. V2 .. "_two.lua",
     [[return { up = function(m) m.log:info("two says hi", { n = 2 }); m:exec("CREATE TABLE logs_two (id int)") end }]])
   return dir

@@ -126,7 +126,8 @@ describe("cpack -G DEB", function()
     local _, needed = sh("readelf -d " .. T.shell_quote(root .. "/usr/bin/migrate-lua"))
     local count = 0
     for lib in needed:gmatch("NEEDED%)%s+Shared library: %[([^%]]+)%]") do
-      local _, path = sh("ldd " .. T.shell_quote(root .. "/usr/bin/migrate-lua") .. " | awk '$1 == \"" .. lib .. "\" {print $3}'")
+      local _, path = sh(
+        "ldd " .. T.shell_quote(root .. "/usr/bin/migrate-lua") .. " | awk '$1 == \"" .. lib .. "\" {print $3}'")
       path = path:gsub("%s+$", "")
       assert.is_truthy(path ~= "" and path ~= "not", lib .. " not found by ldd")
       -- /lib and /usr/lib are the same files on a merged-/usr system

@@ -20,7 +20,8 @@ describe("conn:transaction opts.finish (pipeline mode)", function()
     local o = {}
     conn:transaction(function()
       conn:exec("CREATE TABLE made (x int)")
-      o.finish = { { "INSERT INTO hist VALUES ($1, $2)", "a", 7, n = 2 }, { "INSERT INTO hist VALUES ($1, NULL)", "b", n = 1 } }
+      o.finish = { { "INSERT INTO hist VALUES ($1, $2)", "a", 7, n = 2 }, {
+        "INSERT INTO hist VALUES ($1, NULL)", "b", n = 1 } }
     end, o)
     assert.equal("idle", conn:tx_status())
     assert.equal("a:7,b:", T.psql(db, "SELECT string_agg(v || ':' || coalesce(n::text, ''), ',' ORDER BY v) FROM hist"))
@@ -38,7 +39,8 @@ describe("conn:transaction opts.finish (pipeline mode)", function()
     assert.is_nil(o.finished[2])
   end)
 
-  it("a failing finish statement rolls everything back, names its SQL and index, and leaves the connection usable", function()
+  it("a failing finish statement rolls everything back, names its SQL and index, and leaves the connection usable",
+    function()
     conn:exec("CREATE TABLE hist (v text PRIMARY KEY)")
     conn:exec("INSERT INTO hist VALUES ('dup')")
     local o = {}
@@ -119,7 +121,8 @@ describe("the executor's pipelined finish", function()
       FROM migration_logs WHERE migration_name = '20260101000001']]))
   end)
 
-  it("a history insert that fails (a CHECK on the history table) rolls the migration back with a clear error", function()
+  it("a history insert that fails (a CHECK on the history table) rolls the migration back with a clear error",
+    function()
     local p = P.new("pipe")
     p:add("20260101000001", "one", M([[m:exec("CREATE TABLE one (x int)")]]))
     assert.equal(0, p:cli({ "run" }).code)
@@ -132,7 +135,8 @@ describe("the executor's pipelined finish", function()
     assert.matches("history_frozen", r.stderr, 1, true)
     assert.equal("f", p:sql("SELECT to_regclass('two') IS NOT NULL"))
     assert.equal("20260101000001", p:applied())
-    assert.equal("1", p:sql("SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000002' AND status = 'failed'"))
+    assert.equal("1", p:sql(
+      "SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000002' AND status = 'failed'"))
   end)
 
   it("a history delete that fails on revert keeps the migration applied and its table", function()
@@ -154,7 +158,8 @@ describe("the executor's pipelined finish", function()
     local p = P.new("pipe")
     p:add("20260101000001", "lose", M([[
     m:exec("CREATE TABLE made (x int)")
-    m:query("SELECT pg_terminate_backend(pid) AS t FROM pg_stat_activity WHERE application_name = 'migrate-lua lock' AND datname = current_database()")
+    m:query("SELECT pg_terminate_backend(pid) AS t FROM pg_stat_activity WHERE application_name = 'migrate-lua ]] .. [[
+lock' AND datname = current_database()")
     for _ = 1, 200 do
       if #m:query("SELECT 1 AS x FROM pg_locks WHERE locktype = 'advisory' AND objid = 1835824481") == 0 then break end
       m:query("SELECT pg_sleep(0.02) AS s")

@@ -9,11 +9,13 @@ local NOTX = "  transaction = false,\n"
 
 local function items(p, n)
   p:sql(string.format([[CREATE TABLE items (id bigint PRIMARY KEY, state text NOT NULL, note text);
-    INSERT INTO items SELECT g, CASE WHEN g %% 3 = 0 THEN 'done' ELSE 'new' END, 'n' || g FROM generate_series(1, %d) g]], n or 20))
+    INSERT INTO items SELECT g, CASE WHEN g %% 3 = 0 THEN 'done' ELSE 'new' END, 'n' || g FROM ]] .. [[
+generate_series(1, %d) g]], n or 20))
 end
 
 local function backups(p, version)
-  return p:sql("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM migrate_lua_backups.catalog WHERE migration = '" .. version .. "'")
+  return p:sql("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM migrate_lua_backups.catalog WHERE " ..
+    "migration = '" .. version .. "'")
 end
 
 describe("a backup never pins a type the migration drops", function()
@@ -23,7 +25,8 @@ describe("a backup never pins a type the migration drops", function()
     local before = p:sql("SELECT string_agg(id || '=' || state, ',' ORDER BY id) FROM items")
     p:add("20260101000000", "item_state", P.migration([[
     m:exec("CREATE TYPE item_state AS ENUM ('new', 'done')")
-    m:safe_change_column_type("items", "state", "item_state", { using = "state::item_state", allow_rewrite = true })]], [[
+    m:safe_change_column_type("items", "state", "item_state", { using = "state::item_state", allow_rewrite = ]] .. [[
+true })]], [[
     m:safe_change_column_type("items", "state", "text", { allow_rewrite = true })
     m:unsafe("the type goes with this migration", function(m) m:exec("DROP TYPE item_state") end)]]))
     local r = p:cli({ "safe-run" })
@@ -32,10 +35,13 @@ describe("a backup never pins a type the migration drops", function()
     assert.equal(0, r.code, r.stderr)
     assert.same({ "20260101000000" }, T.json(r.stdout).reverted)
     assert.equal("", p:sql("SELECT to_regtype('item_state')"))
-    assert.equal("text", p:sql("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = 'state'"))
+    assert.equal("text", p:sql(
+      "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = " ..
+      "'state'"))
     -- the down's backup holds the enum values as text: re-apply, scramble, restore
     local down_backup = p:sql([[SELECT max(id) FROM migrate_lua_backups.catalog WHERE migration = '20260101000000']])
-    assert.equal("item_state", p:sql("SELECT column_types[2] FROM migrate_lua_backups.catalog WHERE id = " .. down_backup))
+    assert.equal("item_state", p:sql(
+      "SELECT column_types[2] FROM migrate_lua_backups.catalog WHERE id = " .. down_backup))
     assert.equal(0, p:cli({ "safe-run" }).code)
     p:sql("UPDATE items SET state = 'done'")
     r = p:cli({ "backup", "restore", down_backup })
@@ -44,7 +50,8 @@ describe("a backup never pins a type the migration drops", function()
     assert.equal(before, p:sql("SELECT string_agg(id || '=' || state::text, ',' ORDER BY id) FROM items"))
   end)
 
-  it("domain, array of enum, composite, citext and a sequence: dropped after the backup, values restored exactly", function()
+  it("domain, array of enum, composite, citext and a sequence: dropped after the backup, values restored exactly",
+    function()
     local p = P.new("types_rb")
     p:sql([[
       CREATE EXTENSION citext;
@@ -53,13 +60,15 @@ describe("a backup never pins a type the migration drops", function()
       CREATE TYPE point2 AS (x double precision, y text);
       CREATE SEQUENCE ticket_seq;
       CREATE TABLE things (id bigint PRIMARY KEY, p positive, moods mood[], pt point2, email citext);
-      INSERT INTO things SELECT g, g, ARRAY['sad', 'happy']::mood[], ROW(g / 3.0, 'y"' || g)::point2, 'User' || g || '@Example.com'
+      INSERT INTO things SELECT g, g, ARRAY['sad', 'happy']::mood[], ROW(g / 3.0, ]] .. [[
+'y"' || g)::point2, 'User' || g || '@Example.com'
         FROM generate_series(1, 30) g;
       INSERT INTO things VALUES (31, NULL, NULL, NULL, NULL), (32, 7, '{}', ROW(NULL, NULL), '');
       CREATE TABLE tickets (id bigint PRIMARY KEY DEFAULT nextval('ticket_seq'), t mood);
       INSERT INTO tickets (t) VALUES ('ok'), ('sad');]])
     local function snapshot()
-      return p:sql([[SELECT string_agg(concat_ws('|', id, p, moods::text, pt::text, email::text), ';' ORDER BY id) FROM things]])
+      return p:sql([[SELECT string_agg(concat_ws('|', id, p, moods::text, pt::text, email::text), ';' ORDER BY ]] .. [[
+id) FROM things]])
     end
     local before = snapshot()
     p:add("20260101000000", "drop_types", P.migration([[
@@ -71,7 +80,9 @@ describe("a backup never pins a type the migration drops", function()
     local r = p:cli({ "--json", "safe-run" })
     assert.equal(0, r.code, r.stderr)
     assert.equal(5, #T.json(r.stdout).backups)
-    assert.equal("", p:sql("SELECT coalesce(to_regtype('mood')::text, '') || coalesce(to_regtype('positive')::text, '') || coalesce(to_regtype('citext')::text, '')"))
+    assert.equal("", p:sql(
+      "SELECT coalesce(to_regtype('mood')::text, '') || coalesce(to_regtype('positive')::text, '') || " ..
+      "coalesce(to_regtype('citext')::text, '')"))
     -- the types come back (a later migration, or by hand); restore re-adds each column
     p:sql([[CREATE EXTENSION citext; CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
       CREATE DOMAIN positive AS integer CHECK (VALUE > 0); CREATE TYPE point2 AS (x double precision, y text)]])
@@ -81,7 +92,8 @@ describe("a backup never pins a type the migration drops", function()
       assert.matches("checksum verified", r.stdout)
     end
     assert.equal(before, snapshot())
-    assert.equal("positive,mood[],point2,citext", p:sql([[SELECT string_agg(format_type(atttypid, atttypmod), ',' ORDER BY attnum)
+    assert.equal("positive,mood[],point2,citext", p:sql(
+      [[SELECT string_agg(format_type(atttypid, atttypmod), ',' ORDER BY attnum)
       FROM pg_attribute WHERE attrelid = 'things'::regclass AND attnum > 1 AND NOT attisdropped]]))
     assert.equal("1=ok,2=sad", p:sql("SELECT string_agg(id || '=' || t, ',' ORDER BY id) FROM tickets"))
     -- a backup table that was tampered with is refused (the checksum covers the stored text)
@@ -115,7 +127,9 @@ describe("backups in transaction = false migrations", function()
     assert.equal(1, #doc.backups)
     assert.equal("share-lock|20|id,score", p:sql([[SELECT consistency, row_count, array_to_string(columns, ',')
       FROM migrate_lua_backups.catalog WHERE migration = '20260101000000']]))
-    assert.equal("f", p:sql("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = 'score' AND NOT attisdropped)"))
+    assert.equal("f", p:sql(
+      "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = 'score' AND NOT " ..
+      "attisdropped)"))
     assert.equal("pending", p:json({ "show" }).migrations[1].state)
     -- the values come back into a re-added column
     r = p:cli({ "backup", "restore", tostring(doc.backups[1].id) })
@@ -131,12 +145,14 @@ describe("backups in transaction = false migrations", function()
     m.log:info("took backup " .. tostring(id))]], "", NOTX))
     local r = p:cli({ "run" })
     assert.equal(0, r.code, r.stderr)
-    assert.equal("table|5|share-lock", p:sql("SELECT kind, row_count, consistency FROM migrate_lua_backups.catalog WHERE migration = '20260101000000'"))
+    assert.equal("table|5|share-lock", p:sql(
+      "SELECT kind, row_count, consistency FROM migrate_lua_backups.catalog WHERE migration = '20260101000000'"))
   end)
 
   it("copy and drop see the same rows under a concurrent writer", function()
     local p = P.new("notx_writer")
-    p:sql("CREATE TABLE feed (id bigint PRIMARY KEY, v text NOT NULL); INSERT INTO feed SELECT g, 'v' || g FROM generate_series(1, 100) g")
+    p:sql("CREATE TABLE feed (id bigint PRIMARY KEY, v text NOT NULL); INSERT INTO feed SELECT g, 'v' || g FROM " ..
+      "generate_series(1, 100) g")
     p:add("20260101000000", "drop_v", P.migration([[m:safe_drop_column("feed", "v")]], "", NOTX))
     -- one autocommit INSERT after another, each naming v; once v is dropped they fail
     local lines = {}
@@ -153,7 +169,8 @@ describe("backups in transaction = false migrations", function()
     local after_drop = tonumber(p:sql("SELECT count(*) FROM feed"))
     writer:wait(120)
     local total = tonumber(p:sql("SELECT count(*) FROM feed"))
-    local copied = tonumber(p:sql("SELECT row_count FROM migrate_lua_backups.catalog WHERE migration = '20260101000000'"))
+    local copied = tonumber(
+      p:sql("SELECT row_count FROM migrate_lua_backups.catalog WHERE migration = '20260101000000'"))
     assert.is_true(copied > 600, "the writer was running: " .. copied)
     assert.is_true(total < 6100, "some inserts came after the drop and failed")
     -- every row in the table has its value in the backup: nothing landed between copy and drop
@@ -170,7 +187,8 @@ describe("backups in transaction = false migrations", function()
     local h = p:cli_bg({ "rollback" })
     local seen = false
     for _ = 1, 400 do
-      if p:sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60) /* hold rollback */%' AND state = 'active'") == "1" then
+      if p:sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60) /* hold rollback */%' " ..
+        "AND state = 'active'") == "1" then
         seen = true
         break
       end
@@ -181,7 +199,8 @@ describe("backups in transaction = false migrations", function()
     assert.equal(137, h:wait(30).code)
     -- the drop and its backup committed together; the history row stays
     for _ = 1, 100 do
-      if p:sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60) /* hold rollback */%'") == "0" then break end
+      if p:sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60) /* hold rollback " ..
+        "*/%'") == "0" then break end
       T.sleep(0.1)
     end
     assert.equal("20260101000000", p:applied())
@@ -206,9 +225,11 @@ describe("backups in transaction = false migrations", function()
   it("kill -9 while the backup transaction waits for its lock: nothing dropped, nothing catalogued", function()
     local p = notx_project("notx_kill_lock")
     local blocker = T.run_bg({ "-X", "-q", "-d", p.conninfo, "-c",
-      "BEGIN; LOCK TABLE items IN ROW EXCLUSIVE MODE; SELECT pg_sleep(30) /* blocker */; COMMIT;" }, { bin = T.psql_bin })
+      "BEGIN; LOCK TABLE items IN ROW EXCLUSIVE MODE; SELECT pg_sleep(30) /* blocker */; COMMIT;" }, {
+      bin = T.psql_bin })
     for _ = 1, 200 do
-      if p:sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30) /* blocker */%' AND state = 'active' AND pid <> pg_backend_pid()") == "1" then break end
+      if p:sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30) /* blocker */%' AND state = " ..
+        "'active' AND pid <> pg_backend_pid()") == "1" then break end
       T.sleep(0.05)
     end
     local h = p:cli_bg({ "--lock-timeout", "10000", "rollback" })
@@ -230,13 +251,16 @@ describe("backups in transaction = false migrations", function()
     h:kill("KILL")
     h:wait(30)
     blocker:kill("TERM")
-    p:sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30) /* blocker */%' AND pid <> pg_backend_pid()")
+    p:sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30) /* blocker */%' " ..
+      "AND pid <> pg_backend_pid()")
     blocker:wait(30)
     for _ = 1, 100 do
       if p:sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LOCK TABLE%items%'") == "0" then break end
       T.sleep(0.1)
     end
-    assert.equal("t", p:sql("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = 'score' AND NOT attisdropped)"))
+    assert.equal("t", p:sql(
+      "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = 'score' AND NOT " ..
+      "attisdropped)"))
     assert.equal("t", p:sql("SELECT to_regclass('migrate_lua_backups.catalog') IS NULL"))
     assert.equal("20260101000000", p:applied())
     local r = p:cli({ "rollback" })
@@ -267,8 +291,10 @@ describe("a transaction = false migration that stopped part-way", function()
     assert.equal("failed", st.state)
     assert.is_true(st.partial)
     assert.equal("t", p:sql("SELECT to_regclass('first_step') IS NOT NULL"))
-    assert.equal("2", p:sql("SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000000' AND status = 'partial'"))
-    assert.equal("0", p:sql("SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000000' AND status = 'rolled_back'"))
+    assert.equal("2", p:sql(
+      "SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000000' AND status = 'partial'"))
+    assert.equal("0", p:sql(
+      "SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000000' AND status = 'rolled_back'"))
     -- rollback undoes it
     r = p:cli({ "rollback" })
     assert.equal(0, r.code, r.stderr)
@@ -288,7 +314,8 @@ describe("restore rebuilds what users expect", function()
     assert.equal(0, r.code, r.stderr)
     assert.matches("rebuilt: tier: NOT NULL, DEFAULT 'free'::text", r.stdout)
     assert.equal("t|'free'::text", p:sql([[SELECT a.attnotnull, pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a
-      JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum WHERE a.attrelid = 'acct'::regclass AND a.attname = 'tier']]))
+      JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum WHERE a.attrelid = 'acct'::regclass ]] .. [[
+AND a.attname = 'tier']]))
     assert.equal("5", p:sql("SELECT count(*) FROM acct WHERE tier = 'pro'"))
     p:sql("INSERT INTO acct (id, n) VALUES (11, 11)")
     assert.equal("free", p:sql("SELECT tier FROM acct WHERE id = 11"))
@@ -307,28 +334,37 @@ describe("restore rebuilds what users expect", function()
         total numeric GENERATED ALWAYS AS (qty * 2) STORED,
         touched timestamptz);
       CREATE INDEX orders_lower_code ON orders (lower(code)) WHERE qty > 1;
-      CREATE FUNCTION orders_touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.touched := now(); RETURN NEW; END $$;
+      CREATE FUNCTION orders_touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.touched := now(); RETURN ]] .. [[
+NEW; END $$;
       CREATE TRIGGER orders_touch BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION orders_touch();
       COMMENT ON TABLE orders IS 'customer orders; it''s important';
       COMMENT ON COLUMN orders.code IS 'the public order code';
       ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
-      CREATE POLICY orders_small ON orders AS PERMISSIVE FOR SELECT TO restore_reader_]] .. T.pid .. [[ USING (qty < 100 AND EXISTS (SELECT 1 FROM parent WHERE parent.id = parent_id));
+      CREATE POLICY orders_small ON orders AS PERMISSIVE FOR SELECT TO restore_reader_]] .. T.pid
+        .. [[ USING (qty < 100 AND EXISTS (SELECT 1 FROM parent WHERE parent.id = parent_id));
       GRANT SELECT, INSERT ON orders TO restore_reader_]] .. T.pid .. [[;
       INSERT INTO orders (parent_id, code, qty) SELECT 1 + g % 2, 'c' || g, g FROM generate_series(1, 12) g;]])
     local function shape()
       return p:sql([[SELECT concat_ws(E'\n',
-        (SELECT string_agg(pg_get_indexdef(indexrelid), ';' ORDER BY pg_get_indexdef(indexrelid)) FROM pg_index WHERE indrelid = 'orders'::regclass),
-        (SELECT string_agg(conname || ' ' || pg_get_constraintdef(oid), ';' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'orders'::regclass),
-        (SELECT string_agg(pg_get_triggerdef(oid), ';') FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal),
+        (SELECT string_agg(pg_get_indexdef(indexrelid), ';' ORDER BY pg_get_indexdef(indexrelid)) FROM ]] .. [[
+pg_index WHERE indrelid = 'orders'::regclass),
+        (SELECT string_agg(conname || ' ' || pg_get_constraintdef(oid), ';' ORDER BY conname) FROM ]] .. [[
+pg_constraint WHERE conrelid = 'orders'::regclass),
+        (SELECT string_agg(pg_get_triggerdef(oid), ';') FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND ]] .. [[
+NOT tgisinternal),
         obj_description('orders'::regclass, 'pg_class'), col_description('orders'::regclass, 3),
         (SELECT relrowsecurity::text FROM pg_class WHERE oid = 'orders'::regclass),
-        (SELECT string_agg(policyname || ' ' || cmd || ' ' || roles::text || ' ' || qual, ';') FROM pg_policies WHERE tablename = 'orders'),
-        (SELECT string_agg(grantee || ' ' || privilege_type, ';' ORDER BY grantee, privilege_type) FROM information_schema.role_table_grants
+        (SELECT string_agg(policyname || ' ' || cmd || ' ' || roles::text || ' ' || qual, ';') FROM ]] .. [[
+pg_policies WHERE tablename = 'orders'),
+        (SELECT string_agg(grantee || ' ' || privilege_type, ';' ORDER BY grantee, privilege_type) FROM ]] .. [[
+information_schema.role_table_grants
           WHERE table_name = 'orders' AND grantee <> current_user),
-        (SELECT string_agg(column_name || ' ' || coalesce(column_default, '-') || ' ' || is_nullable, ';' ORDER BY ordinal_position)
+        (SELECT string_agg(column_name || ' ' || coalesce(column_default, '-') || ' ' || is_nullable, ';' ]] .. [[
+ORDER BY ordinal_position)
           FROM information_schema.columns WHERE table_name = 'orders'))]])
     end
-    local before, rows = shape(), p:sql("SELECT string_agg(concat_ws(',', id, parent_id, code, qty, total), ';' ORDER BY id) FROM orders")
+    local before, rows = shape(), p:sql(
+      "SELECT string_agg(concat_ws(',', id, parent_id, code, qty, total), ';' ORDER BY id) FROM orders")
     p:add("20260101000000", "drop_orders", P.migration([[m:safe_drop_table("orders")]], ""))
     local r = p:cli({ "safe-run" })
     assert.equal(0, r.code, r.stderr)
@@ -339,7 +375,8 @@ describe("restore rebuilds what users expect", function()
     assert.matches("rebuilt: policy orders_small", r.stdout)
     -- NOT VALID foreign key aside, the shape is the same
     assert.equal(before:gsub("REFERENCES parent%(id%)", "REFERENCES parent(id) NOT VALID"), shape())
-    assert.equal(rows, p:sql("SELECT string_agg(concat_ws(',', id, parent_id, code, qty, total), ';' ORDER BY id) FROM orders"))
+    assert.equal(rows, p:sql(
+      "SELECT string_agg(concat_ws(',', id, parent_id, code, qty, total), ';' ORDER BY id) FROM orders"))
     -- the trigger works, the sequence goes on after the highest id
     p:sql("UPDATE orders SET qty = 5 WHERE id = 1")
     assert.equal("t", p:sql("SELECT touched IS NOT NULL FROM orders WHERE id = 1"))

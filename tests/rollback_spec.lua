@@ -5,7 +5,8 @@ local T = require "helpers.env"
 
 local function mig(n)
   return string.format([[return { up = function(m) m:exec("CREATE TABLE t%d (id int)") end,
-    down = function(m) m:unsafe("the test owns this table and drops it", function() m:exec("DROP TABLE t%d") end) end }]], n, n)
+    down = function(m) m:unsafe("the test owns this table and drops it", function() m:exec("DROP TABLE t%d") ]] .. [[
+end) end }]], n, n)
 end
 
 local function setup(prefix, migrations)
@@ -22,7 +23,8 @@ local function versions(db)
   return T.psql(db, "SELECT coalesce(string_agg(version, ',' ORDER BY version), '') FROM migrate_lua_migrations")
 end
 
-local THREE = { ["20260101000000_one.lua"] = mig(1), ["20260102000000_two.lua"] = mig(2), ["20260103000000_three.lua"] = mig(3) }
+local THREE = { ["20260101000000_one.lua"] = mig(1), ["20260102000000_two.lua"] = mig(2),
+  ["20260103000000_three.lua"] = mig(3) }
 
 describe("rollback", function()
   it("reverts one by default, then --steps 2", function()
@@ -112,7 +114,8 @@ describe("rollback", function()
     local r = cli("rollback")
     assert.equal(0, r.code, r.stdout .. r.stderr)
     assert.matches("migrate-lua backup restore 1", r.stderr, 1, true)
-    assert.equal("0", T.psql(db, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public' AND column_name = 'score'"))
+    assert.equal("0", T.psql(
+      db, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public' AND column_name = 'score'"))
     r = cli("--json", "rollback", "--steps", "1")   -- nothing newer has a down... the users migration has none
     assert.equal(3, r.code)
     -- the data comes back with the command rollback printed

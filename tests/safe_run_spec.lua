@@ -5,7 +5,8 @@ local T = require "helpers.env"
 
 local function setup(prefix, migrations)
   local db, url = T.fresh_db(prefix)
-  T.psql(db, "CREATE TABLE users (id int PRIMARY KEY, email text, legacy text); INSERT INTO users SELECT g, 'u' || g, 'old' || g FROM generate_series(1, 20) g")
+  T.psql(db, "CREATE TABLE users (id int PRIMARY KEY, email text, legacy text); INSERT INTO users SELECT g, 'u' || " ..
+    "g, 'old' || g FROM generate_series(1, 20) g")
   local dir = T.tmpdir()
   for file, body in pairs(migrations) do T.write(dir .. "/" .. file, body) end
   local function cli(...)
@@ -14,7 +15,8 @@ local function setup(prefix, migrations)
   return db, url, dir, cli
 end
 
-local ADD = [[return { up = function(m) m:exec("CREATE TABLE a (id int)") end, down = function(m) m:exec("DROP TABLE a") end }]]
+local ADD = [[return { up = function(m) m:exec("CREATE TABLE a (id int)") end, down = function(m) ]] .. [[
+m:exec("DROP TABLE a") end }]]
 local DROP_LEGACY = [[
 return {
   up = function(m)
@@ -22,7 +24,8 @@ return {
       m:safe_drop_column("users", "legacy")
     else
       m:backup_before("users", { "legacy" }, "drop column legacy")
-      m:unsafe("backed up just above, in the same transaction", function() m:exec("ALTER TABLE users DROP COLUMN legacy") end)
+      m:unsafe("backed up just above, in the same transaction", function() ]] .. [[
+m:exec("ALTER TABLE users DROP COLUMN legacy") end)
     end
   end,
   down = function(m) m:exec("ALTER TABLE users ADD COLUMN legacy text") end,
@@ -31,7 +34,8 @@ return {
 
 describe("safe-run", function()
   it("applies with a backup before the destructive step and summarises", function()
-    local db, _, _, cli = setup("sr_ok", { ["20260101000000_add.lua"] = ADD, ["20260102000000_drop_legacy.lua"] = DROP_LEGACY })
+    local db, _, _, cli = setup(
+      "sr_ok", { ["20260101000000_add.lua"] = ADD, ["20260102000000_drop_legacy.lua"] = DROP_LEGACY })
     local r = cli("--json", "safe-run")
     assert.equal(0, r.code, r.stderr)
     local doc = T.json(r.stdout)
@@ -42,14 +46,16 @@ describe("safe-run", function()
     assert.equal(20, doc.backups[1].rows)
     assert.equal("20260102000000", T.psql(db, "SELECT migration FROM migrate_lua_backups.catalog"))
     assert.equal("2", T.psql(db, "SELECT count(*) FROM migrate_lua_migrations"))
-    assert.equal("1", T.psql(db, "SELECT count(*) FROM migration_logs WHERE status = 'backup' AND migration_name = '20260102000000'"))
+    assert.equal("1", T.psql(
+      db, "SELECT count(*) FROM migration_logs WHERE status = 'backup' AND migration_name = '20260102000000'"))
     -- the human summary names the backup and how to restore it
     local db2, _, _, cli2 = setup("sr_txt", { ["20260102000000_drop_legacy.lua"] = DROP_LEGACY })
     r = cli2("safe-run")
     assert.equal(0, r.code, r.stderr)
     assert.matches("summary:", r.stderr)
     assert.matches("migrate-lua backup restore 1", r.stderr, 1, true)
-    assert.equal("0", T.psql(db2, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public' AND column_name = 'legacy'"))
+    assert.equal("0", T.psql(
+      db2, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public' AND column_name = 'legacy'"))
   end)
 
   it("refuses to start on a validation error: nothing runs", function()

@@ -34,7 +34,8 @@ local function no_secret(where, text)
 end
 
 describe("passwords", function()
-  it("are never in ps, stdout, stderr, the log file, migration_logs or the history (DATABASE_URL and PGPASSWORD)", function()
+  it("are never in ps, stdout, stderr, the log file, migration_logs or the history (DATABASE_URL and PGPASSWORD)",
+    function()
     local p = P.new("pwsec")
     local restore, role = with_password_role(p)
     local ok, err = pcall(function()
@@ -48,7 +49,8 @@ describe("passwords", function()
       m:exec("SELECT pg_sleep(1.5) /* pw */")]], [[m:safe_drop_table("t")]]))
       local envs = {
         { DATABASE_URL = url },
-        { DATABASE_URL = ("host=%s port=%s dbname=%s user=%s"):format(os.getenv("PGHOST"), os.getenv("PGPORT"), p.db, role),
+        { DATABASE_URL = ("host=%s port=%s dbname=%s user=%s"):format(
+          os.getenv("PGHOST"), os.getenv("PGPORT"), p.db, role),
           PGPASSWORD = SECRET },
       }
       for i, env in ipairs(envs) do
@@ -62,7 +64,9 @@ describe("passwords", function()
         local h = T.run_bg(args, { env = env })
         local pid = h:pid()
         for _ = 1, 100 do
-          if p:sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(1.5) /* pw */'") == "1" then break end
+          if p:sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(1.5) /* pw */'") == "1" then
+            break
+          end
           T.sleep(0.05)
         end
         local cmdline = read_proc(pid, "cmdline")
@@ -77,10 +81,12 @@ describe("passwords", function()
         no_secret("stderr", r.stderr)
       end
       no_secret("the log file", T.read(p.log))
-      no_secret("migration_logs", p:sql("SELECT string_agg(concat_ws(' ', message, error_message, metadata::text), E'\\n') FROM migration_logs"))
+      no_secret("migration_logs", p:sql(
+        "SELECT string_agg(concat_ws(' ', message, error_message, metadata::text), E'\\n') FROM migration_logs"))
       assert.matches(role .. ":%*%*%*@", T.read(p.log))   -- scrubbed, not dropped
       no_secret("migration history", p:sql("SELECT string_agg(t::text, E'\\n') FROM migrate_lua_migrations t"))
-      no_secret("pg_stat_activity", p:sql("SELECT coalesce(string_agg(application_name || query, ''), '') FROM pg_stat_activity"))
+      no_secret("pg_stat_activity", p:sql(
+        "SELECT coalesce(string_agg(application_name || query, ''), '') FROM pg_stat_activity"))
     end)
     restore()
     if not ok then error(err, 0) end
@@ -112,16 +118,20 @@ describe("privileges of the tool's tables", function()
     local p, _, _, _, backup = setup()
     for _, rel in ipairs({ "migrate_lua_migrations", "migration_logs", "migration_logs_id_seq",
                            "migrate_lua_backups.catalog", backup }) do
-      assert.equal("0", p:sql(("SELECT count(*) FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a WHERE c.oid = '%s'::regclass AND a.grantee = 0"):format(rel)), rel)
+      assert.equal("0", p:sql(("SELECT count(*) FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', " ..
+        "c.relowner))) a WHERE c.oid = '%s'::regclass AND a.grantee = 0"):format(rel)), rel)
     end
-    assert.equal("0", p:sql("SELECT count(*) FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a WHERE n.nspname = 'migrate_lua_backups' AND a.grantee = 0"))
+    assert.equal("0", p:sql(
+      "SELECT count(*) FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a WHERE " ..
+      "n.nspname = 'migrate_lua_backups' AND a.grantee = 0"))
   end)
 
   it("an unprivileged role reads none of them; a reader of the source table cannot read its backup", function()
     local p, _, reader, other, backup = setup()
     for _, role in ipairs({ other, reader }) do
       for _, rel in ipairs({ "migrate_lua_migrations", "migration_logs", "migrate_lua_backups.catalog", backup }) do
-        assert.equal("f", p:sql(("SELECT has_table_privilege('%s', '%s', 'SELECT')"):format(role, rel)), role .. " on " .. rel)
+        assert.equal("f", p:sql(("SELECT has_table_privilege('%s', '%s', 'SELECT')"):format(role, rel)), role .. " on "
+          .. rel)
         local ok, err = as(p, role, "SELECT * FROM " .. rel)
         assert.is_false(ok, role .. " read " .. rel)
         assert.matches("permission denied", err)
@@ -133,7 +143,8 @@ describe("privileges of the tool's tables", function()
 
   it("the source table's owner reads the backup", function()
     local p, owner, _, _, backup = setup()
-    assert.equal(owner, p:sql(("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = '%s'::regclass"):format(backup)))
+    assert.equal(owner, p:sql(
+      ("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = '%s'::regclass"):format(backup)))
     local ok, out = as(p, owner, "SELECT string_agg(secret_note, ',' ORDER BY id) FROM " .. backup)
     assert.is_true(ok, out)
     assert.equal("top secret,also secret", out)

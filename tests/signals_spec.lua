@@ -16,7 +16,8 @@ end
 
 local function wait_for_sleep(p)
   for _ = 1, 100 do
-    if p:sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'") == "1" then
+    if p:sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' AND state = " ..
+      "'active'") == "1" then
       return
     end
     T.sleep(0.1)
@@ -58,7 +59,8 @@ describe("SIGKILL mid-migration", function()
     h:wait(20)
     -- the server notices the dead client and aborts its transaction
     for _ = 1, 100 do
-      if p:sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()") == "0" then break end
+      if p:sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> " ..
+        "pg_backend_pid()") == "0" then break end
       T.sleep(0.1)
     end
     assert.equal("20260101000001", p:applied())
