@@ -103,8 +103,9 @@ close_conn(Conn *c)
 	c->pg = NULL;
 }
 
+/* conn:close(), __gc and __close alike: closing twice is harmless */
 static int
-conn_gc(lua_State *L)
+conn_close(lua_State *L)
 {
 	Conn *c = (Conn *) luaL_checkudata(L, 1, MIG_CONN_MT);
 	close_conn(c);
@@ -505,14 +506,6 @@ conn_tx_status(lua_State *L)
 }
 
 static int
-conn_close(lua_State *L)
-{
-	Conn *c = (Conn *) luaL_checkudata(L, 1, MIG_CONN_MT);
-	close_conn(c);
-	return 0;
-}
-
-static int
 conn_info(lua_State *L)
 {
 	Conn *c = lpg_check_conn(L, 1);
@@ -558,8 +551,8 @@ static const luaL_Reg conn_methods[] = {
 };
 
 static const luaL_Reg conn_meta[] = {
-	{"__gc",       conn_gc},
-	{"__close",    conn_gc},
+	{"__gc",       conn_close},
+	{"__close",    conn_close},
 	{"__tostring", conn_tostring},
 	{"__index",    NULL},
 	{NULL, NULL}

@@ -297,7 +297,7 @@ return { up = function(m) bk(m, "loose", { "v" }) end }
     ok, err = pcall(T.psql, as(intruder), "SELECT count(*) FROM " .. rel)
     assert.is_false(ok)
     assert.matches("permission denied for table", err)
-    ok, err = pcall(T.psql, as(intruder), "SELECT count(*) FROM migrate_lua_backups.catalog")
+    ok = pcall(T.psql, as(intruder), "SELECT count(*) FROM migrate_lua_backups.catalog")
     assert.is_false(ok)
     assert.equal("", T.psql(db, string.format("SELECT relacl FROM pg_class WHERE oid = '%s'::regclass AND " ..
       "relacl::text LIKE '%%=r%%/%%' AND relacl::text LIKE '%%{=%%'", rel)))

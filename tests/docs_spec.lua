@@ -84,8 +84,8 @@ local function directives(code)
       if line:match("^%s*%-%-%s*fixture:%s*none") then d.fixture = false end
       local rule = line:match("^%s*%-%-%s*expect:%s*refused%s+(ML%d+)")
       if rule then d.code, d.rule = 1, rule end
-      local code = line:match("^%s*%-%-%s*expect:%s*exit%s+(%d+)")
-      if code then d.code = tonumber(code) end
+      local ecode = line:match("^%s*%-%-%s*expect:%s*exit%s+(%d+)")
+      if ecode then d.code = tonumber(ecode) end
       local vcode = line:match("^%s*%-%-%s*validate:%s*exit%s+(%d+)")
       if vcode then d.validate = tonumber(vcode) end
     end

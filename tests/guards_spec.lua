@@ -286,7 +286,7 @@ describe("backfill / safe_truncate / safe_set_default / counts / with_lock_retri
 sizes) s]]))
     T.psql(db, "TRUNCATE sizes; UPDATE big SET v = NULL")
     T.psql(db, "TRUNCATE sizes")
-    fine(H.migrate(c, function(m) n = m:backfill(
+    fine(H.migrate(c, function(m) m:backfill(
       "big", "v = 2", "v IS NULL", { batch_size = 7000, vacuum = false }) end,
       { transactional = false }))
     assert.equal("7000,7000,7000,7000,2000", q(db, "SELECT string_agg(n::text, ',' ORDER BY seq) FROM sizes"))

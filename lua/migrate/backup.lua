@@ -253,7 +253,8 @@ function M.copy(conn, spec)
   local types, user = {}, {}
   for _, c in ipairs(all) do types[c.name] = c.type; user[c.name] = c.user_type end
   local key = key_of(conn, rel.oid)
-  local kind, selected, definition, ddl = "table", {}, nil, nil
+  local kind, selected = "table", {}
+  local definition, ddl
   if spec.cols then
     kind = "column"
     if #key == 0 then

@@ -119,7 +119,7 @@ local function text_require(name)
         name:match("^[^.]+") or name, package.cpath)) then
     error(string.format("require %q: C modules cannot be loaded by a migration (native code in the host)", name), 2)
   end
-  local fn, where = nil, nil
+  local fn, where
   if package.preload[name] then return require(name) end
   where = package.searchpath(name, package.path)
   if not where then return require(name) end   -- let require say it is not found

@@ -253,7 +253,6 @@ end
 -- (no scan: PostgreSQL 12+ uses the valid CHECK) -> drop the CHECK.
 function G.safe_set_not_null(m, tbl, col, opts)
   O.check(m, "safe_set_not_null", opts, {})
-  opts = opts or {}
   U.require_table(m, tbl, "ML15", "safe_set_not_null")
   local c = U.require_column(m, tbl, col, "ML15")
   local obj = U.key(tbl) .. "." .. col

@@ -149,7 +149,6 @@ end
 -- name may be "schema.index".
 function G.safe_drop_index(m, name, opts)
   O.check(m, "safe_drop_index", opts, {})
-  opts = opts or {}
   local info = U.q(m, [[
     SELECT i.indrelid::regclass::text AS tbl, i.indisvalid AS valid,
            EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.conindid = i.indexrelid

@@ -272,7 +272,7 @@ function U.constraint(m, tbl, name)
 end
 
 -- The schema of tbl (for names of objects that live next to it).
-function U.schema_of(m, tbl)
+function U.schema_of(_, tbl)
   local schema = require("migrate.context").split_name(tbl)
   return schema
 end
