@@ -19,7 +19,7 @@
 #define MIG_EXPORT __attribute__((visibility("default")))
 MIG_EXPORT int luaopen_migrate(lua_State *L);
 
-/* lpg.c: Conn/Result userdata and their methods */
+/* lpg_conn.c: Conn/Result userdata and their methods */
 void mig_open_pg(lua_State *L);          /* leaves nothing; fills the table at -1 */
 
 /* pgerr.c: turn a failed result or connection into a Lua error object */
@@ -35,6 +35,7 @@ int mig_l_scrub(lua_State *L);
 int mig_l_quote_ident(lua_State *L);     /* quote.c */
 int mig_l_listdir(lua_State *L);
 int mig_l_isdir(lua_State *L);
+int mig_l_is_executable(lua_State *L);
 int mig_l_mkdir(lua_State *L);
 int mig_l_isatty(lua_State *L);
 int mig_l_parse_sql(lua_State *L);
@@ -52,7 +53,8 @@ int mig_l_call_user(lua_State *L);
 int mig_l_setenv(lua_State *L);
 int mig_l_conninfo_env(lua_State *L);
 int mig_l_guard_thread(lua_State *L);
-/* spawn.c: child processes for fleets */
+/* spawn.c: child processes (run: a program to its end; the rest: fleets) */
+int mig_l_run(lua_State *L);
 int mig_l_spawn(lua_State *L);
 int mig_l_poll_read(lua_State *L);
 int mig_l_wait_pid(lua_State *L);

@@ -2,8 +2,9 @@
  * lmigrate.c: luaopen_migrate, the one entry point of the C core.
  *
  * Builds the `migrate.core` table (connections, checksums, lint parser,
- * directory listing, signals), registers the embedded lua/migrate/ files in
- * package.preload under their file names, and returns require "migrate.api".
+ * directory listing, signals, child processes), registers the embedded
+ * lua/migrate/ files in package.preload under their file names, and returns
+ * require "migrate.api".
  * Both hosts (the binary and a stock lua5.4 loading migrate.so) run this.
  */
 #include <stdlib.h>
@@ -22,6 +23,7 @@ static const luaL_Reg corelib[] = {
 	{"quote_ident",     mig_l_quote_ident},
 	{"listdir",         mig_l_listdir},
 	{"isdir",           mig_l_isdir},
+	{"is_executable",   mig_l_is_executable},
 	{"mkdir",           mig_l_mkdir},
 	{"isatty",          mig_l_isatty},
 	{"parse_sql",       mig_l_parse_sql},
@@ -38,6 +40,7 @@ static const luaL_Reg corelib[] = {
 	{"setenv",          mig_l_setenv},
 	{"conninfo_env",    mig_l_conninfo_env},
 	{"guard_thread",    mig_l_guard_thread},
+	{"run",             mig_l_run},
 	{"spawn",           mig_l_spawn},
 	{"poll_read",       mig_l_poll_read},
 	{"wait_pid",        mig_l_wait_pid},

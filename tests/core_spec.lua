@@ -222,6 +222,36 @@ describe("migrate.core helpers", function()
     assert.matches("No such file", err)
   end)
 
+  it("runs a program without a shell: arguments as given, stdout, stderr, status, inputs, environment", function()
+    local status, out, err = core.run({ "printf", "%s|", "a b", "$(echo x)", "'q'", "*" })
+    assert.equal(0, status)
+    assert.equal("a b|$(echo x)|'q'|*|", out)
+    assert.equal("", err)
+    status, out, err = core.run({ "sh", "-c", "echo to-stderr >&2; exit 3" })
+    assert.same({ 3, "", "to-stderr\n" }, { status, out, err })
+    -- inputs on stdin and /dev/fd/3, fed while the output is read: 2 MiB each way cannot stall
+    local big = string.rep("0123456789abcdef", 131072)
+    status, out = core.run({ "cat", "/dev/fd/3", "-" }, { input = { [0] = "B", [3] = big } })
+    assert.equal(0, status)
+    assert.equal(#big + 1, #out)
+    assert.equal(big .. "B", out)
+    -- a child that reads none of its input: no SIGPIPE for us
+    assert.equal(0, (core.run({ "true" }, { input = { [0] = big } })))
+    -- variables for the child alone, set or removed
+    status, out = core.run({ "sh", "-c", 'printf "%s/%s" "$MIG_X" "${HOME-unset}"' },
+      { env = { MIG_X = "it's", HOME = false } })
+    assert.same({ 0, "it's/unset" }, { status, out })
+    assert.is_nil(os.getenv("MIG_X"))
+    -- killed by a signal: 128 + N
+    assert.equal(128 + 9, (core.run({ "sh", "-c", "kill -9 $$" })))
+    local none, why = core.run({ "/nonexistent/program", "x" })
+    assert.is_nil(none)
+    assert.equal("/nonexistent/program: No such file or directory", why)
+    assert.is_false(core.is_executable("/nonexistent/program"))
+    assert.is_false(core.is_executable("/tmp"))
+    assert.is_true(core.is_executable("/bin/sh"))
+  end)
+
   it("parses SQL with the PostgreSQL parser", function()
     local tree = migrate.json.decode(core.parse_sql("ALTER TABLE t DROP COLUMN c; SELECT 1"))
     assert.equal(2, #tree.stmts)
