@@ -13,6 +13,8 @@
 #define MIG_CONN_MT   "migrate.Conn"
 #define MIG_RESULT_MT "migrate.Result"
 #define MIG_ERROR_MT  "migrate.Error"
+/* the registry's errors.lua describe: the words of an error C raises with a code */
+#define MIG_DESCRIBE_ERROR "migrate.describe_error"
 
 /* lmigrate.c: the module entry point, the one symbol migrate.so exports
  * (everything else is built with -fvisibility=hidden) */
@@ -22,9 +24,13 @@ MIG_EXPORT int luaopen_migrate(lua_State *L);
 /* lpg_conn.c: Conn/Result userdata and their methods */
 void mig_open_pg(lua_State *L);          /* leaves nothing; fills the table at -1 */
 
-/* pgerr.c: turn a failed result or connection into a Lua error object */
+/* pgerr.c: the error objects C raises: a failed result or connection, or a
+ * failure C detects itself ({kind, code, facts}, worded by errors.lua) */
 void mig_push_pg_error(lua_State *L, PGconn *conn, const PGresult *res, const char *sql);
 int  mig_raise_pg_error(lua_State *L, PGconn *conn, PGresult *res, const char *sql); /* frees res; never returns */
+void mig_new_error(lua_State *L, const char *kind, const char *code);   /* the caller adds the facts */
+void mig_push_error_words(lua_State *L, int idx);
+int  mig_raise_error(lua_State *L);                                   /* the object at the top; never returns */
 
 /* sha256.c, redact.c, fsdir.c, lint.c, signals.c: functions for the module table */
 int mig_l_checksum(lua_State *L);

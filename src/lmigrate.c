@@ -3,8 +3,8 @@
  *
  * Builds the `migrate.core` table (connections, checksums, lint parser,
  * directory listing, signals, child processes), registers the embedded
- * lua/migrate/ files in package.preload under their file names, and returns
- * require "migrate.api".
+ * lua/migrate/ files in package.preload under their file names, gives C's
+ * error objects errors.lua's words, and returns require "migrate.api".
  * Both hosts (the binary and a stock lua5.4 loading migrate.so) run this.
  */
 #include <stdlib.h>
@@ -123,6 +123,18 @@ luaopen_migrate(lua_State *L)
 	lua_setfield(L, -2, "libpq_version");
 	lua_setfield(L, -2, "migrate.core");                        /* [loaded] */
 	lua_pop(L, 1);
+
+	/* the words of C's error objects are Lua's (errors.lua): describe gives
+	 * one raised with a code its message, render is every one's __tostring */
+	lua_getglobal(L, "require");
+	lua_pushliteral(L, "migrate.errors");
+	lua_call(L, 1, 1);                                          /* [errors] */
+	lua_getfield(L, -1, "describe");
+	lua_setfield(L, LUA_REGISTRYINDEX, MIG_DESCRIBE_ERROR);
+	luaL_getmetatable(L, MIG_ERROR_MT);                         /* [errors, mt] */
+	lua_getfield(L, -2, "render");
+	lua_setfield(L, -2, "__tostring");
+	lua_pop(L, 2);
 
 	lua_getglobal(L, "require");
 	lua_pushliteral(L, "migrate.api");

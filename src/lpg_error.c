@@ -1,6 +1,5 @@
 /*
- * lpg_error.c: the migrate.Error metatable's rendering and the notices of
- * a connection.
+ * lpg_error.c: the notices of a connection.
  */
 #include "lpg_int.h"
 
@@ -12,44 +11,4 @@ lpg_notice_receiver(void *arg, const PGresult *res)
 {
 	(void) arg;
 	(void) res;
-}
-
-int
-lpg_error_tostring(lua_State *L)
-{
-	luaL_Buffer b;
-	luaL_checktype(L, 1, LUA_TTABLE);
-	luaL_buffinit(L, &b);
-	static const struct { const char *key, *label; } parts[] = {
-		{"where", ""}, {"message", ""}, {"detail", "\nDETAIL:  "}, {"hint", "\nHINT:  "},
-		{"sql", "\nSQL: "}, {NULL, NULL}
-	};
-	for (int i = 0; parts[i].key; i++)
-	{
-		lua_getfield(L, 1, parts[i].key);
-		if (lua_type(L, -1) == LUA_TSTRING)
-		{
-			const char *s = lua_tostring(L, -1);
-			lua_pop(L, 1);
-			luaL_addstring(&b, parts[i].label);
-			if (i == 1)
-			{
-				lua_getfield(L, 1, "sqlstate");
-				if (lua_type(L, -1) == LUA_TSTRING)
-				{
-					lua_pop(L, 1);
-					luaL_addstring(&b, "ERROR:  ");
-				}
-				else
-					lua_pop(L, 1);
-			}
-			luaL_addstring(&b, s);
-			if (i == 0)
-				luaL_addstring(&b, ": ");
-		}
-		else
-			lua_pop(L, 1);
-	}
-	luaL_pushresult(&b);
-	return 1;
 }

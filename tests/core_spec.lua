@@ -73,6 +73,42 @@ describe("migrate.core connection", function()
     assert.equal("idle", conn:tx_status())
   end)
 
+  it("words the refusals C raises in Lua: a code and facts from C, the text as it always read", function()
+    local refusal = "COPY ... FROM STDIN / TO STDOUT cannot run in a migration (there is no client stream): "
+      .. "use INSERT ... SELECT, or COPY from or to a file on the server"
+    conn:exec("CREATE TABLE c (x int)")
+    -- COPY FROM STDIN: PostgreSQL's own error, quoting the words the copy was ended with
+    local _, err = pcall(conn.exec, conn, "COPY c FROM STDIN")
+    assert.equal("57014", err.sqlstate)
+    assert.equal("ERROR:  COPY from stdin failed: " .. refusal .. "\nSQL: COPY c FROM STDIN", tostring(err))
+    _, err = pcall(conn.query, conn, "COPY c TO STDOUT")
+    assert.equal("copy_refused", err.code)
+    assert.equal("runtime", err.kind)
+    assert.equal(refusal .. " (SQL: COPY c TO STDOUT)", tostring(err))
+    _, err = pcall(conn.transaction, conn, function() pcall(conn.exec, conn, "SELECT nope") end)
+    assert.equal("tx_aborted", err.code)
+    assert.equal("transaction aborted by an earlier error (a failed statement was caught by pcall); rolled back",
+      tostring(err))
+    _, err = pcall(conn.transaction, conn, function() conn:exec("COMMIT") end)
+    assert.equal("tx_ended", err.code)
+    assert.equal("the transaction was ended inside the migration (COMMIT or ROLLBACK in SQL); rolled back what "
+      .. "remained", err.message)
+    conn:exec("BEGIN")
+    _, err = pcall(conn.transaction, conn, function() end)
+    conn:exec("ROLLBACK")
+    assert.equal("cannot begin: the connection is already in a transaction (intrans)", tostring(err))
+    _, err = pcall(conn.quote_ident, conn, "victim\0_old")
+    assert.equal("nul_in_identifier", err.code)
+    assert.equal('identifier holds a NUL byte ("victim\\0…"): refused, PostgreSQL would see a shorter name',
+      tostring(err))
+    _, err = pcall(conn.query, conn, "SELECT $1::text, $2::text", "a", print)
+    assert.equal("query parameter $2: cannot bind a function", tostring(err))
+    assert.equal("unbindable_parameter", err.code)
+    -- a Lua error object reads the same way, where first
+    local e = migrate.errors.new("sql", "boom", { where = "m/x.lua:3", sqlstate = "42P01", hint = "h", sql = "S" })
+    assert.equal("m/x.lua:3: ERROR:  boom\nHINT:  h\nSQL: S", tostring(e))
+  end)
+
   it("quotes identifiers and literals through libpq", function()
     local evil = 'x"; DROP TABLE users; --'
     assert.equal('"x""; DROP TABLE users; --"', conn:quote_ident(evil))
