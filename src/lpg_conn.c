@@ -101,6 +101,7 @@ close_conn(Conn *c)
 	}
 	PQfinish(c->pg);
 	c->pg = NULL;
+	lpg_clear_notices(c);
 }
 
 /* conn:close(), __gc and __close alike: closing twice is harmless */
@@ -141,6 +142,7 @@ l_connect(lua_State *L)
 	Conn *c = (Conn *) lua_newuserdatauv(L, sizeof(Conn), UV_COUNT);
 
 	memset(c, 0, sizeof *c);  /* consistent before acquiring */
+	c->notice_tail = &c->notice_head;
 	luaL_setmetatable(L, MIG_CONN_MT);
 	/* the words that end a COPY FROM STDIN are errors.lua's, kept for the
 	 * command loop, which touches no Lua state */
@@ -176,7 +178,7 @@ l_connect(lua_State *L)
 		close_conn(c);
 		return lua_error(L);
 	}
-	PQsetNoticeReceiver(c->pg, lpg_notice_receiver, NULL);
+	PQsetNoticeReceiver(c->pg, lpg_notice_receiver, c);
 	return 1;
 }
 
@@ -280,6 +282,7 @@ run(lua_State *L, Conn *c, const char *sql)
 	lpg_run_watched(c, w, box, blockers, sql, nparams, values);   /* raises nothing */
 	mig_signals_set_cancel(NULL);
 	c->busy = 0;
+	lpg_deliver_notices(L, c, 1);                   /* the result is boxed: a safe point */
 	res = *box;                                     /* owned by the box until collected */
 	if (*blockers != NULL)
 		lpg_push_rows(L, *blockers);
@@ -568,6 +571,7 @@ static const luaL_Reg conn_methods[] = {
 	{"transaction",   lpg_conn_transaction},
 	{"advisory_lock", lpg_conn_advisory_lock},
 	{"set_watch",     lpg_conn_set_watch},
+	{"on_notice",     lpg_conn_on_notice},
 	{"info",          conn_info},
 	{"is_open",       conn_is_open},
 	{"close",         conn_close},

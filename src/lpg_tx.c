@@ -240,6 +240,7 @@ lpg_conn_transaction(lua_State *L)
 		return mig_raise_error(L);
 	}
 	command_or_rollback(L, c, begin);
+	lpg_deliver_notices(L, c, 1);
 	int prev_user = mig_signals_enter_user(L);
 	status = lua_pcall(L, 0, LUA_MULTRET, 0);
 	mig_signals_leave_user(L, prev_user);
@@ -276,11 +277,13 @@ lpg_conn_transaction(lua_State *L)
 		int finish = lua_gettop(L);
 		finish_pipelined(L, c, 2, finish);
 		lua_remove(L, finish);
+		lpg_deliver_notices(L, c, 1);
 		return nres;
 	}
 	if (lua_istable(L, 2))
 		lua_pop(L, 1);              /* the nil finish */
 	command_or_rollback(L, c, "COMMIT");
+	lpg_deliver_notices(L, c, 1);
 	return nres;
 }
 

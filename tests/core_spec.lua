@@ -109,6 +109,50 @@ describe("migrate.core connection", function()
     assert.equal("m/x.lua:3: ERROR:  boom\nHINT:  h\nSQL: S", tostring(e))
   end)
 
+  it("hands each notice to the connection's on_notice function after the statement, never to stderr", function()
+    local got = {}
+    conn:on_notice(function(n) got[#got + 1] = n end)
+    conn:exec([[DO $$ BEGIN RAISE NOTICE 'hello %', 1; RAISE WARNING 'careful' USING HINT = 'look'; END $$]])
+    assert.equal(2, #got)
+    assert.same({ severity = "NOTICE", sqlstate = "00000", message = "hello 1" }, got[1])
+    assert.same({ severity = "WARNING", sqlstate = "01000", message = "careful", hint = "look" }, got[2])
+    -- the notices of a failing statement come before its error
+    got = {}
+    local ok, err = pcall(conn.exec, conn, [[DO $$ BEGIN RAISE NOTICE 'first'; RAISE EXCEPTION 'then'; END $$]])
+    assert.is_false(ok)
+    assert.equal("then", err.message)
+    assert.equal("first", got[1].message)
+    -- inside a transaction: each statement's after it, a deferred trigger's after COMMIT
+    conn:exec([[CREATE TABLE d (x int);
+      CREATE FUNCTION d_note() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RAISE NOTICE 'at commit'; RETURN NULL; END$$;
+      CREATE CONSTRAINT TRIGGER d_note AFTER INSERT ON d DEFERRABLE INITIALLY DEFERRED
+        FOR EACH ROW EXECUTE FUNCTION d_note()]])
+    got = {}
+    local inside
+    conn:transaction(function()
+      conn:exec("DROP TABLE IF EXISTS no_such_table")
+      conn:exec("INSERT INTO d VALUES (1)")
+      inside = #got
+    end)
+    assert.equal(1, inside)
+    assert.matches('table "no_such_table" does not exist, skipping', got[1].message)
+    assert.equal("at commit", got[2].message)
+    -- a flood is cut at 100 kept, the rest counted on the last one
+    got = {}
+    conn:exec([[DO $$ BEGIN FOR i IN 1..150 LOOP RAISE NOTICE 'n%', i; END LOOP; END $$]])
+    assert.equal(100, #got)
+    assert.equal("n100", got[100].message)
+    assert.equal(50, got[100].dropped)
+    -- a listener that fails loses its notice, not the statement
+    conn:on_notice(function() error("listener broke") end)
+    assert.equal(0, conn:exec([[DO $$ BEGIN RAISE NOTICE 'x'; END $$]]))
+    -- on_notice(nil): dropped again
+    got = {}
+    conn:on_notice(nil)
+    conn:exec([[DO $$ BEGIN RAISE NOTICE 'unheard'; END $$]])
+    assert.equal(0, #got)
+  end)
+
   it("quotes identifiers and literals through libpq", function()
     local evil = 'x"; DROP TABLE users; --'
     assert.equal('"x""; DROP TABLE users; --"', conn:quote_ident(evil))
