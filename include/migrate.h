@@ -13,18 +13,24 @@
 #define MIG_CONN_MT   "migrate.Conn"
 #define MIG_RESULT_MT "migrate.Result"
 #define MIG_ERROR_MT  "migrate.Error"
+/* the registry's errors.lua describe: the words of an error C raises with a code */
+#define MIG_DESCRIBE_ERROR "migrate.describe_error"
 
 /* lmigrate.c: the module entry point, the one symbol migrate.so exports
  * (everything else is built with -fvisibility=hidden) */
 #define MIG_EXPORT __attribute__((visibility("default")))
 MIG_EXPORT int luaopen_migrate(lua_State *L);
 
-/* lpg.c: Conn/Result userdata and their methods */
+/* lpg_conn.c: Conn/Result userdata and their methods */
 void mig_open_pg(lua_State *L);          /* leaves nothing; fills the table at -1 */
 
-/* pgerr.c: turn a failed result or connection into a Lua error object */
+/* pgerr.c: the error objects C raises: a failed result or connection, or a
+ * failure C detects itself ({kind, code, facts}, worded by errors.lua) */
 void mig_push_pg_error(lua_State *L, PGconn *conn, const PGresult *res, const char *sql);
 int  mig_raise_pg_error(lua_State *L, PGconn *conn, PGresult *res, const char *sql); /* frees res; never returns */
+void mig_new_error(lua_State *L, const char *kind, const char *code);   /* the caller adds the facts */
+void mig_push_error_words(lua_State *L, int idx);
+int  mig_raise_error(lua_State *L);                                   /* the object at the top; never returns */
 
 /* sha256.c, redact.c, fsdir.c, lint.c, signals.c: functions for the module table */
 int mig_l_checksum(lua_State *L);
@@ -35,6 +41,7 @@ int mig_l_scrub(lua_State *L);
 int mig_l_quote_ident(lua_State *L);     /* quote.c */
 int mig_l_listdir(lua_State *L);
 int mig_l_isdir(lua_State *L);
+int mig_l_is_executable(lua_State *L);
 int mig_l_mkdir(lua_State *L);
 int mig_l_isatty(lua_State *L);
 int mig_l_parse_sql(lua_State *L);
@@ -52,7 +59,8 @@ int mig_l_call_user(lua_State *L);
 int mig_l_setenv(lua_State *L);
 int mig_l_conninfo_env(lua_State *L);
 int mig_l_guard_thread(lua_State *L);
-/* spawn.c: child processes for fleets */
+/* spawn.c: child processes (run: a program to its end; the rest: fleets) */
+int mig_l_run(lua_State *L);
 int mig_l_spawn(lua_State *L);
 int mig_l_poll_read(lua_State *L);
 int mig_l_wait_pid(lua_State *L);

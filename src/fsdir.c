@@ -1,6 +1,7 @@
 /*
- * fsdir.c: the migrations folder, listed in C because Lua cannot.
- * listdir(path) -> sorted array of entry names | nil, message, errno
+ * fsdir.c: folders and files, where Lua's io cannot look.
+ * listdir(path) -> sorted array of entry names | nil, message, errno;
+ * isdir(path), is_executable(path), mkdir(path), isatty(fd)
  */
 #include <dirent.h>
 #include <errno.h>
@@ -59,6 +60,17 @@ mig_l_isdir(lua_State *L)
 {
 	struct stat st;
 	lua_pushboolean(L, stat(luaL_checkstring(L, 1), &st) == 0 && S_ISDIR(st.st_mode));
+	return 1;
+}
+
+/* is_executable(path) -> boolean: a regular file we may execute (as `test -x`,
+ * for finding pg_dump) */
+int
+mig_l_is_executable(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	struct stat st;
+	lua_pushboolean(L, stat(path, &st) == 0 && S_ISREG(st.st_mode) && access(path, X_OK) == 0);
 	return 1;
 }
 

@@ -2,8 +2,9 @@
  * lmigrate.c: luaopen_migrate, the one entry point of the C core.
  *
  * Builds the `migrate.core` table (connections, checksums, lint parser,
- * directory listing, signals), registers the embedded lua/migrate/ files in
- * package.preload under their file names, and returns require "migrate.api".
+ * directory listing, signals, child processes), registers the embedded
+ * lua/migrate/ files in package.preload under their file names, gives C's
+ * error objects errors.lua's words, and returns require "migrate.api".
  * Both hosts (the binary and a stock lua5.4 loading migrate.so) run this.
  */
 #include <stdlib.h>
@@ -22,6 +23,7 @@ static const luaL_Reg corelib[] = {
 	{"quote_ident",     mig_l_quote_ident},
 	{"listdir",         mig_l_listdir},
 	{"isdir",           mig_l_isdir},
+	{"is_executable",   mig_l_is_executable},
 	{"mkdir",           mig_l_mkdir},
 	{"isatty",          mig_l_isatty},
 	{"parse_sql",       mig_l_parse_sql},
@@ -38,6 +40,7 @@ static const luaL_Reg corelib[] = {
 	{"setenv",          mig_l_setenv},
 	{"conninfo_env",    mig_l_conninfo_env},
 	{"guard_thread",    mig_l_guard_thread},
+	{"run",             mig_l_run},
 	{"spawn",           mig_l_spawn},
 	{"poll_read",       mig_l_poll_read},
 	{"wait_pid",        mig_l_wait_pid},
@@ -120,6 +123,18 @@ luaopen_migrate(lua_State *L)
 	lua_setfield(L, -2, "libpq_version");
 	lua_setfield(L, -2, "migrate.core");                        /* [loaded] */
 	lua_pop(L, 1);
+
+	/* the words of C's error objects are Lua's (errors.lua): describe gives
+	 * one raised with a code its message, render is every one's __tostring */
+	lua_getglobal(L, "require");
+	lua_pushliteral(L, "migrate.errors");
+	lua_call(L, 1, 1);                                          /* [errors] */
+	lua_getfield(L, -1, "describe");
+	lua_setfield(L, LUA_REGISTRYINDEX, MIG_DESCRIBE_ERROR);
+	luaL_getmetatable(L, MIG_ERROR_MT);                         /* [errors, mt] */
+	lua_getfield(L, -2, "render");
+	lua_setfield(L, -2, "__tostring");
+	lua_pop(L, 2);
 
 	lua_getglobal(L, "require");
 	lua_pushliteral(L, "migrate.api");

@@ -101,6 +101,7 @@ close_conn(Conn *c)
 	}
 	PQfinish(c->pg);
 	c->pg = NULL;
+	lpg_clear_notices(c);
 }
 
 /* conn:close(), __gc and __close alike: closing twice is harmless */
@@ -138,16 +139,18 @@ l_connect(lua_State *L)
 	const char *appname = luaL_optstring(L, 2, "migrate-lua");
 	const char *keys[] = {"dbname", "fallback_application_name", NULL};
 	const char *vals[] = {conninfo, appname, NULL};
-	Conn *c = (Conn *) lua_newuserdatauv(L, sizeof(Conn), 1);
+	Conn *c = (Conn *) lua_newuserdatauv(L, sizeof(Conn), UV_COUNT);
 
-	c->pg = NULL;             /* consistent before acquiring */
-	c->busy = 0;
-	c->watch_ms = 0;
-	c->sent = 0;
-	c->copy_refused = 0;
-	c->send_errors = 0;
-	c->send_error[0] = '\0';
+	memset(c, 0, sizeof *c);  /* consistent before acquiring */
+	c->notice_tail = &c->notice_head;
 	luaL_setmetatable(L, MIG_CONN_MT);
+	/* the words that end a COPY FROM STDIN are errors.lua's, kept for the
+	 * command loop, which touches no Lua state */
+	mig_new_error(L, "runtime", "copy_refused");
+	mig_push_error_words(L, -1);
+	c->copy_words = lua_tostring(L, -1);
+	lua_setiuservalue(L, -3, UV_COPY_WORDS);
+	lua_pop(L, 1);
 	/* from here on the process holds credentials (the conninfo's or
 	 * PGPASSWORD's password, ~/.pgpass, SCRAM keys): a core dump must not
 	 * write them to disk. RLIMIT_CORE rather than PR_SET_DUMPABLE, which
@@ -175,7 +178,7 @@ l_connect(lua_State *L)
 		close_conn(c);
 		return lua_error(L);
 	}
-	PQsetNoticeReceiver(c->pg, lpg_notice_receiver, NULL);
+	PQsetNoticeReceiver(c->pg, lpg_notice_receiver, c);
 	return 1;
 }
 
@@ -218,7 +221,12 @@ lpg_bind_params(lua_State *L, int first, int nparams)
 				size_t len;
 				const char *s = lua_tolstring(L, arg, &len);
 				if (strlen(s) != len)
-					luaL_error(L, "query parameter $%d contains a NUL byte", i + 1);
+				{
+					mig_new_error(L, "runtime", "nul_in_parameter");
+					lua_pushinteger(L, i + 1);
+					lua_setfield(L, -2, "parameter");
+					mig_raise_error(L);
+				}
 				lua_pushvalue(L, arg);
 				break;
 			}
@@ -229,7 +237,12 @@ lpg_bind_params(lua_State *L, int first, int nparams)
 				lua_call(L, 1, 1);
 				break;
 			default:
-				luaL_error(L, "query parameter $%d: cannot bind a %s", i + 1, luaL_typename(L, arg));
+				mig_new_error(L, "runtime", "unbindable_parameter");
+				lua_pushinteger(L, i + 1);
+				lua_setfield(L, -2, "parameter");
+				lua_pushstring(L, luaL_typename(L, arg));
+				lua_setfield(L, -2, "type");
+				mig_raise_error(L);
 		}
 		values[i] = lua_tostring(L, -1);
 	}
@@ -269,6 +282,7 @@ run(lua_State *L, Conn *c, const char *sql)
 	lpg_run_watched(c, w, box, blockers, sql, nparams, values);   /* raises nothing */
 	mig_signals_set_cancel(NULL);
 	c->busy = 0;
+	lpg_deliver_notices(L, c, 1);                   /* the result is boxed: a safe point */
 	res = *box;                                     /* owned by the box until collected */
 	if (*blockers != NULL)
 		lpg_push_rows(L, *blockers);
@@ -277,7 +291,12 @@ run(lua_State *L, Conn *c, const char *sql)
 	lua_replace(L, -2);                             /* [box, blockers] */
 	lua_insert(L, -2);                              /* [blockers, box] */
 	if (c->copy_refused)
-		luaL_error(L, "%s (SQL: %s)", LPG_COPY_REFUSED, sql);
+	{
+		mig_new_error(L, "runtime", "copy_refused");
+		lua_pushstring(L, sql);
+		lua_setfield(L, -2, "statement");
+		mig_raise_error(L);
+	}
 	st = PQresultStatus(res);
 	if (res == NULL || (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY))
 	{
@@ -468,7 +487,12 @@ conn_quote_ident(lua_State *L)
 	const char *s = luaL_checklstring(L, 2, &len);
 	/* libpq stops at a NUL: "victim\0_old" would quote as "victim" */
 	if (memchr(s, '\0', len) != NULL)
-		return luaL_error(L, "identifier holds a NUL byte (\"%s\\0…\"): refused, PostgreSQL would see a shorter name", s);
+	{
+		mig_new_error(L, "runtime", "nul_in_identifier");
+		lua_pushstring(L, s);   /* the name up to the NUL */
+		lua_setfield(L, -2, "name");
+		return mig_raise_error(L);
+	}
 	return push_quoted(L, c, s, len, 0);
 }
 
@@ -479,7 +503,10 @@ conn_quote_literal(lua_State *L)
 	size_t len;
 	const char *s = luaL_checklstring(L, 2, &len);
 	if (memchr(s, '\0', len) != NULL)   /* libpq would cut the value at the NUL */
-		return luaL_error(L, "literal holds a NUL byte: refused, PostgreSQL text cannot hold one");
+	{
+		mig_new_error(L, "runtime", "nul_in_literal");
+		return mig_raise_error(L);
+	}
 	return push_quoted(L, c, s, len, 1);
 }
 
@@ -544,6 +571,7 @@ static const luaL_Reg conn_methods[] = {
 	{"transaction",   lpg_conn_transaction},
 	{"advisory_lock", lpg_conn_advisory_lock},
 	{"set_watch",     lpg_conn_set_watch},
+	{"on_notice",     lpg_conn_on_notice},
 	{"info",          conn_info},
 	{"is_open",       conn_is_open},
 	{"close",         conn_close},
@@ -577,11 +605,7 @@ mig_open_pg(lua_State *L)
 		lua_setfield(L, -2, "__close");
 	}
 	lua_pop(L, 1);
-	if (luaL_newmetatable(L, MIG_ERROR_MT))
-	{
-		lua_pushcfunction(L, lpg_error_tostring);
-		lua_setfield(L, -2, "__tostring");
-	}
+	luaL_newmetatable(L, MIG_ERROR_MT);   /* its __tostring is errors.lua's render (lmigrate.c) */
 	lua_setfield(L, -2, "error_mt");
 	lua_pushcfunction(L, l_connect);
 	lua_setfield(L, -2, "connect");

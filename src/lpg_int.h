@@ -7,18 +7,28 @@
 
 #include "migrate.h"
 
+typedef struct LpgNotice LpgNotice;   /* lpg_notice.c */
+
 typedef struct Conn {
-	PGconn *pg;
-	int     busy;         /* a command is running: no re-entry */
-	int     watch_ms;     /* > 0: name the blockers of a statement waiting this long */
-	int     sent;         /* a conn:send is in flight: its results are read before the next command */
-	int     copy_refused; /* the last command was a COPY TO STDOUT (drained, refused) */
-	int     send_errors;  /* failed conn:send commands not yet reported */
-	char    send_error[256];
+	PGconn     *pg;
+	int         busy;         /* a command is running: no re-entry */
+	int         watch_ms;     /* > 0: name the blockers of a statement waiting this long */
+	int         sent;         /* a conn:send is in flight: its results are read before the next command */
+	int         copy_refused; /* the last command was a COPY TO STDOUT (drained, refused) */
+	const char *copy_words;   /* errors.lua's words that end a COPY FROM STDIN (UV_COPY_WORDS) */
+	int         send_errors;  /* failed conn:send commands not yet reported */
+	char        send_error[256];
+	int         on_notice;    /* conn:on_notice set a function: notices are queued for it */
+	LpgNotice  *notice_head;  /* the queue, oldest first */
+	LpgNotice **notice_tail;
+	int         notices_queued, notices_dropped;
 } Conn;
 
 /* uservalue slots of a Conn */
-#define UV_WATCH 1        /* the side connection that reads pg_blocking_pids */
+#define UV_WATCH      1   /* the side connection that reads pg_blocking_pids */
+#define UV_COPY_WORDS 2   /* the string copy_words points into */
+#define UV_NOTICE     3   /* the conn:on_notice function */
+#define UV_COUNT      3
 
 /* lpg_conn.c: the connection, the result box, values and rows */
 Conn       *lpg_check_conn(lua_State *L, int i);             /* raises on a closed connection */
@@ -33,13 +43,14 @@ int lpg_conn_transaction(lua_State *L);
 int lpg_conn_advisory_lock(lua_State *L);
 
 /* lpg_watch.c: the watched command, conn:set_watch, the COPY refusal */
-extern const char LPG_COPY_REFUSED[];
 void lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
                      const char *sql, int nparams, const char **values);   /* never raises */
 int       lpg_conn_set_watch(lua_State *L);
 
-/* lpg_error.c: the migrate.Error __tostring and the notice receiver */
-int  lpg_error_tostring(lua_State *L);
-void lpg_notice_receiver(void *arg, const PGresult *res);
+/* lpg_notice.c: the notice receiver, its queue, conn:on_notice */
+void lpg_notice_receiver(void *arg, const PGresult *res);   /* never raises */
+void lpg_clear_notices(Conn *c);
+void lpg_deliver_notices(lua_State *L, Conn *c, int idx);   /* at a safe point only */
+int  lpg_conn_on_notice(lua_State *L);
 
 #endif

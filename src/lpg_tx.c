@@ -96,7 +96,10 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 	if (!PQenterPipelineMode(c->pg))
 	{
 		PQclear(PQexec(c->pg, "ROLLBACK"));
-		luaL_error(L, "cannot enter pipeline mode for COMMIT: %s; rolled back", PQerrorMessage(c->pg));
+		mig_new_error(L, "runtime", "pipeline_refused");
+		lua_pushstring(L, PQerrorMessage(c->pg));
+		lua_setfield(L, -2, "libpq");
+		mig_raise_error(L);
 	}
 	int unsent = 0;
 	for (int i = 0; i < n && !unsent; i++)
@@ -230,16 +233,26 @@ lpg_conn_transaction(lua_State *L)
 	begin = lua_tostring(L, 3);
 
 	if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
-		return luaL_error(L, "cannot begin: the connection is already in a transaction (%s)",
-						  lpg_tx_status_name(c->pg));
+	{
+		mig_new_error(L, "runtime", "tx_already_open");
+		lua_pushstring(L, lpg_tx_status_name(c->pg));
+		lua_setfield(L, -2, "tx_status");
+		return mig_raise_error(L);
+	}
 	command_or_rollback(L, c, begin);
+	lpg_deliver_notices(L, c, 1);
 	int prev_user = mig_signals_enter_user(L);
 	status = lua_pcall(L, 0, LUA_MULTRET, 0);
 	mig_signals_leave_user(L, prev_user);
 	nres = lua_gettop(L) - 3;   /* results or the error object, above [conn, opts, begin] */
 
 	if (PQstatus(c->pg) != CONNECTION_OK)
-		return status != LUA_OK ? lua_error(L) : luaL_error(L, "connection lost before COMMIT");
+	{
+		if (status != LUA_OK)
+			return lua_error(L);
+		mig_new_error(L, "runtime", "lost_before_commit");
+		return mig_raise_error(L);
+	}
 
 	PGTransactionStatusType ts = PQtransactionStatus(c->pg);
 	if (status != LUA_OK || always_rollback || ts != PQTRANS_INTRANS)
@@ -251,10 +264,12 @@ lpg_conn_transaction(lua_State *L)
 		}
 		if (status != LUA_OK)
 			return lua_error(L);
-		if (ts == PQTRANS_INERROR)
-			return luaL_error(L, "transaction aborted by an earlier error (a failed statement was caught by pcall); rolled back");
-		if (ts == PQTRANS_IDLE)
-			return luaL_error(L, "the transaction was ended inside the migration (COMMIT or ROLLBACK in SQL); rolled back what remained");
+		if (ts == PQTRANS_INERROR || ts == PQTRANS_IDLE)
+		{
+			/* aborted by a failed statement a pcall swallowed, or ended by COMMIT or ROLLBACK in SQL */
+			mig_new_error(L, "runtime", ts == PQTRANS_INERROR ? "tx_aborted" : "tx_ended");
+			return mig_raise_error(L);
+		}
 		return nres;
 	}
 	if (lua_istable(L, 2) && lua_getfield(L, 2, "finish") == LUA_TTABLE)
@@ -262,11 +277,13 @@ lpg_conn_transaction(lua_State *L)
 		int finish = lua_gettop(L);
 		finish_pipelined(L, c, 2, finish);
 		lua_remove(L, finish);
+		lpg_deliver_notices(L, c, 1);
 		return nres;
 	}
 	if (lua_istable(L, 2))
 		lua_pop(L, 1);              /* the nil finish */
 	command_or_rollback(L, c, "COMMIT");
+	lpg_deliver_notices(L, c, 1);
 	return nres;
 }
 

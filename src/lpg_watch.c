@@ -17,15 +17,12 @@ static const char *BLOCKERS_SQL =
 	" FROM pg_catalog.pg_stat_activity a"
 	" WHERE a.pid = ANY (pg_catalog.pg_blocking_pids($1::int)) ORDER BY a.xact_start";
 
-const char LPG_COPY_REFUSED[] =
-	"COPY ... FROM STDIN / TO STDOUT cannot run in a migration (there is no client stream): "
-	"use INSERT ... SELECT, or COPY from or to a file on the server";
-
 /*
  * A COPY to or from the client would leave the connection in COPY state and
- * PQgetResult returning COPY results forever. End it (the server then
- * reports an error for COPY FROM STDIN; COPY TO STDOUT is drained and marked
- * refused). Returns 1 when r was such a result (and frees it).
+ * PQgetResult returning COPY results forever. End it (COPY FROM STDIN with
+ * errors.lua's words, which the server's error then quotes; COPY TO STDOUT
+ * is drained and marked refused, for the caller to raise). Returns 1 when r
+ * was such a result (and frees it).
  */
 static int
 refuse_copy(Conn *c, PGresult *r)
@@ -35,7 +32,7 @@ refuse_copy(Conn *c, PGresult *r)
 	{
 		case PGRES_COPY_IN:
 		case PGRES_COPY_BOTH:
-			PQputCopyEnd(c->pg, LPG_COPY_REFUSED);
+			PQputCopyEnd(c->pg, c->copy_words);
 			break;
 		case PGRES_COPY_OUT:
 			while (PQgetCopyData(c->pg, &buf, 0) > 0)

@@ -1,11 +1,15 @@
 /*
- * pgerr.c: PostgreSQL failures as Lua error objects.
+ * pgerr.c: the error objects C raises.
  *
- * An error object is a table {kind = "sql", sqlstate, message, detail, hint,
- * position, context, severity, table, constraint, sql} with the migrate.Error
- * metatable (registered in lpg_conn.c, rendered by lpg_error.c's
- * __tostring); a libpq-side failure has a message and, when the connection
- * is gone, connection_lost = true but no sqlstate. Lua code adds `file`, `line`, `migration`.
+ * A PostgreSQL failure is a table {kind = "sql", sqlstate, message, detail,
+ * hint, position, context, severity, table, constraint, sql} with the
+ * migrate.Error metatable (registered in lpg_conn.c); a libpq-side failure
+ * has a message and, when the connection is gone, connection_lost = true
+ * but no sqlstate. A failure C detects itself (a refused COPY, a
+ * transaction ended by the migration, a NUL byte) is {kind, code, facts}:
+ * its words are Lua's (errors.lua describe gives it its message, render
+ * is every error object's __tostring). Lua code adds `file`, `where`,
+ * `migration`.
  */
 #include <string.h>
 
@@ -22,6 +26,45 @@ set_field(lua_State *L, const char *key, const char *value)
 		lua_pushlstring(L, value, n);
 		lua_setfield(L, -2, key);
 	}
+}
+
+/* Pushes a new error object {kind = kind, code = code}; the caller adds its
+ * facts as fields, then raises it with mig_raise_error. */
+void
+mig_new_error(lua_State *L, const char *kind, const char *code)
+{
+	luaL_checkstack(L, 4, "error object");
+	lua_createtable(L, 0, 4);
+	lua_pushstring(L, kind);
+	lua_setfield(L, -2, "kind");
+	lua_pushstring(L, code);
+	lua_setfield(L, -2, "code");
+	luaL_setmetatable(L, MIG_ERROR_MT);
+}
+
+/* Pushes the words for the error object at idx: errors.lua describe, under
+ * pcall (its code when that fails). */
+void
+mig_push_error_words(lua_State *L, int idx)
+{
+	idx = lua_absindex(L, idx);
+	lua_getfield(L, LUA_REGISTRYINDEX, MIG_DESCRIBE_ERROR);
+	lua_pushvalue(L, idx);
+	if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING)
+	{
+		lua_pop(L, 1);
+		lua_getfield(L, idx, "code");
+	}
+}
+
+/* Raises the error object at the top of the stack, its message set from its
+ * code and facts first (mig_push_error_words). Never returns. */
+int
+mig_raise_error(lua_State *L)
+{
+	mig_push_error_words(L, -1);
+	lua_setfield(L, -2, "message");
+	return lua_error(L);
 }
 
 /* Pushes the error object for a failed result (or, res == NULL, a failed connection). */

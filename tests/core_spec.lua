@@ -73,6 +73,86 @@ describe("migrate.core connection", function()
     assert.equal("idle", conn:tx_status())
   end)
 
+  it("words the refusals C raises in Lua: a code and facts from C, the text as it always read", function()
+    local refusal = "COPY ... FROM STDIN / TO STDOUT cannot run in a migration (there is no client stream): "
+      .. "use INSERT ... SELECT, or COPY from or to a file on the server"
+    conn:exec("CREATE TABLE c (x int)")
+    -- COPY FROM STDIN: PostgreSQL's own error, quoting the words the copy was ended with
+    local _, err = pcall(conn.exec, conn, "COPY c FROM STDIN")
+    assert.equal("57014", err.sqlstate)
+    assert.equal("ERROR:  COPY from stdin failed: " .. refusal .. "\nSQL: COPY c FROM STDIN", tostring(err))
+    _, err = pcall(conn.query, conn, "COPY c TO STDOUT")
+    assert.equal("copy_refused", err.code)
+    assert.equal("runtime", err.kind)
+    assert.equal(refusal .. " (SQL: COPY c TO STDOUT)", tostring(err))
+    _, err = pcall(conn.transaction, conn, function() pcall(conn.exec, conn, "SELECT nope") end)
+    assert.equal("tx_aborted", err.code)
+    assert.equal("transaction aborted by an earlier error (a failed statement was caught by pcall); rolled back",
+      tostring(err))
+    _, err = pcall(conn.transaction, conn, function() conn:exec("COMMIT") end)
+    assert.equal("tx_ended", err.code)
+    assert.equal("the transaction was ended inside the migration (COMMIT or ROLLBACK in SQL); rolled back what "
+      .. "remained", err.message)
+    conn:exec("BEGIN")
+    _, err = pcall(conn.transaction, conn, function() end)
+    conn:exec("ROLLBACK")
+    assert.equal("cannot begin: the connection is already in a transaction (intrans)", tostring(err))
+    _, err = pcall(conn.quote_ident, conn, "victim\0_old")
+    assert.equal("nul_in_identifier", err.code)
+    assert.equal('identifier holds a NUL byte ("victim\\0…"): refused, PostgreSQL would see a shorter name',
+      tostring(err))
+    _, err = pcall(conn.query, conn, "SELECT $1::text, $2::text", "a", print)
+    assert.equal("query parameter $2: cannot bind a function", tostring(err))
+    assert.equal("unbindable_parameter", err.code)
+    -- a Lua error object reads the same way, where first
+    local e = migrate.errors.new("sql", "boom", { where = "m/x.lua:3", sqlstate = "42P01", hint = "h", sql = "S" })
+    assert.equal("m/x.lua:3: ERROR:  boom\nHINT:  h\nSQL: S", tostring(e))
+  end)
+
+  it("hands each notice to the connection's on_notice function after the statement, never to stderr", function()
+    local got = {}
+    conn:on_notice(function(n) got[#got + 1] = n end)
+    conn:exec([[DO $$ BEGIN RAISE NOTICE 'hello %', 1; RAISE WARNING 'careful' USING HINT = 'look'; END $$]])
+    assert.equal(2, #got)
+    assert.same({ severity = "NOTICE", sqlstate = "00000", message = "hello 1" }, got[1])
+    assert.same({ severity = "WARNING", sqlstate = "01000", message = "careful", hint = "look" }, got[2])
+    -- the notices of a failing statement come before its error
+    got = {}
+    local ok, err = pcall(conn.exec, conn, [[DO $$ BEGIN RAISE NOTICE 'first'; RAISE EXCEPTION 'then'; END $$]])
+    assert.is_false(ok)
+    assert.equal("then", err.message)
+    assert.equal("first", got[1].message)
+    -- inside a transaction: each statement's after it, a deferred trigger's after COMMIT
+    conn:exec([[CREATE TABLE d (x int);
+      CREATE FUNCTION d_note() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RAISE NOTICE 'at commit'; RETURN NULL; END$$;
+      CREATE CONSTRAINT TRIGGER d_note AFTER INSERT ON d DEFERRABLE INITIALLY DEFERRED
+        FOR EACH ROW EXECUTE FUNCTION d_note()]])
+    got = {}
+    local inside
+    conn:transaction(function()
+      conn:exec("DROP TABLE IF EXISTS no_such_table")
+      conn:exec("INSERT INTO d VALUES (1)")
+      inside = #got
+    end)
+    assert.equal(1, inside)
+    assert.matches('table "no_such_table" does not exist, skipping', got[1].message)
+    assert.equal("at commit", got[2].message)
+    -- a flood is cut at 100 kept, the rest counted on the last one
+    got = {}
+    conn:exec([[DO $$ BEGIN FOR i IN 1..150 LOOP RAISE NOTICE 'n%', i; END LOOP; END $$]])
+    assert.equal(100, #got)
+    assert.equal("n100", got[100].message)
+    assert.equal(50, got[100].dropped)
+    -- a listener that fails loses its notice, not the statement
+    conn:on_notice(function() error("listener broke") end)
+    assert.equal(0, conn:exec([[DO $$ BEGIN RAISE NOTICE 'x'; END $$]]))
+    -- on_notice(nil): dropped again
+    got = {}
+    conn:on_notice(nil)
+    conn:exec([[DO $$ BEGIN RAISE NOTICE 'unheard'; END $$]])
+    assert.equal(0, #got)
+  end)
+
   it("quotes identifiers and literals through libpq", function()
     local evil = 'x"; DROP TABLE users; --'
     assert.equal('"x""; DROP TABLE users; --"', conn:quote_ident(evil))
@@ -220,6 +300,36 @@ describe("migrate.core helpers", function()
     local names, err = core.listdir(dir .. "/nope")
     assert.is_nil(names)
     assert.matches("No such file", err)
+  end)
+
+  it("runs a program without a shell: arguments as given, stdout, stderr, status, inputs, environment", function()
+    local status, out, err = core.run({ "printf", "%s|", "a b", "$(echo x)", "'q'", "*" })
+    assert.equal(0, status)
+    assert.equal("a b|$(echo x)|'q'|*|", out)
+    assert.equal("", err)
+    status, out, err = core.run({ "sh", "-c", "echo to-stderr >&2; exit 3" })
+    assert.same({ 3, "", "to-stderr\n" }, { status, out, err })
+    -- inputs on stdin and /dev/fd/3, fed while the output is read: 2 MiB each way cannot stall
+    local big = string.rep("0123456789abcdef", 131072)
+    status, out = core.run({ "cat", "/dev/fd/3", "-" }, { input = { [0] = "B", [3] = big } })
+    assert.equal(0, status)
+    assert.equal(#big + 1, #out)
+    assert.equal(big .. "B", out)
+    -- a child that reads none of its input: no SIGPIPE for us
+    assert.equal(0, (core.run({ "true" }, { input = { [0] = big } })))
+    -- variables for the child alone, set or removed
+    status, out = core.run({ "sh", "-c", 'printf "%s/%s" "$MIG_X" "${HOME-unset}"' },
+      { env = { MIG_X = "it's", HOME = false } })
+    assert.same({ 0, "it's/unset" }, { status, out })
+    assert.is_nil(os.getenv("MIG_X"))
+    -- killed by a signal: 128 + N
+    assert.equal(128 + 9, (core.run({ "sh", "-c", "kill -9 $$" })))
+    local none, why = core.run({ "/nonexistent/program", "x" })
+    assert.is_nil(none)
+    assert.equal("/nonexistent/program: No such file or directory", why)
+    assert.is_false(core.is_executable("/nonexistent/program"))
+    assert.is_false(core.is_executable("/tmp"))
+    assert.is_true(core.is_executable("/bin/sh"))
   end)
 
   it("parses SQL with the PostgreSQL parser", function()

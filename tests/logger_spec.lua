@@ -247,4 +247,37 @@ describe("logger", function()
     assert.equal(0, v.code)
     assert.matches("hello from the migration  answer=42 password=***", v.stderr, 1, true)
   end)
+  it("logs PostgreSQL's notices as events at their severity's level, about the migration that caused them", function()
+    local db, conninfo = db_with_password()
+    local dir = T.tmpdir()
+    T.write(dir .. "/m/" .. V_OK .. "_noisy.lua", [[
+return {
+  up = function(m)
+    m:exec("CREATE TABLE twice (id int)")
+    m:exec("CREATE TABLE IF NOT EXISTS twice (id int)")
+    m:unsafe("a test of notices", function()
+      m:exec("DO $$ BEGIN RAISE WARNING 'watch out' USING HINT = 'a hint'; END $$")
+    end)
+  end,
+}
+]])
+    local r = T.run({ "-d", conninfo, "--dir", "m", "run" }, { cwd = dir })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches('  notice      relation "twice" already exists, skipping\n', r.stderr, 1, true)
+    assert.matches("  notice      watch out\n", r.stderr, 1, true)
+    local lines = json_lines(dir .. "/migration-execution.log")
+    assert.equal("started,notice,unsafe,notice,success", statuses(lines, V_OK))
+    local info, warn = lines[2], lines[4]
+    assert.same({ "info", "NOTICE", "42P07" }, { info.level, info.metadata.severity, info.metadata.sqlstate })
+    assert.same({ "warn", "WARNING", "a hint" }, { warn.level, warn.metadata.severity, warn.metadata.hint })
+    assert.equal('info:relation "twice" already exists, skipping|warn:watch out', T.psql(db, [[
+      SELECT string_agg(level || ':' || message, '|' ORDER BY id) FROM migration_logs
+       WHERE status = 'notice' AND migration_name = ']] .. V_OK .. "'"))
+    -- --quiet keeps the WARNING, not the NOTICE
+    local _, conninfo2 = db_with_password()
+    local q = T.run({ "-d", conninfo2, "--dir", "m", "--quiet", "run" }, { cwd = dir })
+    assert.equal(0, q.code, q.stderr)
+    assert.matches("  notice      watch out", q.stderr, 1, true)
+    assert.is_nil(q.stderr:find("twice", 1, true))
+  end)
 end)

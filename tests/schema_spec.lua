@@ -115,6 +115,42 @@ describe("schema file", function()
     assert.matches("%-%-schema%-only", rec)
   end)
 
+  it("dumps as a password-protected role: the password works through pg_dump's environment, shows nowhere", function()
+    local p = project()
+    assert.equal(0, cli(p, { "run" }).code)
+    local role = "dumper_" .. p.db
+    p:sql(string.format([[CREATE ROLE "%s" LOGIN SUPERUSER PASSWORD 'dump-pw-sekret']], role))
+    local hba = os.getenv("MIGRATE_TEST_PGDATA") .. "/pg_hba.conf"
+    local old = T.read(hba)
+    finally(function() T.write(hba, old); T.pg_ctl("reload") end)
+    T.write(hba, string.format("local all %s scram-sha-256\n", role) .. old)
+    T.pg_ctl("reload")
+    T.sleep(0.3)
+    -- a pg_dump that records its argv and whether it got a password, then runs the real one
+    local bin, record = p.root .. "/pgbin", p.root .. "/record"
+    T.write(bin .. "/pg_dump", table.concat({ "#!/bin/sh",
+      "printf 'argv: %s\\npassword: %s\\n' \"$*\" \"${PGPASSWORD:+given}\" >>" .. T.shell_quote(record),
+      "exec " .. T.shell_quote(pg_bin .. "/pg_dump") .. " \"$@\"", "" }, "\n"))
+    os.execute("chmod +x " .. T.shell_quote(bin .. "/pg_dump"))
+    local function url(pw)
+      return string.format("postgresql://%s:%s@/%s?host=%s&port=%s", role, pw, p.db, os.getenv("PGHOST"),
+        os.getenv("PGPORT"))
+    end
+    local env = { PG_BIN = bin, PGPASSWORD = false, PGPASSFILE = "/nonexistent" }
+    local r = T.run({ "--database-url", url("dump-pw-sekret"), "schema", "dump" }, { env = env })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("CREATE TABLE public%.widgets", r.stdout)
+    assert.is_nil((r.stdout .. r.stderr):find("dump-pw-sekret", 1, true))
+    local bad = T.run({ "--database-url", url("wrong-pw-sekret"), "schema", "dump" }, { env = env })
+    assert.equal(2, bad.code)
+    assert.matches("pg_dump %(.-%) failed: .*password authentication failed", bad.stderr)
+    assert.is_nil((bad.stdout .. bad.stderr):find("wrong-pw-sekret", 1, true))
+    local rec = T.read(record)
+    assert.is_nil(rec:find("pw-sekret", 1, true), rec)
+    assert.equal(2, select(2, rec:gsub("password: given", "")), rec)
+    assert.matches("argv: %-%-schema%-only %-%-no%-owner", rec)
+  end)
+
   it("refuses clearly when no pg_dump can be found, and a bad subcommand", function()
     local p = project()
     local r = T.run({ "--database-url", p.conninfo, "schema", "dump" }, { env = { PG_BIN = p.root .. "/nothing" } })

@@ -429,7 +429,7 @@ end
 
 -- {====== the lock policy of a step (issue 14; the policy is retry.attempt) ======
 
-local function quote(name) return '"' .. name:gsub('"', '""') .. '"' end
+local quote = core.quote_ident   -- src/quote.c: no connection needed for to_regclass text
 
 local function regclass(rel)
   return rel and rel.relname and ((rel.schemaname and (quote(rel.schemaname) .. ".") or "") .. quote(rel.relname))

@@ -80,6 +80,7 @@ function M.open(config, opts)
     end
   end })
   s.main = connect(config)
+  s.main:on_notice(function(n) s.logger:notice(n) end)   -- PostgreSQL's notices are log events (logger.lua)
   -- a standby or a transaction pooler is refused before any SET or lock
   -- the probe is the lock connection itself: no extra connection per run
   local checked, why = pcall(require("migrate.topology").check, s.main, M.target(config), { lock = opts.lock,

@@ -255,11 +255,40 @@ end
 
 -- }======
 
+-- {====== notices ======
+
+-- PostgreSQL's notices (RAISE NOTICE, "... does not exist, skipping",
+-- WARNING), as pg_dump's notice processor hands them to its logger: one
+-- event each, status "notice", at the level of its severity, about the
+-- migration running when it came (conn:on_notice delivers them after the
+-- statement that caused them, src/lpg_notice.c).
+local NOTICE_LEVEL = { WARNING = "warn", NOTICE = "info", INFO = "info", LOG = "debug" }
+local ENDS_MIGRATION = { success = true, reverted = true, failed = true }
+
+function M:notice(n)
+  local sev = n.severity or "NOTICE"
+  self:event { migration = self.running, status = "notice", level = NOTICE_LEVEL[sev] or "debug",
+    message = n.message, metadata = { severity = sev, sqlstate = n.sqlstate, detail = n.detail, hint = n.hint,
+                                      dropped = n.dropped } }
+end
+
+-- The function for conn:on_notice.
+function M:notice_hook()
+  return function(n) self:notice(n) end
+end
+
+-- }======
+
 -- event: {migration, status, level, message, duration_ms, error_message,
 -- metadata, console (false = not on the console)}
 function M:event(ev)
   ev.level = ev.level or "info"
   ev.status = ev.status or "info"
+  if ev.status == "started" then
+    self.running = ev.migration   -- the migration a notice is about
+  elseif ENDS_MIGRATION[ev.status] then
+    self.running = nil
+  end
   ev.message = scrub(ev.message and tostring(ev.message))
   ev.error_message = scrub(ev.error_message and tostring(ev.error_message))
   local meta = type(ev.metadata) == "table" and clean(ev.metadata, 0, {}) or nil

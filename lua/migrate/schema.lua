@@ -4,9 +4,10 @@
 -- review sees a schema change as a minimal diff and `schema check` sees a
 -- hand-made change on a server.
 --
--- The connection reaches pg_dump as libpq's own variables (PGHOST,
--- PGPASSWORD, ...: core.conninfo_env), set in this process only while
--- pg_dump runs, never in its argv (which `ps` shows to every local user).
+-- pg_dump and diff run through core.run (src/spawn.c): no shell, so no
+-- argument is quoted. The connection reaches pg_dump as libpq's own
+-- variables (PGHOST, PGPASSWORD, ...: core.conninfo_env) in its environment
+-- alone, never in its argv (which `ps` shows to every local user).
 local errors = require "migrate.errors"
 local core = require "migrate.core"
 
@@ -25,10 +26,15 @@ M.STRIP = {
   "^\\unrestrict ",
 }
 
-local function sh_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
-local function executable(path)
-  return os.execute("test -x " .. sh_quote(path)) == true
+-- "9.6" < "16" < "17": version folders compared number by number (as sort -V)
+local function older(a, b)
+  local na, nb = {}, {}
+  for n in a:gmatch("%d+") do na[#na + 1] = tonumber(n) end
+  for n in b:gmatch("%d+") do nb[#nb + 1] = tonumber(n) end
+  for i = 1, math.max(#na, #nb) do
+    if (na[i] or -1) ~= (nb[i] or -1) then return (na[i] or -1) < (nb[i] or -1) end
+  end
+  return a < b
 end
 
 -- pg_dump to use: $PG_BIN/pg_dump when PG_BIN is set, else the newest /usr/lib/postgresql/*/bin
@@ -37,17 +43,18 @@ end
 function M.find_pg_dump()
   local pg_bin = os.getenv("PG_BIN")
   if pg_bin and pg_bin ~= "" then
-    if executable(pg_bin .. "/pg_dump") then return pg_bin .. "/pg_dump" end
+    if core.is_executable(pg_bin .. "/pg_dump") then return pg_bin .. "/pg_dump" end
     return nil, "PG_BIN=" .. pg_bin .. " holds no pg_dump"
   end
-  local p = io.popen("ls -d /usr/lib/postgresql/*/bin/pg_dump 2>/dev/null | sort -V | tail -n 1")
-  local found = p and p:read("l")
-  if p then p:close() end
-  if found and found ~= "" and executable(found) then return found end
-  p = io.popen("command -v pg_dump 2>/dev/null")
-  found = p and p:read("l")
-  if p then p:close() end
-  if found and found ~= "" then return found end
+  local versions = core.listdir("/usr/lib/postgresql") or {}
+  table.sort(versions, older)
+  for i = #versions, 1, -1 do
+    local path = "/usr/lib/postgresql/" .. versions[i] .. "/bin/pg_dump"
+    if core.is_executable(path) then return path end
+  end
+  for dir in (os.getenv("PATH") or ""):gmatch("[^:]+") do
+    if core.is_executable(dir .. "/pg_dump") then return dir .. "/pg_dump" end
+  end
 end
 
 -- Drops the STRIP lines and folds the blank lines they leave.
@@ -68,18 +75,6 @@ function M.normalize(text)
   return table.concat(out, "\n") .. "\n"
 end
 
-local function with_env(vars, fn)
-  local saved = {}
-  for k, v in pairs(vars) do
-    saved[k] = { os.getenv(k) }
-    core.setenv(k, v)
-  end
-  local ok, a, b = pcall(fn)
-  for k, old in pairs(saved) do core.setenv(k, old[1]) end
-  if not ok then error(a, 0) end
-  return a, b
-end
-
 local read = require "migrate.readfile"
 
 -- The normalized live schema of config.database_url (or libpq's defaults).
@@ -89,26 +84,18 @@ function M.dump(config)
     errors.raise("config", "pg_dump not found" .. (why and (": " .. why) or "") .. " (install postgresql-client "
       .. "of at least the server's version, or set PG_BIN to the folder that holds it)")
   end
-  local vars = {}
+  local env
   if config.database_url then
-    local env, err = core.conninfo_env(config.database_url)
+    local err
+    env, err = core.conninfo_env(config.database_url)
     if not env then errors.raise("connect", "bad --database-url for pg_dump: " .. tostring(err)) end
-    vars = env
   end
-  local errf = os.tmpname()
-  local args = { sh_quote(bin), "--schema-only", "--no-owner", "--no-privileges", "--encoding=UTF8" }
-  for _, a in ipairs(M.EXCLUDE) do args[#args + 1] = sh_quote(a) end
-  local cmd = table.concat(args, " ") .. " 2>" .. sh_quote(errf) .. " </dev/null"
-  local out, ok = with_env(vars, function()
-    local p = assert(io.popen(cmd, "r"))
-    local text = p:read("a")
-    return text, (p:close())
-  end)
-  local err = read(errf) or ""
-  os.remove(errf)
-  if not ok then
-    local scrub = require("migrate.logger").scrub
-    errors.raise("connect", string.format("pg_dump (%s) failed: %s", bin, scrub(err:gsub("%s+$", ""))))
+  local argv = { bin, "--schema-only", "--no-owner", "--no-privileges", "--encoding=UTF8" }
+  for _, a in ipairs(M.EXCLUDE) do argv[#argv + 1] = a end
+  local status, out, err = core.run(argv, { env = env })
+  if status ~= 0 then   -- nil: it could not be started, and out says why
+    local said = (status and err or out):gsub("%s+$", "")
+    errors.raise("connect", string.format("pg_dump (%s) failed: %s", bin, require("migrate.logger").scrub(said)))
   end
   return M.normalize(out), bin
 end
@@ -138,15 +125,10 @@ function M.check(config, path)
   local live = M.dump(config)
   want = M.normalize(want)
   if want == live then return nil end
-  local a, b = os.tmpname(), os.tmpname()
-  local fa, fb = assert(io.open(a, "wb")), assert(io.open(b, "wb"))
-  fa:write(want); fa:close()
-  fb:write(live); fb:close()
-  local p = assert(io.popen(string.format("diff -u --label %s --label %s %s %s", sh_quote(path),
-    sh_quote("live database"), sh_quote(a), sh_quote(b))))
-  local diff = p:read("a")
-  p:close()
-  os.remove(a); os.remove(b)
+  -- the two texts reach diff through pipes it reads as /dev/fd/3 and 4: no temporary files
+  local status, diff = core.run({ "diff", "-u", "--label", path, "--label", "live database", "/dev/fd/3",
+    "/dev/fd/4" }, { input = { [3] = want, [4] = live } })
+  if not status then diff = "" end   -- no diff on this machine
   return diff ~= "" and diff or "(the files differ)\n"
 end
 
