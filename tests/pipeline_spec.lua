@@ -91,6 +91,114 @@ describe("conn:transaction opts.finish (pipeline mode)", function()
     assert.equal("0", T.psql(db, "SELECT count(*) FROM hist"))
     assert.equal("f", T.psql(db, "SELECT to_regclass('made') IS NOT NULL"))
   end)
+
+  -- issue 13: what needs no answer is queued
+  describe("conn:queue (pipeline mode inside conn:transaction)", function()
+    it("queues only inside conn:transaction's fn: outside it says false and sends nothing", function()
+      assert.is_false(conn:queue("CREATE TABLE outside (x int)"))
+      assert.equal("f", T.psql(db, "SELECT to_regclass('outside') IS NOT NULL"))
+      assert.equal("idle", conn:tx_status())
+    end)
+
+    it("queued statements run in order with the transaction; a query after them sees them", function()
+      local seen
+      conn:transaction(function()
+        assert.is_true(conn:queue("CREATE TABLE q1 (x int)"))
+        assert.is_true(conn:queue("ALTER TABLE q1 ADD COLUMN y int"))
+        seen = conn:query("SELECT count(*)::int AS n FROM pg_attribute WHERE attrelid = 'q1'::regclass AND attnum > 0")
+        assert.is_true(conn:queue("CREATE INDEX q1_y ON q1 (y)"))
+      end, { pipeline = true, prelude = { "SET LOCAL lock_timeout = 1234", "SET LOCAL work_mem = '5MB'" } })
+      assert.equal(2, seen[1].n)
+      assert.equal("idle", conn:tx_status())
+      assert.equal("t", T.psql(db, "SELECT to_regclass('q1_y') IS NOT NULL"))
+    end)
+
+    it("the prelude travels with BEGIN and is LOCAL to the transaction", function()
+      local inside
+      conn:transaction(function()
+        inside = conn:query("SELECT current_setting('lock_timeout') AS v")[1].v
+      end, { pipeline = true, prelude = { "SET LOCAL lock_timeout = 1234" } })
+      assert.equal("1234ms", inside)
+      assert.are_not.equal("1234ms", conn:query("SELECT current_setting('lock_timeout') AS v")[1].v)
+    end)
+
+    it("a queued failure is raised with its note by the next command, again by every later one, and rolls back all",
+      function()
+      local first, second, third
+      local ok, e = pcall(conn.transaction, conn, function()
+        conn:queue("CREATE TABLE made (x int)")
+        conn:queue("ALTER TABLE made ADD COLUMN x int", { where = "mig.lua:7", migration = "1_m", file = "mig.lua" })
+        conn:queue("CREATE TABLE never (x int)")
+        first = select(2, pcall(conn.query, conn, "SELECT 1 AS one"))
+        second = select(2, pcall(conn.exec, conn, "CREATE TABLE nor_this (x int)"))
+        third = conn:tx_status()
+      end, { pipeline = true })
+      assert.is_false(ok)
+      for _, err in ipairs({ first, second, e }) do
+        assert.equal("42701", err.sqlstate)
+        assert.equal("ALTER TABLE made ADD COLUMN x int", err.sql)
+        assert.equal("mig.lua:7", err.where)
+        assert.equal("1_m", err.migration)
+        assert.equal(3, err.queued)   -- BEGIN is 1
+      end
+      assert.equal("inerror", third)
+      assert.equal("idle", conn:tx_status())
+      for _, t in ipairs({ "made", "never", "nor_this" }) do
+        assert.equal("f", T.psql(db, "SELECT to_regclass('" .. t .. "') IS NOT NULL"))
+      end
+      -- the connection is usable and the failure forgotten
+      assert.equal(1, conn:query("SELECT 1 AS one")[1].one)
+      conn:transaction(function() conn:queue("CREATE TABLE fine (x int)") end, { pipeline = true })
+      assert.equal("t", T.psql(db, "SELECT to_regclass('fine') IS NOT NULL"))
+    end)
+
+    it("a queued failure outranks a later Lua error of fn, and is raised with the finish", function()
+      local ok, e = pcall(conn.transaction, conn, function()
+        conn:queue("ALTER TABLE no_such ADD COLUMN x int", { where = "mig.lua:3" })
+        error("a later refusal")
+      end, { pipeline = true })
+      assert.is_false(ok)
+      assert.equal("42P01", e.sqlstate)
+      assert.equal("mig.lua:3", e.where)
+      local o = { pipeline = true }
+      ok, e = pcall(conn.transaction, conn, function()
+        conn:queue("CREATE TABLE before_it (x int)")
+        conn:queue("ALTER TABLE no_such ADD COLUMN x int", { where = "mig.lua:4" })
+        o.finish = { { "CREATE TABLE in_finish (x int)", n = 0 } }
+      end, o)
+      assert.is_false(ok)
+      assert.equal("mig.lua:4", e.where)
+      assert.is_nil(e.finish)   -- not a finish statement's failure
+      assert.equal("idle", conn:tx_status())
+      assert.equal("f", T.psql(db,
+        "SELECT to_regclass('before_it') IS NOT NULL OR to_regclass('in_finish') IS NOT NULL"))
+    end)
+
+    it("the finish joins the queue: its rows come back, and its own failure is still finish = i", function()
+      local o = { pipeline = true }
+      conn:transaction(function()
+        conn:queue("CREATE TABLE f1 (x int)")
+        o.finish = { { "SELECT to_regclass('f1')::oid::int8 > 0 AS there", n = 0 } }
+      end, o)
+      assert.is_true(o.finished[1][1].there)
+      o = { pipeline = true }
+      local ok, e = pcall(conn.transaction, conn, function()
+        conn:queue("CREATE TABLE f2 (x int)")
+        o.finish = { { "SELECT 1/0 AS boom", n = 0 } }
+      end, o)
+      assert.is_false(ok)
+      assert.equal(1, e.finish)
+      assert.equal("22012", e.sqlstate)
+      assert.equal("f", T.psql(db, "SELECT to_regclass('f2') IS NOT NULL"))
+    end)
+
+    it("reads the first 256 queued statements before the 257th (a bounded queue)", function()
+      conn:transaction(function()
+        for i = 1, 600 do conn:queue(string.format("CREATE TABLE many_%d (x int)", i)) end
+      end, { pipeline = true })
+      assert.equal("600", T.psql(db, "SELECT count(*) FROM pg_class WHERE relname LIKE 'many\\_%'"))
+    end)
+  end)
 end)
 
 describe("the executor's pipelined finish", function()
@@ -197,120 +305,7 @@ lock' AND datname = current_database()")
   end)
 end)
 
--- {====== issue 13: what needs no answer is queued (conn:queue, pipeline mode) ======
-
-describe("conn:queue (pipeline mode inside conn:transaction)", function()
-  local db, conninfo, conn
-  before_each(function()
-    db, conninfo = T.fresh_db("queue")
-    conn = core.connect(conninfo)
-  end)
-  after_each(function() if conn then conn:close() end end)
-
-  it("queues only inside conn:transaction's fn: outside it says false and sends nothing", function()
-    assert.is_false(conn:queue("CREATE TABLE outside (x int)"))
-    assert.equal("f", T.psql(db, "SELECT to_regclass('outside') IS NOT NULL"))
-    assert.equal("idle", conn:tx_status())
-  end)
-
-  it("queued statements run in order with the transaction; a query after them sees them", function()
-    local seen
-    conn:transaction(function()
-      assert.is_true(conn:queue("CREATE TABLE q1 (x int)"))
-      assert.is_true(conn:queue("ALTER TABLE q1 ADD COLUMN y int"))
-      seen = conn:query("SELECT count(*)::int AS n FROM pg_attribute WHERE attrelid = 'q1'::regclass AND attnum > 0")
-      assert.is_true(conn:queue("CREATE INDEX q1_y ON q1 (y)"))
-    end, { pipeline = true, prelude = { "SET LOCAL lock_timeout = 1234", "SET LOCAL work_mem = '5MB'" } })
-    assert.equal(2, seen[1].n)
-    assert.equal("idle", conn:tx_status())
-    assert.equal("t", T.psql(db, "SELECT to_regclass('q1_y') IS NOT NULL"))
-  end)
-
-  it("the prelude travels with BEGIN and is LOCAL to the transaction", function()
-    local inside
-    conn:transaction(function()
-      inside = conn:query("SELECT current_setting('lock_timeout') AS v")[1].v
-    end, { pipeline = true, prelude = { "SET LOCAL lock_timeout = 1234" } })
-    assert.equal("1234ms", inside)
-    assert.are_not.equal("1234ms", conn:query("SELECT current_setting('lock_timeout') AS v")[1].v)
-  end)
-
-  it("a queued failure is raised with its note by the next command, again by every later one, and rolls back all",
-    function()
-    local first, second, third
-    local ok, e = pcall(conn.transaction, conn, function()
-      conn:queue("CREATE TABLE made (x int)")
-      conn:queue("ALTER TABLE made ADD COLUMN x int", { where = "mig.lua:7", migration = "1_m", file = "mig.lua" })
-      conn:queue("CREATE TABLE never (x int)")
-      first = select(2, pcall(conn.query, conn, "SELECT 1 AS one"))
-      second = select(2, pcall(conn.exec, conn, "CREATE TABLE nor_this (x int)"))
-      third = conn:tx_status()
-    end, { pipeline = true })
-    assert.is_false(ok)
-    for _, err in ipairs({ first, second, e }) do
-      assert.equal("42701", err.sqlstate)
-      assert.equal("ALTER TABLE made ADD COLUMN x int", err.sql)
-      assert.equal("mig.lua:7", err.where)
-      assert.equal("1_m", err.migration)
-      assert.equal(3, err.queued)   -- BEGIN is 1
-    end
-    assert.equal("inerror", third)
-    assert.equal("idle", conn:tx_status())
-    for _, t in ipairs({ "made", "never", "nor_this" }) do
-      assert.equal("f", T.psql(db, "SELECT to_regclass('" .. t .. "') IS NOT NULL"))
-    end
-    -- the connection is usable and the failure forgotten
-    assert.equal(1, conn:query("SELECT 1 AS one")[1].one)
-    conn:transaction(function() conn:queue("CREATE TABLE fine (x int)") end, { pipeline = true })
-    assert.equal("t", T.psql(db, "SELECT to_regclass('fine') IS NOT NULL"))
-  end)
-
-  it("a queued failure outranks a later Lua error of fn, and is raised with the finish", function()
-    local ok, e = pcall(conn.transaction, conn, function()
-      conn:queue("ALTER TABLE no_such ADD COLUMN x int", { where = "mig.lua:3" })
-      error("a later refusal")
-    end, { pipeline = true })
-    assert.is_false(ok)
-    assert.equal("42P01", e.sqlstate)
-    assert.equal("mig.lua:3", e.where)
-    local o = { pipeline = true }
-    ok, e = pcall(conn.transaction, conn, function()
-      conn:queue("CREATE TABLE before_it (x int)")
-      conn:queue("ALTER TABLE no_such ADD COLUMN x int", { where = "mig.lua:4" })
-      o.finish = { { "CREATE TABLE in_finish (x int)", n = 0 } }
-    end, o)
-    assert.is_false(ok)
-    assert.equal("mig.lua:4", e.where)
-    assert.is_nil(e.finish)   -- not a finish statement's failure
-    assert.equal("idle", conn:tx_status())
-    assert.equal("f", T.psql(db, "SELECT to_regclass('before_it') IS NOT NULL OR to_regclass('in_finish') IS NOT NULL"))
-  end)
-
-  it("the finish joins the queue: its rows come back, and its own failure is still finish = i", function()
-    local o = { pipeline = true }
-    conn:transaction(function()
-      conn:queue("CREATE TABLE f1 (x int)")
-      o.finish = { { "SELECT to_regclass('f1')::oid::int8 > 0 AS there", n = 0 } }
-    end, o)
-    assert.is_true(o.finished[1][1].there)
-    o = { pipeline = true }
-    local ok, e = pcall(conn.transaction, conn, function()
-      conn:queue("CREATE TABLE f2 (x int)")
-      o.finish = { { "SELECT 1/0 AS boom", n = 0 } }
-    end, o)
-    assert.is_false(ok)
-    assert.equal(1, e.finish)
-    assert.equal("22012", e.sqlstate)
-    assert.equal("f", T.psql(db, "SELECT to_regclass('f2') IS NOT NULL"))
-  end)
-
-  it("reads the first 256 queued statements before the 257th (a bounded queue)", function()
-    conn:transaction(function()
-      for i = 1, 600 do conn:queue(string.format("CREATE TABLE many_%d (x int)", i)) end
-    end, { pipeline = true })
-    assert.equal("600", T.psql(db, "SELECT count(*) FROM pg_class WHERE relname LIKE 'many\\_%'"))
-  end)
-end)
+-- {====== issue 13: what needs no answer is queued ======
 
 -- The main connection's round trips, counted on the wire: bench/delay_proxy.py
 -- (no delay) between the binary and the server counts, per connection, how
