@@ -81,13 +81,15 @@ else
   how="no netem in this kernel (container), so bench/delay_proxy.py: a loopback TCP proxy to the server's unix socket holding every chunk ${DELAY_MS} ms each way (Python asyncio; its own CPU and epoll's 1 ms timer granularity add a little to every round trip, the same for every side)"
   in_ns() { "$@"; }
   host=127.0.0.1 port=$((PGPORT + 1))
-  python3 "$here/delay_proxy.py" "$port" "$PGHOST/.s.PGSQL.$PGPORT" "$DELAY_MS" >"$tmp/proxy.out" 2>&1 &
+  # $tmp/turns: each connection's round trips (delay_proxy.py), for the table's last line
+  python3 "$here/delay_proxy.py" "$port" "$PGHOST/.s.PGSQL.$PGPORT" "$DELAY_MS" "$tmp/turns" >"$tmp/proxy.out" 2>&1 &
   proxy_pid=$!
   for _ in $(seq 100); do grep -q ready "$tmp/proxy.out" 2>/dev/null && break; sleep 0.05; done
   t0=${EPOCHREALTIME/[.,]/}
   for _ in 1 2 3 4 5 6 7 8 9 10; do "$PSQL" -X -At -d "host=$host port=$port dbname=postgres" -c 'select 1' >/dev/null; done
   t1=${EPOCHREALTIME/[.,]/}
   rtt="~$(awk -v u=$((t1 - t0)) 'BEGIN {printf "%.1f", u/10/1000}') ms per psql connect+query (not ping)"
+  sleep 0.2; rm -f "$tmp/turns"   # the calibration's connections are not the workload's
 fi
 conn() { echo "host=$host port=$port user=$PGUSER dbname=$1 sslmode=disable"; }
 
@@ -134,6 +136,10 @@ section=$tmp/section.md
   echo "| psql floor (one process, BEGIN/COMMIT each) | $(ms "$(med "${PG[@]}")") ms | 1.00 | | |"
   echo "| dbmate up | $(ms "$(med "${DM[@]}")") ms | ${rd}× | | |"
   echo "| migrate-lua run | $(ms "$(med "${ML[@]}")") ms | ${rm_}× | ≤ 0.7× | $(verdict "$rm_" 0.7) |"
+  if [ -s "$tmp/turns" ]; then
+    echo
+    awk -v n=$((ROUNDS * N)) '{t[$1] += $2} END {printf "Round trips per migration, counted by the proxy (the client sending after the server answered; each run'"'"'s connect and set-up spread over its %d migrations): migrate-lua main connection %.2f, its log connection %.2f (rows sent without waiting), psql %.2f.\n", n / '"$ROUNDS"', t["migrate-lua"] / n, t["migrate-lua_lock"] / n, t["psql"] / n}' "$tmp/turns"
+  fi
   notes=$here/net-notes.md
   if [ -f "$notes" ]; then echo; cat "$notes"; fi
   echo "<!-- bench:net:end -->"

@@ -60,16 +60,65 @@ lpg_check_conn(lua_State *L, int i)
 	return c;
 }
 
+/* {================ sent without waiting ================ */
+
 /*
- * Reads the results of the conn:send in flight (if any), remembering a
- * failure for conn:send_errors. Raises nothing: it runs before other
- * commands and in __gc.
+ * The commands sent without waiting: a conn:send (one, outside pipeline
+ * mode: the log rows), or the commands conn:queue sent in libpq pipeline
+ * mode (a transactional migration's DDL, with BEGIN and the prelude). Their
+ * results are read before the next command that needs an answer, by
+ * lpg_drain_sent: a conn:send's failure is counted for conn:send_errors; a
+ * queued command's is kept (queue_failed) and raised by lpg_settle_sent, at
+ * that command and every later one, until conn:transaction ends: the
+ * transaction is lost, and no pcall around an unrelated command may hide
+ * why.
+ */
+
+/* Syncs the pipeline and reads it to the end; the first failure is kept. */
+static void
+read_queue(Conn *c)
+{
+	PGresult *err = NULL, *blockers = NULL;
+	int failed_at = 0, done = 0, synced = 0;
+
+	if (PQpipelineSync(c->pg))
+	{
+		mig_signals_set_cancel(c->pg);   /* Ctrl-C cancels the queued command that runs */
+		if (mig_signals_pending())
+			lpg_cancel(c);                  /* it came while nothing could be cancelled */
+		synced = lpg_read_pipeline(c, &err, &failed_at, &done, &blockers, NULL, 0, 0);
+		mig_signals_set_cancel(NULL);
+	}
+	PQexitPipelineMode(c->pg);
+	c->pipeline = 0;
+	c->sent = 0;
+	if ((err != NULL || !synced) && c->queue_failed == 0)
+	{
+		c->queue_failed = failed_at > 0 ? failed_at : done + 1;
+		c->queue_error = err;               /* NULL: the connection failed (libpq's message) */
+		c->queue_blockers = blockers;
+		return;
+	}
+	PQclear(err);
+	PQclear(blockers);
+}
+
+/*
+ * Reads the results of what was sent without waiting. Raises nothing and
+ * touches no Lua state: it runs before other commands and in __gc.
  */
 void
 lpg_drain_sent(Conn *c)
 {
 	PGresult *r;
-	if (!c->sent || c->pg == NULL)
+	if (c->pg == NULL)
+		return;
+	if (c->pipeline)
+	{
+		read_queue(c);
+		return;
+	}
+	if (!c->sent)
 		return;
 	c->sent = 0;
 	while ((r = PQgetResult(c->pg)) != NULL)
@@ -83,22 +132,156 @@ lpg_drain_sent(Conn *c)
 	}
 }
 
+/*
+ * Pushes the error object of queued command k that failed with res (NULL:
+ * a libpq-side failure): PostgreSQL's error as for any statement, with its
+ * SQL, then every field of the note it was queued with (the caller's words:
+ * where it was queued, the SQL as shown), queued = k, and the blockers.
+ */
+void
+lpg_push_queued_error(lua_State *L, Conn *c, int conn_index, const PGresult *res, int k,
+					  const PGresult *blockers)
+{
+	const char *sql = NULL;
+
+	luaL_checkstack(L, 8, "queued error");
+	lua_getiuservalue(L, conn_index, UV_QUEUE);          /* [notes] */
+	if (lua_istable(L, -1))
+		lua_rawgeti(L, -1, k);
+	else
+		lua_pushnil(L);                                 /* [notes, entry] */
+	if (lua_istable(L, -1))
+	{
+		lua_rawgeti(L, -1, 1);
+		sql = lua_tostring(L, -1);                      /* anchored in the entry */
+		lua_pop(L, 1);
+	}
+	mig_push_pg_error(L, c->pg, res, sql);             /* [notes, entry, err] */
+	if (lua_istable(L, -2))
+	{
+		if (lua_rawgeti(L, -2, 2) == LUA_TTABLE)        /* [notes, entry, err, note] */
+		{
+			lua_pushnil(L);
+			while (lua_next(L, -2))                     /* [.., err, note, key, value] */
+			{
+				lua_pushvalue(L, -2);
+				lua_insert(L, -2);
+				lua_rawset(L, -5);                      /* err[key] = value */
+			}
+		}
+		lua_pop(L, 1);
+	}
+	lua_pushinteger(L, k);
+	lua_setfield(L, -2, "queued");
+	if (blockers != NULL)
+	{
+		lpg_push_rows(L, (PGresult *) blockers);
+		lua_setfield(L, -2, "blockers");
+	}
+	lua_replace(L, -3);
+	lua_pop(L, 1);                                      /* [err] */
+}
+
+/* lpg_drain_sent, then a queued command's failure raised (again, if it was already). */
+void
+lpg_settle_sent(lua_State *L, Conn *c, int conn_index)
+{
+	lpg_drain_sent(c);
+	if (c->queue_failed)
+	{
+		lpg_push_queued_error(L, c, conn_index, c->queue_error, c->queue_failed, c->queue_blockers);
+		lua_error(L);
+	}
+}
+
+void
+lpg_forget_queue(Conn *c)
+{
+	PQclear(c->queue_error);
+	PQclear(c->queue_blockers);
+	c->queue_error = NULL;
+	c->queue_blockers = NULL;
+	c->queue_failed = 0;
+}
+
+/*
+ * Enters pipeline mode for queued commands (what a conn:send left in flight
+ * is read first), with an empty list of notes. Returns 0 when it cannot.
+ */
+int
+lpg_start_queue(lua_State *L, Conn *c, int conn_index)
+{
+	lua_newtable(L);                    /* first: a memory error leaves nothing half done */
+	lpg_drain_sent(c);
+	if (!PQenterPipelineMode(c->pg))
+	{
+		lua_pop(L, 1);
+		return 0;
+	}
+	lua_setiuservalue(L, conn_index, UV_QUEUE);
+	c->pipeline = 1;
+	c->sent = 0;
+	return 1;
+}
+
+/*
+ * Queues sql (one statement, no parameters) in the pipeline with the note
+ * at stack index note (0: none), and sends it on to the server at once, so
+ * it runs while the caller goes on. The note is stored before the command
+ * is sent: every result has its note. A command that cannot be sent is a
+ * failure of its own, raised at once (after what was sent before it).
+ */
+void
+lpg_queue_command(lua_State *L, Conn *c, int conn_index, const char *sql, int note)
+{
+	lua_getiuservalue(L, conn_index, UV_QUEUE);
+	lua_createtable(L, 2, 0);
+	lua_pushstring(L, sql);
+	lua_rawseti(L, -2, 1);
+	if (note)
+	{
+		lua_pushvalue(L, note);
+		lua_rawseti(L, -2, 2);
+	}
+	lua_rawseti(L, -2, c->sent + 1);
+	lua_pop(L, 1);
+	if (!PQsendQueryParams(c->pg, sql, 0, NULL, NULL, NULL, NULL, 0))
+	{
+		int k = c->sent + 1;
+		lpg_drain_sent(c);
+		if (c->queue_failed == 0)
+			c->queue_failed = k;            /* queue_error NULL: libpq's message says why */
+		lpg_settle_sent(L, c, conn_index);
+	}
+	c->sent++;
+	(void) PQflush(c->pg);              /* a failure here shows when the results are read */
+}
+
+/* A cancel request for the command c's backend runs (nothing if none runs). */
+void
+lpg_cancel(Conn *c)
+{
+	PGcancel *cancel = PQgetCancel(c->pg);
+	char buf[256];
+	if (cancel != NULL)
+	{
+		PQcancel(cancel, buf, sizeof buf);
+		PQfreeCancel(cancel);
+	}
+}
+
+/* }====================================================== */
+
 static void
 close_conn(Conn *c)
 {
 	if (c->pg == NULL)
 		return;
+	c->watch_ms = 0;                /* no side connection asked at close: it may be closed already */
 	lpg_drain_sent(c);              /* the last log rows must reach the table */
+	lpg_forget_queue(c);
 	if (PQtransactionStatus(c->pg) == PQTRANS_ACTIVE)
-	{
-		PGcancel *cancel = PQgetCancel(c->pg);
-		char buf[256];
-		if (cancel != NULL)
-		{
-			PQcancel(cancel, buf, sizeof buf);
-			PQfreeCancel(cancel);
-		}
-	}
+		lpg_cancel(c);
 	PQfinish(c->pg);
 	c->pg = NULL;
 	lpg_clear_notices(c);
@@ -267,7 +450,7 @@ run(lua_State *L, Conn *c, const char *sql)
 	luaL_checkstack(L, 8, "too many query parameters");   /* the boxes and the rows */
 	if (c->busy)
 		luaL_error(L, "connection is busy: a query cannot run while another one is being read");
-	lpg_drain_sent(c);
+	lpg_settle_sent(L, c, 1);                       /* the queued commands' answers come first */
 	if (c->watch_ms > 0)
 	{
 		lua_getiuservalue(L, 1, UV_WATCH);
@@ -340,7 +523,7 @@ conn_send(lua_State *L)
 
 	if (c->busy)
 		return luaL_error(L, "connection is busy: a query cannot run while another one is being read");
-	lpg_drain_sent(c);
+	lpg_settle_sent(L, c, 1);
 	ok = nparams > 0
 		? PQsendQueryParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0)
 		: PQsendQuery(c->pg, sql);
@@ -367,6 +550,56 @@ conn_send_errors(lua_State *L)
 		lua_pushnil(L);
 	c->send_errors = 0;
 	return 2;
+}
+
+/*
+ * conn:queue(sql [, note]) -> true | false
+ * Inside conn:transaction's fn: sends sql (one statement, no parameters:
+ * one whose answer is only "done") in libpq pipeline mode and returns at
+ * once; the server runs it while the caller goes on. Its answer is read by
+ * the next command that needs one (any other method; conn:flush), or with
+ * conn:transaction's finish and COMMIT, which join the same pipeline. A
+ * failure is raised there as PostgreSQL's error for sql with every field
+ * of note copied in (note.where: where it was queued), and again by every
+ * later command until conn:transaction ends; the server skips the commands
+ * queued after it. false: not queued (no conn:transaction fn runs, or its
+ * transaction already failed): run it with conn:exec instead.
+ */
+static int
+conn_queue(lua_State *L)
+{
+	Conn *c = lpg_check_conn(L, 1);
+	const char *sql = luaL_checkstring(L, 2);
+	int note = lua_istable(L, 3) ? 3 : 0;
+
+	if (c->busy)
+		return luaL_error(L, "connection is busy: a query cannot run while another one is being read");
+	if (c->queue_failed || (c->pipeline && c->sent >= LPG_QUEUE_MAX))
+		lpg_settle_sent(L, c, 1);          /* the known failure; or read what is queued first */
+	if (!c->pipeline)
+	{
+		lpg_drain_sent(c);
+		if (!c->in_tx || PQtransactionStatus(c->pg) != PQTRANS_INTRANS || !lpg_start_queue(L, c, 1))
+		{
+			lua_pushboolean(L, 0);
+			return 1;
+		}
+	}
+	lpg_queue_command(L, c, 1, sql, note);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/* conn:flush(): reads the queued commands' answers now (one round trip) and
+ * raises the first failure; nothing to do when nothing is queued. */
+static int
+conn_flush(lua_State *L)
+{
+	Conn *c = lpg_check_conn(L, 1);
+	if (c->busy)
+		return luaL_error(L, "connection is busy: a query cannot run while another one is being read");
+	lpg_settle_sent(L, c, 1);
+	return 0;
 }
 
 /* conn:exec(sql, ...) -> rows affected by the last statement */
@@ -524,10 +757,14 @@ lpg_tx_status_name(PGconn *pg)
 	}
 }
 
+/* (queued commands are read first: only their answers tell; a queued
+ * command that failed leaves the transaction "inerror") */
 static int
 conn_tx_status(lua_State *L)
 {
 	Conn *c = lpg_check_conn(L, 1);
+	if (!c->busy)
+		lpg_drain_sent(c);
 	lua_pushstring(L, lpg_tx_status_name(c->pg));
 	return 1;
 }
@@ -564,6 +801,8 @@ static const luaL_Reg conn_methods[] = {
 	{"exec",          conn_exec},
 	{"send",          conn_send},
 	{"send_errors",   conn_send_errors},
+	{"queue",         conn_queue},
+	{"flush",         conn_flush},
 	{"query",         conn_query},
 	{"quote_ident",   conn_quote_ident},
 	{"quote_literal", conn_quote_literal},

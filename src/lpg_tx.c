@@ -1,6 +1,7 @@
 /*
- * lpg_tx.c: the transaction boundary (conn:transaction, with its pipelined
- * finish) and the session-level advisory lock (conn:advisory_lock).
+ * lpg_tx.c: the transaction boundary (conn:transaction, with its queued
+ * BEGIN and pipelined finish) and the session-level advisory lock
+ * (conn:advisory_lock).
  */
 #include <stdio.h>
 #include <time.h>
@@ -48,28 +49,33 @@ command_or_rollback(lua_State *L, Conn *c, const char *sql)
 /*
  * The finish of conn:transaction in one round trip: the statements of
  * opts.finish ({sql, n = k, p1 … pk} each: the lock proof, the history row)
- * and COMMIT, sent in libpq pipeline mode with one sync. The server runs
- * them in order and skips the rest after the first error, so a failed
- * proof writes no row and a failed row commits nothing. Every result is
- * drained and pipeline mode left before anything can raise; the first
- * error is kept in a Result box meanwhile. On failure the transaction is
- * rolled back and the error raised with finish = its index (n + 1: COMMIT).
+ * and COMMIT, sent in libpq pipeline mode with one sync, behind whatever fn
+ * queued (conn:queue) and has not been read yet. The server runs them in
+ * order and skips the rest after the first error, so a failed queued
+ * statement or proof writes no row and a failed row commits nothing. Every
+ * result is drained and pipeline mode left before anything can raise; the
+ * first error is kept in a Result box meanwhile. On failure the
+ * transaction is rolled back and the error raised: a queued statement's as
+ * conn:queue says, else with finish = its index (n + 1: COMMIT).
  */
 static void
 finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 {
-	int n = (int) lua_rawlen(L, finish), failed_at = 0, k = 0, synced = 0, nulls = 0;
+	int n = (int) lua_rawlen(L, finish), failed_at = 0, done = 0, synced = 0, queued = 0;
 	int base = lua_gettop(L);
 	const char *failed_sql = NULL;
 
 	luaL_checkstack(L, n + 8, "too many finish statements");
-	PGresult **err = lpg_new_result_box(L);   /* the first error, until it is reported */
-	int boxes = lua_gettop(L) + 1;        /* one box per statement: its rows */
+	PGresult **err = lpg_new_result_box(L);       /* the first error, until it is reported */
+	PGresult **blockers = lpg_new_result_box(L);  /* who blocked the pipeline, if anybody did */
+	/* one box per statement: its rows */
+	PGresult ***keep = (PGresult ***) lua_newuserdatauv(L, sizeof(PGresult **) * (size_t) (n > 0 ? n : 1), 0);
 	for (int i = 0; i < n; i++)
-		lpg_new_result_box(L);
+		keep[i] = lpg_new_result_box(L);
 
 	/* every statement and its parameters are checked and bound first: an
-	 * error raised here has sent nothing, so no pipeline is left open */
+	 * error raised here has sent nothing of the finish (the queue, if any,
+	 * is read and rolled back by conn:transaction) */
 	typedef struct { const char *sql; int nparams; const char **values; } Item;
 	Item *items = (Item *) lua_newuserdatauv(L, sizeof(Item) * (size_t) (n > 0 ? n : 1), 0);
 	for (int i = 1; i <= n; i++)
@@ -92,14 +98,19 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 		it->values = it->nparams > 0 ? lpg_bind_params(L, lua_gettop(L) - it->nparams + 1, it->nparams) : NULL;
 	}
 
-	lpg_drain_sent(c);
-	if (!PQenterPipelineMode(c->pg))
+	if (c->pipeline)
+		queued = c->sent;               /* their results come first */
+	else
 	{
-		PQclear(PQexec(c->pg, "ROLLBACK"));
-		mig_new_error(L, "runtime", "pipeline_refused");
-		lua_pushstring(L, PQerrorMessage(c->pg));
-		lua_setfield(L, -2, "libpq");
-		mig_raise_error(L);
+		lpg_drain_sent(c);
+		if (!PQenterPipelineMode(c->pg))
+		{
+			PQclear(PQexec(c->pg, "ROLLBACK"));
+			mig_new_error(L, "runtime", "pipeline_refused");
+			lua_pushstring(L, PQerrorMessage(c->pg));
+			lua_setfield(L, -2, "libpq");
+			mig_raise_error(L);
+		}
 	}
 	int unsent = 0;
 	for (int i = 0; i < n && !unsent; i++)
@@ -109,75 +120,46 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 	 * what was sent, the transaction stays open and is rolled back below) */
 	if (!unsent && !PQsendQueryParams(c->pg, "COMMIT", 0, NULL, NULL, NULL, NULL, 0))
 		unsent = n + 1;
-	PQpipelineSync(c->pg);
 
-	/* read everything: the results (then NULL) of each command, then the sync */
-	mig_signals_set_cancel(c->pg);
-	while (!synced)
+	/* read everything: the results of each command, then the sync */
+	if (PQpipelineSync(c->pg))
 	{
-		PGresult *r = PQgetResult(c->pg);
-		if (r == NULL)
-		{
-			k++;
-			if (++nulls > n + 2 || PQstatus(c->pg) != CONNECTION_OK)
-				break;                    /* the connection went away: nothing more comes */
-			continue;
-		}
-		nulls = 0;
-		switch (PQresultStatus(r))
-		{
-			case PGRES_PIPELINE_SYNC:
-				synced = 1;
-				PQclear(r);
-				break;
-			case PGRES_FATAL_ERROR:
-			case PGRES_BAD_RESPONSE:
-			case PGRES_NONFATAL_ERROR:
-				if (*err == NULL)
-				{
-					*err = r;
-					failed_at = k + 1;
-				}
-				else
-					PQclear(r);
-				break;
-			case PGRES_TUPLES_OK:
-				if (k < n)
-				{
-					PGresult **box = (PGresult **) lua_touserdata(L, boxes + k);
-					PQclear(*box);
-					*box = r;
-					break;
-				}
-				PQclear(r);
-				break;
-			default:
-				PQclear(r);
-		}
+		mig_signals_set_cancel(c->pg);
+		synced = lpg_read_pipeline(c, err, &failed_at, &done, blockers, keep, queued + 1, n);
+		mig_signals_set_cancel(NULL);
 	}
-	mig_signals_set_cancel(NULL);
 	PQexitPipelineMode(c->pg);
+	c->pipeline = 0;
+	c->sent = 0;
 	if (synced && *err == NULL && !unsent)
 	{
 		/* opts.finished[i]: the rows of finish statement i that returned any */
 		lua_createtable(L, n, 0);
 		for (int i = 0; i < n; i++)
 		{
-			PGresult **box = (PGresult **) lua_touserdata(L, boxes + i);
-			if (*box != NULL)
+			if (*keep[i] != NULL)
 			{
-				lpg_push_rows(L, *box);
+				lpg_push_rows(L, *keep[i]);
 				lua_rawseti(L, -2, i + 1);
 			}
 		}
-		lua_setfield(L, opts, "finished");
+		if (lua_istable(L, opts))
+			lua_setfield(L, opts, "finished");
 		lua_settop(L, base);
 		return;
 	}
 	if (PQstatus(c->pg) == CONNECTION_OK && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
 		PQclear(PQexec(c->pg, "ROLLBACK"));
 	if (failed_at == 0)
-		failed_at = unsent ? unsent : k < n + 1 ? k + 1 : n + 1;
+		failed_at = unsent ? queued + unsent : done + 1;
+	if (failed_at <= queued)
+	{
+		lpg_push_queued_error(L, c, 1, *err, failed_at, *blockers);
+		lua_error(L);
+	}
+	failed_at -= queued;                /* 1 … n: a finish statement; n + 1: COMMIT */
+	if (failed_at > n + 1)
+		failed_at = n + 1;
 	if (failed_at <= n)
 	{
 		lua_rawgeti(L, finish, failed_at);
@@ -189,9 +171,98 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 		lua_pop(L, 2);
 	}
 	mig_push_pg_error(L, c->pg, *err, failed_sql != NULL ? failed_sql : "COMMIT");
+	if (*blockers != NULL)
+	{
+		lpg_push_rows(L, *blockers);
+		lua_setfield(L, -2, "blockers");
+	}
 	lua_pushinteger(L, failed_at);
 	lua_setfield(L, -2, "finish");
 	lua_error(L);
+}
+
+/*
+ * BEGIN and the prelude (one statement, or a list of them) queued: they
+ * travel with what fn queues next. Returns 0 when pipeline mode cannot be
+ * entered (the caller then sends them the plain way).
+ */
+static int
+begin_queued(lua_State *L, Conn *c, int prelude)
+{
+	if (!lpg_start_queue(L, c, 1))
+		return 0;
+	lpg_queue_command(L, c, 1, "BEGIN", 0);
+	if (lua_isstring(L, prelude))
+		lpg_queue_command(L, c, 1, lua_tostring(L, prelude), 0);
+	else if (lua_istable(L, prelude))
+		for (int i = 1; lua_rawgeti(L, prelude, i) == LUA_TSTRING; i++)
+		{
+			lpg_queue_command(L, c, 1, lua_tostring(L, -1), 0);   /* anchored in the list */
+			lua_pop(L, 1);
+		}
+	lua_settop(L, 4);
+	return 1;
+}
+
+/* [conn, opts, finish] -> finish_pipelined, under end_queued's pcall */
+static int
+finish_protected(lua_State *L)
+{
+	finish_pipelined(L, (Conn *) lua_touserdata(L, 1), 2, 3);
+	return 0;
+}
+
+/*
+ * The end of a transaction that has queued commands, or a queued command
+ * that failed. When fn failed, a rollback was asked for or a queued
+ * command failed, what is queued is read (the command running cancelled
+ * first when a signal stopped fn), the transaction rolled back, and the
+ * queued failure raised if there is one (it happened before whatever
+ * stopped fn), else fn's error. Otherwise the finish and COMMIT join the
+ * queue: one round trip for all of it.
+ */
+static int
+end_queued(lua_State *L, Conn *c, int status, int always_rollback, int nres)
+{
+	if (status == LUA_OK && !always_rollback && !c->queue_failed)
+	{
+		if (!lua_istable(L, 2) || lua_getfield(L, 2, "finish") != LUA_TTABLE)
+		{
+			if (lua_istable(L, 2))
+				lua_pop(L, 1);          /* the nil finish */
+			lua_newtable(L);            /* COMMIT only */
+		}
+		int finish = lua_gettop(L);
+		lua_pushcfunction(L, finish_protected);
+		lua_pushvalue(L, 1);
+		lua_pushvalue(L, 2);
+		lua_pushvalue(L, finish);
+		if (lua_pcall(L, 3, 0, 0) == LUA_OK)
+		{
+			lua_remove(L, finish);
+			return nres;
+		}
+		/* an error before the finish was sent (a bad item, memory) leaves
+		 * the queue open: read it and roll back below; any other was
+		 * raised with everything read and rolled back already */
+		if (!c->pipeline)
+			return lua_error(L);
+		status = LUA_ERRRUN;
+	}
+	if (status != LUA_OK && c->pipeline && mig_signals_pending())
+		lpg_cancel(c);
+	lpg_drain_sent(c);
+	if (PQstatus(c->pg) == CONNECTION_OK && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+		PQclear(PQexec(c->pg, "ROLLBACK"));   /* a failed ROLLBACK leaves nothing committed either */
+	if (c->queue_failed)
+	{
+		lpg_push_queued_error(L, c, 1, c->queue_error, c->queue_failed, c->queue_blockers);
+		lpg_forget_queue(c);
+		return lua_error(L);
+	}
+	if (status != LUA_OK)
+		return lua_error(L);
+	return nres;
 }
 
 /*
@@ -199,19 +270,22 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
  * BEGIN; fn(); then COMMIT if the transaction is still open and healthy,
  * else ROLLBACK and raise. opts.rollback = true always rolls back (dry-run);
  * opts.prelude is sent with BEGIN, in the same round trip (SQL of our own:
- * it can bind no parameters). opts.finish, read after fn returned (so fn
+ * it can bind no parameters). opts.pipeline = true queues BEGIN and the
+ * prelude (a statement or a list of statements, one each) instead of
+ * waiting for them (conn:queue): what fn queues joins them, and the finish
+ * and COMMIT join the queue. opts.finish, read after fn returned (so fn
  * may set it), is a list of {sql, n = k, p1 … pk} sent with COMMIT in one
  * pipeline (finish_pipelined), parameters bound. After a COMMIT,
  * opts.finished[i] holds the rows of finish statement i when it returned rows.
- * An error raised by fn is re-raised after the ROLLBACK, unchanged. This is
- * the executor's transaction boundary: no Lua path can leave it open.
+ * An error raised by fn is re-raised after the ROLLBACK, unchanged, unless
+ * a queued command failed before it (that failure is raised). This is the
+ * executor's transaction boundary: no Lua path can leave it open.
  */
 int
 lpg_conn_transaction(lua_State *L)
 {
 	Conn *c = lpg_check_conn(L, 1);
-	int always_rollback = 0, status, nres;
-	const char *begin;
+	int always_rollback = 0, pipeline = 0, status, nres;
 
 	luaL_checktype(L, 2, LUA_TFUNCTION);
 	lua_settop(L, 3);
@@ -219,40 +293,67 @@ lpg_conn_transaction(lua_State *L)
 	{
 		lua_getfield(L, 3, "rollback");
 		always_rollback = lua_toboolean(L, -1);
-		lua_pop(L, 1);
+		lua_getfield(L, 3, "pipeline");
+		pipeline = lua_toboolean(L, -1);
+		lua_pop(L, 2);
 		lua_getfield(L, 3, "prelude");      /* "SET LOCAL …": sent with BEGIN */
 	}
 	else
 		lua_pushnil(L);                     /* [conn, fn, opts, prelude] */
-	if (lua_isstring(L, 4))
-		lua_pushfstring(L, "BEGIN; %s", lua_tostring(L, 4));
-	else
-		lua_pushliteral(L, "BEGIN");
-	lua_replace(L, 4);                  /* [conn, fn, opts, begin] */
-	lua_rotate(L, 2, -1);               /* [conn, opts, begin, fn]: the string stays anchored */
-	begin = lua_tostring(L, 3);
 
-	if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+	if (c->busy || c->pipeline || PQtransactionStatus(c->pg) != PQTRANS_IDLE)
 	{
 		mig_new_error(L, "runtime", "tx_already_open");
-		lua_pushstring(L, lpg_tx_status_name(c->pg));
+		lua_pushstring(L, c->pipeline ? "commands queued" : lpg_tx_status_name(c->pg));
 		lua_setfield(L, -2, "tx_status");
 		return mig_raise_error(L);
 	}
-	command_or_rollback(L, c, begin);
-	lpg_deliver_notices(L, c, 1);
+	lpg_forget_queue(c);                /* nothing of an earlier transaction is reported here */
+	if (!pipeline || !begin_queued(L, c, 4))
+	{
+		if (lua_isstring(L, 4))
+			lua_pushfstring(L, "BEGIN; %s", lua_tostring(L, 4));
+		else if (lua_istable(L, 4))
+		{
+			lua_pushliteral(L, "BEGIN");
+			for (int i = 1; lua_rawgeti(L, 4, i) == LUA_TSTRING; i++)
+			{
+				lua_pushliteral(L, "; ");
+				lua_insert(L, -2);
+				lua_concat(L, 3);           /* "BEGIN; a; b" */
+			}
+			lua_pop(L, 1);                  /* the end of the list */
+		}
+		else
+			lua_pushliteral(L, "BEGIN");
+		lua_replace(L, 4);              /* [conn, fn, opts, begin]: the string stays anchored */
+		command_or_rollback(L, c, lua_tostring(L, 4));
+		lpg_deliver_notices(L, c, 1);
+	}
+	lua_rotate(L, 2, -1);               /* [conn, opts, begin, fn] */
 	int prev_user = mig_signals_enter_user(L);
+	c->in_tx = 1;
 	status = lua_pcall(L, 0, LUA_MULTRET, 0);
+	c->in_tx = 0;
 	mig_signals_leave_user(L, prev_user);
 	nres = lua_gettop(L) - 3;   /* results or the error object, above [conn, opts, begin] */
 
 	if (PQstatus(c->pg) != CONNECTION_OK)
 	{
+		lpg_drain_sent(c);
+		if (c->queue_failed)
+		{
+			lpg_push_queued_error(L, c, 1, c->queue_error, c->queue_failed, c->queue_blockers);
+			lpg_forget_queue(c);
+			return lua_error(L);
+		}
 		if (status != LUA_OK)
 			return lua_error(L);
 		mig_new_error(L, "runtime", "lost_before_commit");
 		return mig_raise_error(L);
 	}
+	if (c->pipeline || c->queue_failed)
+		return end_queued(L, c, status, always_rollback, nres);
 
 	PGTransactionStatusType ts = PQtransactionStatus(c->pg);
 	if (status != LUA_OK || always_rollback || ts != PQTRANS_INTRANS)
@@ -304,7 +405,7 @@ lpg_conn_advisory_lock(lua_State *L)
 	struct timespec start, now, pause = {0, 100 * 1000 * 1000};
 
 	snprintf(keybuf, sizeof keybuf, "%lld", (long long) key);
-	lpg_drain_sent(c);
+	lpg_settle_sent(L, c, 1);
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	for (;;)
 	{

@@ -1,7 +1,7 @@
 /*
- * lpg_watch.c: a command sent asynchronously and waited for, naming who
- * blocks it on the side connection (conn:set_watch), and the refusal of
- * COPY to or from the client.
+ * lpg_watch.c: a command sent asynchronously and waited for, and a
+ * pipeline's results read, naming who blocks them on the side connection
+ * (conn:set_watch), and the refusal of COPY to or from the client.
  */
 #include <stdio.h>
 #include <time.h>
@@ -72,6 +72,28 @@ capture_blockers(Conn *c, Conn *w, PGresult **keep)
 }
 
 /*
+ * Waits until c has input or the next watch tick is due, asking w (NULL:
+ * nobody) who blocks c once watch_ms more have passed since start, then
+ * reads what arrived. Returns 0 when the connection failed.
+ */
+static int
+await_input(Conn *c, Conn *w, PGresult **blockers, const struct timespec *start, int *next_ms)
+{
+	struct pollfd pfd = {PQsocket(c->pg), POLLIN, 0};
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	long elapsed = (long) ((now.tv_sec - start->tv_sec) * 1000 + (now.tv_nsec - start->tv_nsec) / 1000000);
+	int timeout = w == NULL ? -1 : *next_ms > elapsed ? (int) (*next_ms - elapsed) : 0;
+	if (poll(&pfd, 1, timeout) == 0 && w != NULL && w->pg != NULL)
+	{
+		/* waited watch_ms: ask who blocks us while we still wait */
+		capture_blockers(c, w, blockers);
+		*next_ms += c->watch_ms;
+	}
+	return PQconsumeInput(c->pg);
+}
+
+/*
  * Sends the command and waits for it, asking the side connection who blocks
  * it every watch_ms. Stores the final result in the box *res (the first
  * error result when a statement of a multi-statement string fails; NULL
@@ -88,7 +110,7 @@ lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
 		? PQsendQueryParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0)
 		: PQsendQuery(c->pg, sql);
 	PGresult *r;
-	struct timespec start, now;
+	struct timespec start;
 	int next_ms = c->watch_ms;
 
 	if (!sent)
@@ -111,21 +133,87 @@ lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
 				*res = r;
 			}
 		}
-		struct pollfd pfd = {PQsocket(c->pg), POLLIN, 0};
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		long elapsed = (long) ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000);
-		int timeout = w == NULL ? -1 : next_ms > elapsed ? (int) (next_ms - elapsed) : 0;
-		if (poll(&pfd, 1, timeout) == 0 && w != NULL && w->pg != NULL)
-		{
-			/* waited watch_ms: ask who blocks us while we still wait */
-			capture_blockers(c, w, blockers);
-			next_ms += c->watch_ms;
-		}
-		if (!PQconsumeInput(c->pg))
+		if (!await_input(c, w, blockers, &start, &next_ms))
 		{
 			PQclear(*res);
 			*res = NULL;
 			return;
+		}
+	}
+}
+
+/*
+ * Reads the results of c's pipeline up to its sync (the caller sent it),
+ * watched like a single command (the side connection of set_watch names
+ * who blocks it). Commands are counted from 1: the rows of command k are
+ * kept in the box keep[k - first] when first <= k < first + nkeep (freed
+ * otherwise); the first failure goes to *err and its number to *failed_at;
+ * *done counts the commands whose results were read (the ones the server
+ * skipped after a failure included); the newest non-empty blocker list goes
+ * to *blockers. Returns 1 when the sync arrived, 0 when the connection
+ * failed first. Never raises and touches no Lua state.
+ */
+int
+lpg_read_pipeline(Conn *c, PGresult **err, int *failed_at, int *done, PGresult **blockers,
+				  PGresult ***keep, int first, int nkeep)
+{
+	Conn *w = c->watch_ms > 0 ? c->watch : NULL;
+	struct timespec start;
+	int next_ms = c->watch_ms, k = 0, nulls = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;)
+	{
+		while (!PQisBusy(c->pg))
+		{
+			PGresult *r = PQgetResult(c->pg);
+			if (r == NULL)
+			{
+				/* the end of one command's results; two in a row: nothing more comes */
+				if (++nulls > 1 || PQstatus(c->pg) != CONNECTION_OK)
+				{
+					*done = k;
+					return 0;
+				}
+				k++;
+				continue;
+			}
+			nulls = 0;
+			switch (PQresultStatus(r))
+			{
+				case PGRES_PIPELINE_SYNC:
+					PQclear(r);
+					*done = k;
+					return 1;
+				case PGRES_FATAL_ERROR:
+				case PGRES_BAD_RESPONSE:
+				case PGRES_NONFATAL_ERROR:
+					if (*err == NULL)
+					{
+						*err = r;
+						*failed_at = k + 1;
+					}
+					else
+						PQclear(r);
+					break;
+				case PGRES_TUPLES_OK:
+					if (keep != NULL && k + 1 >= first && k + 1 < first + nkeep)
+					{
+						PGresult **box = keep[k + 1 - first];
+						PQclear(*box);
+						*box = r;
+						break;
+					}
+					PQclear(r);
+					break;
+				default:
+					PQclear(r);
+			}
+		}
+		if (!await_input(c, w, blockers, &start, &next_ms))
+		{
+			*done = k;
+			return 0;
 		}
 	}
 }
@@ -142,13 +230,16 @@ lpg_conn_set_watch(lua_State *L)
 	if (lua_isnoneornil(L, 2))
 	{
 		c->watch_ms = 0;
+		c->watch = NULL;
 		lua_pushnil(L);
 	}
 	else
 	{
-		lpg_check_conn(L, 2);
-		c->watch_ms = (int) luaL_checkinteger(L, 3);
-		luaL_argcheck(L, c->watch_ms > 0, 3, "watch interval must be positive");
+		Conn *w = lpg_check_conn(L, 2);
+		int ms = (int) luaL_checkinteger(L, 3);
+		luaL_argcheck(L, ms > 0, 3, "watch interval must be positive");
+		c->watch = w;
+		c->watch_ms = ms;
 		lua_pushvalue(L, 2);
 	}
 	lua_setiuservalue(L, 1, UV_WATCH);

@@ -18,6 +18,21 @@ end }
 
 local check_lock   -- below: per instance (machinery for guards/util.lua, not m: API)
 
+-- m.log, whose lines wait for the answers of the statements queued before
+-- them (engine.run_exec): a log row never says a step came after a
+-- statement that failed (the failure is raised instead, naming its line).
+local function settled_log(self, log)
+  local out = {}
+  for _, level in ipairs { "info", "warn", "error", "debug" } do
+    local write = log[level]
+    out[level] = function(...)
+      if self.conn then self.conn:flush() end
+      return write(...)
+    end
+  end
+  return out
+end
+
 -- opts: conn, entry, logger, mode ("run" | "safe-run" | "dry-run" | "rollback"),
 -- direction ("up" | "down"), config, backups (service), record (array or nil)
 function M.new(opts)
@@ -32,7 +47,7 @@ function M.new(opts)
     stats = { statements = 0, rows = 0 },
     steps = {},
   }, META)
-  self.log = opts.logger and opts.logger:for_migration(entry.version) or {
+  self.log = opts.logger and settled_log(self, opts.logger:for_migration(entry.version)) or {
     info = function() end, warn = function() end, error = function() end, debug = function() end }
   self.validator = opts.validator
   self.watch_conn = opts.watch_conn   -- the side connection that reads pg_blocking_pids
@@ -111,8 +126,7 @@ function M:exec(sql, ...)
   self:record_sql(sql)
   if engine.mode(self) ~= "apply" then return engine.exec(self, sql, ...) end
   self:check_lock()
-  engine.look(self, sql)   -- look before queueing (issue 14)
-  local n = self:call("exec", sql, ...)
+  local n = engine.run_exec(self, sql, ...)   -- look before queueing (issue 14); queued when it can be (issue 13)
   lint.ran(self)
   self.stats.statements = self.stats.statements + 1
   self.stats.rows = self.stats.rows + n
@@ -140,6 +154,7 @@ local function unsafe_run(self, reason, fn, allow, list)
     self:fail(errors.new("usage", "m:unsafe(reason, fn): fn must be a function"))
   end
   if self.logger then
+    if self.conn then self.conn:flush() end   -- the row is not written past a queued statement that failed
     self.logger:event { migration = self.entry.version, status = "unsafe", level = "warn",
       message = "unsafe block: " .. reason .. (list and (" (allows " .. table.concat(list, ", ") .. ")") or ""),
       metadata = { reason = reason, where = self:where(), allow = list },

@@ -17,6 +17,7 @@
 local core = require "migrate.core"
 local errors = require "migrate.errors"
 local retry = require "migrate.retry"
+local facts = require "migrate.facts"
 local cjson = require "cjson"
 
 local M = {}
@@ -435,25 +436,29 @@ local function regclass(rel)
   return rel and rel.relname and ((rel.schemaname and (quote(rel.schemaname) .. ".") or "") .. quote(rel.relname))
 end
 
--- The tables a parsed statement locks (quoted, for to_regclass): its
+-- The tables a parsed statement locks (quoted, for to_regclass, in out;
+-- as the parse tree spells them, "schema.name" or "name", in keys): its
 -- relation, a foreign key's referenced table, a DROP's or TRUNCATE's objects.
-local function locked_rels(node, st, out)
-  local function add(r) if r then out[#out + 1] = r end end
+local function locked_rels(node, st, out, keys)
+  local function add(rel)
+    if rel and rel.relname then out[#out + 1], keys[#keys + 1] = regclass(rel), relkey(rel) end
+  end
   if node == "AlterTableStmt" then
-    add(regclass(st.relation))
+    add(st.relation)
     for _, c in ipairs(st.cmds or {}) do
       local k = c.AlterTableCmd and c.AlterTableCmd.def and c.AlterTableCmd.def.Constraint
-      if k and k.contype == "CONSTR_FOREIGN" then add(regclass(k.pktable)) end   -- SHARE ROW EXCLUSIVE there too
+      if k and k.contype == "CONSTR_FOREIGN" then add(k.pktable) end   -- SHARE ROW EXCLUSIVE there too
     end
   elseif node == "IndexStmt" or node == "RenameStmt" then
-    add(regclass(st.relation))
+    add(st.relation)
   elseif node == "TruncateStmt" then
-    for _, r in ipairs(st.relations or {}) do add(regclass(r.RangeVar)) end
+    for _, r in ipairs(st.relations or {}) do add(r.RangeVar) end
   elseif node == "DropStmt" and (st.removeType == "OBJECT_TABLE" or st.removeType == "OBJECT_INDEX") then
     for _, o in ipairs(st.objects or {}) do
+      local names = strs(o.List and o.List.items)
       local parts = {}
-      for _, n in ipairs(strs(o.List and o.List.items)) do parts[#parts + 1] = quote(n) end
-      if #parts > 0 then add(table.concat(parts, ".")) end
+      for _, n in ipairs(names) do parts[#parts + 1] = quote(n) end
+      if #parts > 0 then out[#out + 1], keys[#keys + 1] = table.concat(parts, "."), table.concat(names, ".") end
     end
   end
 end
@@ -463,17 +468,31 @@ for i, l in ipairs(retry.MODES) do RANK[l] = i end
 
 -- What a step's statements need, from their parse trees: the strongest
 -- table lock mode (the plan's classification, dry_run.classify) and the
--- tables it is taken on. nil when no statement takes a table lock.
+-- tables it is taken on (quoted; and their names, for facts.made_in_run).
+-- nil when no statement takes a table lock.
 function M.lock_need(sql, stmts)
   stmts = stmts or parse(sql)
   local cls = require("migrate.commands.dry_run").classify(sql)
-  local mode, rels = nil, {}
+  local mode, rels, keys = nil, {}, {}
   for i, s in ipairs(stmts) do
     local lock = cls[i] and cls[i].lock
     if RANK[lock] and (not mode or RANK[lock] > RANK[mode]) then mode = lock end
-    if RANK[lock] then locked_rels(s.node, s.stmt, rels) end
+    if RANK[lock] then locked_rels(s.node, s.stmt, rels, keys) end
   end
-  return mode, rels
+  return mode, rels, keys
+end
+
+-- The tables of a look another session could hold or wait for: not the
+-- ones this run created (facts.made_in_run: nobody can queue on a table of
+-- this migration's open transaction, and those of earlier migrations of
+-- the run are minutes old at most), so a step on them needs no look, and
+-- statements queued before it (engine.run_exec) need not wait for answers.
+local function others_could_hold(m, rels, keys)
+  local out = {}
+  for i, r in ipairs(rels) do
+    if not facts.made_in_run(m, keys[i]) then out[#out + 1] = r end
+  end
+  return out
 end
 
 -- One attempt of a step under the lock policy, budget ms: look before
@@ -483,8 +502,10 @@ end
 -- outlasted it means look again, not a lost transaction; lock_timeout is
 -- the attempt's again afterwards (SET LOCAL). Returns the step's result.
 local function locked(m, sql, stmts, budget, in_tx, run, on_retry)
-  local mode, rels = M.lock_need(sql, stmts)
+  local mode, rels, keys = M.lock_need(sql, stmts)
   if not (mode and retry.looks(mode) and #rels > 0) then return run() end
+  rels = others_could_hold(m, rels, keys)
+  if #rels == 0 then return run() end
   local local_ = in_tx and "LOCAL " or ""
   local sp = false
   return retry.attempt { look = retry.look_of(m), rels = rels, mode = mode, budget = budget, in_tx = in_tx,
@@ -531,8 +552,10 @@ local function budget_of(m) return m.attempt_ms or m.config.lock_timeout or 5000
 -- under the migration's own lock_timeout, as written (no short try: a
 -- user's statement list is not ours to split into savepoints).
 function M.look(m, sql, stmts)
-  local mode, rels = M.lock_need(sql, stmts)
+  local mode, rels, keys = M.lock_need(sql, stmts)
   if not (mode and retry.looks(mode) and #rels > 0) then return end
+  rels = others_could_hold(m, rels, keys)
+  if #rels == 0 then return end
   local budget = budget_of(m)
   local ok, e = pcall(retry.clear, { look = retry.look_of(m), rels = rels, mode = mode, budget = budget,
     in_tx = M.in_tx(m), deadline = core.now_ms() + budget, what = mode .. " on " .. table.concat(rels, ", "),
@@ -541,6 +564,52 @@ function M.look(m, sql, stmts)
         table.concat(rels, ", "), retry.describe(hs)))
     end })
   if not ok then m:fail(e) end
+end
+
+-- }======
+
+-- {====== sent without waiting (issue 13) ======
+
+-- Utility statements whose answer is only "done": a command tag with no
+-- rows and no row count (m:exec returns 0 for them whether it waits or not).
+-- Not CREATE TABLE … AS (its tag counts rows), COPY, EXPLAIN, SHOW, CALL,
+-- EXECUTE, FETCH (rows), transaction control (the executor's), role
+-- statements (a password in the SQL).
+local NO_ANSWER = {}
+for _, n in ipairs { "CreateStmt", "AlterTableStmt", "IndexStmt", "DropStmt", "RenameStmt", "CommentStmt",
+  "CreateSeqStmt", "AlterSeqStmt", "ViewStmt", "CreateFunctionStmt", "AlterFunctionStmt", "GrantStmt",
+  "CreateEnumStmt", "AlterEnumStmt", "CompositeTypeStmt", "CreateDomainStmt", "AlterDomainStmt",
+  "CreateSchemaStmt", "CreateExtensionStmt", "CreateTrigStmt", "RuleStmt", "CreatePolicyStmt",
+  "AlterPolicyStmt", "DefineStmt", "AlterObjectSchemaStmt", "AlterOwnerStmt", "AlterDefaultPrivilegesStmt",
+  "CreateStatsStmt", "TruncateStmt", "LockStmt", "DoStmt", "VariableSetStmt" } do NO_ANSWER[n] = true end
+
+-- May m:exec queue this statement string instead of waiting for it? In
+-- apply only (rehearsals wait for every answer: they report each
+-- statement as it runs), in a transactional migration (a transaction =
+-- false one commits each step before the next, m:with_lock_retries retries
+-- its own transaction), one statement without bound values, whose answer
+-- is only "done".
+local function queueable(m, stmts, nargs)
+  if nargs > 0 or #stmts ~= 1 or m.entry.transactional ~= true or (m.own_tx or 0) > 0 then return false end
+  local s = stmts[1]
+  return NO_ANSWER[s.node] == true and not needs_no_tx(s.node, s.stmt)
+end
+
+-- m:exec in apply: the look before queueing (issue 14), then the statement
+-- queued on the connection (conn:queue) when its answer is only "done",
+-- else run and waited for. A queued statement's failure is reported as if
+-- it had failed at once: its own SQL, file and line (the note), by the
+-- next call that waits for an answer, or with the COMMIT; the server skips
+-- what was queued after it. Returns the rows affected (0 when queued).
+function M.run_exec(m, sql, ...)
+  local stmts = parse(sql)
+  M.look(m, sql, stmts)
+  if queueable(m, stmts, select("#", ...)) and m.conn:queue(sql, {
+      sql = require("migrate.logger").scrub(sql), where = m:where(), file = m.entry.path,
+      migration = m.entry.version .. "_" .. m.entry.name }) then
+    return 0
+  end
+  return m:call("exec", sql, ...)
 end
 
 -- }======

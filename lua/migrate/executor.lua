@@ -231,12 +231,17 @@ end
 -- One round trip for both settings; LOCAL ones end with the transaction.
 -- Without --statement-timeout the server's own setting stays (a DBA's
 -- ALTER ROLE … SET statement_timeout is a safety net, not a default to undo).
-local function timeouts_sql(scope, config, lock_ms)
-  local sql = string.format("SET %slock_timeout = %d", scope, lock_ms or config.lock_timeout or 5000)
+-- As a list: one statement each (queued with BEGIN: conn:transaction opts.pipeline).
+local function timeouts(scope, config, lock_ms)
+  local list = { string.format("SET %slock_timeout = %d", scope, lock_ms or config.lock_timeout or 5000) }
   if config.statement_timeout then
-    sql = sql .. string.format("; SET %sstatement_timeout = %d", scope, config.statement_timeout)
+    list[2] = string.format("SET %sstatement_timeout = %d", scope, config.statement_timeout)
   end
-  return sql
+  return list
+end
+
+local function timeouts_sql(scope, config, lock_ms)
+  return table.concat(timeouts(scope, config, lock_ms), "; ")
 end
 
 local function set_timeouts(conn, config, lock_ms)
@@ -314,7 +319,10 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
     local proof = require("migrate.runstate").proof_item(s.runstate, M.LOCK_KEY,
       { "lock_timeout", config.statement_timeout and "statement_timeout" or nil })
     if proof then proof.what = "proof"; items[#items + 1] = proof end
-    local row = direction == "up" and history.insert_sql(entry, core.now_ms() - t0, s.run_id, core.version, tbl)
+    -- the duration: until this attempt's BEGIN here, from it on counted by the server (the statements
+    -- queued before the row may still run when it is sent)
+    local row = direction == "up"
+      and history.insert_sql(entry, wait.tx_start - t0, s.run_id, core.version, tbl, true)
       or history.delete_sql(entry.version, tbl)
     row.what = direction == "up" and "the history row (INSERT INTO migrate_lua_migrations)"
       or "removing the history row (DELETE FROM migrate_lua_migrations)"
@@ -363,7 +371,9 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
       wait.attempts, wait.lock_ms = i, lock_ms
       watch(s, lock_ms)
       local mark = backups_mark(s)
-      local tx = { prelude = timeouts_sql("LOCAL ", config, lock_ms) }   -- one round trip with BEGIN
+      -- BEGIN and the timeouts queued (issue 13): they travel with the migration's first statements
+      local tx = { prelude = timeouts("LOCAL ", config, lock_ms), pipeline = true }
+      wait.tx_start = core.now_ms()
       local ok, err = pcall(conn.transaction, conn, function()
         body(true)
         tx.finish = finish_items()   -- read by conn:transaction after this returns

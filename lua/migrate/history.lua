@@ -72,10 +72,15 @@ end
 -- The history row's INSERT as a pipeline item for conn:transaction's
 -- opts.finish ({sql, n = #params, params…}: it travels with COMMIT).
 -- tbl: the schema-qualified name (history.qualified); default: by search_path.
-function M.insert_sql(entry, duration_ms, run_id, tool_version, tbl)
+-- since_begin: duration_ms is the time before the transaction began, and
+-- the server adds the time since (clock_timestamp() - now()), which the
+-- statements queued before the row (conn:queue) are part of.
+function M.insert_sql(entry, duration_ms, run_id, tool_version, tbl, since_begin)
   return { [[INSERT INTO ]] .. (tbl or M.TABLE) .. [[
       (version, name, checksum, description, duration_ms, tool_version, run_id)
-      VALUES ($1, $2, $3, $4, $5, $6, $7)]],
+      VALUES ($1, $2, $3, $4, $5::int]] .. (since_begin
+        and " + (extract(epoch FROM pg_catalog.clock_timestamp() - pg_catalog.now()) * 1000)::int" or "") .. [[,
+      $6, $7)]],
     entry.version, entry.name, entry.checksum, entry.description,
     math.floor(duration_ms + 0.5), tool_version, run_id, n = 7 }
 end

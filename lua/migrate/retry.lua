@@ -250,10 +250,17 @@ function R.attempt(p)
 end
 
 -- The look of a migration context: its side connection with the main
--- connection's pid (asked once per context), else the main connection.
+-- connection's pid (the run's, else asked once per context), else the main
+-- connection. The statements queued on the main connection are read first
+-- (issue 13): the look must see the locks they took, and a failure among
+-- them is reported before anything else.
 function R.look_of(m)
+  m.conn:flush()
   if m.watch_conn then
-    if not m.backend_pid then m.backend_pid = m.conn:query("SELECT pg_catalog.pg_backend_pid() AS p")[1].p end
+    if not m.backend_pid then
+      m.backend_pid = m.runstate and m.runstate.main_pid
+        or m.conn:query("SELECT pg_catalog.pg_backend_pid() AS p")[1].p
+    end
     return { conn = m.watch_conn, pid = m.backend_pid }
   end
   return { conn = m.conn, clear = m.conn:tx_status() == "intrans" }
