@@ -182,11 +182,14 @@ lpg_push_queued_error(lua_State *L, Conn *c, int conn_index, const PGresult *res
 	lua_pop(L, 1);                                      /* [err] */
 }
 
-/* lpg_drain_sent, then a queued command's failure raised (again, if it was already). */
+/* lpg_drain_sent, the notices of what it read handed on (before the failure
+ * they may explain), then a queued command's failure raised (again, if it
+ * was already). */
 void
 lpg_settle_sent(lua_State *L, Conn *c, int conn_index)
 {
 	lpg_drain_sent(c);
+	lpg_deliver_notices(L, c, conn_index);
 	if (c->queue_failed)
 	{
 		lpg_push_queued_error(L, c, conn_index, c->queue_error, c->queue_failed, c->queue_blockers);
