@@ -46,6 +46,7 @@ local function writers(config)
   return { out = M.stdout, note = M.stderr, err = M.stderr, kept = M.stdout }
 end
 
+local function lines(write, out) write(table.concat(out, "\n"), "\n") end
 
 function TEXT.version(doc, _, w)
   w.out("migrate-lua ", doc.version, " (", doc.lua, ", libpq ", tostring(doc.libpq), ")\n")
@@ -57,6 +58,28 @@ function TEXT.help(_, _, w, _, view)
   elseif view.text then
     w.out(view.text)
   end
+end
+
+-- A fleet's summary table; on standard error in every format, as the
+-- document holds the targets' own documents.
+function TEXT.fleet(_, config, w, code, view)
+  if config.quiet and code == EXIT.ok then return end
+  local width = {}
+  for _, r in ipairs(view.rows) do
+    for i, c in ipairs(r) do width[i] = math.max(width[i] or 0, #c) end
+  end
+  local out = { "" }
+  for _, r in ipairs(view.rows) do
+    out[#out + 1] = string.format("%-" .. width[1] .. "s  %-" .. width[2] .. "s  %" .. width[3] .. "s  %s",
+      r[1], r[2], r[3], r[4])
+  end
+  out[#out + 1] = string.format("fleet: %d ok, %d failed, %d skipped of %d targets", view.ok, view.failed,
+    view.skipped, #view.rows - 1)
+  if view.skipped > 0 then
+    out[#out + 1] = string.format("%d target%s not started (%s); run the same command again to finish the fleet",
+      view.skipped, view.skipped == 1 and " was" or "s were", view.stop or "stopped")
+  end
+  lines(w.err, out)
 end
 
 -- The human text of a command's result (nothing for a command without words).
