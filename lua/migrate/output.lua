@@ -60,6 +60,27 @@ function TEXT.help(_, _, w, _, view)
   end
 end
 
+function TEXT.show(doc, config, w)
+  local out = {}
+  if #doc.migrations == 0 then out[#out + 1] = "no migrations in " .. config.dir end
+  for _, st in ipairs(doc.migrations) do
+    local at = present(st.applied_at) and st.applied_at
+    out[#out + 1] = string.format("%-8s %s_%s%s%s", st.state, st.version, st.name,
+      at and ("  (applied " .. at .. (st.baseline and ", baseline" or "") .. ")") or "",
+      st.lock_holder and ("  (" .. st.lock_holder .. " holds the migration lock)") or "")
+    if st.partial then
+      local down = st.direction == "down"
+      out[#out + 1] = string.format(
+        "           partial: %s stopped part-way (transaction = false), %d step(s) done; %s",
+        down and "its rollback" or "it", #st.steps_done,
+        down and "run rollback again to finish" or "the next run resumes it, rollback undoes it")
+      for _, step in ipairs(st.steps_done) do out[#out + 1] = "           done: " .. step end
+    end
+  end
+  for _, p in ipairs(doc.problems) do out[#out + 1] = "error    " .. p end
+  lines(w.out, out)
+end
+
 -- A fleet's summary table; on standard error in every format, as the
 -- document holds the targets' own documents.
 function TEXT.fleet(_, config, w, code, view)
