@@ -15,6 +15,7 @@ local EXIT = require("migrate.errors").EXIT
 local M = {}
 
 local function present(v) return v ~= nil and v ~= json.null end
+local function s(n) return n == 1 and "" or "s" end
 local function scrub(text) return require("migrate.logger").scrub(text) end
 
 -- {====== the writer ======
@@ -79,6 +80,16 @@ function TEXT.show(doc, config, w)
   end
   for _, p in ipairs(doc.problems) do out[#out + 1] = "error    " .. p end
   lines(w.out, out)
+end
+
+function TEXT.validate(doc, config, w)
+  if config.json and config.quiet then return end
+  local n_err, n_warn = 0, 0
+  for _, f in ipairs(doc.findings) do
+    w.kept(string.format("%-7s %s%s\n", f.severity, present(f.rule) and ("[" .. f.rule .. "] ") or "", f.message))
+    if f.severity == "error" then n_err = n_err + 1 else n_warn = n_warn + 1 end
+  end
+  w.kept(string.format("validate: %d error%s, %d warning%s\n", n_err, s(n_err), n_warn, s(n_warn)))
 end
 
 -- A fleet's summary table; on standard error in every format, as the
