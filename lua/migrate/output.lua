@@ -48,6 +48,8 @@ local function writers(config)
 end
 
 local function lines(write, out) write(table.concat(out, "\n"), "\n") end
+local function label(m) return m.version .. "_" .. m.name end
+local function pretty_bytes(n) return require("migrate.backup").pretty_bytes(n) end
 
 function TEXT.version(doc, _, w)
   w.out("migrate-lua ", doc.version, " (", doc.lua, ", libpq ", tostring(doc.libpq), ")\n")
@@ -90,6 +92,53 @@ function TEXT.validate(doc, config, w)
     if f.severity == "error" then n_err = n_err + 1 else n_warn = n_warn + 1 end
   end
   w.kept(string.format("validate: %d error%s, %d warning%s\n", n_err, s(n_err), n_warn, s(n_warn)))
+end
+
+-- dry-run --plan: each step with its lock, rewrite, the numbers checked.
+local function plan(doc, w)
+  for _, mig in ipairs(doc.migrations) do
+    if mig.error then w.note("error: ", mig.version, ": ", mig.error.message, "\n") end
+    local out = { string.format("-- %s%s", label(mig), mig.transaction and "" or " (transaction = false)") }
+    for i, st in ipairs(mig.steps) do
+      out[#out + 1] = string.format("%d. %s", i, st.sql)
+      out[#out + 1] = string.format("   lock: %s%s%s  rewrite: %s%s", st.lock,
+        st.table and (" on " .. st.table) or "",
+        st.concurrent and " (CONCURRENTLY: outside any transaction)" or "", st.rewrite,
+        st.rows and string.format("  (%s%d rows, %s)", st.rows_exact and "" or "~", st.rows,
+          pretty_bytes(st.size_bytes)) or "")
+      for _, c in ipairs(st.checked) do
+        local parts = {}
+        for k, v in pairs(c) do if k ~= "check" then parts[#parts + 1] = k .. "=" .. tostring(v) end end
+        table.sort(parts)
+        out[#out + 1] = string.format("   checked %s: %s", c.check, table.concat(parts, " "))
+      end
+      for _, n in ipairs(st.notes) do out[#out + 1] = "   note: " .. n end
+      if st.refused then out[#out + 1] = "   REFUSED" end
+    end
+    for _, c in ipairs(mig.checks) do out[#out + 1] = string.format("   check [%s]: %s", c.status, c.message) end
+    w.out(table.concat(out, "\n"), "\n\n")
+  end
+end
+
+TEXT["dry-run"] = function(doc, _, w, code)
+  if doc.plan then return plan(doc, w) end
+  for _, mig in ipairs(doc.migrations) do
+    w.out("-- ", label(mig), mig.transaction and ""
+      or " (transaction = false: steps that cannot run in a transaction are shown, not executed)", "\n")
+    for _, sql in ipairs(mig.statements) do w.out(sql, sql:match(";%s*$") and "" or ";", "\n") end
+    if mig.error then
+      w.err("migrate-lua: dry-run of ", label(mig), " failed:\n  ", (mig.error.message:gsub("\n", "\n  ")), "\n")
+    else
+      w.out(string.format("-- ok (%.0f ms)\n\n", mig.duration_ms))
+    end
+  end
+  local n = #doc.migrations
+  if code == EXIT.ok and n > 0 then
+    w.note(string.format("dry-run: %d migration%s ran and %s rolled back; nothing changed\n", n, s(n),
+      n == 1 and "was" or "were"))
+  elseif code ~= EXIT.ok then
+    w.note("dry-run: rolled back; nothing changed\n")
+  end
 end
 
 -- A fleet's summary table; on standard error in every format, as the
