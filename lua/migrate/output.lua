@@ -50,6 +50,7 @@ end
 local function lines(write, out) write(table.concat(out, "\n"), "\n") end
 local function label(m) return m.version .. "_" .. m.name end
 local function pretty_bytes(n) return require("migrate.backup").pretty_bytes(n) end
+local function columns(b) return b.kind == "column" and ("(" .. table.concat(b.columns, ", ") .. ")") or "" end
 
 function TEXT.version(doc, _, w)
   w.out("migrate-lua ", doc.version, " (", doc.lua, ", libpq ", tostring(doc.libpq), ")\n")
@@ -139,6 +140,75 @@ TEXT["dry-run"] = function(doc, _, w, code)
   elseif code ~= EXIT.ok then
     w.note("dry-run: rolled back; nothing changed\n")
   end
+end
+
+-- run, safe-run, revert, rollback: the migration that failed, and why.
+local function failed(doc, w)
+  if doc.ok then return end
+  local e = type(doc.error) == "table" and doc.error or {}
+  w.err("\nmigrate-lua: migration ", tostring(present(doc.failed) and doc.failed or "?"), " failed",
+    e.kind == "interrupted" and " (interrupted)" or "",
+    doc.partial and string.format(
+      " part-way (transaction = false: %d completed step(s) stay, nothing of it was undone)",
+      #doc.steps_done) or "", "\n")
+  w.err((tostring(e.message):gsub("^", "  "):gsub("\n", "\n  ")), "\n")
+end
+
+local function applied(doc, w)
+  local n = #doc.applied
+  if doc.ok and n > 0 then w.note(string.format("applied %d migration%s\n", n, s(n))) end
+end
+
+function TEXT.run(doc, _, w)
+  failed(doc, w)
+  applied(doc, w)
+end
+
+TEXT["safe-run"] = function(doc, config, w)
+  failed(doc, w)
+  applied(doc, w)
+  if config.quiet or not (#doc.applied > 0 or present(doc.failed)) then return end
+  local out = { "summary:" }
+  for _, v in ipairs(doc.applied) do
+    out[#out + 1] = string.format("  applied %s in %.0f ms", v, (doc.durations_ms or {})[v] or 0)
+  end
+  if present(doc.failed) and doc.partial then
+    out[#out + 1] = string.format("  partial %s (transaction = false: stopped part-way; %d completed step(s) stay; "
+      .. "the next safe-run resumes it, rollback undoes it)",
+      tostring(doc.failed), #doc.steps_done)
+    for _, step in ipairs(doc.steps_done) do out[#out + 1] = "          done: " .. step end
+  elseif present(doc.failed) then
+    out[#out + 1] = "  failed  " .. tostring(doc.failed) .. " (rolled back)"
+  end
+  for _, b in ipairs(doc.backups) do
+    out[#out + 1] = string.format("  backup %d of %s%s: %d rows, %s (restore: migrate-lua backup restore %d)",
+      b.id, b.table, columns(b), b.rows, pretty_bytes(b.size_bytes), b.id)
+  end
+  lines(w.note, out)
+end
+
+function TEXT.revert(doc, _, w)
+  failed(doc, w)
+end
+
+function TEXT.rollback(doc, config, w)
+  failed(doc, w)
+  if config.quiet then return end
+  local out = {}
+  if #doc.reverted > 0 then
+    out[#out + 1] = string.format("reverted %d migration%s: %s", #doc.reverted, s(#doc.reverted),
+      table.concat(doc.reverted, ", "))
+  end
+  if #doc.backups > 0 then
+    out[#out + 1] = "backups of the data these migrations touched:"
+    for _, b in ipairs(doc.backups) do
+      out[#out + 1] = string.format("  %d  %s  %s%s, %d rows (%s)  ->  migrate-lua backup restore %d",
+        b.id, b.migration or "-", b.table, columns(b), b.rows, b.created_at, b.id)
+    end
+  elseif #doc.reverted > 0 then
+    out[#out + 1] = "no backups exist for the reverted migrations"
+  end
+  if #out > 0 then lines(w.note, out) end
 end
 
 -- A fleet's summary table; on standard error in every format, as the
