@@ -211,6 +211,34 @@ function TEXT.rollback(doc, config, w)
   if #out > 0 then lines(w.note, out) end
 end
 
+-- backup list | restore | drop | prune (view.verb)
+function TEXT.backup(doc, config, w, _, view)
+  if view.verb == "list" then
+    local out = {}
+    if #doc.backups == 0 then out[1] = "no backups" end
+    for _, b in ipairs(doc.backups) do
+      out[#out + 1] = string.format("%4d  %s  %-14s  %-6s  %s%s  %d rows  %s", b.id, b.created_at,
+        present(b.migration) and b.migration or "-", b.kind, b.table, columns(b), b.rows, pretty_bytes(b.size_bytes))
+    end
+    lines(w.out, out)
+  elseif view.verb == "restore" then
+    w.out(view.message, "\n")
+    if (doc.added or 0) > 0 or (doc.removed or 0) > 0 then
+      w.out(string.format("  --force: %d row(s) added since the backup were left as they are; "
+        .. "%d backed-up row(s) had no row to go back into%s\n",
+        doc.added or 0, doc.removed or 0, doc.kind == "table" and " and were re-inserted" or ""))
+    end
+    for _, n in ipairs(doc.rebuilt) do w.out("  rebuilt: ", n, "\n") end
+    for _, n in ipairs(doc.notes) do w.out("  note: ", n, "\n") end
+  elseif view.verb == "drop" then
+    w.out(string.format("dropped backup %d (%s, %d rows)\n", doc.dropped[1], view.table, view.rows))
+  else
+    local ids = doc.dropped
+    w.out(string.format("pruned %d backup%s older than %s%s\n", #ids, s(#ids), config.older_than,
+      #ids > 0 and (": " .. table.concat(ids, ", ")) or ""))
+  end
+end
+
 -- A fleet's summary table; on standard error in every format, as the
 -- document holds the targets' own documents.
 function TEXT.fleet(_, config, w, code, view)
