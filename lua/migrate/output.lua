@@ -239,6 +239,28 @@ function TEXT.backup(doc, config, w, _, view)
   end
 end
 
+local function first_line(text, width)
+  text = tostring(text or ""):gsub("\n.*", "")
+  if #text > width then text = text:sub(1, width - 3) .. "..." end
+  return text
+end
+
+function TEXT.logs(doc, _, w)
+  if #doc.logs == 0 then return w.out("no log rows match\n") end
+  local out = { string.format("%-6s %-24s %-14s %-11s %-5s %9s  %s",
+    "id", "created_at (UTC)", "migration", "status", "level", "duration", "message") }
+  for _, r in ipairs(doc.logs) do
+    local dur = present(r.duration_ms) and string.format("%.0f ms", r.duration_ms) or ""
+    local msg = present(r.message) and r.message or ""
+    if present(r.error_message) and r.error_message ~= "" and not msg:find(r.error_message, 1, true) then
+      msg = msg .. " | " .. r.error_message
+    end
+    out[#out + 1] = string.format("%-6s %-24s %-14s %-11s %-5s %9s  %s", tostring(r.id), r.created_at,
+      present(r.migration_name) and r.migration_name or "-", r.status, r.level, dur, first_line(msg, 120))
+  end
+  w.out(table.concat(out, "\n") .. "\n")
+end
+
 -- A fleet's summary table; on standard error in every format, as the
 -- document holds the targets' own documents.
 function TEXT.fleet(_, config, w, code, view)
