@@ -261,6 +261,32 @@ function TEXT.logs(doc, _, w)
   w.out(table.concat(out, "\n") .. "\n")
 end
 
+-- Where a setting came from: flag, env NAME, config file PATH:LINE, .env line N, default, unset.
+local function source_text(r)
+  if r.source == "config" then return "config file " .. r.where end
+  if r.source == "env" then return "env " .. r.where end
+  if r.source == ".env" then return ".env " .. r.where:gsub("^%./%.env", "", 1):gsub("^:", "line ", 1) end
+  return r.source
+end
+
+function TEXT.config(doc, _, w)
+  local rows = {}
+  for i, r in ipairs(doc.settings) do
+    rows[i] = { option = r.option, value = present(r.value) and tostring(r.value) or "-", source = source_text(r) }
+  end
+  local w1, w2 = 0, 0
+  for _, r in ipairs(rows) do
+    w1 = math.max(w1, #r.option)
+    w2 = math.max(w2, #r.value)
+  end
+  w2 = math.min(w2, 48)
+  for _, r in ipairs(rows) do
+    w.out(string.format("%-" .. w1 .. "s  %-" .. w2 .. "s  (%s)\n", r.option, r.value, r.source))
+  end
+  w.out(string.format("config file: %s; .env: %s\n", present(doc.config_file) and doc.config_file or "none",
+    present(doc.dotenv) and doc.dotenv or "none"))
+end
+
 -- A fleet's summary table; on standard error in every format, as the
 -- document holds the targets' own documents.
 function TEXT.fleet(_, config, w, code, view)
