@@ -287,6 +287,19 @@ function TEXT.config(doc, _, w)
     present(doc.dotenv) and doc.dotenv or "none"))
 end
 
+function TEXT.repair(doc, config, w)
+  local out = {}
+  if #doc.repaired == 0 then
+    out[1] = "nothing to repair: no changed" .. (config.forget_missing and " or missing" or "") .. " migrations"
+  end
+  for _, d in ipairs(doc.repaired) do
+    out[#out + 1] = d.action == "checksum"
+      and string.format("repaired %s_%s: checksum re-recorded (%s)", d.version, d.name, d.new_checksum)
+      or string.format("repaired %s_%s: history row removed (its file is missing)", d.version, d.name)
+  end
+  lines(w.out, out)
+end
+
 -- A fleet's summary table; on standard error in every format, as the
 -- document holds the targets' own documents.
 function TEXT.fleet(_, config, w, code, view)
