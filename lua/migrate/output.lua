@@ -300,6 +300,21 @@ function TEXT.repair(doc, config, w)
   lines(w.out, out)
 end
 
+function TEXT.baseline(doc, _, w)
+  local recorded, unmatched = doc.baselined, doc.unmatched
+  local out = {}
+  if #recorded == 0 then out[1] = "nothing to record: every matching migration is already in the history" end
+  if #recorded > 0 then
+    out[1] = string.format("baselined %d migration%s (recorded as applied, not run): %s", #recorded,
+      s(#recorded), table.concat(recorded, ", "))
+  end
+  if #unmatched > 0 then
+    out[#out + 1] = string.format("warning: %s lists %d version%s with no migration file here: %s",
+      tostring(doc.from), #unmatched, s(#unmatched), table.concat(unmatched, ", "))
+  end
+  lines(w.out, out)
+end
+
 -- A fleet's summary table; on standard error in every format, as the
 -- document holds the targets' own documents.
 function TEXT.fleet(_, config, w, code, view)
