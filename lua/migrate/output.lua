@@ -315,6 +315,10 @@ function TEXT.baseline(doc, _, w)
   lines(w.out, out)
 end
 
+function TEXT.generate(doc, _, w)
+  w.out(doc.path, "\n")
+end
+
 -- A fleet's summary table; on standard error in every format, as the
 -- document holds the targets' own documents.
 function TEXT.fleet(_, config, w, code, view)
