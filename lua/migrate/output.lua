@@ -319,6 +319,20 @@ function TEXT.generate(doc, _, w)
   w.out(doc.path, "\n")
 end
 
+-- schema dump [PATH] | check PATH (view.verb)
+function TEXT.schema(doc, _, w, _, view)
+  if doc.schema then
+    w.out(doc.schema)   -- dump without a PATH: the schema itself
+  elseif view.verb == "dump" then
+    w.out("schema written to ", doc.path, "\n")
+  elseif doc.ok then
+    w.out("the live schema is the one in ", doc.path, "\n")
+  else
+    w.kept(string.format("the live schema differs from %s (a change made outside the migrations, or a "
+      .. "schema file not updated after one):\n", doc.path), doc.diff)
+  end
+end
+
 -- A fleet's summary table; on standard error in every format, as the
 -- document holds the targets' own documents.
 function TEXT.fleet(_, config, w, code, view)
