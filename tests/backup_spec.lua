@@ -3,6 +3,7 @@
 -- dropped column and a dropped table, with NULLs, unicode, bytea, json,
 -- arrays and a composite primary key; divergence and --force; privileges.
 local T = require "helpers.env"
+local P = require "helpers.project"
 
 local SEED = [[
 CREATE TABLE items (
@@ -30,14 +31,9 @@ end
 ]]
 
 local function setup(prefix, migrations)
-  local db, url = T.fresh_db(prefix)
-  T.psql(db, SEED)
-  local dir = T.tmpdir()
-  for file, body in pairs(migrations) do T.write(dir .. "/" .. file, BK .. body) end
-  local function cli(...)
-    return T.run({ "--database-url", url, "--dir", dir, "--log-file", dir .. "/log.jsonl", ... })
-  end
-  return db, url, dir, cli
+  local with_bk = {}
+  for file, body in pairs(migrations) do with_bk[file] = BK .. body end
+  return P.setup(prefix, with_bk, SEED)
 end
 
 local DROP_COLS = [[

@@ -192,7 +192,7 @@ end)
 
 -- The exit codes the help and man page name per command (help.lua
 -- COMMAND_DOCS `exits`), each reproduced through the binary. Exit 4 (another
--- run holds the lock) is proven by tests/concurrency_spec.lua for every
+-- run holds the lock) is proven by tests/executor_lock_spec.lua for every
 -- command that takes the lock.
 describe("documented exit codes", function()
   local P = require "helpers.project"

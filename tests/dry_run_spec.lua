@@ -2,6 +2,7 @@
 -- in one transaction that is rolled back; nothing changes (schema dump and
 -- row counts), real PostgreSQL errors surface; --plan runs no DDL.
 local T = require "helpers.env"
+local P = require "helpers.project"
 
 local function pg_dump(db)
   local out = os.tmpname()
@@ -24,15 +25,8 @@ local function counts(db)
 end
 
 local function setup(prefix, migrations)
-  local db, url = T.fresh_db(prefix)
-  T.psql(db, "CREATE TABLE users (id int PRIMARY KEY, email text); "
+  return P.setup(prefix, migrations, "CREATE TABLE users (id int PRIMARY KEY, email text); "
     .. "INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 50) g")
-  local dir = T.tmpdir()
-  for file, body in pairs(migrations) do T.write(dir .. "/" .. file, body) end
-  local function cli(...)
-    return T.run({ "--database-url", url, "--dir", dir, "--log-file", dir .. "/log.jsonl", ... })
-  end
-  return db, url, dir, cli
 end
 
 local GOOD = {

@@ -2,6 +2,7 @@
 -- failing down leaves the history unchanged, and the backups of reverted
 -- migrations are named with the command that restores them.
 local T = require "helpers.env"
+local P = require "helpers.project"
 
 local function mig(n)
   return string.format([[return { up = function(m) m:exec("CREATE TABLE t%d (id int)") end,
@@ -9,15 +10,7 @@ local function mig(n)
 end) end }]], n, n)
 end
 
-local function setup(prefix, migrations)
-  local db, url = T.fresh_db(prefix)
-  local dir = T.tmpdir()
-  for file, body in pairs(migrations) do T.write(dir .. "/" .. file, body) end
-  local function cli(...)
-    return T.run({ "--database-url", url, "--dir", dir, "--log-file", dir .. "/log.jsonl", ... })
-  end
-  return db, url, dir, cli
-end
+local setup = P.setup
 
 local function versions(db)
   return T.psql(db, "SELECT coalesce(string_agg(version, ',' ORDER BY version), '') FROM migrate_lua_migrations")

@@ -2,17 +2,11 @@
 -- drift refuse with exit 3), then each migration with backups before
 -- destructive steps, and a summary.
 local T = require "helpers.env"
+local P = require "helpers.project"
 
 local function setup(prefix, migrations)
-  local db, url = T.fresh_db(prefix)
-  T.psql(db, "CREATE TABLE users (id int PRIMARY KEY, email text, legacy text); INSERT INTO users SELECT g, 'u' || " ..
-    "g, 'old' || g FROM generate_series(1, 20) g")
-  local dir = T.tmpdir()
-  for file, body in pairs(migrations) do T.write(dir .. "/" .. file, body) end
-  local function cli(...)
-    return T.run({ "--database-url", url, "--dir", dir, "--log-file", dir .. "/log.jsonl", ... })
-  end
-  return db, url, dir, cli
+  return P.setup(prefix, migrations, "CREATE TABLE users (id int PRIMARY KEY, email text, legacy text); "
+    .. "INSERT INTO users SELECT g, 'u' || g, 'old' || g FROM generate_series(1, 20) g")
 end
 
 local ADD = [[return { up = function(m) m:exec("CREATE TABLE a (id int)") end, down = function(m) ]] .. [[

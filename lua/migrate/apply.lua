@@ -1,12 +1,14 @@
 -- Orchestration shared by run / safe-run / dry-run (up) and revert /
 -- rollback (down): open the session, check the migration set, load every
--- file before anything runs, run, summarise. Returns exit code, JSON doc.
+-- file before anything runs, run. Returns the exit code and the result
+-- (migrate.output prints it).
 local executor = require "migrate.executor"
 local errors = require "migrate.errors"
 local EXIT = errors.EXIT
 local loader = require "migrate.loader"
 local history = require "migrate.history"
 local json = require "migrate.json"
+local output = require "migrate.output"
 -- error text may quote a conninfo a migration printed: no password leaves
 local scrub = require("migrate.logger").scrub
 
@@ -36,19 +38,6 @@ local function document(result)
   }
 end
 M.document = document
-
-local function report_failure(result, config)
-  if result.ok then return end
-  local e = result.error
-  io.stderr:write("\nmigrate-lua: migration ", tostring(result.failed or "?"), " failed",
-    e.kind == "interrupted" and " (interrupted)" or "",
-    result.partial and string.format(
-      " part-way (transaction = false: %d completed step(s) stay, nothing of it was undone)",
-      #(result.steps_done or {})) or "", "\n")
-  io.stderr:write(scrub(tostring(e)):gsub("^", "  "):gsub("\n", "\n  "), "\n")
-  if result.rolled_back_note then io.stderr:write("  ", result.rolled_back_note, "\n") end
-  if config.quiet then return end
-end
 
 -- Checks the set before running: naming problems, load errors, drift (when
 -- opts.check_drift). Raises kind = "validation"/"load"/"drift".
@@ -97,16 +86,14 @@ function M.up(config, opts)
     for _, entry in ipairs(pending) do
       loader.load(entry)
       if opts.mode == "run" and loader.empty_up(entry) then   -- safe-run's validation refuses it; run warns
-        io.stderr:write("warning: ", entry.path, ": up has no statement (still the template's empty body); "
+        output.stderr("warning: ", entry.path, ": up has no statement (still the template's empty body); "
           .. "it is recorded as applied all the same\n")
       end
     end
     if opts.before then opts.before(s, pending, status) end
     if #pending == 0 then
-      if not config.json then
-        io.stderr:write("nothing to do: no pending migrations in ", config.dir,
-          require("migrate.target").describe(config), "\n")
-      end
+      output.note(config, "nothing to do: no pending migrations in ", config.dir,
+        require("migrate.target").describe(config), "\n")
       result = { ok = true, applied = {}, reverted = {} }
       return
     end
@@ -121,10 +108,6 @@ function M.up(config, opts)
   result.from_version = newest(status)
   result.to_version = newest(status, not opts.rollback and result.applied or nil)
   if opts.after then opts.after(result) end
-  report_failure(result, config)
-  if result.ok and not config.json and #result.applied > 0 and not opts.rollback then
-    io.stderr:write(string.format("applied %d migration%s\n", #result.applied, #result.applied == 1 and "" or "s"))
-  end
   return result.ok and EXIT.ok or errors.exit_code(result.error.kind == "lint" and result.error or { kind = "sql" }),
     document(result)
 end
@@ -177,7 +160,7 @@ function M.down(config, opts)
       entries[#entries + 1] = st.entry
     end
     if #entries == 0 then
-      if not config.json then io.stderr:write("nothing to do: no applied migrations\n") end
+      output.note(config, "nothing to do: no applied migrations\n")
       result = { ok = true, applied = {}, reverted = {} }
       return
     end
@@ -191,7 +174,6 @@ function M.down(config, opts)
   for _, v in ipairs(result.reverted or {}) do gone[v] = true end
   result.from_version, result.to_version = newest(status), newest(status, nil, gone)
   if opts.after then opts.after(result) end
-  report_failure(result, config)
   return result.ok and EXIT.ok or EXIT.failed, document(result)
 end
 

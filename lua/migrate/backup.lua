@@ -305,7 +305,7 @@ function M.copy(conn, spec)
   -- took longer than the progress interval (migrate.progress)
   local progress = not spec.quiet and rel.size >= 64 * 1024 * 1024
   if progress then
-    io.stderr:write(
+    require("migrate.output").stderr(
       string.format("    backing up %s (~%d rows, %s) ...\n", label, rel.estimate, pretty_bytes(rel.size)))
   end
   conn:exec(string.format("CREATE TABLE %s AS SELECT %s FROM %s", dst, V.copy_list(conn, selected, user), src))
@@ -354,7 +354,7 @@ pg_catalog.json_array_elements_text($9::json)),
     nrows, size, checksum, rel.owner, consistency,
     definition and json.encode(definition) or nil, ddl, spec.reason, duration, spec.run_id)
   if progress or (not spec.quiet and not on_tty() and duration >= require("migrate.progress").interval_ms()) then
-    io.stderr:write(
+    require("migrate.output").stderr(
       string.format("    backed up %s: %d rows, %s in %.1f s, %.0f rows/s\n", label, nrows, pretty_bytes(size),
       duration / 1000, duration > 0 and nrows * 1000 / duration or nrows))
   end

@@ -1,10 +1,10 @@
 -- The command line: parse arguments into a config, dispatch to
--- migrate.commands.<name>, print the result (human text or one JSON
--- document), return the contract's exit code. Commands print nothing to
--- stdout themselves when --json is on.
+-- migrate.commands.<name>, have migrate.output print the result (human text
+-- or one JSON document), return the contract's exit code. Commands write
+-- nothing themselves: they return an exit code and a result.
 local errors = require "migrate.errors"
 local EXIT = errors.EXIT
-local json = require "migrate.json"
+local output = require "migrate.output"
 local core = require "migrate.core"
 
 local M = {}
@@ -181,35 +181,12 @@ function M.parse(argv)
   return command, args, config, given
 end
 
-local function scrub(s) return require("migrate.logger").scrub(s) end
-
-local function print_error(e, config)
-  local msg = scrub(tostring(e))
-  io.stderr:write("migrate-lua: ", msg, "\n")
-  if e.kind == "usage" and not config.json then
-    io.stderr:write("run 'migrate-lua help' for usage\n")
-  end
-end
-
--- The JSON document for a failure outside any command's own result.
-local function error_document(command, e)
-  local doc = { ok = false, error = { kind = e.kind, message = scrub(tostring(e)), migration = e.migration,
-    file = e.file, sqlstate = e.sqlstate } }
-  if command == "validate" or command == "dry-run" then
-    doc.findings = json.array {
-      { severity = "error", migration = e.migration or json.null, message = scrub(tostring(e)) } }
-  elseif command ~= "show" and command ~= "backup" and command ~= "logs" then
-    doc.applied, doc.reverted, doc.failed = json.array(), json.array(), e.migration or json.null
-  end
-  return doc
-end
-
 -- After a command: metrics file, CI annotations (migrate.report). Loading it
 -- is a hard dependency; only a failure while writing the report is a warning.
 function M.report(config, command, code, doc, err)
   local report = require "migrate.report"
   local ok, e = pcall(report.finish, config, command, code, doc, err)
-  if not ok then io.stderr:write("warning: report failed: ", tostring(e), "\n") end
+  if not ok then output.stderr("warning: report failed: ", tostring(e), "\n") end
 end
 
 function M.main(argv)
@@ -226,28 +203,23 @@ function M.main(argv)
     local e = errors.wrap(err, "usage")
     local wants_json = false
     for _, a in ipairs(argv) do if a == "--json" then wants_json = true end end
-    if wants_json then io.stdout:write(json.encode(error_document(nil, e)), "\n") end
-    print_error(e, {})
+    output.document({ json = wants_json }, output.error_document(nil, e))
+    output.error(e, {})   -- the config is not parsed: the usage hint comes under --json too
     return errors.exit_code(e)
   end
   if config.help or command == "help" or (command == nil and not config.version) then
-    return require("migrate.help").main(command, args, config)
+    local code, doc, view = require("migrate.help").main(command, args, config)
+    return output.emit(config, "help", code, doc, view)
   end
   if config.version or command == "version" then
-    if config.json then
-      io.stdout:write(json.encode { version = core.version, libpq = core.libpq_version, lua = _VERSION }, "\n")
-    else
-      io.stdout:write("migrate-lua ", core.version, " (", _VERSION, ", libpq ", tostring(core.libpq_version), ")\n")
-    end
-    return EXIT.ok
+    return output.emit(config, "version", EXIT.ok,
+      { version = core.version, libpq = core.libpq_version, lua = _VERSION })
   end
   local name = command
   if not M.commands[name] then
     local hint = M.suggest(name, M.words())
-    local e = errors.new("usage", string.format("unknown command %q%s", name,
-      hint and (" (did you mean " .. hint .. "?)") or ""))
-    if config.json then io.stdout:write(json.encode(error_document(nil, e)), "\n") end
-    print_error(e, config)
+    output.failure(config, nil, errors.new("usage", string.format("unknown command %q%s", name,
+      hint and (" (did you mean " .. hint .. "?)") or "")))
     return EXIT.usage
   end
   core.install_signals()
@@ -258,26 +230,28 @@ function M.main(argv)
     error("os.exit is not allowed while migrate-lua runs (raise an error instead: the migration is rolled back)", 2)
   end
   if require("migrate.fleet").wanted(config) then   -- issue 19: one command over many databases
-    local fok, fcode = pcall(require("migrate.fleet").main, name, argv, config)
-    if fok then return fcode end
+    local fok, fcode, fdoc, fview = pcall(require("migrate.fleet").main, name, argv, config)
+    if fok then return output.emit(config, "fleet", fcode, fdoc, fview) end
     local e = errors.wrap(fcode)
-    if config.json then io.stdout:write(json.encode(error_document(command, e)), "\n") end
-    print_error(e, config)
+    output.failure(config, command, e)
     return errors.exit_code(e)
   end
   local mod = require("migrate.commands." .. name:gsub("%-", "_"))
   local code, doc
-  ok, err = pcall(function() code, doc = mod.run(config, args) end)
+  ok, err = pcall(function()
+    local view
+    code, doc, view = mod.run(config, args)
+    output.text(config, command, code, doc, view)
+  end)
   if not ok then
     local e = errors.wrap(err)
-    local edoc = error_document(command, e)
-    if config.json then io.stdout:write(json.encode(edoc), "\n") end
-    print_error(e, config)
+    local edoc = output.failure(config, command, e)
     M.report(config, command, errors.exit_code(e), edoc, e)
     return errors.exit_code(e)
   end
-  code = require("migrate.schema").after_command(config, command, code, doc)   -- --schema-file
-  if config.json and doc then io.stdout:write(json.encode(doc), "\n") end
+  -- --schema-file: written after the text, and named in the document
+  code = require("migrate.schema").after_command(config, command, code, doc)
+  output.document(config, doc)
   M.report(config, command, code, doc)
   return code
 end

@@ -163,7 +163,7 @@ end
 -- Returns an array of {version, name, state, applied_at, checksum, entry, row}.
 function M.status(conn, dir, opts)
   local entries, problems, warnings = loader.scan(dir)
-  for _, w in ipairs(warnings or {}) do io.stderr:write("warning: ", w.message, "\n") end
+  for _, w in ipairs(warnings or {}) do require("migrate.output").stderr("warning: ", w.message, "\n") end
   -- one round trip for what exists: the history, and a readable log table
   local have = conn:query([[SELECT pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL AS history,
     CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false

@@ -12,6 +12,7 @@ local core = require "migrate.core"
 local errors = require "migrate.errors"
 local EXIT = errors.EXIT
 local json = require "migrate.json"
+local output = require "migrate.output"
 local cjson = require "cjson"
 
 local M = {}
@@ -130,7 +131,7 @@ function Live.new(total, quiet)
 end
 
 function Live:clear()
-  if self.on and self.drawn > 0 then io.stderr:write(string.format("\27[%dA\r\27[J", self.drawn)) end
+  if self.on and self.drawn > 0 then output.stderr(string.format("\27[%dA\r\27[J", self.drawn)) end
   self.drawn = 0
 end
 
@@ -139,19 +140,19 @@ function Live:draw(running)
   self:clear()
   local now = core.now_ms()
   for _, job in ipairs(running) do
-    io.stderr:write(string.format("%s %s  running %s\n", prefix(job.n, self.total), job.label, seconds(now - job.t0)))
+    output.stderr(string.format("%s %s  running %s\n", prefix(job.n, self.total), job.label, seconds(now - job.t0)))
   end
   self.drawn = #running
 end
 
 local function event(live, running, n, total, job, text)
   live:clear()
-  io.stderr:write(string.format("%s %s  %s\n", prefix(n, total), job.label, text))
+  output.stderr(string.format("%s %s  %s\n", prefix(n, total), job.label, text))
   live:draw(running)
 end
 
--- Runs the fleet; returns the exit code (the document is printed here, as
--- raw child documents are embedded verbatim).
+-- Runs the fleet; returns the exit code, the document (the children's own
+-- documents embedded verbatim) and the view of the summary table.
 function M.main(command, argv, config)
   if not M.COMMANDS[command] then
     errors.raise("usage", string.format(
@@ -248,11 +249,12 @@ function M.main(command, argv, config)
   live:clear()
   for _, job in ipairs(jobs) do if job.state == "waiting" then job.state = "skipped" end end
 
-  return M.report(jobs, config, stop)
+  return M.report(jobs, stop)
 end
 
--- Summary table (stderr), the --json document (stdout); returns the exit code.
-function M.report(jobs, config, stop)
+-- The exit code, the --json document and the summary table (the view
+-- migrate.output prints: rows of {target, version, duration, outcome}).
+function M.report(jobs, stop)
   local code, skipped, failed, ok_n = EXIT.ok, 0, 0, 0
   local rows = { { "target", "version", "duration", "outcome" } }
   for _, job in ipairs(jobs) do
@@ -267,38 +269,20 @@ function M.report(jobs, config, stop)
     end
   end
   if skipped > 0 and code == EXIT.ok then code = EXIT.failed end   -- only an interrupt skips targets without a failure
-  local width = {}
-  for _, r in ipairs(rows) do
-    for i, c in ipairs(r) do width[i] = math.max(width[i] or 0, #c) end
-  end
-  local out = { "" }
-  for _, r in ipairs(rows) do
-    out[#out + 1] = string.format("%-" .. width[1] .. "s  %-" .. width[2] .. "s  %" .. width[3] .. "s  %s",
-      r[1], r[2], r[3], r[4])
-  end
-  out[#out + 1] = string.format("fleet: %d ok, %d failed, %d skipped of %d targets", ok_n, failed, skipped, #jobs)
-  if skipped > 0 then
-    out[#out + 1] = string.format("%d target%s not started (%s); run the same command again to finish the fleet",
-      skipped, skipped == 1 and " was" or "s were", stop or "stopped")
-  end
-  if not config.quiet or code ~= EXIT.ok then io.stderr:write(table.concat(out, "\n"), "\n") end
-
-  if config.json then
-    local parts = {}
-    for _, job in ipairs(jobs) do
-      if job.state == "skipped" then
-        parts[#parts + 1] = string.format('{"target":%s,"ok":false,"skipped":true,"exit":null,"result":null}',
-          json.encode(job.label))
-      else
-        -- the child's own document, verbatim (it is exactly one JSON document)
-        local result = job.raw or json.encode { ok = false, error = { message = job.what } }
-        parts[#parts + 1] = string.format('{"target":%s,"ok":%s,"exit":%d,"result":%s}', json.encode(job.label),
-          tostring(job.code == EXIT.ok), job.code, result)
-      end
+  local parts = {}
+  for _, job in ipairs(jobs) do
+    if job.state == "skipped" then
+      parts[#parts + 1] = string.format('{"target":%s,"ok":false,"skipped":true,"exit":null,"result":null}',
+        json.encode(job.label))
+    else
+      -- the child's own document, verbatim (it is exactly one JSON document)
+      local result = job.raw or json.encode { ok = false, error = { message = job.what } }
+      parts[#parts + 1] = string.format('{"target":%s,"ok":%s,"exit":%d,"result":%s}', json.encode(job.label),
+        tostring(job.code == EXIT.ok), job.code, result)
     end
-    io.stdout:write(string.format('{"ok":%s,"targets":[%s]}\n', tostring(code == EXIT.ok), table.concat(parts, ",")))
   end
-  return code
+  local doc = json.raw(string.format('{"ok":%s,"targets":[%s]}', tostring(code == EXIT.ok), table.concat(parts, ",")))
+  return code, doc, { rows = rows, ok = ok_n, failed = failed, skipped = skipped, stop = stop }
 end
 
 return M

@@ -427,50 +427,38 @@ function M.command(name)
   return table.concat(out, "\n")
 end
 
+-- "migrate-lua: unknown command ..." with the nearest command.
 local function unknown(topic)
   local hint = cli().suggest(topic, cli().words())
-  io.stderr:write(string.format("migrate-lua: unknown command %q%s\n", topic,
-    hint and (" (did you mean " .. hint .. "?)") or ""))
+  return string.format("migrate-lua: unknown command %q%s\n", topic, hint and (" (did you mean " .. hint .. "?)") or "")
 end
 
--- The text for `help [topic]`. An unknown topic is named on stderr with the
--- nearest command, and gets the general help.
+-- The text for `help [topic]`: the command's page, or the general help.
 function M.text(topic)
-  local text = topic and M.command(topic)
-  if topic and not text then unknown(topic) end
-  return text or M.general()
+  return (topic and M.command(topic)) or M.general()
 end
 
--- What cli.lua's help branch does: prints the help and returns the exit
--- code. `help NOPE` and `NOPE --help` name the nearest command and exit 2.
+-- What cli.lua's help branch runs: returns the exit code, the --json
+-- document and the view migrate.output prints (the text, or the unknown
+-- topic). `help NOPE` and `NOPE --help` name the nearest command and exit 2.
 function M.main(command, args, config)
   local topic = command
   if command == "help" then topic = (args and args[1]) or (config and config.help and "help") or nil end
   topic = topic and cli().aliases[topic] or topic
   if topic and not cli().commands[topic] then
-    unknown(topic)
-    io.stderr:write("run 'migrate-lua help' for usage\n")
-    if config and config.json then
-      M.write_json { ok = false, error = { kind = "usage", message = "unknown command " .. topic } }
-    end
-    return EXIT.usage
+    return EXIT.usage, { ok = false, error = { kind = "usage", message = "unknown command " .. topic } },
+      { unknown = unknown(topic) }
   end
   if config and config.json then
     -- under --json, standard output holds one JSON document, never text
     if command == nil and not config.help then
-      M.write_json { ok = false, error = { kind = "usage", message = "no command given (run 'migrate-lua help')" } }
-      return EXIT.usage
+      return EXIT.usage,
+        { ok = false, error = { kind = "usage", message = "no command given (run 'migrate-lua help')" } }
     end
-    M.write_json(M.document(topic))
-    return EXIT.ok
+    return EXIT.ok, M.document(topic)
   end
-  io.stdout:write(M.text(topic))
   -- bare `migrate-lua` is a usage error that prints the help
-  return (command == nil and not (config and config.help)) and EXIT.usage or EXIT.ok
-end
-
-function M.write_json(doc)
-  io.stdout:write(require("migrate.json").encode(doc), "\n")
+  return (command == nil and not (config and config.help)) and EXIT.usage or EXIT.ok, nil, { text = M.text(topic) }
 end
 
 -- `--json help [COMMAND]`: the same facts as the text, as data.

@@ -11,6 +11,11 @@ local ARRAY = { __name = "json.array" }
 -- Marks t as an array (so an empty one encodes as []).
 function M.array(t) return setmetatable(t or {}, ARRAY) end
 
+-- Text that is a JSON document already (a fleet's targets' own output),
+-- encoded as it is.
+local RAW = { __name = "json.raw" }
+function M.raw(text) return setmetatable({ text }, RAW) end
+
 local function is_array(t)
   if getmetatable(t) == ARRAY then return true end
   local n = #t
@@ -32,7 +37,9 @@ function encode(v, out)
     else out[#out + 1] = string.format("%.14g", v) end
   elseif t == "string" then out[#out + 1] = cjson.encode(v)
   elseif t == "table" then
-    if is_array(v) then
+    if getmetatable(v) == RAW then
+      out[#out + 1] = v[1]
+    elseif is_array(v) then
       out[#out + 1] = "["
       for i = 1, #v do
         if i > 1 then out[#out + 1] = "," end

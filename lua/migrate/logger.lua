@@ -147,7 +147,8 @@ function M:warn_sink(sink, err)
   if self.warned[sink] then return end
   self.warned[sink] = true
   metrics.add("sink_errors", 1)
-  io.stderr:write(string.format("warning: log %s unavailable: %s (the run goes on)\n", sink, scrub(tostring(err))))
+  require("migrate.output").stderr(string.format("warning: log %s unavailable: %s (the run goes on)\n", sink,
+    scrub(tostring(err))))
 end
 
 -- Attaches the table sink to a connection that is never inside a transaction
@@ -250,7 +251,7 @@ end
 
 function M:console(line, level)
   if self.opts.quiet and level ~= "error" and level ~= "warn" then return end
-  io.stderr:write(line, "\n")
+  require("migrate.output").stderr(line, "\n")
 end
 
 -- }======

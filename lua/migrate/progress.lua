@@ -4,6 +4,7 @@
 -- ($MIGRATE_LUA_PROGRESS_SECONDS, default 5), so a 14 s backfill shows in a
 -- CI log while it runs, and a short one prints nothing. Nothing with --quiet.
 local core = require "migrate.core"
+local output = require "migrate.output"
 
 local M = {}
 M.__index = M
@@ -55,18 +56,18 @@ function M:update(done)
   if not self.tty then
     if now - self.shown < self.every then return end
     self.shown, self.lines = now, self.lines + 1
-    io.stderr:write(M.line(self.label, done, self.total, now - self.t0, self.unit), "\n")
+    output.stderr(M.line(self.label, done, self.total, now - self.t0, self.unit), "\n")
     return
   end
   if now - self.shown < 200 then return end   -- at most five redraws a second
   self.shown = now
-  io.stderr:write("\r\27[K", M.line(self.label, done, self.total, now - self.t0, self.unit))
+  output.stderr("\r\27[K", M.line(self.label, done, self.total, now - self.t0, self.unit))
 end
 
 -- A waiting step (a backfill paused for a lagging replica) says why.
 function M:pause(why)
   if not self.active then return end
-  io.stderr:write("\r\27[K", "  ", self.label, ": ", why)
+  output.stderr("\r\27[K", "  ", self.label, ": ", why)
   self.shown = core.now_ms()
 end
 
@@ -75,10 +76,10 @@ function M:finish(done)
   local line = M.line(self.label, done, self.total and math.max(self.total, done), core.now_ms() - self.t0, self.unit)
   if not self.tty then
     -- off a terminal, the last line only closes a series that was shown
-    if self.lines > 0 then io.stderr:write(line, "\n") end
+    if self.lines > 0 then output.stderr(line, "\n") end
     return
   end
-  io.stderr:write("\r\27[K", line, "\n")
+  output.stderr("\r\27[K", line, "\n")
 end
 
 return M

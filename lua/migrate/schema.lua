@@ -143,13 +143,13 @@ function M.after_command(config, command, code, doc)
   local ok, e = pcall(M.write, config, config.schema_file)
   if not ok then
     e = errors.wrap(e)
-    io.stderr:write("migrate-lua: the change succeeded, but the schema file was not written: ",
+    require("migrate.output").stderr("migrate-lua: the change succeeded, but the schema file was not written: ",
       require("migrate.logger").scrub(tostring(e)), "\n")
     if type(doc) == "table" then doc.schema_file_error = tostring(e) end
     return errors.exit_code(e)
   end
   if type(doc) == "table" then doc.schema_file = config.schema_file end
-  if not config.json and not config.quiet then io.stderr:write("schema written to ", config.schema_file, "\n") end
+  if not config.quiet then require("migrate.output").note(config, "schema written to ", config.schema_file, "\n") end
   return code
 end
 

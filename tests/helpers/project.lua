@@ -15,6 +15,21 @@ function P.new(prefix)
   return self
 end
 
+-- The set-up of the command specs: a fresh database (seed SQL run in it
+-- when given) and a folder holding migrations ({file = source}). Returns the
+-- database, its conninfo, the folder and cli(...), which runs the binary with
+-- --database-url, --dir and --log-file (dir/log.jsonl) before its arguments.
+function P.setup(prefix, migrations, seed)
+  local db, url = T.fresh_db(prefix)
+  if seed then T.psql(db, seed) end
+  local dir = T.tmpdir()
+  for file, body in pairs(migrations) do T.write(dir .. "/" .. file, body) end
+  local function cli(...)
+    return T.run({ "--database-url", url, "--dir", dir, "--log-file", dir .. "/log.jsonl", ... })
+  end
+  return db, url, dir, cli
+end
+
 -- Writes migrations/<version>_<name>.lua with the given Lua source.
 function P:add(version, name, source)
   local path = string.format("%s/%s_%s.lua", self.dir, version, name)

@@ -1,9 +1,12 @@
 -- migrate-lua backup list | restore ID [--force] | drop ID | prune --older-than DURATION
+-- Each verb returns the exit code, the result and the view {verb = ...}
+-- migrate.output prints.
 local backup = require "migrate.backup"
 local executor = require "migrate.executor"
 local errors = require "migrate.errors"
 local EXIT = errors.EXIT
 local json = require "migrate.json"
+local output = require "migrate.output"
 
 local M = {}
 
@@ -26,22 +29,11 @@ local function entry_doc(b)
   }
 end
 
-local function list(config, s)
+local function list(_, s)
   local rows = backup.list(s.main)
   local doc = { backups = json.array() }
   for _, b in ipairs(rows) do doc.backups[#doc.backups + 1] = entry_doc(b) end
-  if not config.json then
-    local out = {}
-    if #rows == 0 then out[1] = "no backups" end
-    for _, b in ipairs(rows) do
-      out[#out + 1] = string.format("%4d  %s  %-14s  %-6s  %s%s  %d rows  %s", b.id, b.created_at, b.migration or "-",
-        b.kind, b.source_schema .. "." .. b.source_table,
-        b.kind == "column" and ("(" .. table.concat(b.columns, ", ") .. ")") or "",
-        b.row_count, backup.pretty_bytes(b.size_bytes))
-    end
-    io.stdout:write(table.concat(out, "\n"), "\n")
-  end
-  return EXIT.ok, doc
+  return EXIT.ok, doc, { verb = "list" }
 end
 
 local function restore(config, s, id)
@@ -50,14 +42,14 @@ local function restore(config, s, id)
   local look = s.side and { conn = s.side, pid = s.main:query("SELECT pg_catalog.pg_backend_pid() AS p")[1].p }
   local r = backup.restore(s.main, id, { force = config.force, lock_timeout = config.lock_timeout, look = look,
     on_wait = function(hs, waited)   -- the lock policy: waiting without queueing, the holders named
-      io.stderr:write(string.format("    waiting without queueing (%d ms so far) for the table: held by %s\n", waited,
+      output.stderr(string.format("    waiting without queueing (%d ms so far) for the table: held by %s\n", waited,
         retry.describe(hs)))
     end })
   local dur = require("migrate.core").now_ms() - t0
   -- off a terminal, a restore slower than the progress interval shows its rate (migrate.progress)
   if not config.quiet and not require("migrate.core").isatty(2)
     and dur >= require("migrate.progress").interval_ms() then
-    io.stderr:write(string.format("    restored %s: %d rows in %.1f s, %.0f rows/s\n", r.table, r.rows or 0, dur / 1000,
+    output.stderr(string.format("    restored %s: %d rows in %.1f s, %.0f rows/s\n", r.table, r.rows or 0, dur / 1000,
       dur > 0 and (r.rows or 0) * 1000 / dur or (r.rows or 0)))
   end
   local what = r.kind == "column" and string.format("%s(%s)", r.table, table.concat(r.columns, ", ")) or r.table
@@ -67,31 +59,19 @@ local function restore(config, s, id)
   s.logger:event { status = "restore", message = msg, duration_ms = dur, console = false,
     metadata = { backup_id = id, table = r.table, rows = r.rows, added = r.added, removed = r.removed,
                  force = config.force or false } }
-  if not config.json then
-    io.stdout:write(msg, "\n")
-    if (r.added or 0) > 0 or (r.removed or 0) > 0 then
-      io.stdout:write(string.format("  --force: %d row(s) added since the backup were left as they are; "
-        .. "%d backed-up row(s) had no row to go back into%s\n",
-        r.added or 0, r.removed or 0, r.kind == "table" and " and were re-inserted" or ""))
-    end
-    for _, n in ipairs(r.rebuilt or {}) do io.stdout:write("  rebuilt: ", n, "\n") end
-    for _, n in ipairs(r.notes) do io.stdout:write("  note: ", n, "\n") end
-  end
   return EXIT.ok, { ok = true, id = id, table = r.table, kind = r.kind, rows = r.rows, recreated = r.recreated or false,
               readded = json.array(r.readded), added = r.added, removed = r.removed, checksum = r.checksum,
-              notes = json.array(r.notes), rebuilt = json.array(r.rebuilt or {}), duration_ms = dur }
+              notes = json.array(r.notes), rebuilt = json.array(r.rebuilt or {}), duration_ms = dur },
+    { verb = "restore", message = msg }
 end
 
-local function drop(config, s, id)
+local function drop(_, s, id)
   local b = backup.drop(s.main, id)
   s.logger:event { status = "backup_drop", console = false,
     message = string.format("dropped backup %d (%s.%s)", id, b.source_schema, b.source_table),
     metadata = { backup_id = id } }
-  if not config.json then
-    io.stdout:write(string.format("dropped backup %d (%s.%s, %d rows)\n", id, b.source_schema, b.source_table,
-      b.row_count))
-  end
-  return EXIT.ok, { ok = true, dropped = json.array { id } }
+  return EXIT.ok, { ok = true, dropped = json.array { id } },
+    { verb = "drop", table = b.source_schema .. "." .. b.source_table, rows = b.row_count }
 end
 
 local function prune(config, s)
@@ -106,11 +86,7 @@ local function prune(config, s)
   s.logger:event { status = "backup_drop", console = false,
     message = string.format("pruned %d backup(s) older than %s", #ids, interval),
     metadata = { backup_ids = ids } }
-  if not config.json then
-    io.stdout:write(string.format("pruned %d backup%s older than %s%s\n", #ids, #ids == 1 and "" or "s",
-      config.older_than, #ids > 0 and (": " .. table.concat(ids, ", ")) or ""))
-  end
-  return EXIT.ok, { ok = true, dropped = ids }
+  return EXIT.ok, { ok = true, dropped = ids }, { verb = "prune" }
 end
 
 function M.run(config, args)
@@ -124,7 +100,7 @@ function M.run(config, args)
   local id = (verb == "restore" or verb == "drop") and id_arg(args, verb) or nil
   -- list reads only; the others hold the migration lock so no run races them
   local s = executor.open(config, { lock = verb ~= "list" })
-  local ok, code, doc = pcall(function()
+  local ok, code, doc, view = pcall(function()
     if verb == "list" then return list(config, s)
     elseif verb == "restore" then return restore(config, s, id)
     elseif verb == "drop" then return drop(config, s, id)
@@ -132,7 +108,7 @@ function M.run(config, args)
   end)
   executor.close(s)
   if not ok then error(code, 0) end
-  return code, doc
+  return code, doc, view
 end
 
 return M

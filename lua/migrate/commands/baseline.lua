@@ -8,6 +8,7 @@
 -- lists as applied (migrate.importers). A dirty or failed entry there:
 -- exit 3, nothing recorded. Under the migration lock, in one transaction,
 -- each row logged (status 'baseline') with the reason, who and when.
+-- migrate.output prints the result.
 local apply = require "migrate.apply"
 local executor = require "migrate.executor"
 local history = require "migrate.history"
@@ -110,19 +111,6 @@ function M.run(config, args)
   end)
   executor.close(s)
   if not ok then error(err, 0) end
-  if not config.json then
-    local out = {}
-    if #recorded == 0 then out[1] = "nothing to record: every matching migration is already in the history" end
-    if #recorded > 0 then
-      out[1] = string.format("baselined %d migration%s (recorded as applied, not run): %s", #recorded,
-        #recorded == 1 and "" or "s", table.concat(recorded, ", "))
-    end
-    if #unmatched > 0 then
-      out[#out + 1] = string.format("warning: %s lists %d version%s with no migration file here: %s", tool, #unmatched,
-        #unmatched == 1 and "" or "s", table.concat(unmatched, ", "))
-    end
-    io.stdout:write(table.concat(out, "\n"), "\n")
-  end
   return EXIT.ok, { ok = true, baselined = json.array(recorded), from = tool or json.null,
                    unmatched = json.array(unmatched), reason = reason }
 end

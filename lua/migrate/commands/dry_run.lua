@@ -1,5 +1,6 @@
 -- migrate-lua dry-run [--plan]: the engine (engine.lua) in a rehearsal mode;
--- this file only chooses the mode and renders the result.
+-- this file only chooses the mode and builds the result (migrate.output
+-- prints it).
 --
 -- dry-run: validation first (exit 3 on error findings), then mode
 -- "rehearse": every pending migration executed inside ONE transaction that
@@ -19,6 +20,7 @@ local engine = require "migrate.engine"
 local errors = require "migrate.errors"
 local EXIT = errors.EXIT
 local json = require "migrate.json"
+local output = require "migrate.output"
 
 local M = {}
 
@@ -45,10 +47,10 @@ local function add_warnings(doc, r)
   end
 end
 
+-- The validation's findings, on stderr before anything is rehearsed.
 local function print_findings(findings, config)
-  if config.json then return end
   for _, f in ipairs(findings) do
-    io.stderr:write(f.severity, ": ", f.migration and (f.migration .. ": ") or "", f.message, "\n")
+    output.note(config, f.severity, ": ", f.migration and (f.migration .. ": ") or "", f.message, "\n")
   end
 end
 
@@ -246,30 +248,8 @@ local function plan(config)
         code = EXIT.validation
         doc.findings[#doc.findings + 1] = finding_doc { severity = "error", migration = entry.version,
           message = tostring(we), rule = we.rule or we.kind, object = we.object }
-        if not config.json then io.stderr:write("error: ", entry.version, ": ", tostring(we), "\n") end
       end
       doc.migrations[#doc.migrations + 1] = mig
-      if not config.json then
-        local out = { string.format("-- %s%s", label(entry), entry.transactional and "" or " (transaction = false)") }
-        for i, st in ipairs(mig.steps) do
-          out[#out + 1] = string.format("%d. %s", i, st.sql)
-          out[#out + 1] = string.format("   lock: %s%s%s  rewrite: %s%s", st.lock,
-            st.table and (" on " .. st.table) or "",
-            st.concurrent and " (CONCURRENTLY: outside any transaction)" or "", st.rewrite,
-            st.rows and string.format("  (%s%d rows, %s)", st.rows_exact and "" or "~", st.rows,
-              require("migrate.backup").pretty_bytes(st.size_bytes)) or "")
-          for _, c in ipairs(st.checked) do
-            local parts = {}
-            for k, v in pairs(c) do if k ~= "check" then parts[#parts + 1] = k .. "=" .. tostring(v) end end
-            table.sort(parts)
-            out[#out + 1] = string.format("   checked %s: %s", c.check, table.concat(parts, " "))
-          end
-          for _, n in ipairs(st.notes) do out[#out + 1] = "   note: " .. n end
-          if st.refused then out[#out + 1] = "   REFUSED" end
-        end
-        for _, c in ipairs(mig.checks) do out[#out + 1] = string.format("   check [%s]: %s", c.status, c.message) end
-        io.stdout:write(table.concat(out, "\n"), "\n\n")
-      end
     end
   end)
   executor.close(s)
@@ -295,9 +275,7 @@ function M.run(config, args)
     for _, f in ipairs(findings) do doc.findings[#doc.findings + 1] = finding_doc(f) end
     print_findings(findings, config)
     if require("migrate.validator").has_errors(findings) then code = EXIT.validation; return end
-    if #pending == 0 and not config.json then
-      io.stderr:write("nothing to do: no pending migrations in ", config.dir, "\n")
-    end
+    if #pending == 0 then output.note(config, "nothing to do: no pending migrations in ", config.dir, "\n") end
     for _, entry in ipairs(pending) do loader.load(entry) end
     -- the engine in mode "rehearse", the one validate uses
     local results, terr = engine.rehearse(s, pending, config, { mode = "dry-run", stop_on_error = true,
@@ -308,11 +286,6 @@ function M.run(config, args)
       local mig = { version = entry.version, name = entry.name, transaction = entry.transactional,
                     statements = json.array(r.record), duration_ms = r.duration_ms }
       doc.migrations[#doc.migrations + 1] = mig
-      if not config.json then
-        io.stdout:write("-- ", label(entry), entry.transactional and ""
-          or " (transaction = false: steps that cannot run in a transaction are shown, not executed)", "\n")
-        for _, sql in ipairs(r.record) do io.stdout:write(sql, sql:match(";%s*$") and "" or ";", "\n") end
-      end
       add_warnings(doc, r)
       if r.error then
         local we = r.error
@@ -324,25 +297,14 @@ function M.run(config, args)
         doc.findings[#doc.findings + 1] = { severity = "error", migration = entry.version, message = tostring(we),
                                             rule = we.rule, object = we.object }
         doc.failed, doc.error = entry.version, mig.error
-        io.stderr:write("migrate-lua: dry-run of ", label(entry), " failed:\n  ",
-          (tostring(we):gsub("\n", "\n  ")), "\n")
       else
         mig.ok = true
-        if not config.json then io.stdout:write(string.format("-- ok (%.0f ms)\n\n", mig.duration_ms)) end
       end
     end
   end)
   executor.close(s)
   if not ok and code == EXIT.ok then error(err, 0) end
   doc.ok = code == EXIT.ok
-  if not config.json then
-    if code == EXIT.ok and #doc.migrations > 0 then
-      io.stderr:write(string.format("dry-run: %d migration%s ran and %s rolled back; nothing changed\n",
-        #doc.migrations, #doc.migrations == 1 and "" or "s", #doc.migrations == 1 and "was" or "were"))
-    elseif code ~= EXIT.ok then
-      io.stderr:write("dry-run: rolled back; nothing changed\n")
-    end
-  end
   return code, doc
 end
 

@@ -3,6 +3,7 @@ local errors = require "migrate.errors"
 local EXIT = errors.EXIT
 local loader = require "migrate.loader"
 local core = require "migrate.core"
+local output = require "migrate.output"
 
 local M = {}
 
@@ -21,7 +22,7 @@ function M.run(config, args)
       errors.raise("config", "cannot create the migrations folder " .. tostring(err or config.dir),
         { file = config.dir })
     end
-    io.stderr:write("created the migrations folder ", config.dir, "\n")
+    output.stderr("created the migrations folder ", config.dir, "\n")
   end
   -- the version is now (UTC), or one second after the newest existing file
   local entries = loader.scan(config.dir)
@@ -43,7 +44,6 @@ function M.run(config, args)
   local description = name:gsub("_", " ")
   f:write(string.format(require "migrate.template", version, description, description))
   f:close()
-  if not config.json then io.stdout:write(path, "\n") end
   return EXIT.ok, { ok = true, path = path, version = version, name = name }
 end
 

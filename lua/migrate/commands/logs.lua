@@ -1,6 +1,6 @@
 -- migrate-lua logs [--limit N] [--migration V] [--status S]: the latest rows
--- of migration_logs, oldest first (like tail), as an aligned table or, with
--- --json, {"logs":[...]}. Reads only; takes no lock.
+-- of migration_logs, oldest first (like tail): the result {"logs":[...]}
+-- (migrate.output prints it as an aligned table). Reads only; takes no lock.
 local executor = require "migrate.executor"
 local errors = require "migrate.errors"
 local EXIT = errors.EXIT
@@ -25,28 +25,6 @@ local function migration_filter(v)
   return v:match("^(%d%d%d%d%d%d%d%d%d%d%d%d%d%d)_") or v
 end
 
-local function first_line(s, width)
-  s = tostring(s or ""):gsub("\n.*", "")
-  if #s > width then s = s:sub(1, width - 3) .. "..." end
-  return s
-end
-
-local function render(rows)
-  if #rows == 0 then return "no log rows match\n" end
-  local out = { string.format("%-6s %-24s %-14s %-11s %-5s %9s  %s",
-    "id", "created_at (UTC)", "migration", "status", "level", "duration", "message") }
-  for _, r in ipairs(rows) do
-    local dur = r.duration_ms and string.format("%.0f ms", r.duration_ms) or ""
-    local msg = r.message or ""
-    if r.error_message and r.error_message ~= "" and not msg:find(r.error_message, 1, true) then
-      msg = msg .. " | " .. r.error_message
-    end
-    out[#out + 1] = string.format("%-6s %-24s %-14s %-11s %-5s %9s  %s", tostring(r.id), r.created_at,
-      r.migration_name or "-", r.status, r.level, dur, first_line(msg, 120))
-  end
-  return table.concat(out, "\n") .. "\n"
-end
-
 function M.run(config)
   local s = executor.open(config, { lock = false })
   local ok, rows = pcall(function()
@@ -69,7 +47,6 @@ function M.run(config)
       error_message = r.error_message or json.null, metadata = r.metadata or json.null,
     }
   end
-  if not config.json then io.stdout:write(render(rows)) end
   return EXIT.ok, doc
 end
 

@@ -6,6 +6,7 @@
 -- every missing one with --forget-missing). Under the migration lock, in
 -- one transaction; each change is a migration_logs row (status 'repair')
 -- with the reason, the role and the OS user, committed with it.
+-- migrate.output prints the result.
 local apply = require "migrate.apply"
 local executor = require "migrate.executor"
 local history = require "migrate.history"
@@ -88,18 +89,6 @@ function M.run(config, args)
   end)
   executor.close(s)
   if not ok then error(err, 0) end
-  if not config.json then
-    local out = {}
-    if #done == 0 then
-      out[1] = "nothing to repair: no changed" .. (config.forget_missing and " or missing" or "") .. " migrations"
-    end
-    for _, d in ipairs(done) do
-      out[#out + 1] = d.action == "checksum"
-        and string.format("repaired %s_%s: checksum re-recorded (%s)", d.version, d.name, d.new_checksum)
-        or string.format("repaired %s_%s: history row removed (its file is missing)", d.version, d.name)
-    end
-    io.stdout:write(table.concat(out, "\n"), "\n")
-  end
   local items = json.array()
   for _, d in ipairs(done) do items[#items + 1] = d end
   return EXIT.ok, { ok = true, repaired = items, reason = reason }

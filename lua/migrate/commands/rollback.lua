@@ -43,25 +43,6 @@ function M.run(config, args)
       kind = b.kind, columns = json.array(b.columns), rows = b.row_count, created_at = b.created_at,
       restore = "migrate-lua backup restore " .. b.id }
   end
-  if not config.json and not config.quiet then
-    local out = {}
-    if #doc.reverted > 0 then
-      out[#out + 1] = string.format("reverted %d migration%s: %s", #doc.reverted, #doc.reverted == 1 and "" or "s",
-        table.concat(doc.reverted, ", "))
-    end
-    if #rows > 0 then
-      out[#out + 1] = "backups of the data these migrations touched:"
-      for _, b in ipairs(rows) do
-        out[#out + 1] = string.format("  %d  %s  %s%s, %d rows (%s)  ->  migrate-lua backup restore %d",
-          b.id, b.migration or "-", b.source_schema .. "." .. b.source_table,
-          b.kind == "column" and ("(" .. table.concat(b.columns, ", ") .. ")") or "",
-          b.row_count, b.created_at, b.id)
-      end
-    elseif #doc.reverted > 0 then
-      out[#out + 1] = "no backups exist for the reverted migrations"
-    end
-    if #out > 0 then io.stderr:write(table.concat(out, "\n"), "\n") end
-  end
   return code, doc
 end
 

@@ -2,12 +2,12 @@
 -- anything runs; drift refuses), the advisory lock, then each pending
 -- migration in mode "safe-run": guard clauses, backups before destructive
 -- steps, lock_timeout attempts with back-off, statement_timeout, history
--- row, full logging; a summary at the end.
+-- row, full logging; a summary at the end (migrate.output prints it).
 local apply = require "migrate.apply"
 local errors = require "migrate.errors"
-local backup = require "migrate.backup"
 local json = require "migrate.json"
 local engine = require "migrate.engine"
+local output = require "migrate.output"
 
 local M = {}
 
@@ -27,7 +27,7 @@ function M.run(config)
           .. table.concat(msgs, "\n  "), { findings = findings })
       end
       for _, f in ipairs(findings) do
-        if f.severity == "warning" and not config.json then io.stderr:write("warning: ", f.message, "\n") end
+        if f.severity == "warning" then output.note(config, "warning: ", f.message, "\n") end
       end
     end,
   })
@@ -44,26 +44,6 @@ function M.run(config)
       columns = json.array(b.columns), rows = b.rows, size_bytes = b.size_bytes, duration_ms = b.duration_ms }
   end
   if findings then doc.findings = json.array(findings) end
-  if not config.json and not config.quiet and (#doc.applied > 0 or doc.failed ~= json.null) then
-    local out = { "summary:" }
-    for _, v in ipairs(doc.applied) do
-      out[#out + 1] = string.format("  applied %s in %.0f ms", v, (doc.durations_ms or {})[v] or 0)
-    end
-    if doc.failed ~= json.null and doc.partial then
-      out[#out + 1] = string.format("  partial %s (transaction = false: stopped part-way; %d completed step(s) stay; "
-        .. "the next safe-run resumes it, rollback undoes it)",
-        tostring(doc.failed), #doc.steps_done)
-      for _, step in ipairs(doc.steps_done) do out[#out + 1] = "          done: " .. step end
-    elseif doc.failed ~= json.null then
-      out[#out + 1] = "  failed  " .. tostring(doc.failed) .. " (rolled back)"
-    end
-    for _, b in ipairs(kept) do
-      out[#out + 1] = string.format("  backup %d of %s%s: %d rows, %s (restore: migrate-lua backup restore %d)",
-        b.id, b.table, b.kind == "column" and ("(" .. table.concat(b.columns, ", ") .. ")") or "", b.rows,
-        backup.pretty_bytes(b.size_bytes), b.id)
-    end
-    io.stderr:write(table.concat(out, "\n"), "\n")
-  end
   return code, doc
 end
 

@@ -1,4 +1,5 @@
--- migrate-lua show [--check]: every migration and its state.
+-- migrate-lua show [--check]: every migration and its state (migrate.output
+-- prints it).
 local executor = require "migrate.executor"
 local json = require "migrate.json"
 local EXIT = require("migrate.errors").EXIT
@@ -27,26 +28,6 @@ function M.run(config)
   end
   doc.problems = json.array()
   for _, p in ipairs(problems) do doc.problems[#doc.problems + 1] = p.message end
-  if not config.json then
-    local out = {}
-    if #list == 0 then out[#out + 1] = "no migrations in " .. config.dir end
-    for _, st in ipairs(list) do
-      local baseline = st.row and st.row.baseline and ", baseline" or ""
-      out[#out + 1] = string.format("%-8s %s_%s%s%s", st.state, st.version, st.name,
-        st.applied_at and ("  (applied " .. st.applied_at .. baseline .. ")") or "",
-        st.holder and ("  (" .. st.holder .. " holds the migration lock)") or "")
-      if st.incomplete then
-        local down = st.incomplete.direction == "down"
-        out[#out + 1] = string.format(
-          "           partial: %s stopped part-way (transaction = false), %d step(s) done; %s",
-          down and "its rollback" or "it", #st.incomplete.steps,
-          down and "run rollback again to finish" or "the next run resumes it, rollback undoes it")
-        for _, step in ipairs(st.incomplete.steps) do out[#out + 1] = "           done: " .. step end
-      end
-    end
-    for _, p in ipairs(problems) do out[#out + 1] = "error    " .. p.message end
-    io.stdout:write(table.concat(out, "\n"), "\n")
-  end
   if #problems > 0 then return EXIT.validation, doc end
   if config.check and pending > 0 then return EXIT.pending, doc end
   return EXIT.ok, doc

@@ -130,16 +130,6 @@ function M.run(config)
   local has_errors = validator.has_errors(findings)
   local doc = { ok = not has_errors, findings = json.array() }
   for _, f in ipairs(findings) do doc.findings[#doc.findings + 1] = doc_finding(f) end
-  local out = config.json and io.stderr or io.stdout
-  if not (config.json and config.quiet) then
-    for _, f in ipairs(findings) do
-      out:write(string.format("%-7s %s%s\n", f.severity, f.rule and ("[" .. f.rule .. "] ") or "", f.message))
-    end
-    local n_err, n_warn = 0, 0
-    for _, f in ipairs(findings) do if f.severity == "error" then n_err = n_err + 1 else n_warn = n_warn + 1 end end
-    out:write(string.format("validate: %d error%s, %d warning%s\n", n_err, n_err == 1 and "" or "s",
-      n_warn, n_warn == 1 and "" or "s"))
-  end
   return has_errors and EXIT.validation or EXIT.ok, doc
 end
 
