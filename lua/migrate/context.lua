@@ -39,6 +39,7 @@ function M.new(opts)
   self.backups = opts.backups
   -- facts of the whole run (tables created by earlier migrations of it)
   self.run_facts = require("migrate.facts").of(opts.session)
+  self.parsed = require("migrate.lint").cache_of(opts.session)   -- each SQL text parsed once (lint.statements)
   self.taken = opts.taken             -- the run's list of backups taken (executor session)
   self.runstate, self.lock_key = opts.runstate, opts.lock_key   -- the run's lock (runstate.lua)
   self.check_lock = check_lock
@@ -107,11 +108,11 @@ function M:exec(sql, ...)
     self:fail(errors.new("usage", "m:exec expects an SQL string, got " .. type(sql)))
   end
   local lint = require "migrate.lint"
-  lint.check(self, sql)
+  local stmts = lint.check(self, sql)
   self:record_sql(sql)
   if engine.mode(self) ~= "apply" then return engine.exec(self, sql, ...) end
   self:check_lock()
-  engine.look(self, sql)   -- look before queueing (issue 14)
+  engine.look(self, sql, stmts)   -- look before queueing (issue 14)
   local n = self:call("exec", sql, ...)
   lint.ran(self)
   self.stats.statements = self.stats.statements + 1
@@ -127,7 +128,7 @@ function M:query(sql, ...)
   end
   local lint = require "migrate.lint"
   -- a COMMIT here would end the migration's transaction (dry-run included)
-  local stmts = lint.parse(sql)   -- SQL that does not parse fails in the server, as before
+  local stmts = lint.statements(self, sql)   -- SQL that does not parse fails in the server, as before
   for _, st in ipairs(stmts or {}) do lint.no_transaction_control(self, st, "m:query") end
   return self:call("query", sql, ...)
 end

@@ -17,7 +17,6 @@
 local core = require "migrate.core"
 local errors = require "migrate.errors"
 local retry = require "migrate.retry"
-local cjson = require "cjson"
 
 local M = {}
 
@@ -366,15 +365,9 @@ end
 
 -- {====== steps ======
 
-local function parse(sql)
-  local tree = core.parse_sql(sql)
-  local doc = tree and cjson.decode(tree)
-  local out = {}
-  for _, s in ipairs(doc and doc.stmts or {}) do
-    local node, body = next(s.stmt)
-    out[#out + 1] = { node = node, stmt = body }
-  end
-  return out
+-- The statements of sql: the lint's parse, once per text within m's run.
+local function parse(sql, m)
+  return require("migrate.lint").statements(m, sql) or {}
 end
 
 -- The live numbers a guard clause checked, reported with its next step.
@@ -387,7 +380,7 @@ end
 
 local function plan_step(m, sql, refused, over)
   if not m.plan then return end
-  local cls = require("migrate.commands.dry_run").classify(sql)[1] or { lock = "none", rewrite = "no" }
+  local cls = require("migrate.commands.dry_run").classify(sql, m)[1] or { lock = "none", rewrite = "no" }
   for k, v in pairs(over or {}) do cls[k] = v end
   local rows = m.checks or {}
   m.checks = nil
@@ -403,7 +396,7 @@ M.plan_step = plan_step
 -- Models sql instead of running it: its effect, and the tables it touches
 -- are held (later steps on them are modelled too, in rehearse).
 local function model_sql(m, sql, stmts)
-  for _, s in ipairs(stmts or parse(sql)) do
+  for _, s in ipairs(stmts or parse(sql, m)) do
     effect(m.model, s.node, s.stmt)
     local t = target(s.node, s.stmt)
     if t then m.model.held[t] = true end
@@ -463,10 +456,11 @@ for i, l in ipairs(retry.MODES) do RANK[l] = i end
 
 -- What a step's statements need, from their parse trees: the strongest
 -- table lock mode (the plan's classification, dry_run.classify) and the
--- tables it is taken on. nil when no statement takes a table lock.
-function M.lock_need(sql, stmts)
-  stmts = stmts or parse(sql)
-  local cls = require("migrate.commands.dry_run").classify(sql)
+-- tables it is taken on. nil when no statement takes a table lock. m
+-- (optional): the context whose run's parses are reused.
+function M.lock_need(sql, stmts, m)
+  stmts = stmts or parse(sql, m)
+  local cls = require("migrate.commands.dry_run").classify(sql, m)
   local mode, rels = nil, {}
   for i, s in ipairs(stmts) do
     local lock = cls[i] and cls[i].lock
@@ -483,7 +477,7 @@ end
 -- outlasted it means look again, not a lost transaction; lock_timeout is
 -- the attempt's again afterwards (SET LOCAL). Returns the step's result.
 local function locked(m, sql, stmts, budget, in_tx, run, on_retry)
-  local mode, rels = M.lock_need(sql, stmts)
+  local mode, rels = M.lock_need(sql, stmts, m)
   if not (mode and retry.looks(mode) and #rels > 0) then return run() end
   local local_ = in_tx and "LOCAL " or ""
   local sp = false
@@ -531,7 +525,7 @@ local function budget_of(m) return m.attempt_ms or m.config.lock_timeout or 5000
 -- under the migration's own lock_timeout, as written (no short try: a
 -- user's statement list is not ours to split into savepoints).
 function M.look(m, sql, stmts)
-  local mode, rels = M.lock_need(sql, stmts)
+  local mode, rels = M.lock_need(sql, stmts, m)
   if not (mode and retry.looks(mode) and #rels > 0) then return end
   local budget = budget_of(m)
   local ok, e = pcall(retry.clear, { look = retry.look_of(m), rels = rels, mode = mode, budget = budget,
@@ -563,7 +557,7 @@ function M.step(m, sql, opts, ...)
     model_sql(m, sql)
     return opts.query and {} or 0
   elseif mode == "rehearse" then
-    local stmts = parse(sql)
+    local stmts = parse(sql, m)
     if rehearse_models(m, stmts, opts) then
       model_sql(m, sql, stmts)
       return opts.query and {} or 0
@@ -592,7 +586,7 @@ function M.step(m, sql, opts, ...)
   else
     local args = table.pack(...)
     local attempts = retry.attempts(m.config)
-    local stmts = parse(sql)
+    local stmts = parse(sql, m)
     local ok, r = pcall(retry.loop, attempts, function(ms)
       set_lock_timeout(m, ms)
       retry.watch(m.conn, m.watch_conn, ms)   -- name the blockers before this attempt's timeout fires
@@ -622,7 +616,7 @@ end
 -- the rest; plan runs reads and data changes (inside its rolled-back
 -- transaction) and records and models every DDL statement.
 function M.exec(m, sql, ...)
-  local stmts = parse(sql)
+  local stmts = parse(sql, m)
   if M.mode(m) == "plan" then
     local ddl = false
     for _, s in ipairs(stmts) do if not READS[s.node] then ddl = true end end
