@@ -115,6 +115,7 @@ function M:exec(sql, ...)
   engine.look(self, sql, stmts)   -- look before queueing (issue 14)
   local n = self:call("exec", sql, ...)
   lint.ran(self)
+  engine.ran(self, stmts)
   self.stats.statements = self.stats.statements + 1
   self.stats.rows = self.stats.rows + n
   self:journal("exec", sql, { rows = n })

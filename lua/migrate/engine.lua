@@ -519,14 +519,39 @@ M.locked = locked
 -- rehearsal's or m:with_lock_retries' attempt), else --lock-timeout.
 local function budget_of(m) return m.attempt_ms or m.config.lock_timeout or 5000 end
 
+-- Tables a statement of this transaction created (CREATE TABLE, not IF NOT
+-- EXISTS, that ran): no other session sees them before the COMMIT, so none
+-- can hold or wait for a lock on them. Only in a transactional migration
+-- (one transaction for all of up); a new attempt is a new context, a new set.
+function M.ran(m, stmts)
+  if m.entry.transactional ~= true or not stmts then return end
+  for _, s in ipairs(stmts) do
+    local rel = (s.node == "CreateStmt" and s.stmt.relation) or (s.node == "CreateTableAsStmt" and s.stmt.into
+      and s.stmt.into.rel)
+    local name = rel and not s.stmt.if_not_exists and regclass(rel)
+    if name then
+      m.created_in_tx = m.created_in_tx or {}
+      m.created_in_tx[name] = true
+    end
+  end
+end
+
+local function all_created_in_tx(m, rels)
+  local new = m.created_in_tx
+  if not new then return false end
+  for _, r in ipairs(rels) do if not new[r] then return false end end
+  return true
+end
+
 -- Raw SQL (m:exec): the look before queueing only. When the parse tree
 -- names the tables and the lock, wait without queueing while a conflicting
 -- holder is there (within the attempt's budget); the statements then run
 -- under the migration's own lock_timeout, as written (no short try: a
--- user's statement list is not ours to split into savepoints).
+-- user's statement list is not ours to split into savepoints). Nothing to
+-- look for when every table is one this transaction created (M.ran).
 function M.look(m, sql, stmts)
   local mode, rels = M.lock_need(sql, stmts, m)
-  if not (mode and retry.looks(mode) and #rels > 0) then return end
+  if not (mode and retry.looks(mode) and #rels > 0) or all_created_in_tx(m, rels) then return end
   local budget = budget_of(m)
   local ok, e = pcall(retry.clear, { look = retry.look_of(m), rels = rels, mode = mode, budget = budget,
     in_tx = M.in_tx(m), deadline = core.now_ms() + budget, what = mode .. " on " .. table.concat(rels, ", "),
