@@ -93,18 +93,18 @@ end)
 
 describe("the parse of m:exec's SQL", function()
   local core = migrate.core
-  local real_parse = core.parse_sql
+  local real_parse = core.parse_tree
   local parsed, conninfo, conns
   before_each(function()
     parsed, conns = {}, {}
     conninfo = select(2, T.fresh_db("ctxparse"))
-    core.parse_sql = function(sql)   -- every parse the lint, the look and the plan's classification ask for
+    core.parse_tree = function(sql)   -- every parse the lint, the look and the plan's classification ask for
       parsed[sql] = (parsed[sql] or 0) + 1
       return real_parse(sql)
     end
   end)
   after_each(function()
-    core.parse_sql = real_parse
+    core.parse_tree = real_parse
     for _, c in ipairs(conns) do c:close() end
   end)
 

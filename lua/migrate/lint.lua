@@ -14,7 +14,6 @@
 local core = require "migrate.core"
 local errors = require "migrate.errors"
 local facts = require "migrate.facts"
-local cjson = require "cjson"
 
 local M = {}
 
@@ -42,17 +41,31 @@ function M.cache_of(s)
   return c
 end
 
+-- The text without the white space (%s) around it: text:match("^%s*(.-)%s*$"),
+-- without the pattern's cost (it tries the end of the text at every byte).
+local function trim(text)
+  local first = text:find("%S")
+  if not first then return "" end
+  local last = #text
+  local b = text:byte(last)
+  while b == 32 or (b >= 9 and b <= 13) do
+    last = last - 1
+    b = text:byte(last)
+  end
+  if first == 1 and last == #text then return text end
+  return text:sub(first, last)
+end
+
 local function parse_text(sql)
-  local tree, msg, pos = core.parse_sql(sql)
-  if not tree then return nil, msg, pos end
-  local doc = cjson.decode(tree)
+  local doc, msg, pos = core.parse_tree(sql)
+  if not doc then return nil, msg, pos end
   local out = {}
   for _, raw in ipairs(doc.stmts or {}) do
     local node, body = next(raw.stmt or {})
     local loc = raw.stmt_location or 0
     local len = raw.stmt_len
     local text = len and len > 0 and sql:sub(loc + 1, loc + len) or sql:sub(loc + 1)
-    out[#out + 1] = { node = node, stmt = body, sql = text:match("^%s*(.-)%s*$"), full = sql }
+    out[#out + 1] = { node = node, stmt = body, sql = trim(text), full = sql }
   end
   return out
 end

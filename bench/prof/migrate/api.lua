@@ -5,8 +5,8 @@
 -- calls, inclusive and exclusive milliseconds to BENCH_PROF_OUT (or stderr).
 -- Measurement only: nothing here changes what a command does.
 --
--- BENCH_PROF_SAMPLE=K instead samples the Lua VM every K instructions (a
--- count hook, no timers installed): per Lua function, the share of the
+-- BENCH_PROF_SAMPLE=K instead samples the Lua VM every K instructions on
+-- average (a count hook, no timers installed): per Lua function, the share of the
 -- instructions run in it (self) and under it (incl). Instruction counts do
 -- not move with the machine's load; time in C (the parser, cjson, libpq,
 -- the kernel) and in the garbage collector is not in them (perf is).
@@ -18,8 +18,8 @@ local t_start = now()
 local sample_every = tonumber(os.getenv("BENCH_PROF_SAMPLE") or "")
 local samples = { self = {}, incl = {}, total = 0 }
 if sample_every then
-  local getinfo = debug.getinfo
-  debug.sethook(function()
+  local getinfo, random = debug.getinfo, math.random
+  local function hook()
     samples.total = samples.total + 1
     local seen, level = {}, 2
     while true do
@@ -35,7 +35,11 @@ if sample_every then
       end
       level = level + 1
     end
-  end, "", sample_every)
+    -- the next sample after a random count (mean sample_every): a fixed one
+    -- aliases with the loop of 200 identical migrations
+    debug.sethook(hook, "", random(sample_every // 2, sample_every * 3 // 2))
+  end
+  debug.sethook(hook, "", sample_every)
 end
 
 local function wrap(label, fn)
@@ -94,6 +98,7 @@ core.connect = wrap("connect", function(url, app)
   return c
 end)
 core.parse_sql = wrap("libpg_query parse (core.parse_sql)", core.parse_sql)
+core.parse_tree = wrap("libpg_query parse + tree (core.parse_tree)", core.parse_tree)
 core.checksum = wrap("sha256 (core.checksum)", core.checksum)
 core.checksum_file = wrap("sha256 (core.checksum_file)", core.checksum_file)
 core.scrub = wrap("core.scrub (redact.c)", core.scrub)
@@ -152,7 +157,8 @@ local function source_line(key)
 end
 
 local function sample_report()
-  local out = { string.format("Lua VM samples: one every %d instructions, %d in all", sample_every, samples.total),
+  local out = { string.format("Lua VM samples: one every %d instructions on average, %d in all", sample_every,
+    samples.total),
     string.format("%-40s %6s %6s  %s", "function (file:line)", "self%", "incl%", "defined as") }
   local rows = {}
   for k, n in pairs(samples.incl) do rows[#rows + 1] = { k, samples.self[k] or 0, n } end
