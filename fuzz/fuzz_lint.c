@@ -1,14 +1,30 @@
 /*
- * fuzz_lint: the raw-SQL lint's parser on arbitrary SQL: core.parse_sql (C,
- * libpg_query) and migrate.lint.parse (decodes the JSON tree, cuts each
- * statement's text out of the input by byte offsets). A parse failure is the
- * documented nil, message, position; every statement found must have a node
- * type name and text that is a substring of the input.
+ * fuzz_lint: the raw-SQL lint's parser on arbitrary SQL: core.parse_tree (C:
+ * libpg_query, then its JSON built into Lua tables in one pass) through
+ * migrate.lint.parse (cuts each statement's text out of the input by byte
+ * offsets). A parse failure is the documented nil, message, position; every
+ * statement found must have a node type name and text; and parse_tree must
+ * give exactly what cjson.decode(core.parse_sql(sql)) gives (or raise when
+ * it raises: a tree nested deeper than the decoders' limit).
  */
 #include "harness.h"
 
 static const char *const run =
-	"local parse, sql = ...\n"
+	"local parse, sql, parse_sql, parse_tree, decode = ...\n"
+	"local function same(a, b)\n"
+	"  if type(a) ~= type(b) or (type(a) == 'number' and math.type(a) ~= math.type(b)) then return false end\n"
+	"  if type(a) ~= 'table' then return a == b end\n"
+	"  for k, v in pairs(a) do if not same(v, b[k]) then return false end end\n"
+	"  for k in pairs(b) do if a[k] == nil then return false end end\n"
+	"  return true\n"
+	"end\n"
+	"local json = parse_sql(sql)\n"
+	"if json then\n"
+	"  local ok1, decoded = pcall(decode, json)\n"
+	"  local ok2, tree = pcall(parse_tree, sql)\n"
+	"  assert(ok1 == ok2, 'parse_tree mismatch: one raised')\n"
+	"  assert(not ok1 or same(decoded, tree), 'parse_tree mismatch: other tables')\n"
+	"end\n"
 	"local stmts, msg, pos = parse(sql)\n"
 	"if not stmts then\n"
 	"  assert(type(msg) == 'string' and math.type(pos) == 'integer', 'bad failure shape')\n"
@@ -19,15 +35,53 @@ static const char *const run =
 	"  assert(type(s.sql) == 'string', 'statement without text')\n"
 	"end\n";
 
+/* As fuzz_call_cached, with the differential check's functions fetched
+ * too (before the lockdown removes require): run(lint.parse, input,
+ * core.parse_sql, core.parse_tree, cjson.decode). */
+static int
+call(const uint8_t *data, size_t size, lua_State **Lp)
+{
+	static const char *const fns[][3] = {
+		{"migrate.lint", "parse", "fuzz.fn"},
+		{"migrate.core", "parse_sql", "fuzz.json"},
+		{"migrate.core", "parse_tree", "fuzz.tree"},
+		{"cjson", "decode", "fuzz.decode"},
+	};
+	static struct fuzz_budget budget;
+	static lua_State *state;
+	if (state == NULL)
+	{
+		state = fuzz_state(&budget);
+		if (state == NULL || luaL_loadstring(state, run) != LUA_OK)
+			abort();
+		lua_setfield(state, LUA_REGISTRYINDEX, "fuzz.run");
+		for (int i = 0; i < 4; i++)
+		{
+			fuzz_push_function(state, fns[i][0], fns[i][1]);
+			lua_setfield(state, LUA_REGISTRYINDEX, fns[i][2]);
+		}
+		fuzz_lockdown(state);
+	}
+	*Lp = state;
+	budget.insns = 0;
+	lua_settop(state, 0);
+	lua_getfield(state, LUA_REGISTRYINDEX, "fuzz.run");
+	lua_getfield(state, LUA_REGISTRYINDEX, fns[0][2]);
+	lua_pushlstring(state, (const char *) data, size);
+	for (int i = 1; i < 4; i++)
+		lua_getfield(state, LUA_REGISTRYINDEX, fns[i][2]);
+	return lua_pcall(state, 5, 0, 0);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	lua_State *L;
-	if (fuzz_call_cached(data, size, run, "migrate.lint", "parse", &L) != LUA_OK)
+	if (call(data, size, &L) != LUA_OK)
 	{
-		/* cjson refuses trees nested deeper than its limit: a clean error, not a bug */
+		/* both decoders refuse trees nested deeper than their limit: a clean error, not a bug */
 		const char *msg = lua_tostring(L, -1);
-		if (msg != NULL && (strstr(msg, "bad failure shape") || strstr(msg, "statement without")))
+		if (msg != NULL && (strstr(msg, "bad failure shape") || strstr(msg, "statement without") || strstr(msg, "parse_tree mismatch")))
 			abort();
 	}
 	return 0;

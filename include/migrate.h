@@ -45,6 +45,7 @@ int mig_l_is_executable(lua_State *L);
 int mig_l_mkdir(lua_State *L);
 int mig_l_isatty(lua_State *L);
 int mig_l_parse_sql(lua_State *L);
+int mig_l_parse_tree(lua_State *L);
 int mig_l_parser_version(lua_State *L);
 int mig_l_install_signals(lua_State *L);
 int mig_l_interrupted(lua_State *L);

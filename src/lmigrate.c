@@ -27,6 +27,7 @@ static const luaL_Reg corelib[] = {
 	{"mkdir",           mig_l_mkdir},
 	{"isatty",          mig_l_isatty},
 	{"parse_sql",       mig_l_parse_sql},
+	{"parse_tree",      mig_l_parse_tree},
 	{"parser_version",  mig_l_parser_version},
 	{"install_signals", mig_l_install_signals},
 	{"interrupted",     mig_l_interrupted},

@@ -90,3 +90,71 @@ describe("m (the migration context)", function()
     assert.matches("does not parse: syntax error at or near \"SELEC\"", tostring(err))
   end)
 end)
+
+describe("the parse of m:exec's SQL", function()
+  local core = migrate.core
+  local real_parse = core.parse_tree
+  local parsed, conninfo, conns
+  before_each(function()
+    parsed, conns = {}, {}
+    conninfo = select(2, T.fresh_db("ctxparse"))
+    core.parse_tree = function(sql)   -- every parse the lint, the look and the plan's classification ask for
+      parsed[sql] = (parsed[sql] or 0) + 1
+      return real_parse(sql)
+    end
+  end)
+  after_each(function()
+    core.parse_tree = real_parse
+    for _, c in ipairs(conns) do c:close() end
+  end)
+
+  local function ctx(session, version)
+    local conn = core.connect(conninfo)
+    conns[#conns + 1] = conn
+    local entry = { version = version, name = "spec", path = "/specs/" .. version .. "_spec.lua",
+                    file = version .. "_spec.lua", chunkname = "@" .. version .. "_spec.lua", transactional = true }
+    return migrate.context.new { conn = conn, entry = entry, mode = "run", session = session }
+  end
+
+  it("happens once per text within a run, across its migrations, and the cache is bounded", function()
+    local s = {}
+    local m1 = ctx(s, "20260101000001")
+    local create, alter = "CREATE TABLE p (id int)", "ALTER TABLE p ADD COLUMN v text"
+    m1:exec(create)
+    m1:exec(alter)
+    assert.equal(1, parsed[create])
+    assert.equal(1, parsed[alter])
+    assert.equal("1", T.psql(conninfo, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'p'::regclass "
+      .. "AND attname = 'v'"))
+    -- the next migration of the same run: the text is not parsed again
+    local m2 = ctx(s, "20260101000002")
+    local select_sql = "SELECT count(*) AS n FROM p"
+    assert.equal(0, m2:query(select_sql)[1].n)
+    assert.equal(0, m2:query(select_sql)[1].n)
+    assert.equal(1, parsed[select_sql])
+    -- bounded: CACHE_SIZE other texts later, the first one is parsed again
+    local lint = require "migrate.lint"
+    for i = 1, lint.CACHE_SIZE do m2:query("SELECT " .. i .. " AS n") end
+    m2:query(select_sql)
+    assert.equal(2, parsed[select_sql])
+    -- a context of another run (another session) has its own cache
+    ctx({}, "20260101000003"):query(select_sql)
+    assert.equal(3, parsed[select_sql])
+  end)
+
+  it("gives the same lint verdicts from the cache: a refusal is refused again, with the same rule", function()
+    local s = {}
+    local m = ctx(s, "20260101000001")
+    T.psql(conninfo, "CREATE TABLE big (id int); INSERT INTO big SELECT generate_series(1, 20000)")
+    local sql = "ALTER TABLE big ADD COLUMN c int NOT NULL"
+    for _ = 1, 2 do
+      local ok, err = pcall(m.exec, m, sql)
+      assert.is_false(ok)
+      assert.equal("lint", err.kind)
+      assert.equal("ML02", err.rule)
+    end
+    assert.equal(1, parsed[sql])
+    assert.equal("0", T.psql(conninfo, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'big'::regclass "
+      .. "AND attname = 'c'"))
+  end)
+end)

@@ -341,4 +341,34 @@ describe("migrate.core helpers", function()
     assert.matches("syntax error", msg)
     assert.equal(1, pos)
   end)
+
+  -- parse_tree builds the tables itself (each at its final size): it must give what decoding the JSON gives
+  it("gives as parse_tree exactly the tables the JSON tree decodes to", function()
+    local function same(a, b, path)
+      assert.equal(type(a), type(b), path)
+      if type(a) == "number" then assert.equal(math.type(a), math.type(b), path) end
+      if type(a) ~= "table" then return assert.equal(a, b, path) end
+      for k, v in pairs(a) do same(v, b[k], path .. "." .. tostring(k)) end
+      for k in pairs(b) do assert.is_not_nil(a[k], path .. "." .. tostring(k)) end
+    end
+    for _, sql in ipairs {
+      "CREATE TABLE t (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v numeric(10, 2) DEFAULT -1.5e3)",
+      "ALTER TABLE t ADD COLUMN c text NOT NULL DEFAULT 'a\"b\\c'; CREATE INDEX CONCURRENTLY i ON t (c) WHERE c <> ''",
+      "SELECT E'tab\there\nnew\x01', 'é€😀', U&'\\00e9', \"qu\"\"oted\", $d$ dollar \" $d$, 2147483648, -0.5",
+      "CREATE TABLE \"Ünïcødé\" (\"a\tb\" int); COMMENT ON TABLE x IS '\\u0000'",
+      "SELECT 1;;  SELECT 2", "", "-- only a comment",
+    } do
+      same(migrate.json.decode(core.parse_sql(sql)), core.parse_tree(sql), sql)
+    end
+    assert.equal("float", math.type(core.parse_tree("SELECT 1").stmts[1].stmt.SelectStmt.targetList[1].ResTarget
+      .location))
+    -- the failure shape, and a tree nested deeper than the decoder's limit refused the same way
+    assert.same({ core.parse_sql("SELEC 1") }, { core.parse_tree("SELEC 1") })
+    local deep = "SELECT " .. string.rep("1 + (", 1000) .. "1" .. string.rep(")", 1000)
+    local ok1, e1 = pcall(migrate.json.decode, core.parse_sql(deep))
+    local ok2, e2 = pcall(core.parse_tree, deep)
+    assert.is_false(ok1)
+    assert.is_false(ok2)
+    assert.equal(e1, e2)
+  end)
 end)

@@ -112,3 +112,72 @@ describe("look before queueing in a rehearsal", function()
     assert.equal("0", column_count(db))
   end)
 end)
+
+describe("look before queueing: tables this transaction created", function()
+  local retry = require "migrate.retry"
+  local real_holders = retry.holders
+  local looked, conns
+  before_each(function()
+    looked, conns = {}, {}
+    retry.holders = function(look, rels, ...)   -- the pg_locks look of every raw statement
+      for _, r in ipairs(rels) do looked[r] = (looked[r] or 0) + 1 end
+      return real_holders(look, rels, ...)
+    end
+  end)
+  after_each(function()
+    retry.holders = real_holders
+    for _, c in ipairs(conns) do c:close() end
+  end)
+
+  local function context(ci, transactional)
+    local conn, side = core.connect(ci), core.connect(ci, "migrate-lua lock")
+    conns[#conns + 1], conns[#conns + 2] = conn, side
+    local entry = { version = "20260101000000", name = "change", path = "/specs/20260101000000_change.lua",
+                    file = "20260101000000_change.lua", chunkname = "@20260101000000_change.lua",
+                    transactional = transactional }
+    return require("migrate").context.new { conn = conn, entry = entry, mode = "run", watch_conn = side }, conn
+  end
+
+  it("asks pg_locks nothing about a table created earlier in the same transaction; still about older ones", function()
+    local db, ci = setup("", true)
+    local m, conn = context(ci, true)
+    conn:transaction(function()
+      m:exec("CREATE TABLE n (id int)")
+      m:exec("ALTER TABLE n ADD COLUMN v text")
+      m:exec("CREATE INDEX n_v ON n (v)")
+      m:exec("ALTER TABLE t ADD COLUMN w text")                  -- t existed before: others can hold it
+      m:exec("CREATE TABLE IF NOT EXISTS t (id bigint)")         -- no-op: t is still the old table
+      m:exec("ALTER TABLE t ADD COLUMN w2 text")
+    end)
+    assert.is_nil(looked['"n"'])
+    assert.equal(2, looked['"t"'])
+    assert.equal("2", T.psql(db, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'n'::regclass AND attnum > 0"))
+    assert.equal("1", T.psql(db, "SELECT count(*) FROM pg_indexes WHERE indexname = 'n_v'"))
+    assert.equal("4", T.psql(db, "SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0"))
+  end)
+
+  it("still looks in a transaction = false migration: its new table is committed, others can lock it", function()
+    local _, ci = setup("", false)
+    local m = context(ci, false)
+    m:exec("CREATE TABLE n (id int)")
+    m:exec("ALTER TABLE n ADD COLUMN v text")
+    assert.equal(1, looked['"n"'])
+  end)
+
+  it("still waits unqueued behind a holder of a table the migration did not create", function()
+    local db, ci, dir = setup([[  m:exec("CREATE TABLE n (id int)")
+  m:exec("ALTER TABLE t ADD COLUMN flag boolean")]], true)
+    local c, pid = holder(ci)
+    local h = T.run_bg({ "--database-url", ci, "--dir", dir .. "/m", "--log-file", dir .. "/log",
+                         "--lock-timeout", "20000", "run" }, { cwd = dir })
+    local waiting = watch_unqueued(ci, 1.5)
+    assert.equal("0", column_count(db))
+    c:exec("COMMIT")
+    c:close()
+    local r = h:wait(60)
+    assert.equal(0, r.code, r.stderr)
+    assert.equal(0, waiting, "the migration's backend waited in the lock queue")
+    assert.matches("pid " .. pid, T.read(dir .. "/log"), 1, true)
+    assert.equal("1", column_count(db))
+  end)
+end)

@@ -54,6 +54,7 @@ function M.new(opts)
   self.backups = opts.backups
   -- facts of the whole run (tables created by earlier migrations of it)
   self.run_facts = require("migrate.facts").of(opts.session)
+  self.parsed = require("migrate.lint").cache_of(opts.session)   -- each SQL text parsed once (lint.statements)
   self.taken = opts.taken             -- the run's list of backups taken (executor session)
   self.runstate, self.lock_key = opts.runstate, opts.lock_key   -- the run's lock (runstate.lua)
   self.check_lock = check_lock
@@ -122,12 +123,14 @@ function M:exec(sql, ...)
     self:fail(errors.new("usage", "m:exec expects an SQL string, got " .. type(sql)))
   end
   local lint = require "migrate.lint"
-  lint.check(self, sql)
+  local stmts = lint.check(self, sql)
   self:record_sql(sql)
   if engine.mode(self) ~= "apply" then return engine.exec(self, sql, ...) end
   self:check_lock()
-  local n = engine.run_exec(self, sql, ...)   -- look before queueing (issue 14); queued when it can be (issue 13)
+  -- look before queueing (issue 14); queued when it can be (issue 13)
+  local n = engine.run_exec(self, sql, stmts, ...)
   lint.ran(self)
+  engine.ran(self, stmts)
   self.stats.statements = self.stats.statements + 1
   self.stats.rows = self.stats.rows + n
   self:journal("exec", sql, { rows = n })
@@ -141,7 +144,7 @@ function M:query(sql, ...)
   end
   local lint = require "migrate.lint"
   -- a COMMIT here would end the migration's transaction (dry-run included)
-  local stmts = lint.parse(sql)   -- SQL that does not parse fails in the server, as before
+  local stmts = lint.statements(self, sql)   -- SQL that does not parse fails in the server, as before
   for _, st in ipairs(stmts or {}) do lint.no_transaction_control(self, st, "m:query") end
   return self:call("query", sql, ...)
 end

@@ -17,8 +17,6 @@
 local core = require "migrate.core"
 local errors = require "migrate.errors"
 local retry = require "migrate.retry"
-local facts = require "migrate.facts"
-local cjson = require "cjson"
 
 local M = {}
 
@@ -367,15 +365,9 @@ end
 
 -- {====== steps ======
 
-local function parse(sql)
-  local tree = core.parse_sql(sql)
-  local doc = tree and cjson.decode(tree)
-  local out = {}
-  for _, s in ipairs(doc and doc.stmts or {}) do
-    local node, body = next(s.stmt)
-    out[#out + 1] = { node = node, stmt = body }
-  end
-  return out
+-- The statements of sql: the lint's parse, once per text within m's run.
+local function parse(sql, m)
+  return require("migrate.lint").statements(m, sql) or {}
 end
 
 -- The live numbers a guard clause checked, reported with its next step.
@@ -388,7 +380,7 @@ end
 
 local function plan_step(m, sql, refused, over)
   if not m.plan then return end
-  local cls = require("migrate.commands.dry_run").classify(sql)[1] or { lock = "none", rewrite = "no" }
+  local cls = require("migrate.commands.dry_run").classify(sql, m)[1] or { lock = "none", rewrite = "no" }
   for k, v in pairs(over or {}) do cls[k] = v end
   local rows = m.checks or {}
   m.checks = nil
@@ -404,7 +396,7 @@ M.plan_step = plan_step
 -- Models sql instead of running it: its effect, and the tables it touches
 -- are held (later steps on them are modelled too, in rehearse).
 local function model_sql(m, sql, stmts)
-  for _, s in ipairs(stmts or parse(sql)) do
+  for _, s in ipairs(stmts or parse(sql, m)) do
     effect(m.model, s.node, s.stmt)
     local t = target(s.node, s.stmt)
     if t then m.model.held[t] = true end
@@ -468,11 +460,11 @@ for i, l in ipairs(retry.MODES) do RANK[l] = i end
 
 -- What a step's statements need, from their parse trees: the strongest
 -- table lock mode (the plan's classification, dry_run.classify) and the
--- tables it is taken on (quoted; and their names, for facts.made_in_run).
--- nil when no statement takes a table lock.
-function M.lock_need(sql, stmts)
-  stmts = stmts or parse(sql)
-  local cls = require("migrate.commands.dry_run").classify(sql)
+-- tables it is taken on (quoted). nil when no statement takes a table
+-- lock. m (optional): the context whose run's parses are reused.
+function M.lock_need(sql, stmts, m)
+  stmts = stmts or parse(sql, m)
+  local cls = require("migrate.commands.dry_run").classify(sql, m)
   local mode, rels, keys = nil, {}, {}
   for i, s in ipairs(stmts) do
     local lock = cls[i] and cls[i].lock
@@ -483,14 +475,15 @@ function M.lock_need(sql, stmts)
 end
 
 -- The tables of a look another session could hold or wait for: not the
--- ones this run created (facts.made_in_run: nobody can queue on a table of
--- this migration's open transaction, and those of earlier migrations of
--- the run are minutes old at most), so a step on them needs no look, and
--- statements queued before it (engine.run_exec) need not wait for answers.
-local function others_could_hold(m, rels, keys)
-  local out = {}
-  for i, r in ipairs(rels) do
-    if not facts.made_in_run(m, keys[i]) then out[#out + 1] = r end
+-- ones this transaction created (M.ran; invisible to every other session
+-- until COMMIT, so nobody can hold or queue for a lock on them), so a step
+-- on them needs no look, and statements queued before it (engine.run_exec)
+-- need not wait for answers. A table of an earlier, committed migration of
+-- the run is looked at like any other.
+local function others_could_hold(m, rels)
+  local new, out = m.created_in_tx, {}
+  for _, r in ipairs(rels) do
+    if not (new and new[r]) then out[#out + 1] = r end
   end
   return out
 end
@@ -502,9 +495,9 @@ end
 -- outlasted it means look again, not a lost transaction; lock_timeout is
 -- the attempt's again afterwards (SET LOCAL). Returns the step's result.
 local function locked(m, sql, stmts, budget, in_tx, run, on_retry)
-  local mode, rels, keys = M.lock_need(sql, stmts)
+  local mode, rels = M.lock_need(sql, stmts, m)
   if not (mode and retry.looks(mode) and #rels > 0) then return run() end
-  rels = others_could_hold(m, rels, keys)
+  rels = others_could_hold(m, rels)
   if #rels == 0 then return run() end
   local local_ = in_tx and "LOCAL " or ""
   local sp = false
@@ -546,15 +539,33 @@ M.locked = locked
 -- rehearsal's or m:with_lock_retries' attempt), else --lock-timeout.
 local function budget_of(m) return m.attempt_ms or m.config.lock_timeout or 5000 end
 
+-- Tables a statement of this transaction created (CREATE TABLE, not IF NOT
+-- EXISTS, that ran): no other session sees them before the COMMIT, so none
+-- can hold or wait for a lock on them. Only in a transactional migration
+-- (one transaction for all of up); a new attempt is a new context, a new set.
+function M.ran(m, stmts)
+  if m.entry.transactional ~= true or not stmts then return end
+  for _, s in ipairs(stmts) do
+    local rel = (s.node == "CreateStmt" and s.stmt.relation) or (s.node == "CreateTableAsStmt" and s.stmt.into
+      and s.stmt.into.rel)
+    local name = rel and not s.stmt.if_not_exists and regclass(rel)
+    if name then
+      m.created_in_tx = m.created_in_tx or {}
+      m.created_in_tx[name] = true
+    end
+  end
+end
+
 -- Raw SQL (m:exec): the look before queueing only. When the parse tree
 -- names the tables and the lock, wait without queueing while a conflicting
 -- holder is there (within the attempt's budget); the statements then run
 -- under the migration's own lock_timeout, as written (no short try: a
--- user's statement list is not ours to split into savepoints).
+-- user's statement list is not ours to split into savepoints). Nothing to
+-- look for when every table is one this transaction created (M.ran).
 function M.look(m, sql, stmts)
-  local mode, rels, keys = M.lock_need(sql, stmts)
+  local mode, rels = M.lock_need(sql, stmts, m)
   if not (mode and retry.looks(mode) and #rels > 0) then return end
-  rels = others_could_hold(m, rels, keys)
+  rels = others_could_hold(m, rels)
   if #rels == 0 then return end
   local budget = budget_of(m)
   local ok, e = pcall(retry.clear, { look = retry.look_of(m), rels = rels, mode = mode, budget = budget,
@@ -600,9 +611,10 @@ end
 -- else run and waited for. A queued statement's failure is reported as if
 -- it had failed at once: its own SQL, file and line (the note), by the
 -- next call that waits for an answer, or with the COMMIT; the server skips
--- what was queued after it. Returns the rows affected (0 when queued).
-function M.run_exec(m, sql, ...)
-  local stmts = parse(sql)
+-- what was queued after it. stmts: the lint's parse of sql (nil: parsed
+-- here, from the run's cache). Returns the rows affected (0 when queued).
+function M.run_exec(m, sql, stmts, ...)
+  stmts = stmts or parse(sql, m)
   M.look(m, sql, stmts)
   if queueable(m, stmts, select("#", ...)) and m.conn:queue(sql, {
       sql = require("migrate.logger").scrub(sql), where = m:where(), file = m.entry.path,
@@ -632,7 +644,7 @@ function M.step(m, sql, opts, ...)
     model_sql(m, sql)
     return opts.query and {} or 0
   elseif mode == "rehearse" then
-    local stmts = parse(sql)
+    local stmts = parse(sql, m)
     if rehearse_models(m, stmts, opts) then
       model_sql(m, sql, stmts)
       return opts.query and {} or 0
@@ -661,7 +673,7 @@ function M.step(m, sql, opts, ...)
   else
     local args = table.pack(...)
     local attempts = retry.attempts(m.config)
-    local stmts = parse(sql)
+    local stmts = parse(sql, m)
     local ok, r = pcall(retry.loop, attempts, function(ms)
       set_lock_timeout(m, ms)
       retry.watch(m.conn, m.watch_conn, ms)   -- name the blockers before this attempt's timeout fires
@@ -691,7 +703,7 @@ end
 -- the rest; plan runs reads and data changes (inside its rolled-back
 -- transaction) and records and models every DDL statement.
 function M.exec(m, sql, ...)
-  local stmts = parse(sql)
+  local stmts = parse(sql, m)
   if M.mode(m) == "plan" then
     local ddl = false
     for _, s in ipairs(stmts) do if not READS[s.node] then ddl = true end end

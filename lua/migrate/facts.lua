@@ -69,17 +69,6 @@ function M.created_in_run(m, name)
   return rows ~= nil and rows[1] ~= nil and rows[1].oid == oid
 end
 
--- Was `name` ("schema.name" or "name", as the parse tree spells it) created
--- in this migration (m.created, as the lint and the guard clauses know it)
--- or earlier in this run? By name, without the round trip created_in_run
--- makes to check the oid: for the look before queueing, which another
--- session cannot need on a table of this migration's open transaction.
-function M.made_in_run(m, name)
-  if not name then return false end
-  if m.created and m.created[name] then return true end
-  return m.run_facts ~= nil and m.run_facts.created[name] ~= nil
-end
-
 -- The size of a relation, for a decision against `threshold` rows:
 -- {rows, exact, source, pages, bytes, text} or nil when it does not exist.
 -- The planner's own estimate (reltuples scaled to the file's current size,

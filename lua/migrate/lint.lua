@@ -14,25 +14,83 @@
 local core = require "migrate.core"
 local errors = require "migrate.errors"
 local facts = require "migrate.facts"
-local cjson = require "cjson"
 
 local M = {}
 
--- Parses sql; returns an array of {node = <type name>, stmt = <node table>, sql = <text>}.
-function M.parse(sql)
-  local tree, msg, pos = core.parse_sql(sql)
-  if not tree then return nil, msg, pos end
-  local doc = cjson.decode(tree)
+-- {====== the parse, once per statement text ======
+
+-- The parse is most of what the lint costs, and one m:exec asks for it
+-- several times (the lint, the look before queueing, the plan's
+-- classification). A cache remembers the last CACHE_SIZE texts: bounded,
+-- so a run of 2,000 migrations holds no more parse trees than one of 20.
+-- It lives in the run's session (s.parsed, shared by every migration of
+-- the run) or in a context built without one, never in a module field.
+-- Its trees are shared: callers read them and never write into them.
+M.CACHE_SIZE = 32
+
+local function new_cache() return { map = {}, ring = {}, slot = 1 } end
+
+-- The parse cache of session s (a fresh one when there is no session).
+function M.cache_of(s)
+  if type(s) ~= "table" then return new_cache() end
+  local c = rawget(s, "parsed")
+  if not c then
+    c = new_cache()
+    rawset(s, "parsed", c)
+  end
+  return c
+end
+
+-- The text without the white space (%s) around it: text:match("^%s*(.-)%s*$"),
+-- without the pattern's cost (it tries the end of the text at every byte).
+local function trim(text)
+  local first = text:find("%S")
+  if not first then return "" end
+  local last = #text
+  local b = text:byte(last)
+  while b == 32 or (b >= 9 and b <= 13) do
+    last = last - 1
+    b = text:byte(last)
+  end
+  if first == 1 and last == #text then return text end
+  return text:sub(first, last)
+end
+
+local function parse_text(sql)
+  local doc, msg, pos = core.parse_tree(sql)
+  if not doc then return nil, msg, pos end
   local out = {}
   for _, raw in ipairs(doc.stmts or {}) do
     local node, body = next(raw.stmt or {})
     local loc = raw.stmt_location or 0
     local len = raw.stmt_len
     local text = len and len > 0 and sql:sub(loc + 1, loc + len) or sql:sub(loc + 1)
-    out[#out + 1] = { node = node, stmt = body, sql = text:match("^%s*(.-)%s*$"), full = sql }
+    out[#out + 1] = { node = node, stmt = body, sql = trim(text), full = sql }
   end
   return out
 end
+
+-- Parses sql; returns an array of {node = <type name>, stmt = <node table>, sql = <text>, full = sql},
+-- or nil, message, cursor position when it does not parse. cache (optional, M.cache_of): asked first.
+function M.parse(sql, cache)
+  if not cache then return parse_text(sql) end
+  local hit = cache.map[sql]
+  if hit then return hit[1], hit[2], hit[3] end
+  local out, msg, pos = parse_text(sql)
+  local slot = cache.slot
+  local old = cache.ring[slot]
+  if old ~= nil then cache.map[old] = nil end
+  cache.ring[slot], cache.map[sql] = sql, { out, msg, pos }
+  cache.slot = slot % M.CACHE_SIZE + 1
+  return out, msg, pos
+end
+
+-- The statements of sql for the migration context m, parsed once per text
+-- within the run (m.parsed): for callers that decide by statement kind (the
+-- look before queueing, the executor). nil, message, position when it does not parse.
+function M.statements(m, sql) return M.parse(sql, m and m.parsed) end
+
+-- }======
 
 -- Rules: functions (ctx, stmt) -> nil or {rule, message}. Filled by migrate.lint_rules.
 M.rules = {}
@@ -200,8 +258,9 @@ function M.no_transaction_control(m, s, call)
 end
 
 -- Checks sql for the migration context m; raises kind = "lint" on a refusal.
+-- Returns the parsed statements (nil when unreadable SQL passed inside m:unsafe).
 function M.check(m, sql)
-  local stmts, msg, pos = M.parse(sql)
+  local stmts, msg, pos = M.parse(sql, m.parsed)
   if not stmts then return unparseable(m, sql, msg, pos) end
   m.lint_notes = m.lint_notes or {}
   -- effects of the statements before this one in the same string
@@ -248,6 +307,7 @@ function M.check(m, sql)
     end
     M.track(m, s, state)
   end
+  return stmts
 end
 
 -- Remembers what a statement does for the statements after it: tables

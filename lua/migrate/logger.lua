@@ -85,7 +85,8 @@ local function clean(t, depth, seen)
   for k, v in pairs(t) do
     local key = type(k) == "number" and k or tostring(k)
     local tv = type(v)
-    if type(key) == "string" and (SECRET_KEYS[key:lower()] or key:lower():find("password", 1, true)) then
+    local lower = type(key) == "string" and key:lower()
+    if lower and (SECRET_KEYS[lower] or lower:find("password", 1, true)) then
       out[key] = "***"
     elseif tv == "table" then
       out[key] = v == cjson.null and v or clean(v, depth + 1, seen)
@@ -118,9 +119,12 @@ local function wall_ms()
   return anchor_wall + (core.now_ms() - anchor_mono)
 end
 
+-- the date and time to the second, formatted once per second
+local iso_second, iso_prefix
 local function iso(ms)
   local s = math.floor(ms / 1000)
-  return os.date("!%Y-%m-%dT%H:%M:%S", s) .. string.format(".%03dZ", math.floor(ms - s * 1000))
+  if s ~= iso_second then iso_second, iso_prefix = s, os.date("!%Y-%m-%dT%H:%M:%S", s) end
+  return iso_prefix .. string.format(".%03dZ", math.floor(ms - s * 1000))
 end
 M.iso_now = function() return iso(wall_ms()) end
 
@@ -172,7 +176,7 @@ function M:attach_table(conn, qualified)
         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
        WHERE c.oid = pg_catalog.to_regclass('migration_logs')]])[1].q
     end
-    self.table_name = qualified
+    self.table_name, self.insert_sql = qualified, nil
   end)
   -- no privilege: PostgreSQL's reason, not our CREATE statements
   if type(err) == "table" and err.sqlstate == "42501" then err = err.message end
@@ -249,8 +253,13 @@ function M:console_line(ev, meta)
   return "  " .. padded .. " " .. text
 end
 
+-- --quiet keeps warnings and errors only.
+function M:console_shows(level)
+  return not (self.opts.quiet and level ~= "error" and level ~= "warn")
+end
+
 function M:console(line, level)
-  if self.opts.quiet and level ~= "error" and level ~= "warn" then return end
+  if not self:console_shows(level) then return end
   require("migrate.output").stderr(line, "\n")
 end
 
@@ -295,25 +304,33 @@ function M:event(ev)
   local meta = type(ev.metadata) == "table" and clean(ev.metadata, 0, {}) or nil
   if meta == nil and ev.metadata ~= nil then meta = { value = scrub(tostring(ev.metadata)) } end
   metrics.observe(ev, meta)
-  if ev.console ~= false and (ev.level ~= "debug" or self.opts.verbose) then
+  if ev.console ~= false and (ev.level ~= "debug" or self.opts.verbose) and self:console_shows(ev.level) then
     self:console(self:console_line(ev, meta), ev.level)
   end
   local f = self:open_file()
+  local to_table = self.conn and ev.table ~= false   -- table = false: the caller wrote the row in its transaction
+  -- the metadata as JSON once, for the file line and the table row alike
+  local meta_ok, meta_json = true, nil
+  if meta and (f or to_table) then meta_ok, meta_json = pcall(cjson.encode, meta) end
   if f then
     local ok, line = pcall(cjson.encode, {
       ts = iso(wall_ms()), run_id = self.run_id, level = ev.level, status = ev.status,
       migration = ev.migration, message = ev.message, duration_ms = ev.duration_ms,
-      error = ev.error_message, metadata = meta,
+      error = ev.error_message,
     })
+    if ok and meta then   -- the object's last member
+      if meta_ok then line = line:sub(1, -2) .. ',"metadata":' .. meta_json .. "}" else ok, line = false, meta_json end
+    end
     local wok, err = false, line
     -- one string, one write(2): a line is cut only by the disk filling mid-write
     if ok then wok, err = f:write((self.torn and "\n" or "") .. line .. "\n") end
     self.torn = not wok   -- a failed write may have left part of the line
     if not wok then self:warn_sink("file " .. tostring(self.path), err) end
   end
-  if self.conn and ev.table ~= false then   -- table = false: the caller wrote the row in its transaction
+  if to_table then
+    if not meta_ok then error(meta_json, 0) end
     local row = { self.run_id, ev.migration, ev.status, ev.level, ev.message,
-                  ev.duration_ms, ev.error_message, meta and cjson.encode(meta) or cjson.null }
+                  ev.duration_ms, ev.error_message, meta_json or cjson.null }
     if ev.defer_table then
       -- the `started` row of a transactional migration: nothing of it can
       -- outlive a crash, so it travels with the migration's next row
@@ -345,9 +362,15 @@ function M:send_rows(row)
       end
     end
   end
-  local sql = n == 16 and INSERT_TWO or INSERT_ONE
-  local tbl = self.table_name
-  if tbl then sql = sql:gsub("INSERT INTO migration_logs", function() return "INSERT INTO " .. tbl end) end
+  -- the statement for the table's qualified name, built once per logger
+  self.insert_sql = self.insert_sql or {}
+  local sql = self.insert_sql[n]
+  if not sql then
+    sql = n == 16 and INSERT_TWO or INSERT_ONE
+    local tbl = self.table_name
+    if tbl then sql = sql:gsub("INSERT INTO migration_logs", function() return "INSERT INTO " .. tbl end) end
+    self.insert_sql[n] = sql
+  end
   local ok, sent, err = pcall(self.conn.send, self.conn, sql, table.unpack(args, 1, n))
   if not ok or not sent then self:warn_sink("table migration_logs", ok and err or sent) end
   self:check_table_sink(false)

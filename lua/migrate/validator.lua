@@ -59,8 +59,6 @@ end
 
 -- {====== live checks ======
 
-local cjson = require "cjson"
-
 -- Every relation named by a parse tree (RangeVar), as "schema.name" or "name".
 local function rangevars(node, out)
   if type(node) ~= "table" then return out end
@@ -82,9 +80,9 @@ function M.mentioned_tables(source)
   end
   local function literal(str)
     if str:match("^[%a_][%w_]*$") or str:match("^[%a_][%w_]*%.[%a_][%w_]*$") then add(str); return end
-    local tree = core.parse_sql(str)
+    local tree = core.parse_tree(str)
     if tree then
-      for _, n in ipairs(rangevars(cjson.decode(tree), {})) do add(n) end
+      for _, n in ipairs(rangevars(tree, {})) do add(n) end
     end
   end
   for _, str in source:gmatch([[(["'])(.-[^\])%1]]) do literal(str) end

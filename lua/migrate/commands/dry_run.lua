@@ -103,9 +103,10 @@ local function alter_cmd(cmd)
 end
 
 -- Classifies one statement: {sql, statement, table, lock, rewrite, notes}.
-function M.classify(sql)
+-- m (optional): the context whose run's parses are reused (lint.statements).
+function M.classify(sql, m)
   local lint = require "migrate.lint"
-  local stmts = lint.parse(sql)
+  local stmts = lint.statements(m, sql)
   local out = {}
   for _, s in ipairs(stmts or { { node = "?", stmt = {}, sql = sql } }) do
     local st, node = s.stmt, s.node

@@ -52,9 +52,9 @@ function M.rehearse(s, pending, config)
             message = label(entry) .. ": " .. f.message }
     end
     for _, sql in ipairs(r.record) do
-      local tree = core.parse_sql(sql)
+      local tree = core.parse_tree(sql)
       if tree then
-        for _, n in ipairs(relations(require("cjson").decode(tree), {})) do touched[n] = touched[n] or entry.version end
+        for _, n in ipairs(relations(tree, {})) do touched[n] = touched[n] or entry.version end
       end
     end
   end

@@ -31,8 +31,7 @@ function G.backfill(m, tbl, set_sql, where_sql, opts)
   end
   U.require_table(m, tbl, "ML34", "backfill")
   -- SET must be assignments only: parse it inside a real UPDATE
-  local tree = core.parse_sql("UPDATE t SET " .. set_sql)
-  local doc = tree and require("cjson").decode(tree)
+  local doc = core.parse_tree("UPDATE t SET " .. set_sql)
   if not (doc and #doc.stmts == 1 and doc.stmts[1].stmt.UpdateStmt and not doc.stmts[1].stmt.UpdateStmt.whereClause
       and not doc.stmts[1].stmt.UpdateStmt.fromClause and not doc.stmts[1].stmt.UpdateStmt.returningList) then
     U.usage(m, string.format("backfill: %q is not a SET list (col = expr, ...)", set_sql))

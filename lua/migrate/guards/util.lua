@@ -4,7 +4,6 @@
 local core = require "migrate.core"
 local errors = require "migrate.errors"
 local lint = require "migrate.lint"
-local cjson = require "cjson"
 local engine = require "migrate.engine"
 local retry = require "migrate.retry"
 
@@ -64,8 +63,7 @@ function U.check_type(m, t)
   end
   -- something follows the type, as NOT NULL / DEFAULT follow it in the DDL:
   -- a type that comments it out ("int --") loses the alias and is refused
-  local tree = core.parse_sql("SELECT NULL::" .. t .. " AS migrate_lua_type_probe")
-  local doc = tree and cjson.decode(tree)
+  local doc = core.parse_tree("SELECT NULL::" .. t .. " AS migrate_lua_type_probe")
   local st = doc and #doc.stmts == 1 and doc.stmts[1].stmt.SelectStmt
   local tl = st and st.targetList
   local ok = tl and #tl == 1 and not st.fromClause and tl[1].ResTarget.val.TypeCast
@@ -78,8 +76,7 @@ end
 -- checked with the parser; returns it and its parse node.
 function U.check_expr(m, e, what)
   if type(e) ~= "string" or e == "" then U.usage(m, (what or "expression") .. " must be a non-empty SQL string") end
-  local tree = core.parse_sql("SELECT (" .. e .. ")")
-  local doc = tree and cjson.decode(tree)
+  local doc = core.parse_tree("SELECT (" .. e .. ")")
   local st = doc and #doc.stmts == 1 and doc.stmts[1].stmt.SelectStmt
   if not (st and st.targetList and #st.targetList == 1 and not st.fromClause) then
     U.usage(m, string.format("%s %q is not a single SQL expression", what or "expression", e))
@@ -186,8 +183,7 @@ end
 
 -- sql's only statement as node name, body; nil when it is not exactly one.
 function U.one_statement(sql)
-  local tree = core.parse_sql(sql)
-  local doc = tree and cjson.decode(tree)
+  local doc = core.parse_tree(sql)
   if not (doc and doc.stmts and #doc.stmts == 1) then return nil end
   return next(doc.stmts[1].stmt)
 end
