@@ -69,6 +69,10 @@ end
 
 -- Opens the session: connections, lock, logger. Returns a session table.
 -- opts.lock = false skips the lock (show, validate: they change nothing).
+-- opts.defer_checks (show, with opts.lock = false): only connect; the
+-- session checks of M.prepare travel with the first query of M.status
+-- (one round trip), and M.prepare runs only when that query finds
+-- something to refuse or to take back.
 function M.open(config, opts)
   opts = opts or {}
   local s = setmetatable({ config = config, run_id = new_run_id(), taken = {} }, { __index = function(t, k)
@@ -80,6 +84,20 @@ function M.open(config, opts)
     end
   end })
   s.main = connect(config)
+  if opts.defer_checks and opts.lock == false then
+    s.unchecked = true
+    return s
+  end
+  M.prepare(s, opts)
+  return s
+end
+
+-- The session checks and set-up of M.open, on a session whose main
+-- connection is open: the standby and pooler refusals, the tool's own
+-- tables, the lock, the logger's table, the session settings.
+function M.prepare(s, opts)
+  local config = s.config
+  s.unchecked = nil
   -- a standby or a transaction pooler is refused before any SET or lock
   -- the probe is the lock connection itself: no extra connection per run
   local checked, why = pcall(require("migrate.topology").check, s.main, M.target(config), { lock = opts.lock,
@@ -114,7 +132,6 @@ function M.open(config, opts)
     if opts.log_table ~= false then s.logger:attach_table(s.side, s.names.migration_logs) end
   end
   require("migrate.runstate").start(s)   -- row_security off, the session snapshot, the lock's pid
-  return s
 end
 
 function M.close(s)
@@ -123,53 +140,122 @@ function M.close(s)
   if s.side then s.side:close() end   -- ends the session: releases the advisory lock
 end
 
--- transaction = false migrations that stopped part-way, by version: the
--- last lifecycle row about them in migration_logs is a start, failure or
--- "incomplete" of a transaction = false run. direction "up": not applied,
--- the next run resumes it; "down": still in the history, its down half done.
-function M.incomplete(conn, applied, readable)
+-- The last lifecycle row of each transaction = false migration in
+-- migration_logs, with the steps journalled since its last start (json,
+-- NULL for none) when that row says it stopped: one query for M.incomplete.
+local LAST_LIFECYCLE = [[
+SELECT l.migration_name, l.status, l.metadata,
+       CASE WHEN l.status IN ('started', 'failed', 'incomplete', 'partial') THEN
+         (SELECT pg_catalog.json_agg(st.message ORDER BY st.id) FROM migration_logs st
+           WHERE st.migration_name = l.migration_name AND st.status = 'step'
+             AND st.id > (SELECT max(b.id) FROM migration_logs b
+                           WHERE b.migration_name = l.migration_name AND b.status = 'started'))
+       END AS steps
+  FROM (SELECT DISTINCT ON (migration_name) migration_name, status, metadata, id
+          FROM migration_logs
+         WHERE status IN ('started', 'success', 'failed', 'rolled_back', 'reverted', 'incomplete', 'partial')
+           AND metadata->>'transaction' = 'false'
+         ORDER BY migration_name, id DESC) l]]
+
+-- transaction = false migrations that stopped part-way, by version, from
+-- LAST_LIFECYCLE's rows: the last lifecycle row about them is a start,
+-- failure or "incomplete" of a transaction = false run. direction "up": not
+-- applied, the next run resumes it; "down": still in the history, its down
+-- half done.
+local function stopped_part_way(rows, applied)
   local out = {}
-  if readable == nil then
-    readable = conn:query([[SELECT CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false
-      ELSE pg_catalog.has_table_privilege('migration_logs', 'SELECT') END AS e]])[1].e
-  end
-  if not readable then return out end
-  local rows = conn:query([[
-    SELECT DISTINCT ON (migration_name) migration_name, status, metadata
-      FROM migration_logs
-     WHERE status IN ('started', 'success', 'failed', 'rolled_back', 'reverted', 'incomplete', 'partial')
-       AND metadata->>'transaction' = 'false'
-     ORDER BY migration_name, id DESC]])
   for _, r in ipairs(rows) do
     local meta = type(r.metadata) == "table" and r.metadata or {}
     local direction = meta.direction or "up"
     local stopped = (r.status == "started" or r.status == "failed" or r.status == "incomplete" or r.status == "partial")
       and meta.transaction == false
     if stopped and (direction == "up") == not applied[r.migration_name] then
-      local steps = conn:query([[SELECT message FROM migration_logs
-        WHERE migration_name = $1 AND status = 'step'
-          AND id > (SELECT max(id) FROM migration_logs WHERE migration_name = $1 AND status = 'started')
-        ORDER BY id]], r.migration_name)
       local list = {}
-      for _, st in ipairs(steps) do list[#list + 1] = st.message end
+      for _, step in ipairs(type(r.steps) == "table" and r.steps or {}) do list[#list + 1] = step end
       out[r.migration_name] = { status = r.status, steps = list, direction = direction }
     end
   end
   return out
 end
 
--- The state of every migration: files + history.
--- Returns an array of {version, name, state, applied_at, checksum, entry, row}.
-function M.status(conn, dir, opts)
-  local entries, problems, warnings = loader.scan(dir)
-  for _, w in ipairs(warnings or {}) do io.stderr:write("warning: ", w.message, "\n") end
+function M.incomplete(conn, applied, readable)
+  if readable == nil then
+    readable = conn:query([[SELECT CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false
+      ELSE pg_catalog.has_table_privilege('migration_logs', 'SELECT') END AS e]])[1].e
+  end
+  if not readable then return {} end
+  return stopped_part_way(conn:query(LAST_LIFECYCLE), applied)
+end
+
+-- What M.status reads from the database, in ONE round trip when the tables
+-- are there (the common case): a guard statement, then the history rows
+-- joined with LAST_LIFECYCLE's, as one multi-statement string (one implicit
+-- transaction: the server analyses a statement only after the ones before
+-- it ran, so a guard that raises keeps the tables from being read at all).
+-- The guard raises when the history (with its baseline column) or a readable
+-- migration_logs is missing and, for a session whose checks were deferred (M.open's defer_checks:
+-- show), also for a standby or for anything bookkeeping.check would refuse
+-- or take back; row_security is then set for this transaction only.
+-- On any failure the reads go step by step (after M.prepare, for a deferred
+-- session), which is where every refusal and error message comes from.
+-- Returns the applied rows by version, the versions in order, the
+-- incomplete migrations (M.incomplete).
+local FAST_GUARD = "migrate-lua: status reads step by step"
+
+local function state_sql(deferred)
+  local cond = {
+    "pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL", history.HAS_BASELINE,
+    "CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false "
+      .. "ELSE pg_catalog.has_table_privilege('migration_logs', 'SELECT') END",
+  }
+  if deferred then
+    table.insert(cond, 1, "NOT pg_catalog.pg_is_in_recovery()")
+    cond[#cond + 1] = require("migrate.bookkeeping").clean_condition()
+  end
+  return (deferred and "SET LOCAL row_security = off;\n" or "")
+    .. "SELECT CASE WHEN " .. table.concat(cond, "\n  AND ")
+    .. " THEN 1 ELSE pg_catalog.concat('" .. FAST_GUARD .. "')::int END AS fast;\n"
+    .. "SELECT h.*, l.migration_name AS log_name, l.status AS log_status, l.metadata AS log_metadata, "
+    .. "l.steps AS log_steps\n  FROM (" .. history.SELECT_APPLIED_CURRENT .. ") h\n  FULL JOIN (" .. LAST_LIFECYCLE
+    .. ") l ON l.migration_name = h.version\n ORDER BY h.version"
+end
+
+local function read_state(conn, s)
+  local deferred = s and s.unchecked
+  local ok, rows = pcall(conn.query, conn, state_sql(deferred))
+  if ok then
+    local applied, order, logs = {}, {}, {}
+    for _, r in ipairs(rows) do
+      if r.log_name then
+        logs[#logs + 1] = { migration_name = r.log_name, status = r.log_status, metadata = r.log_metadata,
+          steps = r.log_steps }
+        r.log_name, r.log_status, r.log_metadata, r.log_steps = nil, nil, nil, nil
+      end
+      if r.version then
+        applied[r.version] = r
+        order[#order + 1] = r.version
+      end
+    end
+    if deferred then s.unchecked = nil end
+    return applied, order, stopped_part_way(logs, applied)
+  end
+  if deferred then M.prepare(s, { lock = false }) end
   -- one round trip for what exists: the history, and a readable log table
   local have = conn:query([[SELECT pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL AS history,
     CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false
          ELSE pg_catalog.has_table_privilege('migration_logs', 'SELECT') END AS logs]])[1]
   local applied, order = history.applied(conn, have.history)
+  return applied, order, M.incomplete(conn, applied, have.logs)
+end
+
+-- The state of every migration: files + history.
+-- Returns an array of {version, name, state, applied_at, checksum, entry, row}.
+-- opts.session: the session of conn, when its checks were deferred (M.open).
+function M.status(conn, dir, opts)
+  local entries, problems, warnings = loader.scan(dir)
+  for _, w in ipairs(warnings or {}) do io.stderr:write("warning: ", w.message, "\n") end
+  local applied, order, incomplete = read_state(conn, opts and opts.session)
   local by_file, list = {}, {}
-  local incomplete = M.incomplete(conn, applied, have.logs)
   -- a transaction = false migration whose last lifecycle row is its start,
   -- while another session holds the migration lock, is running, not failed
   -- (opts.running: asked by callers that do not hold the lock themselves)

@@ -1,0 +1,113 @@
+-- What show and run cost the server and the client (issue 13): show in one
+-- round trip with the same output as the step-by-step reads it falls back
+-- to.
+local T = require "helpers.env"
+local P = require "helpers.project"
+local M = P.migration
+
+-- The statements the server logged for the database while fn ran
+-- (log_statement = all on that database only; the spec's cluster log).
+local function statements(p, fn)
+  p:sql(("ALTER DATABASE %s SET log_statement = 'all'"):format(p.db))
+  local path = os.getenv("MIGRATE_TEST_TMP") .. "/server.log"
+  local before = #T.read(path)
+  fn()
+  local out = {}
+  for s in T.read(path):sub(before + 1):gmatch("LOG:  statement: ([^\n]*)") do out[#out + 1] = s end
+  p:sql(("ALTER DATABASE %s RESET log_statement"):format(p.db))
+  return out
+end
+
+-- Applied, changed, missing, pending, baseline and a transaction = false
+-- migration that stopped part-way: every state show reports from the database.
+local function every_state(p)
+  p:add("20260101000001", "one", M([[m:exec("CREATE TABLE one (x int)")]]))
+  p:add("20260101000002", "two", M([[m:exec("CREATE TABLE two (x int)")]]))
+  p:add("20260101000003", "gone", M([[m:exec("CREATE TABLE gone (x int)")]]))
+  assert.equal(0, p:cli({ "run" }).code)
+  p:add("20260101000004", "half", M([[
+    m:exec("CREATE TABLE half (x int)")
+    error("stops after one step")]], nil, "  transaction = false,\n"))
+  assert.equal(1, p:cli({ "run" }).code)
+  p:add("20260101000002", "two", M([[m:exec("CREATE TABLE two (x int, y int)")]]))   -- changed
+  os.remove(p.dir .. "/20260101000003_gone.lua")                                      -- missing
+  p:add("20260101000005", "later", M([[m:exec("CREATE TABLE later (x int)")]]))       -- pending
+end
+
+local function strip_times(text) return (text:gsub("%(applied [%d%-T:%.Z]+", "(applied <t>")) end
+
+describe("show", function()
+  it("reads the database in one statement, and prints what the step-by-step reads print", function()
+    local p = P.new("show1")
+    every_state(p)
+    local r
+    local sent = statements(p, function() r = p:cli({ "show" }) end)
+    assert.equal(0, r.code, r.stderr)
+    assert.equal(1, #sent, table.concat(sent, "\n"))
+    assert.matches("^SET LOCAL row_security = off;", sent[1])
+    assert.equal(table.concat({
+      "applied  20260101000001_one  (applied <t>)",
+      "changed  20260101000002_two  (applied <t>)",
+      "missing  20260101000003_gone  (applied <t>)",
+      "failed   20260101000004_half",
+      "           partial: it stopped part-way (transaction = false), 1 step(s) done; "
+        .. "the next run resumes it, rollback undoes it",
+      "           done: exec: CREATE TABLE half (x int)",
+      "pending  20260101000005_later",
+    }, "\n") .. "\n", strip_times(r.stdout))
+    local doc = p:json({ "show" })
+    -- the same document when the reads go step by step: a grant to take
+    -- back on the log table makes the one-statement path step aside
+    p:sql("GRANT SELECT ON migration_logs TO PUBLIC")
+    local slow
+    sent = statements(p, function() slow = p:json({ "show" }) end)
+    assert.is_true(#sent > 1, table.concat(sent, "\n"))
+    assert.same(doc, slow)
+    assert.equal("0", p:sql([[SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a
+      WHERE c.oid = 'migration_logs'::regclass AND a.grantee = 0]]))
+    -- and it was taken back: one statement again
+    sent = statements(p, function() r = p:cli({ "show" }) end)
+    assert.equal(0, r.code, r.stderr)
+    assert.equal(1, #sent, table.concat(sent, "\n"))
+  end)
+
+  it("sets nothing that outlives its statement (row_security is SET LOCAL)", function()
+    local p = P.new("showset")
+    every_state(p)
+    local sent = statements(p, function() assert.equal(0, p:cli({ "show" }).code) end)
+    for _, s in ipairs(sent) do assert.not_matches("^SET row_security", s) end
+  end)
+
+  it("on a database without the tool's tables: every file pending, as before", function()
+    local p = P.new("showfresh")
+    p:add("20260101000001", "one", M([[m:exec("CREATE TABLE one (x int)")]]))
+    local doc, r = p:json({ "show" })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("pending", doc.migrations[1].state)
+    assert.same({}, doc.problems)
+    assert.equal("f", p:sql("SELECT to_regclass('migrate_lua_migrations') IS NOT NULL"))
+  end)
+
+  it("never plans a query over a history that is not the tool's table: a view's functions do not run", function()
+    local p = P.new("showview")
+    p:add("20260101000001", "one", M([[m:exec("CREATE TABLE one (x int)")]]))
+    assert.equal(0, p:cli({ "run" }).code)
+    -- an IMMUTABLE function is called while a query over the view is planned
+    -- (constant folding); the sequence shows whether it ran (nextval is not
+    -- rolled back)
+    p:sql([[
+      CREATE SEQUENCE ran_seq;
+      CREATE FUNCTION planted() RETURNS text IMMUTABLE LANGUAGE plpgsql AS
+        $$ BEGIN PERFORM nextval('ran_seq'); RETURN '20260101000001'; END $$;
+      ALTER TABLE migrate_lua_migrations RENAME TO real_history;
+      CREATE VIEW migrate_lua_migrations AS SELECT planted() AS version, name, checksum, description, applied_at,
+        duration_ms, applied_by, tool_version, run_id, baseline FROM real_history]])
+    local r = p:cli({ "show" })
+    assert.equal(2, r.code, r.stderr)
+    assert.matches("migrate_lua_migrations .* is not a table %(relkind v%)", r.stderr)
+    assert.equal("f", p:sql("SELECT is_called FROM ran_seq"))
+    -- the trap is real: a query over the view's version does call it
+    p:sql("SELECT version FROM migrate_lua_migrations")
+    assert.equal("t", p:sql("SELECT is_called FROM ran_seq"))
+  end)
+end)
