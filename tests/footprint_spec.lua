@@ -1,6 +1,8 @@
 -- What show and run cost the server and the client (issue 13): show in one
 -- round trip with the same output as the step-by-step reads it falls back
--- to.
+-- to; a migration is read again just before it runs (nothing of it is kept
+-- from the check), so a file changed between the check and its turn is
+-- refused, never run.
 local T = require "helpers.env"
 local P = require "helpers.project"
 local M = P.migration
@@ -109,5 +111,49 @@ describe("show", function()
     -- the trap is real: a query over the view's version does call it
     p:sql("SELECT version FROM migrate_lua_migrations")
     assert.equal("t", p:sql("SELECT is_called FROM ran_seq"))
+  end)
+end)
+
+describe("a migration file changed between the check and its turn", function()
+  it("run: refused naming the file, nothing of it runs; the ones before it stay applied", function()
+    local p = P.new("chgup")
+    local second = p:add("20260101000002", "second", M([[m:exec("CREATE TABLE second (x int)")]]))
+    -- the first migration's up edits the second file after the run checked it
+    p:add("20260101000001", "first", M(([[
+      m:exec("CREATE TABLE first (x int)")
+      local f = assert(io.open(%q, "ab")); f:write("-- edited while the run ran\n"); f:close()]]):format(second)))
+    local doc, r = p:json({ "run" })
+    assert.equal(1, r.code, r.stderr)
+    assert.same({ "20260101000001" }, doc.applied)
+    assert.equal("20260101000002", doc.failed)
+    assert.equal("drift", doc.error.kind)
+    assert.matches("20260101000002_second%.lua changed since it was checked", doc.error.message)
+    assert.matches("20260101000002_second%.lua", doc.error.file)
+    assert.equal("20260101000001", p:applied())
+    assert.equal("f", p:sql("SELECT to_regclass('second') IS NOT NULL"))
+    assert.equal("1", p:sql([[SELECT count(*) FROM migration_logs WHERE migration_name = '20260101000002'
+      AND status = 'failed' AND message LIKE '%changed since it was checked%']]))
+    -- the next run checks the file as it is now and applies it
+    assert.equal("pending", p:json({ "show" }).migrations[2].state)
+    assert.equal(0, p:cli({ "run" }).code)
+    assert.equal("20260101000001,20260101000002", p:applied())
+  end)
+
+  it("rollback: the older migration's down is refused, the newer one stays reverted", function()
+    local p = P.new("chgdown")
+    local first = p:add("20260101000001", "first", M([[m:exec("CREATE TABLE first (x int)")]],
+      [[m:unsafe("drops what up created", function() m:exec("DROP TABLE first") end)]]))
+    p:add("20260101000002", "second", M([[m:exec("CREATE TABLE second (x int)")]], ([[
+      m:unsafe("drops what up created", function() m:exec("DROP TABLE second") end)
+      local f = assert(io.open(%q, "ab")); f:write("-- edited while the rollback ran\n"); f:close()]]):format(
+        first)))
+    assert.equal(0, p:cli({ "run" }).code)
+    local doc, r = p:json({ "rollback", "--steps", "2" })
+    assert.equal(1, r.code, r.stderr)
+    assert.same({ "20260101000002" }, doc.reverted)
+    assert.equal("20260101000001", doc.failed)
+    assert.matches("20260101000001_first%.lua changed since it was checked", doc.error.message)
+    assert.equal("20260101000001", p:applied())
+    assert.equal("t", p:sql("SELECT to_regclass('first') IS NOT NULL"))
   end)
 end)

@@ -509,6 +509,24 @@ function M.interrupted_error(e, sig, entry, done, how)
   return e
 end
 
+-- Loads a migration again just before it runs: apply.lua released it once
+-- the set was checked (memory stays flat however many there are). A file
+-- that changed since the check, or is gone, is refused: logged, and the
+-- run stops there with nothing of it run. The log row carries no
+-- `transaction` field, so show does not take it for a stopped run of it.
+local function reload(s, entry, direction)
+  local ok, e = pcall(loader.load, entry)
+  if ok then return end
+  e = errors.wrap(e)
+  e.migration, e.file = e.migration or entry.version, e.file or entry.path
+  s.logger:event { migration = entry.version, status = "failed", level = "error",
+    message = string.format("%s was not %s: %s", label(entry), direction == "down" and "reverted" or "run",
+      tostring(e)),
+    error_message = tostring(e), console = false,
+    metadata = { error = error_fields(e), direction = direction == "down" and "down" or nil } }
+  error(e, 0)
+end
+
 -- Runs `up` of each pending migration. opts.mode: "run" | "safe-run".
 -- Returns a result {ok, applied = {versions}, failed, error, durations}.
 function M.migrate(s, pending, opts)
@@ -520,6 +538,7 @@ function M.migrate(s, pending, opts)
       if core.interrupted() then
         errors.raise("interrupted", "interrupted before " .. label(entry) .. "; nothing of it ran")
       end
+      reload(s, entry, "up")
       logger:event { migration = entry.version, status = "started", defer_table = entry.transactional,
         message = "migrating " .. label(entry), console_text = "  -> " .. label(entry),
         metadata = { name = entry.name, file = entry.path, transaction = entry.transactional, mode = mode,
@@ -553,6 +572,7 @@ function M.migrate(s, pending, opts)
         metadata = { transaction = entry.transactional, statements = m and m.stats.statements,
                      rows = m and m.stats.rows, attempts = wait and wait.attempts,
                      lock_wait_ms = wait and wait.lock_wait_ms } }
+      loader.release(entry)
     end
   end
   local ok, err
@@ -614,6 +634,11 @@ function M.revert(s, entries, opts)
   local result = { ok = true, applied = {}, reverted = {}, failed = nil }
   local logger = s.logger
   for _, entry in ipairs(entries) do
+    local loaded, lerr = pcall(reload, s, entry, "down")
+    if not loaded then
+      result.ok, result.error, result.failed = false, lerr, entry.version
+      break
+    end
     logger:event { migration = entry.version, status = "started", message = "reverting " .. label(entry),
       console_text = "  <- " .. label(entry), metadata = { direction = "down", transaction = entry.transactional } }
     core.alarm(s.config.timeout or 0)
@@ -654,6 +679,7 @@ function M.revert(s, entries, opts)
     logger:event { migration = entry.version, status = "reverted", duration_ms = dur,
       message = "reverted " .. label(entry), metadata = { direction = "down", transaction = entry.transactional },
       console_text = string.format("     reverted %s (%.0f ms)", label(entry), dur) }
+    loader.release(entry)
   end
   return result
 end
