@@ -8,14 +8,17 @@ local P = require "helpers.project"
 local M = P.migration
 
 -- The statements the server logged for the database while fn ran
--- (log_statement = all on that database only; the spec's cluster log).
+-- (log_statement = all on that database only; the spec's cluster log):
+-- simple queries and the bound ones (extended protocol) alike.
 local function statements(p, fn)
   p:sql(("ALTER DATABASE %s SET log_statement = 'all'"):format(p.db))
   local path = os.getenv("MIGRATE_TEST_TMP") .. "/server.log"
   local before = #T.read(path)
   fn()
   local out = {}
-  for s in T.read(path):sub(before + 1):gmatch("LOG:  statement: ([^\n]*)") do out[#out + 1] = s end
+  for line in T.read(path):sub(before + 1):gmatch("[^\n]+") do
+    out[#out + 1] = line:match("LOG:  statement: (.*)") or line:match("LOG:  execute [^:]*: (.*)")
+  end
   p:sql(("ALTER DATABASE %s RESET log_statement"):format(p.db))
   return out
 end
@@ -45,8 +48,11 @@ describe("show", function()
     local r
     local sent = statements(p, function() r = p:cli({ "show" }) end)
     assert.equal(0, r.code, r.stderr)
-    assert.equal(1, #sent, table.concat(sent, "\n"))
+    -- one statement, and (a transaction = false migration stopped part-way) who holds the migration
+    -- lock, which decides between running and failed
+    assert.equal(2, #sent, table.concat(sent, "\n"))
     assert.matches("^SET LOCAL row_security = off;", sent[1])
+    assert.matches("^SELECT a%.pid, a%.usename", sent[2]:gsub("^%s+", ""))
     assert.equal(table.concat({
       "applied  20260101000001_one  (applied <t>)",
       "changed  20260101000002_two  (applied <t>)",
@@ -67,7 +73,12 @@ describe("show", function()
     assert.same(doc, slow)
     assert.equal("0", p:sql([[SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a
       WHERE c.oid = 'migration_logs'::regclass AND a.grantee = 0]]))
-    -- and it was taken back: one statement again
+    -- and it was taken back: one statement again (and the lock holder's)
+    sent = statements(p, function() r = p:cli({ "show" }) end)
+    assert.equal(0, r.code, r.stderr)
+    assert.equal(2, #sent, table.concat(sent, "\n"))
+    -- with nothing stopped part-way: that one statement alone
+    os.remove(p.dir .. "/20260101000004_half.lua")
     sent = statements(p, function() r = p:cli({ "show" }) end)
     assert.equal(0, r.code, r.stderr)
     assert.equal(1, #sent, table.concat(sent, "\n"))
@@ -155,5 +166,64 @@ describe("a migration file changed between the check and its turn", function()
     assert.matches("20260101000001_first%.lua changed since it was checked", doc.error.message)
     assert.equal("20260101000001", p:applied())
     assert.equal("t", p:sql("SELECT to_regclass('first') IS NOT NULL"))
+  end)
+end)
+
+describe("rollback's round trips", function()
+  local function two(p)
+    for i, t in ipairs({ "first", "second" }) do
+      p:add("2026010100000" .. i, t, M(("m:exec(\"CREATE TABLE %s (x int)\")"):format(t),
+        ("m:unsafe(\"drops what up created\", function() m:exec(\"DROP TABLE %s\") end)"):format(t)))
+    end
+    assert.equal(0, p:cli({ "run" }).code)
+  end
+  local function count(sent, prefix, exact)
+    local n = 0
+    for _, s in ipairs(sent) do if (exact and s == prefix) or (not exact and s:sub(1, #prefix) == prefix) then n = n + 1 end end
+    return n
+  end
+
+  it("asks the server's pid once per run, looks with pg_locks alone when nobody holds the table, and writes "
+    .. "a transactional down's started row with its next one", function()
+    local p = P.new("rbrt")
+    two(p)
+    local r
+    local sent = statements(p, function() r = p:cli({ "rollback", "--steps", "2" }) end)
+    assert.equal(0, r.code, r.stderr)
+    -- the lock connection's, by runstate.start (the main one's comes with its settings snapshot)
+    assert.equal(1, count(sent, "SELECT pg_catalog.pg_backend_pid() AS p", true), table.concat(sent, "\n"))
+    assert.equal(2, count(sent, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l"))
+    assert.equal(0, count(sent, "WITH me AS"))
+    -- per migration: started + unsafe in one INSERT, then reverted
+    assert.equal(4, count(sent, "  INSERT INTO public.migration_logs"))
+    for _, v in ipairs({ "20260101000001", "20260101000002" }) do
+      assert.equal("started,unsafe,reverted", p:sql(([[SELECT string_agg(status, ',' ORDER BY id) FROM migration_logs
+        WHERE migration_name = '%s' AND run_id = (SELECT run_id FROM migration_logs ORDER BY id DESC LIMIT 1)]])
+        :format(v)))
+    end
+  end)
+
+  it("a down that fails: its started row is written all the same, with failed and rolled_back", function()
+    local p = P.new("rbfail")
+    p:add("20260101000001", "first", M([[m:exec("CREATE TABLE first (x int)")]], [[m:exec("SELECT 1/0")]]))
+    assert.equal(0, p:cli({ "run" }).code)
+    assert.equal(1, p:cli({ "rollback" }).code)
+    assert.equal("started,failed,rolled_back", p:sql([[SELECT string_agg(status, ',' ORDER BY id) FROM migration_logs
+      WHERE migration_name = '20260101000001' AND metadata->>'direction' = 'down']]))
+    assert.equal("20260101000001", p:applied())
+  end)
+
+  it("still names who holds the table when somebody does", function()
+    local p = P.new("rbhold")
+    two(p)
+    -- a session holding ACCESS SHARE on second for longer than the rollback's lock budget
+    local bg = io.popen(("%s -X -q -d %s -c %s 2>&1"):format(T.psql_bin, p.db,
+      T.shell_quote("BEGIN; LOCK TABLE second IN ACCESS SHARE MODE; SELECT pg_sleep(4); COMMIT")))
+    T.sleep(1)
+    local r = p:cli({ "--lock-timeout", "500", "rollback" })
+    bg:close()
+    assert.equal(1, r.code, r.stderr)
+    assert.matches("psql", r.stderr)             -- the holder, named (application_name)
+    assert.equal("20260101000001,20260101000002", p:applied())
   end)
 end)

@@ -256,13 +256,16 @@ function M.status(conn, dir, opts)
   for _, w in ipairs(warnings or {}) do io.stderr:write("warning: ", w.message, "\n") end
   local applied, order, incomplete = read_state(conn, opts and opts.session)
   local by_file, list = {}, {}
+  for _, e in ipairs(entries) do by_file[e.version] = e end
   -- a transaction = false migration whose last lifecycle row is its start,
   -- while another session holds the migration lock, is running, not failed
-  -- (opts.running: asked by callers that do not hold the lock themselves)
+  -- (opts.running: asked by callers that do not hold the lock themselves;
+  -- only when such a migration still has its file: else it is not listed)
   local holder
-  if opts and opts.running and next(incomplete) then holder = lock_holder(conn) end
+  for v in pairs(opts and opts.running and incomplete or {}) do
+    if by_file[v] then holder = lock_holder(conn); break end
+  end
   for _, e in ipairs(entries) do
-    by_file[e.version] = e
     loader.checksum(e)
     local row = applied[e.version]
     local state
@@ -639,7 +642,9 @@ function M.revert(s, entries, opts)
       result.ok, result.error, result.failed = false, lerr, entry.version
       break
     end
+    -- a transactional down's started row travels with its next row, as up's does (logger defer_table)
     logger:event { migration = entry.version, status = "started", message = "reverting " .. label(entry),
+      defer_table = entry.transactional,
       console_text = "  <- " .. label(entry), metadata = { direction = "down", transaction = entry.transactional } }
     core.alarm(s.config.timeout or 0)
     local t0 = core.now_ms()

@@ -31,13 +31,14 @@ function M.start(s)
   if not s.side then return end   -- show, validate: no migration runs, no lock to prove
   local r = s.main:query([[SELECT (SELECT pg_catalog.json_object_agg(name, pg_catalog.current_setting(name))
       FROM pg_catalog.pg_settings WHERE context <> 'internal')::text AS settings,
-    pg_catalog.current_setting('role') AS role]])[1]
+    pg_catalog.current_setting('role') AS role, pg_catalog.pg_backend_pid() AS main_pid]])[1]
   local snap = cjson.decode(r.settings)
   snap.role = r.role   -- SET ROLE is not in pg_settings
   -- the server's pid, not libpq's: through a (session-pooling) PgBouncer
   -- PQbackendPID is the pooler's cancel key, not the backend holding the lock
   local pid = s.side:query("SELECT pg_catalog.pg_backend_pid() AS p")[1].p
-  s.runstate = { settings = cjson.encode(snap), lock_pid = pid }
+  -- main_pid: the server pid of the main connection, for the look before a lock (retry.look_of)
+  s.runstate = { settings = cjson.encode(snap), lock_pid = pid, main_pid = r.main_pid }
 end
 
 -- The query "st" (locked bool, changed json) and its parameters: the lock
