@@ -257,7 +257,8 @@ function M.main(argv)
   os.exit = function()   -- luacheck: ignore 122 (deliberate: see the comment above)
     error("os.exit is not allowed while migrate-lua runs (raise an error instead: the migration is rolled back)", 2)
   end
-  if require("migrate.fleet").wanted(config) then   -- issue 19: one command over many databases
+  -- issue 19: one command over many databases (fleet.lua is loaded only when a fleet flag is there)
+  if (config.targets or config.targets_query) and require("migrate.fleet").wanted(config) then
     local fok, fcode = pcall(require("migrate.fleet").main, name, argv, config)
     if fok then return fcode end
     local e = errors.wrap(fcode)
@@ -276,7 +277,7 @@ function M.main(argv)
     M.report(config, command, errors.exit_code(e), edoc, e)
     return errors.exit_code(e)
   end
-  code = require("migrate.schema").after_command(config, command, code, doc)   -- --schema-file
+  if config.schema_file then code = require("migrate.schema").after_command(config, command, code, doc) end
   if config.json and doc then io.stdout:write(json.encode(doc), "\n") end
   M.report(config, command, code, doc)
   return code

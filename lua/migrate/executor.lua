@@ -10,9 +10,13 @@ local core = require "migrate.core"
 local errors = require "migrate.errors"
 local loader = require "migrate.loader"
 local history = require "migrate.history"
-local retry = require "migrate.retry"
--- context (with the guard clauses) and the logger are loaded on first use:
--- show and --version need neither, and start-up time is a feature
+-- context (with the guard clauses), the logger and the lock policy (retry)
+-- are loaded on first use: show and --version need none of them, and
+-- start-up time is a feature
+local retry = setmetatable({}, { __index = function(t, k)
+  setmetatable(t, { __index = require "migrate.retry" })
+  return t[k]
+end })
 
 local M = {}
 
@@ -342,8 +346,8 @@ local function error_fields(e)
 end
 
 -- The retry policy (attempts, back-off, blocker watch) is migrate.retry's.
-M.lock_attempts = retry.attempts
-local name_blockers = retry.name_blockers
+function M.lock_attempts(...) return retry.attempts(...) end
+local function name_blockers(e) return retry.name_blockers(e) end
 local function watch(s, lock_ms) retry.watch(s.main, s.side, lock_ms) end
 
 -- The run's backups (s.taken, the summary's list): a failed attempt's

@@ -3,7 +3,6 @@
 -- workflow annotations that point at the migration file and line, and a
 -- step summary. Nothing here changes the exit code: a failure to write is a
 -- warning on stderr.
-local metrics = require "migrate.metrics"
 local json = require "migrate.json"
 
 local M = {}
@@ -169,7 +168,8 @@ end
 function M.finish(config, command, code, doc, err)
   config = config or {}
   if config.metrics_file and config.metrics_file ~= "" then
-    local ok, werr = metrics.write(config.metrics_file, { command = command, exit_code = code })
+    -- loaded here, not above: a command without --metrics-file needs none of it
+    local ok, werr = require("migrate.metrics").write(config.metrics_file, { command = command, exit_code = code })
     if not ok then
       io.stderr:write(string.format("warning: cannot write the metrics file %s: %s\n", config.metrics_file,
         tostring(werr)))
