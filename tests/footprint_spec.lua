@@ -179,7 +179,9 @@ describe("rollback's round trips", function()
   end
   local function count(sent, prefix, exact)
     local n = 0
-    for _, s in ipairs(sent) do if (exact and s == prefix) or (not exact and s:sub(1, #prefix) == prefix) then n = n + 1 end end
+    for _, s in ipairs(sent) do
+      if (exact and s == prefix) or (not exact and s:sub(1, #prefix) == prefix) then n = n + 1 end
+    end
     return n
   end
 

@@ -182,11 +182,12 @@ local function stopped_part_way(rows, applied)
   return out
 end
 
+-- True when migration_logs exists and this role may read it.
+local LOGS_READABLE = [[CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false
+  ELSE pg_catalog.has_table_privilege('migration_logs', 'SELECT') END]]
+
 function M.incomplete(conn, applied, readable)
-  if readable == nil then
-    readable = conn:query([[SELECT CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false
-      ELSE pg_catalog.has_table_privilege('migration_logs', 'SELECT') END AS e]])[1].e
-  end
+  if readable == nil then readable = conn:query("SELECT " .. LOGS_READABLE .. " AS e")[1].e end
   if not readable then return {} end
   return stopped_part_way(conn:query(LAST_LIFECYCLE), applied)
 end
@@ -208,9 +209,7 @@ local FAST_GUARD = "migrate-lua: status reads step by step"
 
 local function state_sql(deferred)
   local cond = {
-    "pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL", history.HAS_BASELINE,
-    "CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false "
-      .. "ELSE pg_catalog.has_table_privilege('migration_logs', 'SELECT') END",
+    "pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL", history.HAS_BASELINE, LOGS_READABLE,
   }
   if deferred then
     table.insert(cond, 1, "NOT pg_catalog.pg_is_in_recovery()")
@@ -245,9 +244,8 @@ local function read_state(conn, s)
   end
   if deferred then M.prepare(s, { lock = false }) end
   -- one round trip for what exists: the history, and a readable log table
-  local have = conn:query([[SELECT pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL AS history,
-    CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false
-         ELSE pg_catalog.has_table_privilege('migration_logs', 'SELECT') END AS logs]])[1]
+  local have = conn:query("SELECT pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL AS history, "
+    .. LOGS_READABLE .. " AS logs")[1]
   local applied, order = history.applied(conn, have.history)
   return applied, order, M.incomplete(conn, applied, have.logs)
 end
