@@ -15,7 +15,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "migrate.h"
@@ -206,24 +205,61 @@ to_hex(const unsigned char *md, unsigned int n, char *out)
 	out[2 * n] = '\0';
 }
 
-/* Hashes s[0..len), skipping every '\r' that precedes '\n' when fold is set. */
+/*
+ * Feeds s[0..len) to the hash, skipping every '\r' that precedes '\n' when
+ * fold is set. In pieces (a file read in chunks): a '\r' that ends a piece
+ * is held back (*held) until the next piece, or the end, says whether a
+ * '\n' follows it.
+ */
+static void
+feed(Sha256 *ctx, const char *s, size_t len, int fold, int *held)
+{
+	size_t start = 0;
+
+	if (!fold)
+	{
+		sha256_update(ctx, (const unsigned char *) s, len);
+		return;
+	}
+	if (*held && len > 0)
+	{
+		if (s[0] != '\n')
+			sha256_update(ctx, (const unsigned char *) "\r", 1);
+		*held = 0;
+	}
+	for (size_t i = 0; i + 1 < len; i++)
+		if (s[i] == '\r' && s[i + 1] == '\n')
+		{
+			sha256_update(ctx, (const unsigned char *) s + start, i - start);
+			start = i + 1;
+		}
+	if (len > start && s[len - 1] == '\r')
+	{
+		*held = 1;
+		len--;
+	}
+	sha256_update(ctx, (const unsigned char *) s + start, len - start);
+}
+
+/* The hex digest once everything was fed (a held '\r' is hashed: no '\n' came). */
+static void
+finish(Sha256 *ctx, int held, char hex[65])
+{
+	unsigned char md[32];
+	if (held)
+		sha256_update(ctx, (const unsigned char *) "\r", 1);
+	sha256_final(ctx, md);
+	to_hex(md, 32, hex);
+}
+
 static void
 digest(const char *s, size_t len, int fold, char hex[65])
 {
 	Sha256 ctx;
-	unsigned char md[32];
-	size_t start = 0;
-
+	int held = 0;
 	sha256_init(&ctx);
-	for (size_t i = 0; fold && i + 1 < len; i++)
-		if (s[i] == '\r' && s[i + 1] == '\n')
-		{
-			sha256_update(&ctx, (const unsigned char *) s + start, i - start);
-			start = i + 1;
-		}
-	sha256_update(&ctx, (const unsigned char *) s + start, len - start);
-	sha256_final(&ctx, md);
-	to_hex(md, 32, hex);
+	feed(&ctx, s, len, fold, &held);
+	finish(&ctx, held, hex);
 }
 
 int
@@ -251,55 +287,42 @@ mig_l_sha256(lua_State *L)
 /*
  * checksum_file(path) -> "sha256-v1:<hex>" | nil, message
  * The same checksum as checksum(contents), without making the contents a
- * Lua string: `show` hashes every file and needs nothing else of them.
- * The buffer is freed before anything is pushed, so no error can leak it.
+ * Lua string: `show` hashes every file and needs nothing else of them. The
+ * file is hashed as it is read, through one buffer on the stack: open, the
+ * reads, close, nothing allocated.
  */
 int
 mig_l_checksum_file(lua_State *L)
 {
 	const char *path = luaL_checkstring(L, 1);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	char *buf = NULL, hex[65];
-	size_t len = 0;
-	int ok = 0, err = 0;
+	char buf[16384], hex[65];
+	Sha256 ctx;
+	int ok = 0, err = 0, held = 0;
 
-	if (fd >= 0 && fstat(fd, &st) == 0)
+	sha256_init(&ctx);
+	while (fd >= 0)
 	{
-		size_t cap = (size_t) st.st_size + 1;
-		buf = malloc(cap);
-		while (buf != NULL)
+		ssize_t n = read(fd, buf, sizeof buf);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
 		{
-			ssize_t n = read(fd, buf + len, cap - len);
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n <= 0)
-			{
-				ok = n == 0;
-				break;
-			}
-			len += (size_t) n;
-			if (len == cap)
-			{
-				char *bigger = realloc(buf, cap *= 2);   /* the file grew since fstat */
-				if (bigger == NULL)
-					break;
-				buf = bigger;
-			}
+			ok = n == 0;
+			break;
 		}
+		feed(&ctx, buf, (size_t) n, 1, &held);
 	}
 	err = errno;
 	if (fd >= 0)
 		close(fd);
-	if (ok)
-		digest(buf, len, 1, hex);
-	free(buf);
 	if (!ok)
 	{
 		luaL_pushfail(L);
 		lua_pushfstring(L, "%s: %s", path, strerror(err ? err : EIO));
 		return 2;
 	}
+	finish(&ctx, held, hex);
 	lua_pushfstring(L, "sha256-v1:%s", hex);
 	return 1;
 }

@@ -196,6 +196,16 @@ describe("migrate.core helpers", function()
     assert.equal(core.checksum(body), core.checksum_file(dir .. "/f.lua"))
     T.write(dir .. "/empty.lua", "")
     assert.equal(core.checksum(""), core.checksum_file(dir .. "/empty.lua"))
+    -- the file is hashed in 16 KiB reads: a CRLF cut by a read, a lone CR at one, CRLF everywhere
+    for _, cut in ipairs({ 16383, 16384, 16385 }) do
+      local crlf = ("x"):rep(cut) .. "\r\n" .. ("a\r\n"):rep(12000) .. "b\rc\r"
+      T.write(dir .. "/crlf.lua", crlf)
+      assert.equal(core.checksum(crlf), core.checksum_file(dir .. "/crlf.lua"), "cut at " .. cut)
+      assert.equal("sha256-v1:" .. core.sha256((crlf:gsub("\r\n", "\n"))), core.checksum_file(dir .. "/crlf.lua"))
+      local lone = ("y"):rep(cut) .. "\r" .. ("z"):rep(100)
+      T.write(dir .. "/cr.lua", lone)
+      assert.equal("sha256-v1:" .. core.sha256(lone), core.checksum_file(dir .. "/cr.lua"), "lone CR at " .. cut)
+    end
     local none, err = core.checksum_file(dir .. "/nope.lua")
     assert.is_nil(none)
     assert.matches("nope%.lua: No such file", err)
