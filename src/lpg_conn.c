@@ -41,6 +41,21 @@ result_gc(lua_State *L)
 	return 0;
 }
 
+/*
+ * Frees the result of the box at idx now; the box stays, empty. A result is
+ * read as soon as it arrives, and libpq's memory is outside the Lua heap:
+ * left to __gc, the results of a long run pile up between collections
+ * (the collector does not see their size), so a run's memory would grow
+ * with its number of statements.
+ */
+static void
+clear_box(lua_State *L, int idx)
+{
+	PGresult **box = (PGresult **) luaL_checkudata(L, idx, MIG_RESULT_MT);
+	PQclear(*box);
+	*box = NULL;
+}
+
 /* Pushes an empty Result box; the caller stores a PGresult into it at once. */
 PGresult **
 lpg_new_result_box(lua_State *L)
@@ -471,7 +486,10 @@ run(lua_State *L, Conn *c, const char *sql)
 	lpg_deliver_notices(L, c, 1);                   /* the result is boxed: a safe point */
 	res = *box;                                     /* owned by the box until collected */
 	if (*blockers != NULL)
+	{
 		lpg_push_rows(L, *blockers);
+		clear_box(L, -2);
+	}
 	else
 		lua_pushnil(L);
 	lua_replace(L, -2);                             /* [box, blockers] */
@@ -612,7 +630,9 @@ conn_exec(lua_State *L)
 	Conn *c = lpg_check_conn(L, 1);
 	const char *sql = luaL_checkstring(L, 2);
 	PGresult *res = run(L, c, sql);
-	lua_pushinteger(L, affected(res));
+	lua_Integer n = affected(res);
+	clear_box(L, -1);
+	lua_pushinteger(L, n);
 	return 1;
 }
 
@@ -684,6 +704,7 @@ conn_query(lua_State *L)
 		lua_pushstring(L, PQfname(res, f));
 		lua_rawseti(L, -2, f + 1);
 	}
+	clear_box(L, -3);                                    /* the rows are Lua values now */
 	return 2;
 }
 

@@ -235,6 +235,27 @@ describe("migrate.core helpers", function()
     assert.equal("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", core.sha256("abc"))
   end)
 
+  it("is SHA-256 as sha256sum computes it, around the 64-byte blocks and the padding", function()
+    local dir = T.tmpdir()
+    local lengths = { 0, 1, 2, 3, 31, 32, 33, 200000 }
+    for n = 52, 130 do lengths[#lengths + 1] = n end
+    local want, files = {}, {}
+    for i, n in ipairs(lengths) do
+      local bytes = {}
+      for k = 1, n do bytes[k] = string.char((k * 131 + n * 7) % 256) end
+      files[i] = T.write(dir .. "/b" .. n, table.concat(bytes))
+      local p = assert(io.popen("sha256sum " .. T.shell_quote(files[i])))
+      want[i] = p:read("a"):match("^(%x+)")
+      p:close()
+      local body = T.read(files[i])
+      assert.equal(want[i], core.sha256(body), "length " .. n)
+      -- checksum folds CRLF only: these bytes may hold "\r\n"; the file and the string agree either way
+      assert.equal(core.checksum(body), core.checksum_file(files[i]), "length " .. n)
+    end
+    -- a million "a": the NIST long message
+    assert.equal("cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0", core.sha256(("a"):rep(1000000)))
+  end)
+
   it("checksums a file like its contents, CRLF folded, and fails cleanly on a missing one", function()
     local dir = T.tmpdir()
     local body = "return {\r\n up = function(m) end }\r\n" .. string.rep("x", 100000) .. "\r"
@@ -242,6 +263,16 @@ describe("migrate.core helpers", function()
     assert.equal(core.checksum(body), core.checksum_file(dir .. "/f.lua"))
     T.write(dir .. "/empty.lua", "")
     assert.equal(core.checksum(""), core.checksum_file(dir .. "/empty.lua"))
+    -- the file is hashed in 16 KiB reads: a CRLF cut by a read, a lone CR at one, CRLF everywhere
+    for _, cut in ipairs({ 16383, 16384, 16385 }) do
+      local crlf = ("x"):rep(cut) .. "\r\n" .. ("a\r\n"):rep(12000) .. "b\rc\r"
+      T.write(dir .. "/crlf.lua", crlf)
+      assert.equal(core.checksum(crlf), core.checksum_file(dir .. "/crlf.lua"), "cut at " .. cut)
+      assert.equal("sha256-v1:" .. core.sha256((crlf:gsub("\r\n", "\n"))), core.checksum_file(dir .. "/crlf.lua"))
+      local lone = ("y"):rep(cut) .. "\r" .. ("z"):rep(100)
+      T.write(dir .. "/cr.lua", lone)
+      assert.equal("sha256-v1:" .. core.sha256(lone), core.checksum_file(dir .. "/cr.lua"), "lone CR at " .. cut)
+    end
     local none, err = core.checksum_file(dir .. "/nope.lua")
     assert.is_nil(none)
     assert.matches("nope%.lua: No such file", err)

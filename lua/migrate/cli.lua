@@ -229,7 +229,8 @@ function M.main(argv)
   os.exit = function()   -- luacheck: ignore 122 (deliberate: see the comment above)
     error("os.exit is not allowed while migrate-lua runs (raise an error instead: the migration is rolled back)", 2)
   end
-  if require("migrate.fleet").wanted(config) then   -- issue 19: one command over many databases
+  -- issue 19: one command over many databases (fleet.lua is loaded only when a fleet flag is there)
+  if (config.targets or config.targets_query) and require("migrate.fleet").wanted(config) then
     local fok, fcode, fdoc, fview = pcall(require("migrate.fleet").main, name, argv, config)
     if fok then return output.emit(config, "fleet", fcode, fdoc, fview) end
     local e = errors.wrap(fcode)
@@ -250,7 +251,7 @@ function M.main(argv)
     return errors.exit_code(e)
   end
   -- --schema-file: written after the text, and named in the document
-  code = require("migrate.schema").after_command(config, command, code, doc)
+  if config.schema_file then code = require("migrate.schema").after_command(config, command, code, doc) end
   output.document(config, doc)
   M.report(config, command, code, doc)
   return code

@@ -10,9 +10,13 @@ local core = require "migrate.core"
 local errors = require "migrate.errors"
 local loader = require "migrate.loader"
 local history = require "migrate.history"
-local retry = require "migrate.retry"
--- context (with the guard clauses) and the logger are loaded on first use:
--- show and --version need neither, and start-up time is a feature
+-- context (with the guard clauses), the logger and the lock policy (retry)
+-- are loaded on first use: show and --version need none of them, and
+-- start-up time is a feature
+local retry = setmetatable({}, { __index = function(t, k)
+  setmetatable(t, { __index = require "migrate.retry" })
+  return t[k]
+end })
 
 local M = {}
 
@@ -69,6 +73,10 @@ end
 
 -- Opens the session: connections, lock, logger. Returns a session table.
 -- opts.lock = false skips the lock (show, validate: they change nothing).
+-- opts.defer_checks (show, with opts.lock = false): only connect; the
+-- session checks of M.prepare travel with the first query of M.status
+-- (one round trip), and M.prepare runs only when that query finds
+-- something to refuse or to take back.
 function M.open(config, opts)
   opts = opts or {}
   local s = setmetatable({ config = config, run_id = new_run_id(), taken = {} }, { __index = function(t, k)
@@ -81,6 +89,20 @@ function M.open(config, opts)
   end })
   s.main = connect(config)
   s.main:on_notice(function(n) s.logger:notice(n) end)   -- PostgreSQL's notices are log events (logger.lua)
+  if opts.defer_checks and opts.lock == false then
+    s.unchecked = true
+    return s
+  end
+  M.prepare(s, opts)
+  return s
+end
+
+-- The session checks and set-up of M.open, on a session whose main
+-- connection is open: the standby and pooler refusals, the tool's own
+-- tables, the lock, the logger's table, the session settings.
+function M.prepare(s, opts)
+  local config = s.config
+  s.unchecked = nil
   -- a standby or a transaction pooler is refused before any SET or lock
   -- the probe is the lock connection itself: no extra connection per run
   local checked, why = pcall(require("migrate.topology").check, s.main, M.target(config), { lock = opts.lock,
@@ -115,7 +137,6 @@ function M.open(config, opts)
     if opts.log_table ~= false then s.logger:attach_table(s.side, s.names.migration_logs) end
   end
   require("migrate.runstate").start(s)   -- row_security off, the session snapshot, the lock's pid
-  return s
 end
 
 function M.close(s)
@@ -124,60 +145,131 @@ function M.close(s)
   if s.side then s.side:close() end   -- ends the session: releases the advisory lock
 end
 
--- transaction = false migrations that stopped part-way, by version: the
--- last lifecycle row about them in migration_logs is a start, failure or
--- "incomplete" of a transaction = false run. direction "up": not applied,
--- the next run resumes it; "down": still in the history, its down half done.
-function M.incomplete(conn, applied, readable)
+-- The last lifecycle row of each transaction = false migration in
+-- migration_logs, with the steps journalled since its last start (json,
+-- NULL for none) when that row says it stopped: one query for M.incomplete.
+local LAST_LIFECYCLE = [[
+SELECT l.migration_name, l.status, l.metadata,
+       CASE WHEN l.status IN ('started', 'failed', 'incomplete', 'partial') THEN
+         (SELECT pg_catalog.json_agg(st.message ORDER BY st.id) FROM migration_logs st
+           WHERE st.migration_name = l.migration_name AND st.status = 'step'
+             AND st.id > (SELECT max(b.id) FROM migration_logs b
+                           WHERE b.migration_name = l.migration_name AND b.status = 'started'))
+       END AS steps
+  FROM (SELECT DISTINCT ON (migration_name) migration_name, status, metadata, id
+          FROM migration_logs
+         WHERE status IN ('started', 'success', 'failed', 'rolled_back', 'reverted', 'incomplete', 'partial')
+           AND metadata->>'transaction' = 'false'
+         ORDER BY migration_name, id DESC) l]]
+
+-- transaction = false migrations that stopped part-way, by version, from
+-- LAST_LIFECYCLE's rows: the last lifecycle row about them is a start,
+-- failure or "incomplete" of a transaction = false run. direction "up": not
+-- applied, the next run resumes it; "down": still in the history, its down
+-- half done.
+local function stopped_part_way(rows, applied)
   local out = {}
-  if readable == nil then
-    readable = conn:query([[SELECT CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false
-      ELSE pg_catalog.has_table_privilege('migration_logs', 'SELECT') END AS e]])[1].e
-  end
-  if not readable then return out end
-  local rows = conn:query([[
-    SELECT DISTINCT ON (migration_name) migration_name, status, metadata
-      FROM migration_logs
-     WHERE status IN ('started', 'success', 'failed', 'rolled_back', 'reverted', 'incomplete', 'partial')
-       AND metadata->>'transaction' = 'false'
-     ORDER BY migration_name, id DESC]])
   for _, r in ipairs(rows) do
     local meta = type(r.metadata) == "table" and r.metadata or {}
     local direction = meta.direction or "up"
     local stopped = (r.status == "started" or r.status == "failed" or r.status == "incomplete" or r.status == "partial")
       and meta.transaction == false
     if stopped and (direction == "up") == not applied[r.migration_name] then
-      local steps = conn:query([[SELECT message FROM migration_logs
-        WHERE migration_name = $1 AND status = 'step'
-          AND id > (SELECT max(id) FROM migration_logs WHERE migration_name = $1 AND status = 'started')
-        ORDER BY id]], r.migration_name)
       local list = {}
-      for _, st in ipairs(steps) do list[#list + 1] = st.message end
+      for _, step in ipairs(type(r.steps) == "table" and r.steps or {}) do list[#list + 1] = step end
       out[r.migration_name] = { status = r.status, steps = list, direction = direction }
     end
   end
   return out
 end
 
+-- True when migration_logs exists and this role may read it.
+local LOGS_READABLE = [[CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false
+  ELSE pg_catalog.has_table_privilege('migration_logs', 'SELECT') END]]
+
+function M.incomplete(conn, applied, readable)
+  if readable == nil then readable = conn:query("SELECT " .. LOGS_READABLE .. " AS e")[1].e end
+  if not readable then return {} end
+  return stopped_part_way(conn:query(LAST_LIFECYCLE), applied)
+end
+
+-- What M.status reads from the database, in ONE round trip when the tables
+-- are there (the common case): a guard statement, then the history rows
+-- joined with LAST_LIFECYCLE's, as one multi-statement string (one implicit
+-- transaction: the server analyses a statement only after the ones before
+-- it ran, so a guard that raises keeps the tables from being read at all).
+-- The guard raises when the history (with its baseline column) or a readable
+-- migration_logs is missing and, for a session whose checks were deferred (M.open's defer_checks:
+-- show), also for a standby or for anything bookkeeping.check would refuse
+-- or take back; row_security is then set for this transaction only.
+-- On any failure the reads go step by step (after M.prepare, for a deferred
+-- session), which is where every refusal and error message comes from.
+-- Returns the applied rows by version, the versions in order, the
+-- incomplete migrations (M.incomplete).
+local FAST_GUARD = "migrate-lua: status reads step by step"
+
+local function state_sql(deferred)
+  local cond = {
+    "pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL", history.HAS_BASELINE, LOGS_READABLE,
+  }
+  if deferred then
+    table.insert(cond, 1, "NOT pg_catalog.pg_is_in_recovery()")
+    cond[#cond + 1] = require("migrate.bookkeeping").clean_condition()
+  end
+  return (deferred and "SET LOCAL row_security = off;\n" or "")
+    .. "SELECT CASE WHEN " .. table.concat(cond, "\n  AND ")
+    .. " THEN 1 ELSE pg_catalog.concat('" .. FAST_GUARD .. "')::int END AS fast;\n"
+    .. "SELECT h.*, l.migration_name AS log_name, l.status AS log_status, l.metadata AS log_metadata, "
+    .. "l.steps AS log_steps\n  FROM (" .. history.SELECT_APPLIED_CURRENT .. ") h\n  FULL JOIN (" .. LAST_LIFECYCLE
+    .. ") l ON l.migration_name = h.version\n ORDER BY h.version"
+end
+
+local function read_state(conn, s)
+  local deferred = s and s.unchecked
+  local ok, rows = pcall(conn.query, conn, state_sql(deferred))
+  if ok then
+    local applied, order, logs = {}, {}, {}
+    for _, r in ipairs(rows) do
+      if r.log_name then
+        logs[#logs + 1] = { migration_name = r.log_name, status = r.log_status, metadata = r.log_metadata,
+          steps = r.log_steps }
+        r.log_name, r.log_status, r.log_metadata, r.log_steps = nil, nil, nil, nil
+      end
+      if r.version then
+        applied[r.version] = r
+        order[#order + 1] = r.version
+      end
+    end
+    if deferred then s.unchecked = nil end
+    return applied, order, stopped_part_way(logs, applied)
+  end
+  if deferred then M.prepare(s, { lock = false }) end
+  -- one round trip for what exists: the history, and a readable log table
+  local have = conn:query("SELECT pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL AS history, "
+    .. LOGS_READABLE .. " AS logs")[1]
+  local applied, order = history.applied(conn, have.history)
+  return applied, order, M.incomplete(conn, applied, have.logs)
+end
+
 -- The state of every migration: files + history.
 -- Returns an array of {version, name, state, applied_at, checksum, entry, row}.
+-- opts.session: the session of conn, when its checks were deferred (M.open).
 function M.status(conn, dir, opts)
   local entries, problems, warnings = loader.scan(dir)
-  for _, w in ipairs(warnings or {}) do require("migrate.output").stderr("warning: ", w.message, "\n") end
-  -- one round trip for what exists: the history, and a readable log table
-  local have = conn:query([[SELECT pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL AS history,
-    CASE WHEN pg_catalog.to_regclass('migration_logs') IS NULL THEN false
-         ELSE pg_catalog.has_table_privilege('migration_logs', 'SELECT') END AS logs]])[1]
-  local applied, order = history.applied(conn, have.history)
+  for _, w in ipairs(warnings or {}) do require("migrate.output").stderr("warning: ", w.message, "
+") end
+  local applied, order, incomplete = read_state(conn, opts and opts.session)
   local by_file, list = {}, {}
-  local incomplete = M.incomplete(conn, applied, have.logs)
+  for _, e in ipairs(entries) do by_file[e.version] = e end
   -- a transaction = false migration whose last lifecycle row is its start,
   -- while another session holds the migration lock, is running, not failed
-  -- (opts.running: asked by callers that do not hold the lock themselves)
+  -- (opts.running: asked by callers that do not hold the lock themselves;
+  -- only when such a migration still has its file: else it is not listed)
   local holder
-  if opts and opts.running and next(incomplete) then holder = lock_holder(conn) end
+  for v in pairs(opts and opts.running and incomplete or {}) do
+    if by_file[v] then holder = lock_holder(conn); break end
+  end
   for _, e in ipairs(entries) do
-    by_file[e.version] = e
     loader.checksum(e)
     local row = applied[e.version]
     local state
@@ -259,8 +351,8 @@ local function error_fields(e)
 end
 
 -- The retry policy (attempts, back-off, blocker watch) is migrate.retry's.
-M.lock_attempts = retry.attempts
-local name_blockers = retry.name_blockers
+function M.lock_attempts(...) return retry.attempts(...) end
+local function name_blockers(e) return retry.name_blockers(e) end
 local function watch(s, lock_ms) retry.watch(s.main, s.side, lock_ms) end
 
 -- The run's backups (s.taken, the summary's list): a failed attempt's
@@ -434,6 +526,24 @@ function M.interrupted_error(e, sig, entry, done, how)
   return e
 end
 
+-- Loads a migration again just before it runs: apply.lua released it once
+-- the set was checked (memory stays flat however many there are). A file
+-- that changed since the check, or is gone, is refused: logged, and the
+-- run stops there with nothing of it run. The log row carries no
+-- `transaction` field, so show does not take it for a stopped run of it.
+local function reload(s, entry, direction)
+  local ok, e = pcall(loader.load, entry)
+  if ok then return end
+  e = errors.wrap(e)
+  e.migration, e.file = e.migration or entry.version, e.file or entry.path
+  s.logger:event { migration = entry.version, status = "failed", level = "error",
+    message = string.format("%s was not %s: %s", label(entry), direction == "down" and "reverted" or "run",
+      tostring(e)),
+    error_message = tostring(e), console = false,
+    metadata = { error = error_fields(e), direction = direction == "down" and "down" or nil } }
+  error(e, 0)
+end
+
 -- Runs `up` of each pending migration. opts.mode: "run" | "safe-run".
 -- Returns a result {ok, applied = {versions}, failed, error, durations}.
 function M.migrate(s, pending, opts)
@@ -445,6 +555,7 @@ function M.migrate(s, pending, opts)
       if core.interrupted() then
         errors.raise("interrupted", "interrupted before " .. label(entry) .. "; nothing of it ran")
       end
+      reload(s, entry, "up")
       logger:event { migration = entry.version, status = "started", defer_table = entry.transactional,
         message = "migrating " .. label(entry), console_text = "  -> " .. label(entry),
         metadata = { name = entry.name, file = entry.path, transaction = entry.transactional, mode = mode,
@@ -478,6 +589,7 @@ function M.migrate(s, pending, opts)
         metadata = { transaction = entry.transactional, statements = m and m.stats.statements,
                      rows = m and m.stats.rows, attempts = wait and wait.attempts,
                      lock_wait_ms = wait and wait.lock_wait_ms } }
+      loader.release(entry)
     end
   end
   local ok, err
@@ -539,7 +651,14 @@ function M.revert(s, entries, opts)
   local result = { ok = true, applied = {}, reverted = {}, failed = nil }
   local logger = s.logger
   for _, entry in ipairs(entries) do
+    local loaded, lerr = pcall(reload, s, entry, "down")
+    if not loaded then
+      result.ok, result.error, result.failed = false, lerr, entry.version
+      break
+    end
+    -- a transactional down's started row travels with its next row, as up's does (logger defer_table)
     logger:event { migration = entry.version, status = "started", message = "reverting " .. label(entry),
+      defer_table = entry.transactional,
       console_text = "  <- " .. label(entry), metadata = { direction = "down", transaction = entry.transactional } }
     core.alarm(s.config.timeout or 0)
     local t0 = core.now_ms()
@@ -579,6 +698,7 @@ function M.revert(s, entries, opts)
     logger:event { migration = entry.version, status = "reverted", duration_ms = dur,
       message = "reverted " .. label(entry), metadata = { direction = "down", transaction = entry.transactional },
       console_text = string.format("     reverted %s (%.0f ms)", label(entry), dur) }
+    loader.release(entry)
   end
   return result
 end

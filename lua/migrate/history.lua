@@ -29,10 +29,13 @@ end
 -- Creates the table on first use, and upgrades one made by an older
 -- version (the baseline column: a constant default, so no rewrite). Runs
 -- under the advisory lock, so two runs cannot race on it.
+-- True when the table has the baseline column (made by an older version: not yet)
+M.HAS_BASELINE = [[EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+  WHERE attrelid = pg_catalog.to_regclass('migrate_lua_migrations') AND attname = 'baseline' AND NOT attisdropped)]]
+
 function M.ensure(conn)
-  local r = conn:query([[SELECT pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL AS e,
-    EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass('migrate_lua_migrations')
-             AND attname = 'baseline' AND NOT attisdropped) AS b]])[1]
+  local r = conn:query([[SELECT pg_catalog.to_regclass('migrate_lua_migrations') IS NOT NULL AS e, ]]
+    .. M.HAS_BASELINE .. " AS b")[1]
   if not r.e then
     local ok, err = pcall(conn.exec, conn, CREATE)
     if not ok then require("migrate.bookkeeping").no_create(conn, err, M.TABLE) end
@@ -51,17 +54,25 @@ function M.qualified(conn)
   return row and row.q
 end
 
+-- One row per applied migration (M.applied; executor.status reads it in
+-- the same round trip as the log rows it needs)
+local SELECT_APPLIED = [[
+    SELECT version, name, checksum, description, duration_ms, applied_by, tool_version, run_id,
+           %s AS baseline,
+           to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS applied_at
+      FROM migrate_lua_migrations h]]
+-- of any version of the table: to_jsonb reads the baseline column when there is one
+M.SELECT_APPLIED = SELECT_APPLIED:format("coalesce((pg_catalog.to_jsonb(h) ->> 'baseline')::boolean, false)")
+-- of a table with the baseline column (M.HAS_BASELINE): no row turned into JSON (a third of the cost)
+M.SELECT_APPLIED_CURRENT = SELECT_APPLIED:format("h.baseline")
+
 -- Applied rows keyed by version, plus the versions in order. exists: the
 -- caller already knows whether the table exists (saves a round trip).
 function M.applied(conn, exists)
   local by_version, order = {}, {}
   if exists == nil then exists = M.exists(conn) end
   if not exists then return by_version, order end
-  local rows = conn:query([[
-    SELECT version, name, checksum, description, duration_ms, applied_by, tool_version, run_id,
-           coalesce((pg_catalog.to_jsonb(h) ->> 'baseline')::boolean, false) AS baseline,
-           to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS applied_at
-      FROM migrate_lua_migrations h ORDER BY version]])
+  local rows = conn:query(M.SELECT_APPLIED .. " ORDER BY version")
   for _, r in ipairs(rows) do
     by_version[r.version] = r
     order[#order + 1] = r.version

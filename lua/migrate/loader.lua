@@ -165,15 +165,24 @@ local function sandbox(path)
     require = text_require, package = safe_package, coroutine = safe_coroutine }, { __index = _G })
 end
 
--- Reads and checksums a migration file (no execution).
+-- Reads and checksums a migration file (no execution). The checksum is of
+-- the bytes that will run; when the entry already has one (taken by status,
+-- or by an earlier load of a released entry: M.release), bytes that no
+-- longer match it are refused, kind "drift": what runs is what was checked.
 function M.read(entry)
   if entry.source then return entry end
   local data, err = read_file(entry.path)
   if not data then
     errors.raise("config", "cannot read migration file: " .. err, { file = entry.path, migration = entry.version })
   end
+  local sum = core.checksum(data)
+  if entry.checksum and sum ~= entry.checksum then
+    errors.raise("drift", string.format("%s changed since it was checked (checksum %s then, %s now): "
+      .. "%s_%s was not run; check the file and run again", entry.path, entry.checksum, sum, entry.version,
+      entry.name), { file = entry.path, migration = entry.version })
+  end
   entry.source = data
-  entry.checksum = core.checksum(data)   -- of the bytes that will run, should the file change under us
+  entry.checksum = sum
   return entry
 end
 
@@ -225,6 +234,17 @@ function M.load(entry)
   entry.chunkname = chunkname
   entry.transactional = def.transaction ~= false
   entry.description = def.description
+  return entry
+end
+
+-- Drops what M.load made of a migration (its source, its compiled chunk,
+-- the table it returned and its description) and keeps what names it
+-- (version, name, file, path, checksum, transaction): apply.lua releases every pending
+-- migration once the set is checked, and each again after it ran, so a
+-- run's memory does not grow with the number of migrations. A later
+-- M.load reads the file again and refuses it if its checksum changed.
+function M.release(entry)
+  entry.def, entry.source, entry.chunkname, entry.description = nil, nil, nil, nil
   return entry
 end
 

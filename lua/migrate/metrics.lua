@@ -36,7 +36,8 @@ M.COUNTERS = {
 
 function M.reset()
   M.counts = {}
-  M.durations = {}     -- array of {version, name, direction, status, seconds}
+  M.durations = {}     -- array of {version, direction, status, seconds}: 4 slots, no keys (a run of
+                       -- thousands keeps one per migration)
   M.names = {}         -- version -> name (from the started event)
   M.dry_run = false
 end
@@ -69,8 +70,7 @@ function M.observe(ev, meta)
       if num(meta.lock_timeout_ms) then M.add("lock_wait_seconds", num(meta.lock_timeout_ms) / 1000) end
     end
     if ev.duration_ms and ev.migration then
-      M.durations[#M.durations + 1] = { version = ev.migration, name = M.names[ev.migration],
-        direction = direction, status = st, seconds = ev.duration_ms / 1000 }
+      M.durations[#M.durations + 1] = { ev.migration, direction, st, ev.duration_ms / 1000 }
     end
   elseif st == "retry" then
     M.add("lock_timeouts", 1)
@@ -147,8 +147,7 @@ function M.render(run, prev)
   end
   local samples = {}
   for _, d in ipairs(M.durations) do
-    samples[#samples + 1] = { { version = d.version, name = d.name, direction = d.direction, status = d.status },
-      d.seconds }
+    samples[#samples + 1] = { { version = d[1], name = M.names[d[1]], direction = d[2], status = d[3] }, d[4] }
   end
   emit("migrate_lua_migration_duration_seconds", "Duration of each migration the last run executed.", "gauge", samples)
   local cmd = { command = run.command or "unknown" }

@@ -10,7 +10,8 @@ local M = {}
 function M.finish(config, command, code, doc, err)
   config = config or {}
   if config.metrics_file and config.metrics_file ~= "" then
-    local ok, werr = metrics.write(config.metrics_file, { command = command, exit_code = code })
+    -- loaded here, not above: a command without --metrics-file needs none of it
+    local ok, werr = require("migrate.metrics").write(config.metrics_file, { command = command, exit_code = code })
     if not ok then
       output.stderr(string.format("warning: cannot write the metrics file %s: %s\n", config.metrics_file,
         tostring(werr)))

@@ -152,6 +152,19 @@ SELECT a.pid, a.usename, a.application_name, a.state, a.backend_type, l.mode, l.
           AND o.granted AND o.locktype = 'relation' AND o.relation = l.relation AND o.database = l.database))
  ORDER BY l.granted DESC, age_ms DESC]]
 
+-- Whether any other session holds or waits for a conflicting lock on the
+-- relations at all ($1-$3 as HOLDERS): a superset of HOLDERS' rows, from
+-- pg_locks alone. HOLDERS joins pg_stat_activity and planning it costs the
+-- server about 2 ms (measured, PostgreSQL 15); most looks find nobody, and
+-- this question costs a tenth of that, so it goes first.
+local ANY_HOLDER = [[
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+  WHERE l.locktype = 'relation'
+    AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+    AND l.relation IN (SELECT pg_catalog.to_regclass(n)::oid
+                         FROM pg_catalog.unnest(pg_catalog.string_to_array($1, E'\n')) n)
+    AND l.pid <> coalesce($2::int, pg_catalog.pg_backend_pid()) AND l.mode = ANY ($3::text[])) AS found]]
+
 -- The sessions a step needing mode on rels would queue behind right now:
 -- granted conflicting locks of transactions older than YOUNG_MS, and
 -- conflicting requests already waiting. look = {conn, pid (nil: conn's own),
@@ -161,8 +174,10 @@ SELECT a.pid, a.usename, a.application_name, a.state, a.backend_type, l.mode, l.
 function R.holders(look, rels, mode, all)
   local names = {}
   for _, c in ipairs(CONFLICTS[mode] or {}) do names[#names + 1] = pg_name(c) end
+  local list, modes = table.concat(rels, "\n"), "{" .. table.concat(names, ",") .. "}"
+  if not look.conn:query(ANY_HOLDER, list, look.pid, modes)[1].found then return {}, false end
   if look.clear then look.conn:exec("SELECT pg_catalog.pg_stat_clear_snapshot()") end
-  local rows = look.conn:query(HOLDERS, table.concat(rels, "\n"), look.pid, "{" .. table.concat(names, ",") .. "}")
+  local rows = look.conn:query(HOLDERS, list, look.pid, modes)
   local out, stalled = {}, false
   for _, r in ipairs(rows) do
     if (r.stalled or 0) > 0 then stalled = true end
@@ -257,10 +272,9 @@ end
 function R.look_of(m)
   m.conn:flush()
   if m.watch_conn then
-    if not m.backend_pid then
-      m.backend_pid = m.runstate and m.runstate.main_pid
-        or m.conn:query("SELECT pg_catalog.pg_backend_pid() AS p")[1].p
-    end
+    -- the main connection's server pid: read once per run (runstate.start), else once per migration
+    m.backend_pid = m.backend_pid or (m.runstate and m.runstate.main_pid)
+      or m.conn:query("SELECT pg_catalog.pg_backend_pid() AS p")[1].p
     return { conn = m.watch_conn, pid = m.backend_pid }
   end
   return { conn = m.conn, clear = m.conn:tx_status() == "intrans" }

@@ -12,9 +12,29 @@ local cjson = require "cjson"
 
 local M = {}
 
--- Settings never compared: per-transaction ones, read-only ones, and the
--- timeouts the executor sets itself at the start of each migration.
-local SKIP = [[(s.context = 'internal' OR s.name LIKE 'transaction\_%' OR s.name = ANY ($4::text[]))]]
+-- The settings that differ from the snapshot ($3, taken by M.start: name
+-- -> value of every setting a session can SET, plus two entries that are
+-- not settings: role, and USER, the role the snapshot was read as) and
+-- their snapshotted values. Never compared: per-transaction settings, and
+-- the timeouts the executor itself sets for each migration ($4).
+-- The names come from the snapshot and current_setting reads each one: not
+-- a scan of pg_settings, whose pg_show_all_settings() builds ~350 rows with
+-- their descriptions and made the proof cost the server ~1.2 ms per
+-- migration (measured, log_min_duration_statement; psql's BEGIN, DROP TABLE,
+-- COMMIT of one costs about as much). Only when the migration switched
+-- roles (SET ROLE, SET SESSION AUTHORIZATION) are the names filtered by
+-- pg_settings first: current_setting raises for a superuser-only setting
+-- that the new role may not read, and pg_settings leaves such ones out.
+local USER = "migrate-lua.user"   -- a hyphen: never the name of a real setting
+local CHANGED = [[
+SELECT s.key AS name, s.value FROM pg_catalog.jsonb_each_text($3::jsonb) s
+ WHERE s.key <> 'role' AND s.key <> ']] .. USER .. [[' AND s.key NOT LIKE 'transaction\_%'
+   AND NOT s.key = ANY ($4::text[])
+   AND CASE WHEN current_user = ($3::jsonb ->> ']] .. USER .. [[')
+              OR s.key IN (SELECT ps.name FROM pg_catalog.pg_settings ps)
+            THEN pg_catalog.current_setting(s.key, true) IS DISTINCT FROM s.value ELSE false END
+UNION ALL
+SELECT 'role', $3::jsonb ->> 'role' WHERE pg_catalog.current_setting('role') IS DISTINCT FROM ($3::jsonb ->> 'role')]]
 
 -- The run's lock ($1 = the side connection's pid, $2 = the key) is held.
 local LOCKED = [[EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
@@ -29,15 +49,19 @@ local LOCKED = [[EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
 function M.start(s)
   s.main:exec("SET row_security = off")
   if not s.side then return end   -- show, validate: no migration runs, no lock to prove
+  -- the settings a session can change (SET): the others cannot differ by a
+  -- migration's doing (a reload may change a sighup one: not ours to undo)
   local r = s.main:query([[SELECT (SELECT pg_catalog.json_object_agg(name, pg_catalog.current_setting(name))
-      FROM pg_catalog.pg_settings WHERE context <> 'internal')::text AS settings,
-    pg_catalog.current_setting('role') AS role, pg_catalog.pg_backend_pid() AS pid]])[1]
+      FROM pg_catalog.pg_settings WHERE context IN ('user', 'superuser'))::text AS settings,
+    pg_catalog.current_setting('role') AS role, current_user AS usr, pg_catalog.pg_backend_pid() AS main_pid]])[1]
   local snap = cjson.decode(r.settings)
   snap.role = r.role   -- SET ROLE is not in pg_settings
+  snap[USER] = r.usr
   -- the server's pid, not libpq's: through a (session-pooling) PgBouncer
   -- PQbackendPID is the pooler's cancel key, not the backend holding the lock
   local pid = s.side:query("SELECT pg_catalog.pg_backend_pid() AS p")[1].p
-  s.runstate = { settings = cjson.encode(snap), lock_pid = pid, main_pid = r.pid }   -- main_pid: the look's (retry)
+  -- main_pid: the server pid of the main connection, for the look before a lock (retry.look_of)
+  s.runstate = { settings = cjson.encode(snap), lock_pid = pid, main_pid = r.main_pid }
 end
 
 -- The query "st" (locked bool, changed json) and its parameters: the lock
@@ -45,12 +69,7 @@ end
 -- snapshot. skip: settings the executor itself set LOCAL for this migration.
 local function proof_sql(rs, key, skip)
   return "SELECT " .. LOCKED .. [[ AS locked,
-      (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(n.name, $3::jsonb ->> n.name))
-         FROM (SELECT s.name FROM pg_catalog.pg_settings s
-                WHERE NOT ]] .. SKIP .. [[ AND $3::jsonb ? s.name
-                  AND pg_catalog.current_setting(s.name) IS DISTINCT FROM ($3::jsonb ->> s.name)
-               UNION ALL SELECT 'role' WHERE pg_catalog.current_setting('role') IS DISTINCT FROM ($3::jsonb ]] .. [[
-->> 'role')) n
+      (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(n.name, n.value)) FROM (]] .. CHANGED .. [[) n
       )::text AS changed]], { rs.lock_pid or -1, key, rs.settings, "{" .. table.concat(skip or {}, ",") .. "}" }
 end
 
@@ -74,12 +93,8 @@ function M.proof_item(rs, key, skip)
   if not rs then return nil end
   local _, args = proof_sql(rs, key, skip)
   local sql = "SELECT CASE WHEN " .. (rs.lock_pid and LOCKED or "true") .. [[ THEN
-      (SELECT pg_catalog.count(pg_catalog.set_config(n.name, coalesce($3::jsonb ->> n.name, ''), false))
-         FROM (SELECT s.name FROM pg_catalog.pg_settings s
-                WHERE NOT ]] .. SKIP .. [[ AND $3::jsonb ? s.name
-                  AND pg_catalog.current_setting(s.name) IS DISTINCT FROM ($3::jsonb ->> s.name)
-               UNION ALL SELECT 'role' WHERE pg_catalog.current_setting('role') IS DISTINCT FROM ($3::jsonb ]] .. [[
-->> 'role')) n)
+      (SELECT pg_catalog.count(pg_catalog.set_config(n.name, coalesce(n.value, ''), false))
+         FROM (]] .. CHANGED .. [[) n)
       ELSE pg_catalog.concat(']] .. M.LOST .. [[ (pid ', $1::int, ')')::int END AS proven]]
   return { sql, args[1], args[2], args[3], args[4], n = 4 }
 end

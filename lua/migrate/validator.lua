@@ -47,6 +47,7 @@ function M.static(status, problems)
         add("warning", st, string.format("%s has no down function: it cannot be rolled back", st.entry.path),
           { object = st.entry.path, rule = "no-down" })
       end
+      loader.release(st.entry)   -- checked: whoever runs it loads it again (memory stays flat)
     end
   end
   return findings

@@ -7,8 +7,9 @@ local EXIT = require("migrate.errors").EXIT
 local M = {}
 
 function M.run(config)
-  local s = executor.open(config, { lock = false })
-  local ok, list, problems = pcall(executor.status, s.main, config.dir, { running = true })
+  -- one round trip: the session checks travel with the status query (executor.open, defer_checks)
+  local s = executor.open(config, { lock = false, defer_checks = true })
+  local ok, list, problems = pcall(executor.status, s.main, config.dir, { running = true, session = s })
   executor.close(s)
   if not ok then error(list, 0) end
   local doc = { migrations = json.array() }
