@@ -256,8 +256,7 @@ end
 -- opts.session: the session of conn, when its checks were deferred (M.open).
 function M.status(conn, dir, opts)
   local entries, problems, warnings = loader.scan(dir)
-  for _, w in ipairs(warnings or {}) do require("migrate.output").stderr("warning: ", w.message, "
-") end
+  for _, w in ipairs(warnings or {}) do require("migrate.output").stderr("warning: ", w.message, "\n") end
   local applied, order, incomplete = read_state(conn, opts and opts.session)
   local by_file, list = {}, {}
   for _, e in ipairs(entries) do by_file[e.version] = e end

@@ -2,7 +2,6 @@
 -- and the CI output (--format github, or automatic when GITHUB_ACTIONS=true:
 -- migrate.output's workflow annotations and step summary). Nothing here
 -- changes the exit code: a failure to write is a warning on stderr.
-local metrics = require "migrate.metrics"
 local output = require "migrate.output"
 
 local M = {}
