@@ -6,7 +6,9 @@
 #   down  migrate-lua rollback --steps N | one psql -f of the downs | dbmate rollback xN
 #   show  migrate-lua show | psql -c 'select 1' | dbmate status   (mean of REPS_SHOW)
 #   CPU   user+sys (/usr/bin/time) of the up runs; migrate-lua also with the
-#         lint off and with the migration_logs table sink off (MIGRATE_LUA_PATH
+#         lint's rules off (the statements still parsed once: the look before
+#         queueing reads them), with no SQL parsed at all (lint and look off),
+#         and with the migration_logs table sink off (MIGRATE_LUA_PATH
 #         overlays of patched copies: the real files are never touched)
 #   size  time and peak RSS of migrate-lua run at 20, 200 and 2,000 migrations
 # ROUNDS alternating rounds (the order of the sides rotates), a fresh
@@ -73,18 +75,25 @@ loop_us() {
 }
 
 # overlays: one cost removed each (for the CPU split)
-mkdir -p "$tmp/nolint/migrate" "$tmp/nolog/migrate"
+mkdir -p "$tmp/nolint/migrate" "$tmp/noparse/migrate" "$tmp/nolog/migrate"
 src=${BENCH_REAL_LUA:-$root/lua}
-sed 's/^function M.check(m, sql)$/&\n  do return end/' "$src/migrate/lint.lua" >"$tmp/nolint/migrate/lint.lua"
+# rules off: check returns the parsed statements (context.lua hands them to the look)
+sed 's/^function M.check(m, sql)$/&\n  do return M.parse(sql, m.parsed) end/' "$src/migrate/lint.lua" >"$tmp/nolint/migrate/lint.lua"
+# nothing parsed: the lint returns at once, every parse gives no statement (the look sees none)
+sed -e 's/^function M.check(m, sql)$/&\n  do return end/' -e 's/^function M.parse(sql[, cache]*)$/&\n  do return {} end/' \
+  "$src/migrate/lint.lua" >"$tmp/noparse/migrate/lint.lua"
+sed 's/^local function parse(sql[, m]*)$/&\n  do return {} end/' "$src/migrate/engine.lua" >"$tmp/noparse/migrate/engine.lua"
 sed 's/^function M:attach_table(conn, qualified)$/&\n  do return end/' "$src/migrate/logger.lua" >"$tmp/nolog/migrate/logger.lua"
-grep -q 'do return end' "$tmp/nolint/migrate/lint.lua" || echo "peers.sh: the no-lint overlay did not apply" >&2
+grep -q 'do return M.parse' "$tmp/nolint/migrate/lint.lua" || echo "peers.sh: the no-lint overlay did not apply" >&2
+[ "$(grep -c 'do return' "$tmp/noparse/migrate/lint.lua")" = 2 ] && grep -q 'do return' "$tmp/noparse/migrate/engine.lua" ||
+  echo "peers.sh: the no-parse overlay did not apply" >&2
 grep -q 'do return end' "$tmp/nolog/migrate/logger.lua" || echo "peers.sh: the no-log-table overlay did not apply" >&2
 
 ml_up() { timed "$1" "$2" "$3" "$BIN" --dir "$tmp/migrations" --log-file "$tmp/ml.log" -d "dbname=$4" --quiet run; }
-declare -a UP_ML UP_PG UP_DM DN_ML DN_PG DN_DM SH_ML SH_PG SH_DM CPU_ML CPU_PG CPU_DM CPU_NL CPU_NT RSS_ML
+declare -a UP_ML UP_PG UP_DM DN_ML DN_PG DN_DM SH_ML SH_PG SH_DM CPU_ML CPU_PG CPU_DM CPU_NL CPU_NP CPU_NT RSS_ML
 for ((r = 1; r <= ROUNDS; r++)); do
   admin -c "CREATE DATABASE p_ml" -c "CREATE DATABASE p_pg" -c "CREATE DATABASE p_dm" \
-    -c "CREATE DATABASE p_nl" -c "CREATE DATABASE p_nt"
+    -c "CREATE DATABASE p_nl" -c "CREATE DATABASE p_np" -c "CREATE DATABASE p_nt"
   side_ml() { ml_up "UP_ML[r]" "CPU_ML[r]" "RSS_ML[r]" p_ml; }
   side_pg() { timed "UP_PG[r]" "CPU_PG[r]" _k "$PSQL" -X -q -v ON_ERROR_STOP=1 -d p_pg -f "$tmp/floor.sql"; }
   side_dm() { timed "UP_DM[r]" "CPU_DM[r]" _k "$DBMATE" --url "$(dburl p_dm)" --migrations-dir "$tmp/dbmate" --no-dump-schema up; }
@@ -94,6 +103,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     0) side_dm; side_ml; side_pg ;;
   esac
   MIGRATE_LUA_PATH=$tmp/nolint timed _t "CPU_NL[r]" _k "$BIN" --dir "$tmp/migrations" --log-file "$tmp/nl.log" -d dbname=p_nl --quiet run
+  MIGRATE_LUA_PATH=$tmp/noparse timed _t "CPU_NP[r]" _k "$BIN" --dir "$tmp/migrations" --log-file "$tmp/np.log" -d dbname=p_np --quiet run
   MIGRATE_LUA_PATH=$tmp/nolog timed _t "CPU_NT[r]" _k "$BIN" --dir "$tmp/migrations" --log-file "$tmp/nt.log" -d dbname=p_nt --quiet run
 
   SH_ML[r]=$(loop_us "$REPS_SHOW" "$BIN" --dir "$tmp/migrations" --log-file "$tmp/ml.log" -d dbname=p_ml show)
@@ -119,10 +129,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
   esac
   left=$("$PSQL" -X -At -d p_ml -c "SELECT count(*) FROM migrate_lua_migrations")
   [ "$left" = 0 ] || { echo "peers.sh: migrate-lua left $left applied" >&2; exit 1; }
-  admin -c "DROP DATABASE p_ml" -c "DROP DATABASE p_pg" -c "DROP DATABASE p_dm" -c "DROP DATABASE p_nl" -c "DROP DATABASE p_nt"
-  printf 'peers round %d: up %s / psql %s / dbmate %s ms | down %s / %s / %s ms | show %s / %s / %s ms | cpu %s / %s / %s ms (no lint %s, no log table %s)\n' "$r" \
+  admin -c "DROP DATABASE p_ml" -c "DROP DATABASE p_pg" -c "DROP DATABASE p_dm" -c "DROP DATABASE p_nl" -c "DROP DATABASE p_np" -c "DROP DATABASE p_nt"
+  printf 'peers round %d: up %s / psql %s / dbmate %s ms | down %s / %s / %s ms | show %s / %s / %s ms | cpu %s / %s / %s ms (lint rules off %s, no parse %s, no log table %s)\n' "$r" \
     "$(ms "${UP_ML[r]}")" "$(ms "${UP_PG[r]}")" "$(ms "${UP_DM[r]}")" "$(ms "${DN_ML[r]}")" "$(ms "${DN_PG[r]}")" "$(ms "${DN_DM[r]}")" \
-    "$(ms "${SH_ML[r]}")" "$(ms "${SH_PG[r]}")" "$(ms "${SH_DM[r]}")" "${CPU_ML[r]}" "${CPU_PG[r]}" "${CPU_DM[r]}" "${CPU_NL[r]}" "${CPU_NT[r]}" >&2
+    "$(ms "${SH_ML[r]}")" "$(ms "${SH_PG[r]}")" "$(ms "${SH_DM[r]}")" "${CPU_ML[r]}" "${CPU_PG[r]}" "${CPU_DM[r]}" "${CPU_NL[r]}" "${CPU_NP[r]}" "${CPU_NT[r]}" >&2
 done
 
 # time and RSS against the count
@@ -147,7 +157,7 @@ ru=$(pratio UP_ML UP_PG) rud=$(pratio UP_DM UP_PG)
 rd=$(pratio DN_ML DN_PG) rdd=$(pratio DN_DM DN_PG)
 rs=$(pratio SH_ML SH_PG) rsd=$(pratio SH_DM SH_PG)
 rc=$(pratio CPU_ML CPU_PG) rcd=$(pratio CPU_DM CPU_PG)
-cm=$(med "${CPU_ML[@]}") cn=$(med "${CPU_NL[@]}") ct=$(med "${CPU_NT[@]}")
+cm=$(med "${CPU_ML[@]}") cn=$(med "${CPU_NL[@]}") cp=$(med "${CPU_NP[@]}") ct=$(med "${CPU_NT[@]}")
 echo "Peers (issue 13): $ROUNDS rounds, the order of the three sides rotating; dbmate $("$DBMATE" --version | awk '{print $3}') (npm package \`dbmate\`, its Go binary called directly)."
 echo
 echo "| what | psql floor | dbmate | migrate-lua | target | verdict |"
@@ -157,7 +167,7 @@ echo "| $N down (psql: one process; dbmate: $N \`rollback\` calls; migrate-lua: 
 echo "| \`show\` with $N applied vs \`psql -c 'select 1'\` (dbmate: \`status\`; mean of $REPS_SHOW) | 1.00 ($(ms "$(med "${SH_PG[@]}")") ms) | ${rsd}× | ${rs}× ($(ms "$(med "${SH_ML[@]}")") ms) | ≤ 1.15× | $(verdict "$rs" 1.15) |"
 echo "| client CPU (user+sys) of the up run | $(med "${CPU_PG[@]}") ms | $(med "${CPU_DM[@]}") ms (${rcd}×) | $cm ms (${rc}×) | ≤ 2× | $(verdict "$rc" 2) |"
 echo
-echo "Client CPU of migrate-lua's up run with one cost removed (median): lint off $cn ms (the lint costs ~$((cm - cn)) ms), migration_logs table sink off $ct ms (the table sink costs ~$((cm - ct)) ms)."
+echo "Client CPU of migrate-lua's up run with one cost removed (median): lint rules off $cn ms (the rules cost ~$((cm - cn)) ms), no SQL parsed (lint and look off) $cp ms (parsing and what reads the trees cost ~$((cm - cp)) ms), migration_logs table sink off $ct ms (the table sink costs ~$((cm - ct)) ms)."
 echo
 echo "| migrations | time of \`run\` | per migration | peak RSS |"
 echo "| ---: | ---: | ---: | ---: |"

@@ -140,4 +140,10 @@ echo "Raw wall µs per round: $(for v in "${list[@]}"; do printf '%s: %s; ' "$v"
 } >"$report"
 
 cat "$report"
-if [ "$OUT" != "-" ]; then cp "$report" "$OUT"; echo "wrote $OUT" >&2; fi
+if [ "$OUT" != "-" ]; then
+  # hand-written blocks (<!-- keep:NAME:begin --> ... <!-- keep:NAME:end -->) survive a rerun
+  if [ -e "$OUT" ]; then sed -n '/^<!-- keep:[a-z-]*:begin -->$/,/^<!-- keep:[a-z-]*:end -->$/p' "$OUT" >"$tmp/keep"; fi
+  if [ -s "$tmp/keep" ]; then { echo; cat "$tmp/keep"; } >>"$report"; fi
+  cp "$report" "$OUT"
+  echo "wrote $OUT" >&2
+fi

@@ -35,49 +35,14 @@ static const char *const run =
 	"  assert(type(s.sql) == 'string', 'statement without text')\n"
 	"end\n";
 
-/* As fuzz_call_cached, with the differential check's functions fetched
- * too (before the lockdown removes require): run(lint.parse, input,
- * core.parse_sql, core.parse_tree, cjson.decode). */
-static int
-call(const uint8_t *data, size_t size, lua_State **Lp)
-{
-	static const char *const fns[][3] = {
-		{"migrate.lint", "parse", "fuzz.fn"},
-		{"migrate.core", "parse_sql", "fuzz.json"},
-		{"migrate.core", "parse_tree", "fuzz.tree"},
-		{"cjson", "decode", "fuzz.decode"},
-	};
-	static struct fuzz_budget budget;
-	static lua_State *state;
-	if (state == NULL)
-	{
-		state = fuzz_state(&budget);
-		if (state == NULL || luaL_loadstring(state, run) != LUA_OK)
-			abort();
-		lua_setfield(state, LUA_REGISTRYINDEX, "fuzz.run");
-		for (int i = 0; i < 4; i++)
-		{
-			fuzz_push_function(state, fns[i][0], fns[i][1]);
-			lua_setfield(state, LUA_REGISTRYINDEX, fns[i][2]);
-		}
-		fuzz_lockdown(state);
-	}
-	*Lp = state;
-	budget.insns = 0;
-	lua_settop(state, 0);
-	lua_getfield(state, LUA_REGISTRYINDEX, "fuzz.run");
-	lua_getfield(state, LUA_REGISTRYINDEX, fns[0][2]);
-	lua_pushlstring(state, (const char *) data, size);
-	for (int i = 1; i < 4; i++)
-		lua_getfield(state, LUA_REGISTRYINDEX, fns[i][2]);
-	return lua_pcall(state, 5, 0, 0);
-}
-
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+	/* check(lint.parse, input, core.parse_sql, core.parse_tree, cjson.decode) */
+	static const char *const fns[] = {"migrate.lint", "parse", "migrate.core", "parse_sql", "migrate.core", "parse_tree",
+		"cjson", "decode", NULL};
 	lua_State *L;
-	if (call(data, size, &L) != LUA_OK)
+	if (fuzz_call_cached(data, size, run, fns, &L) != LUA_OK)
 	{
 		/* both decoders refuse trees nested deeper than their limit: a clean error, not a bug */
 		const char *msg = lua_tostring(L, -1);

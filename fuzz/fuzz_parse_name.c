@@ -17,7 +17,8 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	lua_State *L;
-	if (fuzz_call_cached(data, size, check, "migrate.loader", "parse_name", &L) != LUA_OK)
+	static const char *const fns[] = {"migrate.loader", "parse_name", NULL};
+	if (fuzz_call_cached(data, size, check, fns, &L) != LUA_OK)
 	{
 		/* parse_name never raises on a string: an error here is a contract breach */
 		const char *msg = lua_tostring(L, -1);

@@ -131,35 +131,45 @@ fuzz_push_function(lua_State *L, const char *mod, const char *field)
 /*
  * For targets where no user code runs (so one state can serve every input,
  * much faster than loading the module each time): on the first call builds
- * the state, compiles check_src (a chunk called as check(fn, input)) and
- * fetches require(mod)[field]; then, per input, resets the budget and runs
- * check(fn, input) under pcall. Returns the pcall status and leaves the
- * error message (or nothing) on the stack of *Lp.
+ * the state, compiles check_src and fetches the functions fns names (pairs
+ * of module and field, NULL-ended: require(mod)[field] each); then, per
+ * input, resets the budget and runs check(fn1, input, fn2, ...) under
+ * pcall. Returns the pcall status and leaves the error message (or nothing)
+ * on the stack of *Lp.
  */
 static inline int
-fuzz_call_cached(const uint8_t *data, size_t size, const char *check_src,
-				 const char *mod, const char *field, lua_State **Lp)
+fuzz_call_cached(const uint8_t *data, size_t size, const char *check_src, const char *const *fns, lua_State **Lp)
 {
 	static struct fuzz_budget budget;
 	static lua_State *state;
+	static int nfns;
 
 	if (state == NULL)
 	{
 		state = fuzz_state(&budget);
 		if (state == NULL || luaL_loadstring(state, check_src) != LUA_OK)
 			abort();
-		fuzz_push_function(state, mod, field);
-		fuzz_lockdown(state);
-		lua_setfield(state, LUA_REGISTRYINDEX, "fuzz.fn");
 		lua_setfield(state, LUA_REGISTRYINDEX, "fuzz.run");
+		lua_newtable(state);
+		for (nfns = 0; fns[2 * nfns] != NULL; nfns++)
+		{
+			fuzz_push_function(state, fns[2 * nfns], fns[2 * nfns + 1]);
+			lua_rawseti(state, -2, nfns + 1);
+		}
+		lua_setfield(state, LUA_REGISTRYINDEX, "fuzz.fns");
+		fuzz_lockdown(state);
 	}
 	*Lp = state;
 	budget.insns = 0;
 	lua_settop(state, 0);
 	lua_getfield(state, LUA_REGISTRYINDEX, "fuzz.run");
-	lua_getfield(state, LUA_REGISTRYINDEX, "fuzz.fn");
+	lua_getfield(state, LUA_REGISTRYINDEX, "fuzz.fns"); /* [run, fns] */
+	lua_rawgeti(state, 2, 1);
 	lua_pushlstring(state, (const char *) data, size);
-	return lua_pcall(state, 2, 0, 0);
+	for (int i = 2; i <= nfns; i++)
+		lua_rawgeti(state, 2, i);
+	lua_remove(state, 2);
+	return lua_pcall(state, nfns + 1, 0, 0);
 }
 
 #endif

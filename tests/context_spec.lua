@@ -93,27 +93,21 @@ end)
 
 describe("the parse of m:exec's SQL", function()
   local core = migrate.core
-  local real_parse = core.parse_tree
-  local parsed, conninfo, conns
+  local parsed, restore, conninfo, conns
   before_each(function()
-    parsed, conns = {}, {}
+    conns = {}
     conninfo = select(2, T.fresh_db("ctxparse"))
-    core.parse_tree = function(sql)   -- every parse the lint, the look and the plan's classification ask for
-      parsed[sql] = (parsed[sql] or 0) + 1
-      return real_parse(sql)
-    end
+    parsed, restore = T.count_calls(core, "parse_tree")   -- what the lint, the look and classify parse, by text
   end)
   after_each(function()
-    core.parse_tree = real_parse
+    restore()
     for _, c in ipairs(conns) do c:close() end
   end)
 
   local function ctx(session, version)
     local conn = core.connect(conninfo)
     conns[#conns + 1] = conn
-    local entry = { version = version, name = "spec", path = "/specs/" .. version .. "_spec.lua",
-                    file = version .. "_spec.lua", chunkname = "@" .. version .. "_spec.lua", transactional = true }
-    return migrate.context.new { conn = conn, entry = entry, mode = "run", session = session }
+    return require("helpers.guards").ctx(conn, { session = session, version = version })
   end
 
   it("happens once per text within a run, across its migrations, and the cache is bounded", function()

@@ -115,27 +115,21 @@ end)
 
 describe("look before queueing: tables this transaction created", function()
   local retry = require "migrate.retry"
-  local real_holders = retry.holders
-  local looked, conns
+  local looked, restore, conns
   before_each(function()
-    looked, conns = {}, {}
-    retry.holders = function(look, rels, ...)   -- the pg_locks look of every raw statement
-      for _, r in ipairs(rels) do looked[r] = (looked[r] or 0) + 1 end
-      return real_holders(look, rels, ...)
-    end
+    conns = {}
+    -- the pg_locks look of every raw statement, by the tables it looks at
+    looked, restore = T.count_calls(retry, "holders", function(_, rels) return table.concat(rels, ",") end)
   end)
   after_each(function()
-    retry.holders = real_holders
+    restore()
     for _, c in ipairs(conns) do c:close() end
   end)
 
   local function context(ci, transactional)
     local conn, side = core.connect(ci), core.connect(ci, "migrate-lua lock")
     conns[#conns + 1], conns[#conns + 2] = conn, side
-    local entry = { version = "20260101000000", name = "change", path = "/specs/20260101000000_change.lua",
-                    file = "20260101000000_change.lua", chunkname = "@20260101000000_change.lua",
-                    transactional = transactional }
-    return require("migrate").context.new { conn = conn, entry = entry, mode = "run", watch_conn = side }, conn
+    return require("helpers.guards").ctx(conn, { transactional = transactional, watch_conn = side }), conn
   end
 
   it("asks pg_locks nothing about a table created earlier in the same transaction; still about older ones", function()

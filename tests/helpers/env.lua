@@ -97,6 +97,20 @@ function T.exists(path)
   return f ~= nil
 end
 
+-- Wraps tbl[name] so that every call is counted under key(...) (default:
+-- its first argument); returns the counts and the function that puts the
+-- original back (call it in after_each).
+function T.count_calls(tbl, name, key)
+  local real, counts = tbl[name], {}
+  key = key or function(first) return first end
+  tbl[name] = function(...)
+    local k = key(...)
+    counts[k] = (counts[k] or 0) + 1
+    return real(...)
+  end
+  return counts, function() tbl[name] = real end
+end
+
 function T.sleep(seconds)
   os.execute("sleep " .. tonumber(seconds))
 end

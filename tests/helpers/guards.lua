@@ -7,7 +7,8 @@ local core = migrate.core
 local H = {}
 
 -- A context m for a fake entry on conn. opts: transactional (default true),
--- mode (default "run": no backups), config overrides.
+-- mode (default "run": no backups), config overrides, version, session (the
+-- run's: what its migrations share), watch_conn (the side connection).
 function H.ctx(conn, opts)
   opts = opts or {}
   local config = { small_table_rows = 10000, lock_timeout = 5000, lock_retries = 3 }
@@ -15,8 +16,8 @@ function H.ctx(conn, opts)
   local transactional = opts.transactional
   if transactional == nil then transactional = true end
   return migrate.context.new {
-    conn = conn, mode = opts.mode or "run", config = config,
-    entry = { version = "20260101000000", name = "spec", path = "spec.lua", chunkname = "@spec.lua",
+    conn = conn, mode = opts.mode or "run", config = config, session = opts.session, watch_conn = opts.watch_conn,
+    entry = { version = opts.version or "20260101000000", name = "spec", path = "spec.lua", chunkname = "@spec.lua",
               transactional = transactional },
   }
 end
