@@ -165,19 +165,27 @@ SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
                          FROM pg_catalog.unnest(pg_catalog.string_to_array($1, E'\n')) n)
     AND l.pid <> coalesce($2::int, pg_catalog.pg_backend_pid()) AND l.mode = ANY ($3::text[])) AS found]]
 
--- The sessions a step needing mode on rels would queue behind right now:
--- granted conflicting locks of transactions older than YOUNG_MS, and
--- conflicting requests already waiting. look = {conn, pid (nil: conn's own),
--- clear (conn is inside a transaction: refresh its activity snapshot)}.
--- Returns the list (R.describe's fields, plus mode, granted, rel) and
--- whether the step's backend already makes someone wait.
-function R.holders(look, rels, mode, all)
+-- HOLDERS' rows as they come (the cheap ANY_HOLDER question first): every
+-- other session holding or waiting for a lock on rels that conflicts with
+-- mode ("ACCESS EXCLUSIVE": any lock), oldest first after the granted ones.
+-- look = {conn, pid (nil: conn's own), clear (conn is inside a transaction:
+-- refresh its activity snapshot)}. Also the validator's ML35 check.
+function R.lock_rows(look, rels, mode)
   local names = {}
   for _, c in ipairs(CONFLICTS[mode] or {}) do names[#names + 1] = pg_name(c) end
   local list, modes = table.concat(rels, "\n"), "{" .. table.concat(names, ",") .. "}"
-  if not look.conn:query(ANY_HOLDER, list, look.pid, modes)[1].found then return {}, false end
+  if not look.conn:query(ANY_HOLDER, list, look.pid, modes)[1].found then return {} end
   if look.clear then look.conn:exec("SELECT pg_catalog.pg_stat_clear_snapshot()") end
-  local rows = look.conn:query(HOLDERS, list, look.pid, modes)
+  return look.conn:query(HOLDERS, list, look.pid, modes)
+end
+
+-- The sessions a step needing mode on rels would queue behind right now:
+-- granted conflicting locks of transactions older than YOUNG_MS, and
+-- conflicting requests already waiting (all: every row). look as R.lock_rows.
+-- Returns the list (R.describe's fields, plus mode, granted, rel) and
+-- whether the step's backend already makes someone wait.
+function R.holders(look, rels, mode, all)
+  local rows = R.lock_rows(look, rels, mode)
   local out, stalled = {}, false
   for _, r in ipairs(rows) do
     if (r.stalled or 0) > 0 then stalled = true end

@@ -2,6 +2,8 @@
 -- database, before anything runs. A finding is
 -- {severity = "error" | "warning", migration, object, rule, message}.
 local loader = require "migrate.loader"
+local readfile = require "migrate.readfile"
+local retry = require "migrate.retry"
 
 local M = {}
 
@@ -131,38 +133,36 @@ function M.live_tables(conn, tables, config)
           .. "finish it with m:safe_validate_constraint(%q, %q)",
         r.conname, t, r.def, t, r.conname))
     end
-    for _, r in ipairs(conn:query([[
-        SELECT a.pid, a.usename, a.application_name, a.state, l.mode,
-               round(extract(epoch FROM pg_catalog.now() - coalesce(a.xact_start, a.query_start)) * 1000)::bigint
-                 AS age_ms,
-               left(a.query, 200) AS query
-          FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-         WHERE l.relation = $1::regclass AND l.granted AND a.pid <> pg_catalog.pg_backend_pid()
-           AND coalesce(a.xact_start, a.query_start) < pg_catalog.now() - make_interval(secs => $2::float8 / 1000)
-         ORDER BY age_ms DESC]], t, cap)) do
-      add("error", mig, "ML35", t, string.format(
-        "pid %d (user %s, application %q, %s) has held %s on %s for %.1f s (longer than the %d ms lock timeout): "
-          .. "a migration step on %s would wait behind it and time out; query: %s",
-        r.pid, r.usename or "?", r.application_name or "", r.state or "?", r.mode, t, r.age_ms / 1000, cap, t,
-        (r.query or ""):gsub("%s+", " ")))
+    -- any lock ("ACCESS EXCLUSIVE" conflicts with all) granted longer than the cap: retry's query
+    for _, r in ipairs(retry.lock_rows({ conn = conn }, { t }, "ACCESS EXCLUSIVE")) do
+      if r.granted and (r.age_ms or 0) > cap then
+        add("error", mig, "ML35", t, string.format(
+          "pid %d (user %s, application %q, %s) has held %s on %s for %.1f s (longer than the %d ms lock timeout): "
+            .. "a migration step on %s would wait behind it and time out; query: %s",
+          r.pid, r.usename or "?", r.application_name or "", r.state or "?", r.mode, t, r.age_ms / 1000, cap, t,
+          (r.query or ""):gsub("%s+", " ")))
+      end
     end
   end
   return findings
 end
 
--- Live checks on the tables the pending migrations mention (static scan of
--- their files): what dry-run and safe-run call before running.
-function M.live(conn, _status, pending, config)
+-- The existing tables the migrations mention (static scan of their source,
+-- read when not loaded): {regclass text = version of the first that does}.
+function M.tables_of(conn, entries)
   local tables = {}
-  for _, e in ipairs(pending or {}) do
+  for _, e in ipairs(entries or {}) do
     local src = e.source or e.text
-    if not src and e.path then
-      local f = io.open(e.path, "rb")
-      if f then src = f:read("a"); f:close() end
-    end
+    if not src and e.path then src = readfile(e.path) end
     for t in pairs(existing(conn, M.mentioned_tables(src or ""))) do tables[t] = tables[t] or e.version end
   end
-  return M.live_tables(conn, tables, config)
+  return tables
+end
+
+-- Live checks on the tables the pending migrations mention: what dry-run
+-- and safe-run call before running.
+function M.live(conn, _status, pending, config)
+  return M.live_tables(conn, M.tables_of(conn, pending), config)
 end
 
 -- }======

@@ -92,23 +92,7 @@ function M.run(config)
       if pcall(loader.load, e) and e.def and e.def.up then runnable[#runnable + 1] = e end
     end
     -- live checks first (a long transaction would also stall the rehearsal)
-    local tables = {}
-    for t, v in pairs(validator.existing_tables(s.main, (function()
-      local names, versions = {}, {}
-      for _, e in ipairs(runnable) do
-        local f = io.open(e.path, "rb")
-        local src = f and f:read("a") or ""
-        if f then f:close() end
-        for _, n in ipairs(validator.mentioned_tables(src)) do
-          names[#names + 1] = n; versions[n] = versions[n] or e.version
-        end
-      end
-      tables.__versions = versions
-      return names
-    end)())) do tables[t] = v end
-    local versions = tables.__versions
-    tables.__versions = nil
-    for t, n in pairs(tables) do tables[t] = versions[n] or true end
+    local tables = validator.tables_of(s.main, runnable)
     local live = validator.live_tables(s.main, tables, config)
     local rehearsal, touched = M.rehearse(s, runnable, config)
     for _, f in ipairs(live) do findings[#findings + 1] = f end
