@@ -21,6 +21,7 @@ local errors = require "migrate.errors"
 local EXIT = errors.EXIT
 local json = require "migrate.json"
 local output = require "migrate.output"
+local validator = require "migrate.validator"
 
 local M = {}
 
@@ -47,11 +48,20 @@ local function add_warnings(doc, r)
   end
 end
 
--- The validation's findings, on stderr before anything is rehearsed.
-local function print_findings(findings, config)
+-- The validation pass of both modes (M.validate, and the pending list's own
+-- error): its findings go into doc and on stderr before anything is
+-- rehearsed. Returns the pending migrations, or nil when a finding is an error.
+local function validated(s, config, doc)
+  local status, problems = executor.status(s.main, config.dir)
+  local okp, pending = pcall(executor.pending, status, config)
+  local findings = M.validate(s, status, okp and pending or {}, config, problems)
+  if not okp then findings[#findings + 1] = { severity = "error", message = tostring(errors.wrap(pending)) } end
   for _, f in ipairs(findings) do
+    doc.findings[#doc.findings + 1] = finding_doc(f)
     output.note(config, f.severity, ": ", f.migration and (f.migration .. ": ") or "", f.message, "\n")
   end
+  if validator.has_errors(findings) then return nil end
+  return pending
 end
 
 -- {====== plan: locks and rewrites from the parse tree ======
@@ -196,14 +206,8 @@ local function plan(config)
   local doc = { ok = true, plan = true, findings = json.array(), migrations = json.array(), steps = json.array() }
   local code = EXIT.ok
   local ok, err = pcall(function()
-    local conn = s.main
-    local status, problems = executor.status(conn, config.dir)
-    local okp, pending = pcall(executor.pending, status, config)
-    local findings = M.validate(s, status, okp and pending or {}, config, problems)
-    if not okp then findings[#findings + 1] = { severity = "error", message = tostring(errors.wrap(pending)) } end
-    for _, f in ipairs(findings) do doc.findings[#doc.findings + 1] = finding_doc(f) end
-    print_findings(findings, config)
-    if require("migrate.validator").has_errors(findings) then code = EXIT.validation; return end
+    local pending = validated(s, config, doc)
+    if not pending then code = EXIT.validation; return end
     for _, entry in ipairs(pending) do loader.load(entry) end
     local events, cache = {}, {}
     local results, terr = engine.rehearse(s, pending, config, { mode = "plan", logger = capturing(s.logger, events) })
@@ -218,7 +222,7 @@ local function plan(config)
                        rule = st.rule, concurrent = st.concurrent }
         if st.sql:match("^%-%- backup") then step.statement, step.lock = "backup", "SHARE (copy)" end
         if step.table then
-          local f = table_facts(conn, step.table, cache)
+          local f = table_facts(s.main, step.table, cache)
           if f then step.rows, step.rows_exact, step.size_bytes = f.estimated_rows, f.exact or false, f.size_bytes end
         end
         mig.steps[#mig.steps + 1] = step
@@ -267,15 +271,9 @@ function M.run(config, args)
   local s = executor.open(config, { lock = true, log_table = false })
   local doc = { ok = true, findings = json.array(), migrations = json.array() }
   local code = EXIT.ok
-  local conn = s.main
   local ok, err = pcall(function()
-    local status, problems = executor.status(conn, config.dir)
-    local okp, pending = pcall(executor.pending, status, config)
-    local findings = M.validate(s, status, okp and pending or {}, config, problems)
-    if not okp then findings[#findings + 1] = { severity = "error", message = tostring(errors.wrap(pending)) } end
-    for _, f in ipairs(findings) do doc.findings[#doc.findings + 1] = finding_doc(f) end
-    print_findings(findings, config)
-    if require("migrate.validator").has_errors(findings) then code = EXIT.validation; return end
+    local pending = validated(s, config, doc)
+    if not pending then code = EXIT.validation; return end
     if #pending == 0 then output.note(config, "nothing to do: no pending migrations in ", config.dir, "\n") end
     for _, entry in ipairs(pending) do loader.load(entry) end
     -- the engine in mode "rehearse", the one validate uses
