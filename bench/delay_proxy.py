@@ -11,7 +11,7 @@ answered, i.e. the round trips it waited for (what it sends while nothing
 came back, a pipeline's commands, counts once). The name is the startup
 packet's application_name (or fallback_application_name); connect with
 sslmode=disable gssencmode=disable so the startup packet comes first.
-tests/pipeline_spec.lua counts a migration's round trips with it."""
+tests/core_pipeline_spec.lua counts a migration's round trips with it."""
 import asyncio, collections, sys, time
 
 port, sock, delay = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]) / 1000.0

@@ -1,8 +1,9 @@
--- Migration files that would otherwise be silently skipped or silently do
--- nothing: .sql and .LUA files are named in a warning, an impossible date in
--- a version is refused naming the file, generate creates a missing folder
--- (saying so), and an up that is still the template's empty body is
--- reported by validate, refused by safe-run and warned about by run.
+-- lua/migrate/loader.lua (scan, empty_up): migration files that would
+-- otherwise be silently skipped or silently do nothing: .sql and .LUA files
+-- are named in a warning, an impossible date in a version is refused naming
+-- the file, generate creates a missing folder (saying so), and an up that is
+-- still the template's empty body is reported by validate, refused by
+-- safe-run and warned about by run.
 local T = require "helpers.env"
 local P = require "helpers.project"
 local M = P.migration

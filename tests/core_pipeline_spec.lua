@@ -1,7 +1,8 @@
--- Issue 13: a transactional migration's finish (the lock proof, the history
--- row, COMMIT) travels in one libpq pipeline (conn:transaction opts.finish).
--- Against the real server: the row commits with the migration or not at all,
--- errors stay exact, a lost lock still commits nothing, the log rows stay.
+-- core (src/lpg_tx.c), issue 13: a transactional migration's finish (the lock
+-- proof, the history row, COMMIT) travels in one libpq pipeline
+-- (conn:transaction opts.finish). Against the real server: the row commits
+-- with the migration or not at all, errors stay exact, a lost lock still
+-- commits nothing, the log rows stay.
 local T = require "helpers.env"
 local P = require "helpers.project"
 local M = P.migration

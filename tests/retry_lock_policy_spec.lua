@@ -1,9 +1,10 @@
--- The lock policy (issue 14): a step whose lock would stall writers never
--- enters the lock queue behind a long holder. While another session holds
--- a conflicting lock, the migration waits WITHOUT queueing (no ungranted
--- pg_locks row for its backend), so a writer's UPDATE goes through; the
--- holders are named; the change lands once the holder ends; --lock-timeout
--- caps the unqueued wait too. Rehearsals (dry-run) take the same path.
+-- lua/migrate/retry.lua, the lock policy (issue 14): a step whose lock would
+-- stall writers never enters the lock queue behind a long holder. While
+-- another session holds a conflicting lock, the migration waits WITHOUT
+-- queueing (no ungranted pg_locks row for its backend), so a writer's UPDATE
+-- goes through; the holders are named; the change lands once the holder ends;
+-- --lock-timeout caps the unqueued wait too. Rehearsals (dry-run) take the
+-- same path.
 local T = require "helpers.env"
 local core = require("migrate").core
 
