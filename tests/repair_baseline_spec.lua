@@ -72,44 +72,50 @@ describe("repair", function()
     assert.equal(0, p:cli({ "safe-run" }).code)
   end)
 
-  it("takes the migration lock: exit 4 while a run holds it, nothing changed", function()
-    local p = P.new("repair_lock")
-    local path = p:add("20260101000000", "one", mig(1))
-    assert.equal(0, p:cli({ "run" }).code)
-    T.write(path, "-- edited\n" .. mig(1))
-    p:add("20260102000000", "slow", P.migration('m:exec("SELECT pg_sleep(3) /* slow repair */")', ""))
-    local h = p:cli_bg({ "run" })
-    for _ = 1, 200 do
-      if p:sql("SELECT count(*) FROM pg_stat_activity "
-        .. "WHERE query LIKE 'SELECT pg_sleep(3) /* slow repair */%' AND state = 'active'") == "1" then break end
-      T.sleep(0.05)
-    end
-    for _, args in ipairs({ { "repair", "--reason", "x" }, { "baseline", "20260102000000", "--reason", "x" } }) do
-      local r = p:cli(args)
-      assert.equal(4, r.code, r.stderr)
-      assert.matches("holds the migration lock", r.stderr)
-    end
-    assert.equal(0, h:wait(60).code)
-    assert.equal("0", p:sql("SELECT count(*) FROM migration_logs WHERE status IN ('repair', 'baseline')"))
-    assert.equal(0, p:cli({ "repair", "--reason", "comment" }).code)
-  end)
-
-  it("refuses a set with a misnamed file, as run does: exit 3 naming the file, nothing recorded", function()
-    local p = P.new("repair_misnamed")
-    local path = p:add("20260101000000", "one", mig(1))
-    assert.equal(0, p:cli({ "run" }).code)
-    T.write(path, "-- edited\n" .. mig(1))
-    p:add("20260102000000", "two", mig(2))
-    local broken = p:add("20260102000000", "two_again", mig(3))   -- a duplicate version
-    for _, args in ipairs({ { "run" }, { "repair", "--reason", "x" },
-                            { "baseline", "20260102000000", "--reason", "x" } }) do
-      local r = p:cli(args)
-      assert.equal(3, r.code, table.concat(args, " ") .. ": " .. r.stderr)
-      assert.matches(broken:match("[^/]+$"):gsub("%p", "%%%0"), r.stderr)
-    end
-    assert.equal("0", p:sql("SELECT count(*) FROM migration_logs WHERE status IN ('repair', 'baseline')"))
-    assert.equal("1", p:sql("SELECT count(*) FROM migrate_lua_migrations"))
-  end)
+  -- Refusals that leave the history alone: each case starts from one applied
+  -- migration whose file changed since (repair would have work to do),
+  -- arranges what must stop the commands and returns the pattern their
+  -- stderr must match and what to do once they have been refused.
+  local REPAIR, BASELINE = { "repair", "--reason", "x" }, { "baseline", "20260102000000", "--reason", "x" }
+  for _, case in ipairs {
+    { what = "takes the migration lock: exit 4 while a run holds it, nothing changed",
+      prefix = "repair_lock", code = 4, commands = { REPAIR, BASELINE },
+      arrange = function(p)
+        p:add("20260102000000", "slow", P.migration('m:exec("SELECT pg_sleep(3) /* slow repair */")', ""))
+        local h = p:cli_bg({ "run" })
+        for _ = 1, 200 do
+          if p:sql("SELECT count(*) FROM pg_stat_activity "
+            .. "WHERE query LIKE 'SELECT pg_sleep(3) /* slow repair */%' AND state = 'active'") == "1" then break end
+          T.sleep(0.05)
+        end
+        return "holds the migration lock", function() assert.equal(0, h:wait(60).code) end
+      end,
+      after = function(p) assert.equal(0, p:cli({ "repair", "--reason", "comment" }).code) end },
+    { what = "refuses a set with a misnamed file, as run does: exit 3 naming the file, nothing recorded",
+      prefix = "repair_misnamed", code = 3, commands = { { "run" }, REPAIR, BASELINE },
+      arrange = function(p)
+        p:add("20260102000000", "two", mig(2))
+        local broken = p:add("20260102000000", "two_again", mig(3))   -- a duplicate version
+        return (broken:match("[^/]+$"):gsub("%p", "%%%0")), function() end
+      end,
+      after = function(p) assert.equal("1", p:sql("SELECT count(*) FROM migrate_lua_migrations")) end },
+  } do
+    it(case.what, function()
+      local p = P.new(case.prefix)
+      local path = p:add("20260101000000", "one", mig(1))
+      assert.equal(0, p:cli({ "run" }).code)
+      T.write(path, "-- edited\n" .. mig(1))
+      local pattern, refused = case.arrange(p)
+      for _, args in ipairs(case.commands) do
+        local r = p:cli(args)
+        assert.equal(case.code, r.code, table.concat(args, " ") .. ": " .. r.stderr)
+        assert.matches(pattern, r.stderr)
+      end
+      refused()
+      assert.equal("0", p:sql("SELECT count(*) FROM migration_logs WHERE status IN ('repair', 'baseline')"))
+      case.after(p)
+    end)
+  end
 end)
 
 describe("baseline", function()
