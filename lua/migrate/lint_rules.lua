@@ -3,6 +3,8 @@
 -- statement would do to a live table and names the guard clause to call
 -- instead (catalogue: shared/reference/unsafe-operations.md, section 4.3).
 -- Statements on a table created earlier in the same migration pass.
+local facts = require "migrate.facts"
+
 local M = {}
 
 -- tbl: the table whose size decides a lock-only rule (migrate.lint).
@@ -29,16 +31,11 @@ local function is_new(m, name)
   return name ~= nil and m.created and m.created[name] == true
 end
 
--- Runs a read-only catalogue query; a failure (aborted transaction, no
--- connection) makes the rule assume the worst rather than raise.
-local function ask(m, sql, ...)
-  if not m.conn then return nil end
-  local ok, rows = pcall(m.conn.query, m.conn, sql, ...)
-  if ok then return rows end
-end
+-- A read-only catalogue query; nil on failure: the rule assumes the worst.
+local ask = facts.ask
 
 local function facts_ident(m, name)
-  if m.conn then return require("migrate.facts").ident(m, name) end
+  if m.conn then return facts.ident(m, name) end
   return name
 end
 
