@@ -62,13 +62,15 @@ end
 
 -- {====== live checks ======
 
--- Every relation named by a parse tree (RangeVar), as "schema.name" or "name".
-local function rangevars(node, out)
+-- Every relation named by a parse tree (RangeVar), as "schema.name" or
+-- "name", appended to out (a new array when nil).
+function M.relations(node, out)
+  out = out or {}
   if type(node) ~= "table" then return out end
   if node.relname and node.inh ~= nil then
     out[#out + 1] = node.schemaname and (node.schemaname .. "." .. node.relname) or node.relname
   end
-  for _, v in pairs(node) do rangevars(v, out) end
+  for _, v in pairs(node) do M.relations(v, out) end
   return out
 end
 
@@ -85,7 +87,7 @@ function M.mentioned_tables(source)
     if str:match("^[%a_][%w_]*$") or str:match("^[%a_][%w_]*%.[%a_][%w_]*$") then add(str); return end
     local tree = core.parse_tree(str)
     if tree then
-      for _, n in ipairs(rangevars(tree, {})) do add(n) end
+      for _, n in ipairs(M.relations(tree)) do add(n) end
     end
   end
   for _, str in source:gmatch([[(["'])(.-[^\])%1]]) do literal(str) end

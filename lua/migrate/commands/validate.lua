@@ -21,15 +21,6 @@ local M = {}
 
 local function label(e) return e.version .. "_" .. e.name end
 
-local function relations(node, out)
-  if type(node) ~= "table" then return out end
-  if node.relname and node.inh ~= nil then
-    out[#out + 1] = node.schemaname and (node.schemaname .. "." .. node.relname) or node.relname
-  end
-  for _, v in pairs(node) do relations(v, out) end
-  return out
-end
-
 -- Rehearses the pending entries (engine mode "rehearse"); returns findings
 -- and the names of the relations their recorded SQL touched ({name = version}).
 function M.rehearse(s, pending, config)
@@ -54,7 +45,7 @@ function M.rehearse(s, pending, config)
     for _, sql in ipairs(r.record) do
       local tree = core.parse_tree(sql)
       if tree then
-        for _, n in ipairs(relations(tree, {})) do touched[n] = touched[n] or entry.version end
+        for _, n in ipairs(validator.relations(tree)) do touched[n] = touched[n] or entry.version end
       end
     end
   end
