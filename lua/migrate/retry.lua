@@ -84,6 +84,7 @@ end
 
 -- PostgreSQL's table-level lock conflict table (docs, "Table-level lock
 -- modes", "Conflicting Lock Modes"), as data: mode -> the modes it conflicts with.
+-- R.MODES: the modes, weakest first (dry-run --plan ranks a statement's locks by it).
 R.MODES = { "ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE",
             "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE" }
 local CONFLICTS = {

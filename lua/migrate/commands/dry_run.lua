@@ -66,10 +66,9 @@ end
 
 -- {====== plan: locks and rewrites from the parse tree ======
 
-local LOCKS = { "ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE",
-                "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE" }
+-- a statement's strongest lock: the rank of the table-level modes, weakest first
 local RANK = {}
-for i, l in ipairs(LOCKS) do RANK[l] = i end
+for i, l in ipairs(require("migrate.retry").MODES) do RANK[l] = i end
 
 local function relname(rel)
   if not rel then return nil end
