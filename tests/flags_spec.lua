@@ -31,12 +31,7 @@ local function set(list)
   return s
 end
 
-local function sorted(s)
-  local out = {}
-  for k in pairs(s) do out[#out + 1] = k end
-  table.sort(out)
-  return out
-end
+local sorted = T.sorted_keys
 
 describe("per-command flags", function()
   local commands = help.commands()

@@ -14,15 +14,8 @@ local function run(args)
   return T.run(args, { env = { NO_COLOR = "1" } })
 end
 
--- The sorted names of cli's table of commands or of options.
-local function names_of(t)
-  local names = {}
-  for name in pairs(t) do names[#names + 1] = name end
-  table.sort(names)
-  return names
-end
-local function command_names() return names_of(cli.commands) end
-local function option_names() return names_of(cli.options) end
+local function command_names() return T.sorted_keys(cli.commands) end
+local function option_names() return T.sorted_keys(cli.options) end
 
 describe("help", function()
   local general = run { "help" }

@@ -111,6 +111,14 @@ function T.count_calls(tbl, name, key)
   return counts, function() tbl[name] = real end
 end
 
+-- The keys of t, sorted.
+function T.sorted_keys(t)
+  local out = {}
+  for k in pairs(t) do out[#out + 1] = k end
+  table.sort(out)
+  return out
+end
+
 function T.sleep(seconds)
   os.execute("sleep " .. tonumber(seconds))
 end
@@ -178,9 +186,7 @@ local function command(args, opts, files)
     if env[k] == nil then env[k] = false end
   end
 
-  local names = {}
-  for k in pairs(env) do names[#names + 1] = k end
-  table.sort(names) -- deterministic command lines
+  local names = T.sorted_keys(env) -- deterministic command lines
   local parts = { "env", "-u", "LD_PRELOAD" }
   -- env(1) takes every -u option before the first NAME=value
   for _, k in ipairs(names) do
