@@ -197,6 +197,23 @@ lpg_push_queued_error(lua_State *L, Conn *c, int conn_index, const PGresult *res
 	lua_pop(L, 1);                                      /* [err] */
 }
 
+/*
+ * Raises the kept failure of a queued command, if there is one (returns
+ * otherwise): its error object as lpg_push_queued_error builds it. With
+ * forget set (conn:transaction ends) the failure is forgotten once the
+ * object holds its fields; without, every later command raises it again.
+ */
+void
+lpg_raise_queued(lua_State *L, Conn *c, int conn_index, int forget)
+{
+	if (!c->queue_failed)
+		return;
+	lpg_push_queued_error(L, c, conn_index, c->queue_error, c->queue_failed, c->queue_blockers);
+	if (forget)
+		lpg_forget_queue(c);
+	lua_error(L);
+}
+
 /* lpg_drain_sent, the notices of what it read handed on (before the failure
  * they may explain), then a queued command's failure raised (again, if it
  * was already). */
@@ -205,11 +222,7 @@ lpg_settle_sent(lua_State *L, Conn *c, int conn_index)
 {
 	lpg_drain_sent(c);
 	lpg_deliver_notices(L, c, conn_index);
-	if (c->queue_failed)
-	{
-		lpg_push_queued_error(L, c, conn_index, c->queue_error, c->queue_failed, c->queue_blockers);
-		lua_error(L);
-	}
+	lpg_raise_queued(L, c, conn_index, 0);
 }
 
 void

@@ -44,7 +44,8 @@ typedef struct Conn {
 Conn       *lpg_check_conn(lua_State *L, int i);             /* raises on a closed connection */
 PGresult  **lpg_new_result_box(lua_State *L);               /* pushes an empty Result box */
 void        lpg_drain_sent(Conn *c);                        /* reads what was sent without waiting; never raises */
-void        lpg_settle_sent(lua_State *L, Conn *c, int conn_index);   /* the same, then raises a queued failure */
+void        lpg_settle_sent(lua_State *L, Conn *c, int conn_index);   /* the same, its notices handed on, then lpg_raise_queued */
+void        lpg_raise_queued(lua_State *L, Conn *c, int conn_index, int forget);   /* a queued failure, if any; forget: drop it */
 void        lpg_push_queued_error(lua_State *L, Conn *c, int conn_index, const PGresult *res, int k,
                                   const PGresult *blockers);
 void        lpg_queue_command(lua_State *L, Conn *c, int conn_index, const char *sql, int note);

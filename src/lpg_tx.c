@@ -254,12 +254,7 @@ end_queued(lua_State *L, Conn *c, int status, int always_rollback, int nres)
 	lpg_drain_sent(c);
 	if (PQstatus(c->pg) == CONNECTION_OK && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
 		PQclear(PQexec(c->pg, "ROLLBACK"));   /* a failed ROLLBACK leaves nothing committed either */
-	if (c->queue_failed)
-	{
-		lpg_push_queued_error(L, c, 1, c->queue_error, c->queue_failed, c->queue_blockers);
-		lpg_forget_queue(c);
-		return lua_error(L);
-	}
+	lpg_raise_queued(L, c, 1, 1);
 	if (status != LUA_OK)
 		return lua_error(L);
 	return nres;
@@ -341,12 +336,7 @@ lpg_conn_transaction(lua_State *L)
 	if (PQstatus(c->pg) != CONNECTION_OK)
 	{
 		lpg_drain_sent(c);
-		if (c->queue_failed)
-		{
-			lpg_push_queued_error(L, c, 1, c->queue_error, c->queue_failed, c->queue_blockers);
-			lpg_forget_queue(c);
-			return lua_error(L);
-		}
+		lpg_raise_queued(L, c, 1, 1);
 		if (status != LUA_OK)
 			return lua_error(L);
 		mig_new_error(L, "runtime", "lost_before_commit");
