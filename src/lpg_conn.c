@@ -477,6 +477,7 @@ run(lua_State *L, Conn *c, const char *sql)
 	PGresult *res;
 	ExecStatusType st;
 	Conn *w = NULL;
+	int copy_refused;
 
 	luaL_checkstack(L, 8, "too many query parameters");   /* the boxes and the rows */
 	if (c->busy)
@@ -491,12 +492,10 @@ run(lua_State *L, Conn *c, const char *sql)
 	box = lpg_new_result_box(L);                    /* [box]: the command's result */
 	blockers = lpg_new_result_box(L);               /* [box, side box]: who blocked it */
 	c->busy = 1;
-	c->copy_refused = 0;
 	mig_signals_set_cancel(c->pg);
-	lpg_run_watched(c, w, box, blockers, sql, nparams, values);   /* raises nothing */
+	copy_refused = lpg_run_watched(c, w, box, blockers, sql, nparams, values);   /* raises nothing */
 	mig_signals_set_cancel(NULL);
 	c->busy = 0;
-	lpg_deliver_notices(L, c, 1);                   /* the result is boxed: a safe point */
 	res = *box;                                     /* owned by the box until collected */
 	if (*blockers != NULL)
 	{
@@ -507,11 +506,14 @@ run(lua_State *L, Conn *c, const char *sql)
 		lua_pushnil(L);
 	lua_replace(L, -2);                             /* [box, blockers] */
 	lua_insert(L, -2);                              /* [blockers, box] */
-	if (c->copy_refused)
+	/* the outcome is read from the connection before its notices are handed
+	 * on: the notice function is Lua, and may run a command on it */
+	if (copy_refused)
 	{
 		mig_new_error(L, "runtime", "copy_refused");
 		lua_pushstring(L, sql);
 		lua_setfield(L, -2, "statement");
+		lpg_deliver_notices(L, c, 1);               /* before the failure they may explain */
 		mig_raise_error(L);
 	}
 	st = PQresultStatus(res);
@@ -523,8 +525,10 @@ run(lua_State *L, Conn *c, const char *sql)
 			lua_pushvalue(L, -3);
 			lua_setfield(L, -2, "blockers");
 		}
+		lpg_deliver_notices(L, c, 1);
 		lua_error(L);
 	}
+	lpg_deliver_notices(L, c, 1);                   /* the result is boxed: a safe point */
 	return res;
 }
 

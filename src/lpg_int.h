@@ -20,7 +20,6 @@ typedef struct Conn {
 	int         queue_failed; /* > 0: queued command number queue_failed failed; raised until conn:transaction ends */
 	PGresult   *queue_error;    /* its result (NULL: a libpq-side failure), owned here */
 	PGresult   *queue_blockers; /* who blocked the queue while it was read, owned here */
-	int         copy_refused; /* the last command was a COPY TO STDOUT (drained, refused) */
 	const char *copy_words;   /* errors.lua's words that end a COPY FROM STDIN (UV_COPY_WORDS) */
 	int         send_errors;  /* failed conn:send commands not yet reported */
 	char        send_error[256];
@@ -61,8 +60,8 @@ int lpg_conn_transaction(lua_State *L);
 int lpg_conn_advisory_lock(lua_State *L);
 
 /* lpg_watch.c: the watched command, the watched pipeline, conn:set_watch, the COPY refusal */
-void lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
-                     const char *sql, int nparams, const char **values);   /* never raises */
+int  lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
+                     const char *sql, int nparams, const char **values);   /* never raises; 1: a COPY TO STDOUT drained */
 int  lpg_read_pipeline(Conn *c, PGresult **err, int *failed_at, int *done, PGresult **blockers,
                        PGresult ***keep, int first, int nkeep);             /* never raises */
 int       lpg_conn_set_watch(lua_State *L);

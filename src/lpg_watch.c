@@ -21,29 +21,33 @@ static const char *BLOCKERS_SQL =
  * A COPY to or from the client would leave the connection in COPY state and
  * PQgetResult returning COPY results forever. End it (COPY FROM STDIN with
  * errors.lua's words, which the server's error then quotes; COPY TO STDOUT
- * is drained and marked refused, for the caller to raise). Returns 1 when r
- * was such a result (and frees it).
+ * is drained, for the caller to raise the refusal). Returns COPY_NONE when
+ * r is no such result, else frees it and returns what it was.
  */
+enum { COPY_NONE, COPY_ENDED, COPY_DRAINED };
+
 static int
 refuse_copy(Conn *c, PGresult *r)
 {
 	char *buf;
+	int what;
 	switch (PQresultStatus(r))
 	{
 		case PGRES_COPY_IN:
 		case PGRES_COPY_BOTH:
 			PQputCopyEnd(c->pg, c->copy_words);
+			what = COPY_ENDED;
 			break;
 		case PGRES_COPY_OUT:
 			while (PQgetCopyData(c->pg, &buf, 0) > 0)
 				PQfreemem(buf);
-			c->copy_refused = 1;
+			what = COPY_DRAINED;
 			break;
 		default:
-			return 0;
+			return COPY_NONE;
 	}
 	PQclear(r);
-	return 1;
+	return what;
 }
 
 /*
@@ -98,11 +102,12 @@ await_input(Conn *c, Conn *w, PGresult **blockers, const struct timespec *start,
  * it every watch_ms. Stores the final result in the box *res (the first
  * error result when a statement of a multi-statement string fails; NULL
  * when nothing could be sent or the connection failed) and the last
- * non-empty blocker list in the box *blockers. Never raises and touches no
- * Lua state: the caller resets busy and the cancel target right after, and
- * converts the blockers to rows only then.
+ * non-empty blocker list in the box *blockers. Returns 1 when a COPY TO
+ * STDOUT was drained (the caller raises the refusal), else 0. Never raises
+ * and touches no Lua state: the caller clears the cancel target right
+ * after, and converts the blockers to rows only then.
  */
-void
+int
 lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
 				const char *sql, int nparams, const char **values)
 {
@@ -111,10 +116,10 @@ lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
 		: PQsendQuery(c->pg, sql);
 	PGresult *r;
 	struct timespec start;
-	int next_ms = c->watch_ms;
+	int next_ms = c->watch_ms, copy_refused = 0;
 
 	if (!sent)
-		return;
+		return 0;
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	for (;;)
 	{
@@ -122,9 +127,13 @@ lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
 		{
 			r = PQgetResult(c->pg);
 			if (r == NULL)
-				return;
-			if (refuse_copy(c, r))
+				return copy_refused;
+			int copy = refuse_copy(c, r);
+			if (copy != COPY_NONE)
+			{
+				copy_refused |= copy == COPY_DRAINED;
 				continue;                            /* the server answers with an error next */
+			}
 			if (*res != NULL && PQresultStatus(*res) == PGRES_FATAL_ERROR)
 				PQclear(r);                          /* keep the first error */
 			else
@@ -137,7 +146,7 @@ lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
 		{
 			PQclear(*res);
 			*res = NULL;
-			return;
+			return copy_refused;
 		}
 	}
 }

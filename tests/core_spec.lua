@@ -153,6 +153,20 @@ describe("migrate.core connection", function()
     assert.equal(0, #got)
   end)
 
+  it("decides a command's outcome before its notices run Lua, which may use the same connection", function()
+    local seen = 0
+    conn:on_notice(function() seen = seen + 1; conn:exec("SELECT 1") end)
+    local ok, err = pcall(conn.exec, conn, [[DO $$ BEGIN RAISE NOTICE 'before'; END $$; COPY (SELECT 1) TO STDOUT]])
+    assert.is_false(ok)
+    assert.equal("copy_refused", err.code)
+    assert.equal(1, seen)
+    ok, err = pcall(conn.exec, conn, [[DO $$ BEGIN RAISE NOTICE 'first'; RAISE EXCEPTION 'then'; END $$]])
+    assert.is_false(ok)
+    assert.equal("then", err.message)
+    assert.equal(2, seen)
+    assert.equal("idle", conn:tx_status())
+  end)
+
   it("quotes identifiers and literals through libpq", function()
     local evil = 'x"; DROP TABLE users; --'
     assert.equal('"x""; DROP TABLE users; --"', conn:quote_ident(evil))
