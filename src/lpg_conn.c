@@ -480,8 +480,6 @@ run(lua_State *L, Conn *c, const char *sql)
 	int copy_refused;
 
 	luaL_checkstack(L, 8, "too many query parameters");   /* the boxes and the rows */
-	if (c->busy)
-		luaL_error(L, "connection is busy: a query cannot run while another one is being read");
 	lpg_settle_sent(L, c, 1);                       /* the queued commands' answers come first */
 	if (c->watch_ms > 0)
 	{
@@ -491,11 +489,9 @@ run(lua_State *L, Conn *c, const char *sql)
 	}
 	box = lpg_new_result_box(L);                    /* [box]: the command's result */
 	blockers = lpg_new_result_box(L);               /* [box, side box]: who blocked it */
-	c->busy = 1;
 	mig_signals_set_cancel(c->pg);
 	copy_refused = lpg_run_watched(c, w, box, blockers, sql, nparams, values);   /* raises nothing */
 	mig_signals_set_cancel(NULL);
-	c->busy = 0;
 	res = *box;                                     /* owned by the box until collected */
 	if (*blockers != NULL)
 	{
@@ -559,8 +555,6 @@ conn_send(lua_State *L)
 	const char **values = nparams > 0 ? lpg_bind_params(L, 3, nparams) : NULL;
 	int ok;
 
-	if (c->busy)
-		return luaL_error(L, "connection is busy: a query cannot run while another one is being read");
 	lpg_settle_sent(L, c, 1);
 	ok = nparams > 0
 		? PQsendQueryParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0)
@@ -610,8 +604,6 @@ conn_queue(lua_State *L)
 	const char *sql = luaL_checkstring(L, 2);
 	int note = lua_istable(L, 3) ? 3 : 0;
 
-	if (c->busy)
-		return luaL_error(L, "connection is busy: a query cannot run while another one is being read");
 	if (c->queue_failed || (c->pipeline && c->sent >= LPG_QUEUE_MAX))
 		lpg_settle_sent(L, c, 1);          /* the known failure; or read what is queued first */
 	if (!c->pipeline)
@@ -634,8 +626,6 @@ static int
 conn_flush(lua_State *L)
 {
 	Conn *c = lpg_check_conn(L, 1);
-	if (c->busy)
-		return luaL_error(L, "connection is busy: a query cannot run while another one is being read");
 	lpg_settle_sent(L, c, 1);
 	return 0;
 }
@@ -804,8 +794,7 @@ static int
 conn_tx_status(lua_State *L)
 {
 	Conn *c = lpg_check_conn(L, 1);
-	if (!c->busy)
-		lpg_drain_sent(c);
+	lpg_drain_sent(c);
 	lua_pushstring(L, lpg_tx_status_name(c->pg));
 	return 1;
 }

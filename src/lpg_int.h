@@ -11,7 +11,6 @@ typedef struct LpgNotice LpgNotice;   /* lpg_notice.c */
 
 typedef struct Conn {
 	PGconn     *pg;
-	int         busy;         /* a command is running: no re-entry */
 	int         watch_ms;     /* > 0: name the blockers of a statement waiting this long */
 	struct Conn *watch;       /* that side connection (kept alive by UV_WATCH), or NULL */
 	int         sent;         /* commands sent without waiting whose results are unread (a conn:send, or queued) */

@@ -7,7 +7,7 @@
  * and no Lua may run: the receiver only copies the notice into the
  * connection's queue (malloc, no Lua state). lpg_deliver_notices drains the
  * queue into the function at the safe points after a command, once its
- * result is boxed and the connection is no longer busy.
+ * result is boxed and its outcome read.
  */
 #include <stdlib.h>
 #include <string.h>

@@ -296,7 +296,7 @@ lpg_conn_transaction(lua_State *L)
 	else
 		lua_pushnil(L);                     /* [conn, fn, opts, prelude] */
 
-	if (c->busy || c->pipeline || PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+	if (c->pipeline || PQtransactionStatus(c->pg) != PQTRANS_IDLE)
 	{
 		mig_new_error(L, "runtime", "tx_already_open");
 		lua_pushstring(L, c->pipeline ? "commands queued" : lpg_tx_status_name(c->pg));

@@ -53,8 +53,8 @@ refuse_copy(Conn *c, PGresult *r)
 /*
  * Asks the side connection w who blocks c's backend and keeps the answer in
  * *keep when somebody does (the newest non-empty list wins). Touches no Lua
- * state, so it cannot raise while c is busy; a failed side query is ignored:
- * naming blockers is a courtesy, not the migration.
+ * state, so it cannot raise while c's command runs; a failed side query is
+ * ignored: naming blockers is a courtesy, not the migration.
  */
 static void
 capture_blockers(Conn *c, Conn *w, PGresult **keep)
