@@ -31,6 +31,10 @@ int  mig_raise_pg_error(lua_State *L, PGconn *conn, PGresult *res, const char *s
 void mig_new_error(lua_State *L, const char *kind, const char *code);   /* the caller adds the facts */
 void mig_push_error_words(lua_State *L, int idx);
 int  mig_raise_error(lua_State *L);                                   /* the object at the top; never returns */
+/* f(L) with ud as light userdata at index 1, under lua_pcall: how C copies
+ * Lua values out of memory it holds in a local (a parse result, a DIR, a
+ * malloc'd array), which it then frees before it raises what failed */
+int  mig_protected(lua_State *L, lua_CFunction f, void *ud, int nresults);
 
 /* sha256.c, redact.c, fsdir.c, lint.c, signals.c: functions for the module table */
 int mig_l_checksum(lua_State *L);
