@@ -72,8 +72,10 @@ int mig_l_wait_pid(lua_State *L);
 int mig_l_kill(lua_State *L);
 int mig_l_close_fd(lua_State *L);
 
-/* redact.c: every password in s overwritten by '*', in place (argv masking) */
+/* redact.c: every password in s overwritten by '*', in place (argv masking);
+ * PQconninfoParse's options freed, the password zeroed first */
 void mig_redact_mask(char *s);
+void mig_conninfo_free(PQconninfoOption *opts);
 
 /* signals.c: the connection a SIGINT/SIGTERM should cancel, and the protected region */
 void mig_signals_set_cancel(PGconn *conn);   /* NULL clears */
