@@ -417,3 +417,25 @@ describe("migrate.core helpers", function()
     assert.equal(e1, e2)
   end)
 end)
+
+describe("the migrate-lua host (src/main.c)", function()
+  it("renders an error object that reaches it inside the protected call: a failing render exits 1, no abort", function()
+    local d = T.tmpdir()
+    T.write(d .. "/migrate/cli.lua", [[
+local kind = os.getenv("T_KIND")
+return { main = function()
+  error(setmetatable({}, { __tostring = function()
+    if kind == "broken" then error("render broke") end
+    return "rendered"
+  end }))
+end }
+]])
+    local r = T.run({ "--version" }, { env = { MIGRATE_LUA_PATH = d, T_KIND = "ok" } })
+    assert.equal(1, r.code, r.stderr)
+    assert.equal("migrate-lua: internal error: rendered\n", r.stderr)
+    r = T.run({ "--version" }, { env = { MIGRATE_LUA_PATH = d, T_KIND = "broken" } })
+    assert.equal(1, r.code, r.stderr)
+    assert.equal("migrate-lua: internal error: ", r.stderr:sub(1, 29))
+    assert.matches("render broke", r.stderr, 1, true)
+  end)
+end)
