@@ -1,7 +1,8 @@
 /*
- * migrate-lua C core: the pieces both hosts (the migrate-lua binary and
- * migrate.so) share. Only the binding files include lua.h; the helpers below
- * that take a lua_State are the bindings' registration hooks.
+ * migrate-lua C core: what its units share, for both hosts (the migrate-lua
+ * binary and migrate.so): the metatable names, the module entry point, the
+ * error objects, the functions of the migrate.core table (each named in
+ * lmigrate.c's corelib), and the few C-only helpers between units.
  */
 #ifndef MIGRATE_H
 #define MIGRATE_H
@@ -36,34 +37,33 @@ int  mig_raise_error(lua_State *L);                                   /* the obj
  * malloc'd array), which it then frees before it raises what failed */
 int  mig_protected(lua_State *L, lua_CFunction f, void *ud, int nresults);
 
-/* sha256.c, redact.c, fsdir.c, lint.c, signals.c: functions for the module table */
-int mig_l_checksum(lua_State *L);
+/* the functions of the migrate.core table, by unit */
+int mig_l_checksum(lua_State *L);        /* sha256.c */
 int mig_l_sha256(lua_State *L);
 int mig_l_checksum_file(lua_State *L);
-int mig_l_redact(lua_State *L);
+int mig_l_redact(lua_State *L);          /* redact.c */
 int mig_l_scrub(lua_State *L);
 int mig_l_quote_ident(lua_State *L);     /* quote.c */
-int mig_l_listdir(lua_State *L);
+int mig_l_listdir(lua_State *L);         /* fsdir.c */
 int mig_l_isdir(lua_State *L);
 int mig_l_is_executable(lua_State *L);
 int mig_l_mkdir(lua_State *L);
 int mig_l_isatty(lua_State *L);
-int mig_l_parse_sql(lua_State *L);
+int mig_l_parse_sql(lua_State *L);       /* lint.c */
 int mig_l_parse_tree(lua_State *L);
 int mig_l_parser_version(lua_State *L);
-int mig_l_install_signals(lua_State *L);
+int mig_l_install_signals(lua_State *L); /* signals.c */
 int mig_l_interrupted(lua_State *L);
 int mig_l_sleep_ms(lua_State *L);
-/* clock.c, runid.c, logfile.c */
-int mig_l_now_ms(lua_State *L);
-int mig_l_wall_ms(lua_State *L);
-int mig_l_run_id(lua_State *L);
-int mig_l_open_private(lua_State *L);
 int mig_l_alarm(lua_State *L);
 int mig_l_call_user(lua_State *L);
-int mig_l_setenv(lua_State *L);
-int mig_l_conninfo_env(lua_State *L);
 int mig_l_guard_thread(lua_State *L);
+int mig_l_now_ms(lua_State *L);          /* clock.c */
+int mig_l_wall_ms(lua_State *L);
+int mig_l_run_id(lua_State *L);          /* runid.c */
+int mig_l_open_private(lua_State *L);    /* logfile.c */
+int mig_l_setenv(lua_State *L);          /* envvars.c */
+int mig_l_conninfo_env(lua_State *L);
 /* spawn.c: child processes (run: a program to its end; the rest: fleets) */
 int mig_l_run(lua_State *L);
 int mig_l_spawn(lua_State *L);

@@ -1,13 +1,16 @@
 /*
  * lpg_conn.c: PostgreSQL connections for Lua (migrate.Conn, migrate.Result):
- * connect and close, the result box, bound values in and typed rows out,
- * quoting by libpq, and the registration of the metatables.
+ * connect and close, the result box, the commands sent without waiting
+ * (conn:send, conn:queue), bound values in and typed rows out, quoting by
+ * libpq, and the registration of the metatables.
  *
  * Ownership: a PGconn lives in a Conn userdata (closed by close/__gc/__close,
- * after cancelling an active query); every PGresult lives in a Result box
- * from the moment libpq returns it, so an error raised while converting rows
- * (memory, a JSON decode) cannot leak it. Values are always bound with
- * PQexecParams; identifiers and literals are quoted only by libpq.
+ * after cancelling an active query); every PGresult that is still held when
+ * Lua can raise lives in a Result box from the moment libpq returns it, so
+ * an error raised while converting rows (memory, a JSON decode) cannot leak
+ * it (the ones read where nothing raises, as lpg_drain_sent's, are freed
+ * there). Values are always bound with PQexecParams; identifiers and
+ * literals are quoted only by libpq.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -741,8 +744,8 @@ push_quoted(lua_State *L, Conn *c, const char *s, size_t len, int literal)
 	return 1;
 }
 
-/* conn:quote_ident("name") -> "\"name\""; "schema.table" is quoted part by part
- * only by conn:quote_qualified. */
+/* conn:quote_ident("name") -> "\"name\"": one name, a dot included
+ * ("schema.table" part by part is m:ident's, lua/migrate/context.lua). */
 static int
 conn_quote_ident(lua_State *L)
 {

@@ -1,7 +1,8 @@
 /*
  * redact.c: the one redactor. Passwords never reach a sink, whichever form
  * they come in; argv masking (main.c), error messages and every log sink use
- * the functions below, and nothing else in the tree looks for passwords.
+ * the functions below, and nothing else in the tree looks for passwords in
+ * text (logger.lua only drops fields named like a secret).
  *
  *   redact(conninfo)  a connection string fit to print: parsed by libpq
  *                     itself (PQconninfoParse accepts key=value strings and
