@@ -467,13 +467,16 @@ lpg_bind_params(lua_State *L, int first, int nparams)
 }
 
 /*
- * Runs sql with the arguments from index 3 on. Without arguments the simple
- * protocol is used, so one string may hold several statements. Leaves a
- * Result box holding a successful result on the stack; raises on failure.
+ * conn:exec and conn:query, [conn, sql, args…]: runs sql with the
+ * arguments from index 3 on. Without arguments the simple protocol is used,
+ * so one string may hold several statements. Leaves a Result box holding a
+ * successful result on the stack; raises on failure.
  */
 static PGresult *
-run(lua_State *L, Conn *c, const char *sql)
+run(lua_State *L)
 {
+	Conn *c = lpg_check_conn(L, 1);
+	const char *sql = luaL_checkstring(L, 2);
 	int nparams = lua_gettop(L) - 2;
 	const char **values = nparams > 0 ? lpg_bind_params(L, 3, nparams) : NULL;
 	PGresult **box, **blockers;
@@ -637,9 +640,7 @@ conn_flush(lua_State *L)
 static int
 conn_exec(lua_State *L)
 {
-	Conn *c = lpg_check_conn(L, 1);
-	const char *sql = luaL_checkstring(L, 2);
-	PGresult *res = run(L, c, sql);
+	PGresult *res = run(L);
 	lua_Integer n = affected(res);
 	clear_box(L, -1);
 	lua_pushinteger(L, n);
@@ -702,9 +703,7 @@ lpg_push_rows(lua_State *L, PGresult *res)
 static int
 conn_query(lua_State *L)
 {
-	Conn *c = lpg_check_conn(L, 1);
-	const char *sql = luaL_checkstring(L, 2);
-	PGresult *res = run(L, c, sql);
+	PGresult *res = run(L);
 	int ncols = PQnfields(res);
 
 	lpg_push_rows(L, res);                                   /* [box, rows] */
