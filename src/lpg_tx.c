@@ -204,12 +204,29 @@ begin_queued(lua_State *L, Conn *c, int prelude)
 	return 1;
 }
 
-/* [conn, opts, finish] -> finish_pipelined, under end_queued's pcall */
+/* [conn, opts, finish] -> finish_pipelined, under finish_called's pcall */
 static int
 finish_protected(lua_State *L)
 {
 	finish_pipelined(L, (Conn *) lua_touserdata(L, 1), 2, 3);
 	return 0;
+}
+
+/*
+ * finish_pipelined for the transaction of [conn, opts, …], its finish list
+ * at index finish, under lua_pcall: returns the status, the error object on
+ * top when it failed. finish_pipelined rolls back what it sent; an error
+ * raised before (a bad item, memory) leaves the transaction, and the
+ * queue when there is one, for the caller to end.
+ */
+static int
+finish_called(lua_State *L, int finish)
+{
+	lua_pushcfunction(L, finish_protected);
+	lua_pushvalue(L, 1);
+	lua_pushvalue(L, 2);
+	lua_pushvalue(L, finish);
+	return lua_pcall(L, 3, 0, 0);
 }
 
 /*
@@ -233,11 +250,7 @@ end_queued(lua_State *L, Conn *c, int status, int always_rollback, int nres)
 			lua_newtable(L);            /* COMMIT only */
 		}
 		int finish = lua_gettop(L);
-		lua_pushcfunction(L, finish_protected);
-		lua_pushvalue(L, 1);
-		lua_pushvalue(L, 2);
-		lua_pushvalue(L, finish);
-		if (lua_pcall(L, 3, 0, 0) == LUA_OK)
+		if (finish_called(L, finish) == LUA_OK)
 		{
 			lua_remove(L, finish);
 			return nres;
@@ -366,7 +379,11 @@ lpg_conn_transaction(lua_State *L)
 	if (lua_istable(L, 2) && lua_getfield(L, 2, "finish") == LUA_TTABLE)
 	{
 		int finish = lua_gettop(L);
-		finish_pipelined(L, c, 2, finish);
+		if (finish_called(L, finish) != LUA_OK)
+		{
+			rollback_if_open(c);    /* raised before the finish was sent */
+			return lua_error(L);
+		}
 		lua_remove(L, finish);
 		lpg_deliver_notices(L, c, 1);
 		return nres;

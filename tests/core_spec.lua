@@ -199,6 +199,24 @@ describe("migrate.core connection", function()
     assert.equal("0", T.psql(db, "SELECT count(*) FROM t"))
   end)
 
+  it("rolls back when the finish cannot be bound, queued or not: no raise leaves the transaction open", function()
+    conn:exec("CREATE TABLE t (x int)")
+    for _, pipeline in ipairs { false, true } do
+      local ok, err = pcall(conn.transaction, conn, function(opts)
+        conn:exec("INSERT INTO t VALUES (1)")
+      end, { pipeline = pipeline, finish = { { "SELECT $1::text", n = 1, print } } })
+      assert.is_false(ok)
+      assert.equal("unbindable_parameter", err.code)
+      assert.equal("idle", conn:tx_status())
+      ok, err = pcall(conn.transaction, conn, function() conn:queue("INSERT INTO t VALUES (2)") end,
+        { pipeline = pipeline, finish = { "not a table" } })
+      assert.is_false(ok)
+      assert.matches("opts.finish[1] is not a table", tostring(err), 1, true)
+      assert.equal("idle", conn:tx_status())
+    end
+    assert.equal("0", T.psql(db, "SELECT count(*) FROM t"))
+  end)
+
   it("always rolls back with {rollback = true}", function()
     conn:exec("CREATE TABLE t (x int)")
     local v = conn:transaction(function() conn:exec("INSERT INTO t VALUES (1)"); return 7 end, { rollback = true })
