@@ -8,10 +8,12 @@
 
 #include "lpg_int.h"
 
+/* ROLLBACK when a transaction is open on a live connection (no round trip
+ * otherwise); a failed ROLLBACK leaves nothing committed either. */
 static void
 rollback_if_open(Conn *c)
 {
-	if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+	if (PQstatus(c->pg) == CONNECTION_OK && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
 		PQclear(PQexec(c->pg, "ROLLBACK"));
 }
 
@@ -105,10 +107,11 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 		lpg_drain_sent(c);
 		if (!PQenterPipelineMode(c->pg))
 		{
-			PQclear(PQexec(c->pg, "ROLLBACK"));
+			/* libpq's message first: ROLLBACK would replace it */
 			mig_new_error(L, "runtime", "pipeline_refused");
 			lua_pushstring(L, PQerrorMessage(c->pg));
 			lua_setfield(L, -2, "libpq");
+			rollback_if_open(c);
 			mig_raise_error(L);
 		}
 	}
@@ -148,8 +151,7 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 		lua_settop(L, base);
 		return;
 	}
-	if (PQstatus(c->pg) == CONNECTION_OK && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
-		PQclear(PQexec(c->pg, "ROLLBACK"));
+	rollback_if_open(c);
 	if (failed_at == 0)
 		failed_at = unsent ? queued + unsent : done + 1;
 	if (failed_at <= queued)
@@ -265,8 +267,7 @@ end_queued(lua_State *L, Conn *c, int status, int always_rollback, int nres)
 	if (status != LUA_OK && c->pipeline && mig_signals_pending())
 		lpg_cancel(c);
 	lpg_drain_sent(c);
-	if (PQstatus(c->pg) == CONNECTION_OK && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
-		PQclear(PQexec(c->pg, "ROLLBACK"));   /* a failed ROLLBACK leaves nothing committed either */
+	rollback_if_open(c);
 	lpg_raise_queued(L, c, 1, 1);
 	if (status != LUA_OK)
 		return lua_error(L);
@@ -361,11 +362,7 @@ lpg_conn_transaction(lua_State *L)
 	PGTransactionStatusType ts = PQtransactionStatus(c->pg);
 	if (status != LUA_OK || always_rollback || ts != PQTRANS_INTRANS)
 	{
-		if (ts != PQTRANS_IDLE)
-		{
-			PGresult *res = PQexec(c->pg, "ROLLBACK");
-			PQclear(res);   /* a failed ROLLBACK leaves nothing committed either */
-		}
+		rollback_if_open(c);
 		if (status != LUA_OK)
 			return lua_error(L);
 		if (ts == PQTRANS_INERROR || ts == PQTRANS_IDLE)
