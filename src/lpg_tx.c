@@ -202,8 +202,39 @@ begin_queued(lua_State *L, Conn *c, int prelude)
 			lpg_queue_command(L, c, 1, lua_tostring(L, -1), 0);   /* anchored in the list */
 			lua_pop(L, 1);
 		}
-	lua_settop(L, 4);
 	return 1;
+}
+
+/*
+ * [conn, prelude, pipeline] -> BEGIN and the prelude, queued when pipeline
+ * is set and pipeline mode can be entered, else run at once ("BEGIN; a;
+ * b") and their notices handed on. Called under conn:transaction's pcall,
+ * which rolls back whatever a raise here leaves open.
+ */
+static int
+begin_protected(lua_State *L)
+{
+	Conn *c = (Conn *) lua_touserdata(L, 1);
+	if (lua_toboolean(L, 3) && begin_queued(L, c, 2))
+		return 0;
+	if (lua_isstring(L, 2))
+		lua_pushfstring(L, "BEGIN; %s", lua_tostring(L, 2));
+	else if (lua_istable(L, 2))
+	{
+		lua_pushliteral(L, "BEGIN");
+		for (int i = 1; lua_rawgeti(L, 2, i) == LUA_TSTRING; i++)
+		{
+			lua_pushliteral(L, "; ");
+			lua_insert(L, -2);
+			lua_concat(L, 3);               /* "BEGIN; a; b" */
+		}
+		lua_pop(L, 1);                      /* the end of the list */
+	}
+	else
+		lua_pushliteral(L, "BEGIN");
+	command_or_rollback(L, c, lua_tostring(L, -1));   /* anchored at the top */
+	lpg_deliver_notices(L, c, 1);
+	return 0;
 }
 
 /* [conn, opts, finish] -> finish_pipelined, under finish_called's pcall */
@@ -318,28 +349,20 @@ lpg_conn_transaction(lua_State *L)
 		return mig_raise_error(L);
 	}
 	lpg_forget_queue(c);                /* nothing of an earlier transaction is reported here */
-	if (!pipeline || !begin_queued(L, c, 4))
+	lua_pushcfunction(L, begin_protected);
+	lua_pushvalue(L, 1);
+	lua_pushvalue(L, 4);
+	lua_pushboolean(L, pipeline);
+	if (lua_pcall(L, 3, 0, 0) != LUA_OK)
 	{
-		if (lua_isstring(L, 4))
-			lua_pushfstring(L, "BEGIN; %s", lua_tostring(L, 4));
-		else if (lua_istable(L, 4))
-		{
-			lua_pushliteral(L, "BEGIN");
-			for (int i = 1; lua_rawgeti(L, 4, i) == LUA_TSTRING; i++)
-			{
-				lua_pushliteral(L, "; ");
-				lua_insert(L, -2);
-				lua_concat(L, 3);           /* "BEGIN; a; b" */
-			}
-			lua_pop(L, 1);                  /* the end of the list */
-		}
-		else
-			lua_pushliteral(L, "BEGIN");
-		lua_replace(L, 4);              /* [conn, fn, opts, begin]: the string stays anchored */
-		command_or_rollback(L, c, lua_tostring(L, 4));
-		lpg_deliver_notices(L, c, 1);
+		/* whatever was sent or queued before the raise is read and rolled
+		 * back, and its failure, raised now, is not kept for later commands */
+		lpg_drain_sent(c);
+		rollback_if_open(c);
+		lpg_forget_queue(c);
+		return lua_error(L);
 	}
-	lua_rotate(L, 2, -1);               /* [conn, opts, begin, fn] */
+	lua_rotate(L, 2, -1);               /* [conn, opts, prelude, fn] */
 	int prev_user = mig_signals_enter_user(L);
 	c->in_tx = 1;
 	status = lua_pcall(L, 0, LUA_MULTRET, 0);
