@@ -87,7 +87,9 @@ await_input(Conn *c, Conn *w, PGresult **blockers, const struct timespec *start,
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	long elapsed = (long) ((now.tv_sec - start->tv_sec) * 1000 + (now.tv_nsec - start->tv_nsec) / 1000000);
-	int timeout = w == NULL ? -1 : *next_ms > elapsed ? (int) (*next_ms - elapsed) : 0;
+	int timeout = -1;                   /* nobody to ask: wait for input only */
+	if (w != NULL)
+		timeout = *next_ms > elapsed ? (int) (*next_ms - elapsed) : 0;
 	if (poll(&pfd, 1, timeout) == 0 && w != NULL && w->pg != NULL)
 	{
 		/* waited watch_ms: ask who blocks us while we still wait */
