@@ -58,7 +58,7 @@ mig_l_listdir(lua_State *L)
 		lua_pushinteger(L, en);
 		return 3;
 	}
-	int status = mig_protected(L, read_names, d, 1);   /* [path, names | error] */
+	int status = mig_protected(L, read_names, d, 1); /* [path, names | error] */
 	closedir(d);
 	if (status != LUA_OK)
 		return lua_error(L);

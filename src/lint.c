@@ -210,7 +210,7 @@ enter(Tree *t)
 {
 	if (++t->depth > TREE_MAX_DEPTH)
 		luaL_error(t->L, "Found too many nested data structures (%d) at character %d", t->depth,
-			(int) (t->p - t->json) + 1);
+				   (int) (t->p - t->json) + 1);
 	luaL_checkstack(t->L, 8, "parse tree too large");
 }
 

@@ -20,15 +20,15 @@
 #include "lpg_int.h"
 
 /* OIDs of the types m:query converts (pg_type.h) */
-#define BOOLOID    16
-#define INT8OID    20
-#define INT2OID    21
-#define INT4OID    23
-#define OIDOID     26
-#define JSONOID    114
-#define FLOAT4OID  700
-#define FLOAT8OID  701
-#define JSONBOID   3802
+#define BOOLOID   16
+#define INT8OID   20
+#define INT2OID   21
+#define INT4OID   23
+#define OIDOID    26
+#define JSONOID   114
+#define FLOAT4OID 700
+#define FLOAT8OID 701
+#define JSONBOID  3802
 
 /* {====================== boxes ====================== */
 
@@ -101,9 +101,9 @@ read_queue(Conn *c)
 
 	if (PQpipelineSync(c->pg))
 	{
-		mig_signals_set_cancel(c->pg);   /* Ctrl-C cancels the queued command that runs */
+		mig_signals_set_cancel(c->pg); /* Ctrl-C cancels the queued command that runs */
 		if (mig_signals_pending())
-			lpg_cancel(c);                  /* it came while nothing could be cancelled */
+			lpg_cancel(c); /* it came while nothing could be cancelled */
 		synced = lpg_read_pipeline(c, &err, &failed_at, &done, &blockers, NULL, 0, 0);
 		mig_signals_set_cancel(NULL);
 	}
@@ -113,7 +113,7 @@ read_queue(Conn *c)
 	if ((err != NULL || !synced) && c->queue_failed == 0)
 	{
 		c->queue_failed = failed_at > 0 ? failed_at : done + 1;
-		c->queue_error = err;               /* NULL: the connection failed (libpq's message) */
+		c->queue_error = err; /* NULL: the connection failed (libpq's message) */
 		c->queue_blockers = blockers;
 		return;
 	}
@@ -163,28 +163,28 @@ lpg_push_queued_error(lua_State *L, Conn *c, int conn_index, const PGresult *res
 	const char *sql = NULL;
 
 	luaL_checkstack(L, 8, "queued error");
-	lua_getiuservalue(L, conn_index, UV_QUEUE);          /* [notes] */
+	lua_getiuservalue(L, conn_index, UV_QUEUE); /* [notes] */
 	if (lua_istable(L, -1))
 		lua_rawgeti(L, -1, k);
 	else
-		lua_pushnil(L);                                 /* [notes, entry] */
+		lua_pushnil(L); /* [notes, entry] */
 	if (lua_istable(L, -1))
 	{
 		lua_rawgeti(L, -1, 1);
-		sql = lua_tostring(L, -1);                      /* anchored in the entry */
+		sql = lua_tostring(L, -1); /* anchored in the entry */
 		lua_pop(L, 1);
 	}
-	mig_push_pg_error(L, c->pg, res, sql);             /* [notes, entry, err] */
+	mig_push_pg_error(L, c->pg, res, sql); /* [notes, entry, err] */
 	if (lua_istable(L, -2))
 	{
-		if (lua_rawgeti(L, -2, 2) == LUA_TTABLE)        /* [notes, entry, err, note] */
+		if (lua_rawgeti(L, -2, 2) == LUA_TTABLE) /* [notes, entry, err, note] */
 		{
 			lua_pushnil(L);
-			while (lua_next(L, -2))                     /* [.., err, note, key, value] */
+			while (lua_next(L, -2)) /* [.., err, note, key, value] */
 			{
 				lua_pushvalue(L, -2);
 				lua_insert(L, -2);
-				lua_rawset(L, -5);                      /* err[key] = value */
+				lua_rawset(L, -5); /* err[key] = value */
 			}
 		}
 		lua_pop(L, 1);
@@ -197,7 +197,7 @@ lpg_push_queued_error(lua_State *L, Conn *c, int conn_index, const PGresult *res
 		lua_setfield(L, -2, "blockers");
 	}
 	lua_replace(L, -3);
-	lua_pop(L, 1);                                      /* [err] */
+	lua_pop(L, 1); /* [err] */
 }
 
 /*
@@ -245,7 +245,7 @@ lpg_forget_queue(Conn *c)
 int
 lpg_start_queue(lua_State *L, Conn *c, int conn_index)
 {
-	lua_newtable(L);                    /* first: a memory error leaves nothing half done */
+	lua_newtable(L); /* first: a memory error leaves nothing half done */
 	lpg_drain_sent(c);
 	if (!PQenterPipelineMode(c->pg))
 	{
@@ -284,11 +284,11 @@ lpg_queue_command(lua_State *L, Conn *c, int conn_index, const char *sql, int no
 		int k = c->sent + 1;
 		lpg_drain_sent(c);
 		if (c->queue_failed == 0)
-			c->queue_failed = k;            /* queue_error NULL: libpq's message says why */
+			c->queue_failed = k; /* queue_error NULL: libpq's message says why */
 		lpg_settle_sent(L, c, conn_index);
 	}
 	c->sent++;
-	(void) PQflush(c->pg);              /* a failure here shows when the results are read */
+	(void) PQflush(c->pg); /* a failure here shows when the results are read */
 }
 
 /* A cancel request for the command c's backend runs (nothing if none runs). */
@@ -311,8 +311,8 @@ close_conn(Conn *c)
 {
 	if (c->pg == NULL)
 		return;
-	c->watch_ms = 0;                /* no side connection asked at close: it may be closed already */
-	lpg_drain_sent(c);              /* the last log rows must reach the table */
+	c->watch_ms = 0;   /* no side connection asked at close: it may be closed already */
+	lpg_drain_sent(c); /* the last log rows must reach the table */
 	lpg_forget_queue(c);
 	if (PQtransactionStatus(c->pg) == PQTRANS_ACTIVE)
 		lpg_cancel(c);
@@ -358,7 +358,7 @@ l_connect(lua_State *L)
 	const char *vals[] = {conninfo, appname, NULL};
 	Conn *c = (Conn *) lua_newuserdatauv(L, sizeof(Conn), UV_COUNT);
 
-	memset(c, 0, sizeof *c);  /* consistent before acquiring */
+	memset(c, 0, sizeof *c); /* consistent before acquiring */
 	c->notice_tail = &c->notice_head;
 	luaL_setmetatable(L, MIG_CONN_MT);
 	/* the words that end a COPY FROM STDIN are errors.lua's, kept for the
@@ -485,20 +485,20 @@ run(lua_State *L)
 	Conn *w = NULL;
 	int copy_refused;
 
-	luaL_checkstack(L, 8, "too many query parameters");   /* the boxes and the rows */
-	lpg_settle_sent(L, c, 1);                       /* the queued commands' answers come first */
+	luaL_checkstack(L, 8, "too many query parameters"); /* the boxes and the rows */
+	lpg_settle_sent(L, c, 1);                           /* the queued commands' answers come first */
 	if (c->watch_ms > 0)
 	{
 		lua_getiuservalue(L, 1, UV_WATCH);
 		w = (Conn *) luaL_testudata(L, -1, MIG_CONN_MT);
-		lua_pop(L, 1);                               /* the uservalue keeps it alive */
+		lua_pop(L, 1); /* the uservalue keeps it alive */
 	}
-	box = lpg_new_result_box(L);                    /* [box]: the command's result */
-	blockers = lpg_new_result_box(L);               /* [box, side box]: who blocked it */
+	box = lpg_new_result_box(L);      /* [box]: the command's result */
+	blockers = lpg_new_result_box(L); /* [box, side box]: who blocked it */
 	mig_signals_set_cancel(c->pg);
-	copy_refused = lpg_run_watched(c, w, box, blockers, sql, nparams, values);   /* raises nothing */
+	copy_refused = lpg_run_watched(c, w, box, blockers, sql, nparams, values); /* raises nothing */
 	mig_signals_set_cancel(NULL);
-	res = *box;                                     /* owned by the box until collected */
+	res = *box; /* owned by the box until collected */
 	if (*blockers != NULL)
 	{
 		lpg_push_rows(L, *blockers);
@@ -506,8 +506,8 @@ run(lua_State *L)
 	}
 	else
 		lua_pushnil(L);
-	lua_replace(L, -2);                             /* [box, blockers] */
-	lua_insert(L, -2);                              /* [blockers, box] */
+	lua_replace(L, -2); /* [box, blockers] */
+	lua_insert(L, -2);  /* [blockers, box] */
 	/* the outcome is read from the connection before its notices are handed
 	 * on: the notice function is Lua, and may run a command on it */
 	if (copy_refused)
@@ -515,13 +515,13 @@ run(lua_State *L)
 		mig_new_error(L, "runtime", "copy_refused");
 		lua_pushstring(L, sql);
 		lua_setfield(L, -2, "statement");
-		lpg_deliver_notices(L, c, 1);               /* before the failure they may explain */
+		lpg_deliver_notices(L, c, 1); /* before the failure they may explain */
 		mig_raise_error(L);
 	}
 	st = PQresultStatus(res);
 	if (res == NULL || (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY))
 	{
-		mig_push_pg_error(L, c->pg, res, sql);       /* [.., blockers, box, err] */
+		mig_push_pg_error(L, c->pg, res, sql); /* [.., blockers, box, err] */
 		if (!lua_isnil(L, -3))
 		{
 			lua_pushvalue(L, -3);
@@ -530,7 +530,7 @@ run(lua_State *L)
 		lpg_deliver_notices(L, c, 1);
 		lua_error(L);
 	}
-	lpg_deliver_notices(L, c, 1);                   /* the result is boxed: a safe point */
+	lpg_deliver_notices(L, c, 1); /* the result is boxed: a safe point */
 	return res;
 }
 
@@ -611,7 +611,7 @@ conn_queue(lua_State *L)
 	int note = lua_istable(L, 3) ? 3 : 0;
 
 	if (c->queue_failed || (c->pipeline && c->sent >= LPG_QUEUE_MAX))
-		lpg_settle_sent(L, c, 1);          /* the known failure; or read what is queued first */
+		lpg_settle_sent(L, c, 1); /* the known failure; or read what is queued first */
 	if (!c->pipeline)
 	{
 		lpg_drain_sent(c);
@@ -656,19 +656,24 @@ push_value(lua_State *L, PGresult *res, int row, int col)
 
 	switch (PQftype(res, col))
 	{
-		case INT2OID: case INT4OID: case INT8OID: case OIDOID:
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case OIDOID:
 			lua_pushinteger(L, (lua_Integer) strtoll(v, NULL, 10));
 			break;
-		case FLOAT4OID: case FLOAT8OID:
+		case FLOAT4OID:
+		case FLOAT8OID:
 			lua_pushnumber(L, (lua_Number) strtod(v, NULL));
 			break;
 		case BOOLOID:
 			lua_pushboolean(L, v[0] == 't');
 			break;
-		case JSONOID: case JSONBOID:
+		case JSONOID:
+		case JSONBOID:
 			lua_getfield(L, LUA_REGISTRYINDEX, "migrate.json_decode");
 			lua_pushlstring(L, v, len);
-			lua_call(L, 1, 1);   /* the Result box frees res if this raises */
+			lua_call(L, 1, 1); /* the Result box frees res if this raises */
 			break;
 		default:
 			lua_pushlstring(L, v, len);
@@ -706,14 +711,14 @@ conn_query(lua_State *L)
 	PGresult *res = run(L);
 	int ncols = PQnfields(res);
 
-	lpg_push_rows(L, res);                                   /* [box, rows] */
-	lua_createtable(L, ncols, 0);                        /* [box, rows, cols] */
+	lpg_push_rows(L, res);        /* [box, rows] */
+	lua_createtable(L, ncols, 0); /* [box, rows, cols] */
 	for (int f = 0; f < ncols; f++)
 	{
 		lua_pushstring(L, PQfname(res, f));
 		lua_rawseti(L, -2, f + 1);
 	}
-	clear_box(L, -3);                                    /* the rows are Lua values now */
+	clear_box(L, -3); /* the rows are Lua values now */
 	return 2;
 }
 
@@ -734,7 +739,7 @@ push_quoted(lua_State *L, Conn *c, const char *s, size_t len, int literal)
 	size_t n = strlen(q);
 	if (n > room)
 	{
-		PQfreemem(q);          /* cannot happen (see above) */
+		PQfreemem(q); /* cannot happen (see above) */
 		return luaL_error(L, "cannot quote %s: libpq returned %d bytes", literal ? "literal" : "identifier", (int) n);
 	}
 	memcpy(dst, q, n);
@@ -755,7 +760,7 @@ conn_quote_ident(lua_State *L)
 	if (memchr(s, '\0', len) != NULL)
 	{
 		mig_new_error(L, "runtime", "nul_in_identifier");
-		lua_pushstring(L, s);   /* the name up to the NUL */
+		lua_pushstring(L, s); /* the name up to the NUL */
 		lua_setfield(L, -2, "name");
 		return mig_raise_error(L);
 	}
@@ -768,7 +773,7 @@ conn_quote_literal(lua_State *L)
 	Conn *c = lpg_check_conn(L, 1);
 	size_t len;
 	const char *s = luaL_checklstring(L, 2, &len);
-	if (memchr(s, '\0', len) != NULL)   /* libpq would cut the value at the NUL */
+	if (memchr(s, '\0', len) != NULL) /* libpq would cut the value at the NUL */
 	{
 		mig_new_error(L, "runtime", "nul_in_literal");
 		return mig_raise_error(L);
@@ -782,11 +787,11 @@ lpg_tx_status_name(PGconn *pg)
 {
 	switch (PQtransactionStatus(pg))
 	{
-		case PQTRANS_IDLE:    return "idle";
-		case PQTRANS_ACTIVE:  return "active";
+		case PQTRANS_IDLE: return "idle";
+		case PQTRANS_ACTIVE: return "active";
 		case PQTRANS_INTRANS: return "intrans";
 		case PQTRANS_INERROR: return "inerror";
-		default:              return "unknown";
+		default: return "unknown";
 	}
 }
 
@@ -829,6 +834,7 @@ conn_is_open(lua_State *L)
 	return 1;
 }
 
+/* clang-format off */
 static const luaL_Reg conn_methods[] = {
 	{"exec",          conn_exec},
 	{"send",          conn_send},
@@ -848,7 +854,9 @@ static const luaL_Reg conn_methods[] = {
 	{"close",         conn_close},
 	{NULL, NULL}
 };
+/* clang-format on */
 
+/* clang-format off */
 static const luaL_Reg conn_meta[] = {
 	{"__gc",       conn_close},
 	{"__close",    conn_close},
@@ -856,6 +864,7 @@ static const luaL_Reg conn_meta[] = {
 	{"__index",    NULL},
 	{NULL, NULL}
 };
+/* clang-format on */
 
 /* Registers the metatables and puts connect/error_mt into the table at -1. */
 void
@@ -876,7 +885,7 @@ mig_open_pg(lua_State *L)
 		lua_setfield(L, -2, "__close");
 	}
 	lua_pop(L, 1);
-	luaL_newmetatable(L, MIG_ERROR_MT);   /* its __tostring is errors.lua's render (lmigrate.c) */
+	luaL_newmetatable(L, MIG_ERROR_MT); /* its __tostring is errors.lua's render (lmigrate.c) */
 	lua_setfield(L, -2, "error_mt");
 	lua_pushcfunction(L, l_connect);
 	lua_setfield(L, -2, "connect");

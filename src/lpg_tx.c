@@ -68,8 +68,8 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 	const char *failed_sql = NULL;
 
 	luaL_checkstack(L, n + 8, "too many finish statements");
-	PGresult **err = lpg_new_result_box(L);       /* the first error, until it is reported */
-	PGresult **blockers = lpg_new_result_box(L);  /* who blocked the pipeline, if anybody did */
+	PGresult **err = lpg_new_result_box(L);      /* the first error, until it is reported */
+	PGresult **blockers = lpg_new_result_box(L); /* who blocked the pipeline, if anybody did */
 	/* one box per statement: its rows */
 	PGresult ***keep = (PGresult ***) lua_newuserdatauv(L, sizeof(PGresult **) * (size_t) (n > 0 ? n : 1), 0);
 	for (int i = 0; i < n; i++)
@@ -78,7 +78,12 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 	/* every statement and its parameters are checked and bound first: an
 	 * error raised here has sent nothing of the finish (the queue, if any,
 	 * is read and rolled back by conn:transaction) */
-	typedef struct { const char *sql; int nparams; const char **values; } Item;
+	typedef struct
+	{
+		const char *sql;
+		int nparams;
+		const char **values;
+	} Item;
 	Item *items = (Item *) lua_newuserdatauv(L, sizeof(Item) * (size_t) (n > 0 ? n : 1), 0);
 	for (int i = 1; i <= n; i++)
 	{
@@ -87,7 +92,7 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 			luaL_error(L, "opts.finish[%d] is not a table {sql, n = k, params…}", i);
 		int item = lua_gettop(L);
 		lua_rawgeti(L, item, 1);
-		it->sql = lua_tostring(L, -1);     /* anchored: the item table is in opts.finish */
+		it->sql = lua_tostring(L, -1); /* anchored: the item table is in opts.finish */
 		if (it->sql == NULL)
 			luaL_error(L, "opts.finish[%d][1] is not an SQL string", i);
 		lua_getfield(L, item, "n");
@@ -101,7 +106,7 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 	}
 
 	if (c->pipeline)
-		queued = c->sent;               /* their results come first */
+		queued = c->sent; /* their results come first */
 	else
 	{
 		lpg_drain_sent(c);
@@ -159,7 +164,7 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 		lpg_push_queued_error(L, c, 1, *err, failed_at, *blockers);
 		lua_error(L);
 	}
-	failed_at -= queued;                /* 1 … n: a finish statement; n + 1: COMMIT */
+	failed_at -= queued; /* 1 … n: a finish statement; n + 1: COMMIT */
 	if (failed_at > n + 1)
 		failed_at = n + 1;
 	if (failed_at <= n)
@@ -169,7 +174,7 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 			lua_rawgeti(L, -1, 1);
 		else
 			lua_pushnil(L);
-		failed_sql = lua_tostring(L, -1);   /* anchored in opts.finish */
+		failed_sql = lua_tostring(L, -1); /* anchored in opts.finish */
 		lua_pop(L, 2);
 	}
 	mig_push_pg_error(L, c->pg, *err, failed_sql != NULL ? failed_sql : "COMMIT");
@@ -199,7 +204,7 @@ begin_queued(lua_State *L, Conn *c, int prelude)
 	else if (lua_istable(L, prelude))
 		for (int i = 1; lua_rawgeti(L, prelude, i) == LUA_TSTRING; i++)
 		{
-			lpg_queue_command(L, c, 1, lua_tostring(L, -1), 0);   /* anchored in the list */
+			lpg_queue_command(L, c, 1, lua_tostring(L, -1), 0); /* anchored in the list */
 			lua_pop(L, 1);
 		}
 	return 1;
@@ -226,13 +231,13 @@ begin_protected(lua_State *L)
 		{
 			lua_pushliteral(L, "; ");
 			lua_insert(L, -2);
-			lua_concat(L, 3);               /* "BEGIN; a; b" */
+			lua_concat(L, 3); /* "BEGIN; a; b" */
 		}
-		lua_pop(L, 1);                      /* the end of the list */
+		lua_pop(L, 1); /* the end of the list */
 	}
 	else
 		lua_pushliteral(L, "BEGIN");
-	command_or_rollback(L, c, lua_tostring(L, -1));   /* anchored at the top */
+	command_or_rollback(L, c, lua_tostring(L, -1)); /* anchored at the top */
 	lpg_deliver_notices(L, c, 1);
 	return 0;
 }
@@ -279,8 +284,8 @@ end_queued(lua_State *L, Conn *c, int status, int always_rollback, int nres)
 		if (!lua_istable(L, 2) || lua_getfield(L, 2, "finish") != LUA_TTABLE)
 		{
 			if (lua_istable(L, 2))
-				lua_pop(L, 1);          /* the nil finish */
-			lua_newtable(L);            /* COMMIT only */
+				lua_pop(L, 1); /* the nil finish */
+			lua_newtable(L);   /* COMMIT only */
 		}
 		int finish = lua_gettop(L);
 		if (finish_called(L, finish) == LUA_OK)
@@ -336,10 +341,10 @@ lpg_conn_transaction(lua_State *L)
 		lua_getfield(L, 3, "pipeline");
 		pipeline = lua_toboolean(L, -1);
 		lua_pop(L, 2);
-		lua_getfield(L, 3, "prelude");      /* "SET LOCAL …": sent with BEGIN */
+		lua_getfield(L, 3, "prelude"); /* "SET LOCAL …": sent with BEGIN */
 	}
 	else
-		lua_pushnil(L);                     /* [conn, fn, opts, prelude] */
+		lua_pushnil(L); /* [conn, fn, opts, prelude] */
 
 	if (c->pipeline || PQtransactionStatus(c->pg) != PQTRANS_IDLE)
 	{
@@ -348,7 +353,7 @@ lpg_conn_transaction(lua_State *L)
 		lua_setfield(L, -2, "tx_status");
 		return mig_raise_error(L);
 	}
-	lpg_forget_queue(c);                /* nothing of an earlier transaction is reported here */
+	lpg_forget_queue(c); /* nothing of an earlier transaction is reported here */
 	lua_pushcfunction(L, begin_protected);
 	lua_pushvalue(L, 1);
 	lua_pushvalue(L, 4);
@@ -362,13 +367,13 @@ lpg_conn_transaction(lua_State *L)
 		lpg_forget_queue(c);
 		return lua_error(L);
 	}
-	lua_rotate(L, 2, -1);               /* [conn, opts, prelude, fn] */
+	lua_rotate(L, 2, -1); /* [conn, opts, prelude, fn] */
 	int prev_user = mig_signals_enter_user(L);
 	c->in_tx = 1;
 	status = lua_pcall(L, 0, LUA_MULTRET, 0);
 	c->in_tx = 0;
 	mig_signals_leave_user(L, prev_user);
-	nres = lua_gettop(L) - 3;   /* results or the error object, above [conn, opts, begin] */
+	nres = lua_gettop(L) - 3; /* results or the error object, above [conn, opts, begin] */
 
 	if (PQstatus(c->pg) != CONNECTION_OK)
 	{
@@ -401,7 +406,7 @@ lpg_conn_transaction(lua_State *L)
 		int finish = lua_gettop(L);
 		if (finish_called(L, finish) != LUA_OK)
 		{
-			rollback_if_open(c);    /* raised before the finish was sent */
+			rollback_if_open(c); /* raised before the finish was sent */
 			return lua_error(L);
 		}
 		lua_remove(L, finish);
@@ -409,7 +414,7 @@ lpg_conn_transaction(lua_State *L)
 		return nres;
 	}
 	if (lua_istable(L, 2))
-		lua_pop(L, 1);              /* the nil finish */
+		lua_pop(L, 1); /* the nil finish */
 	command_or_rollback(L, c, "COMMIT");
 	lpg_deliver_notices(L, c, 1);
 	return nres;

@@ -24,7 +24,12 @@ static const char *BLOCKERS_SQL =
  * is drained, for the caller to raise the refusal). Returns COPY_NONE when
  * r is no such result, else frees it and returns what it was.
  */
-enum { COPY_NONE, COPY_ENDED, COPY_DRAINED };
+enum
+{
+	COPY_NONE,
+	COPY_ENDED,
+	COPY_DRAINED
+};
 
 static int
 refuse_copy(Conn *c, PGresult *r)
@@ -87,7 +92,7 @@ await_input(Conn *c, Conn *w, PGresult **blockers, const struct timespec *start,
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	long elapsed = (long) ((now.tv_sec - start->tv_sec) * 1000 + (now.tv_nsec - start->tv_nsec) / 1000000);
-	int timeout = -1;                   /* nobody to ask: wait for input only */
+	int timeout = -1; /* nobody to ask: wait for input only */
 	if (w != NULL)
 		timeout = *next_ms > elapsed ? (int) (*next_ms - elapsed) : 0;
 	if (poll(&pfd, 1, timeout) == 0 && w != NULL && w->pg != NULL)
@@ -134,10 +139,10 @@ lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
 			if (copy != COPY_NONE)
 			{
 				copy_refused |= copy == COPY_DRAINED;
-				continue;                            /* the server answers with an error next */
+				continue; /* the server answers with an error next */
 			}
 			if (*res != NULL && PQresultStatus(*res) == PGRES_FATAL_ERROR)
-				PQclear(r);                          /* keep the first error */
+				PQclear(r); /* keep the first error */
 			else
 			{
 				PQclear(*res);

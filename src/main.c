@@ -50,9 +50,9 @@ pmain(lua_State *L)
 
 	luaL_checkversion(L);
 	luaL_openlibs(L);
-	luaL_requiref(L, "migrate", luaopen_migrate, 0);     /* [migrate] */
+	luaL_requiref(L, "migrate", luaopen_migrate, 0); /* [migrate] */
 	lua_getfield(L, -1, "cli");
-	lua_getfield(L, -1, "main");                         /* [migrate, cli, main] */
+	lua_getfield(L, -1, "main"); /* [migrate, cli, main] */
 	lua_createtable(L, argc, 0);
 	for (int i = 1; i < argc; i++)
 	{
@@ -93,7 +93,7 @@ main(int argc, char **argv)
 	}
 	else
 	{
-		const char *msg = lua_tostring(L, -1);     /* msghandler's string, or Lua's own */
+		const char *msg = lua_tostring(L, -1); /* msghandler's string, or Lua's own */
 		fprintf(stderr, "migrate-lua: internal error: %s\n", msg ? msg : "?");
 		code = 1;
 	}

@@ -22,7 +22,7 @@ set_field(lua_State *L, const char *key, const char *value)
 	{
 		size_t n = strlen(value);
 		while (n > 0 && (value[n - 1] == '\n' || value[n - 1] == ' '))
-			n--;                                    /* libpq ends messages with \n */
+			n--; /* libpq ends messages with \n */
 		lua_pushlstring(L, value, n);
 		lua_setfield(L, -2, key);
 	}
@@ -142,7 +142,7 @@ int
 mig_raise_pg_error(lua_State *L, PGconn *conn, PGresult *res, const char *sql)
 {
 	PgErrorArgs a = {conn, res, sql};
-	mig_protected(L, push_error_protected, &a, 1);  /* [error object | memory error] */
+	mig_protected(L, push_error_protected, &a, 1); /* [error object | memory error] */
 	PQclear(res);
 	return lua_error(L);
 }

@@ -83,7 +83,7 @@ conninfo_quote_end(const char *s, size_t n, size_t i)
 	return n > 0 ? n - 1 : 0;
 }
 
-typedef void (*span_fn)(size_t from, size_t to, void *ud);     /* secret is s[from, to) */
+typedef void (*span_fn)(size_t from, size_t to, void *ud); /* secret is s[from, to) */
 
 /*
  * SQL of role statements: CREATE/ALTER ROLE|USER … [ENCRYPTED] PASSWORD
@@ -107,7 +107,7 @@ find_sql_passwords(const char *s, size_t n, span_fn out, void *ud)
 		if (k < n && strchr("EeUu", s[k]) != NULL)
 			escapes = (s[k] == 'E' || s[k] == 'e'), k++;
 		if (k < n && s[k] == '&')
-			escapes = 0, k++;                   /* U&'…' (E&' is no literal) */
+			escapes = 0, k++; /* U&'…' (E&' is no literal) */
 		if (k < n && s[k] == '\'')
 		{
 			size_t end = sql_literal_end(s, n, k + 1, escapes);
@@ -115,7 +115,7 @@ find_sql_passwords(const char *s, size_t n, span_fn out, void *ud)
 			i = end;
 			continue;
 		}
-		if (j < n && s[j] == '$')               /* $tag$ … $tag$ */
+		if (j < n && s[j] == '$') /* $tag$ … $tag$ */
 		{
 			size_t t = j + 1;
 			while (t < n && (isalpha((unsigned char) s[t]) || s[t] == '_'))
@@ -160,7 +160,7 @@ find_conninfo_passwords(const char *s, size_t n, span_fn out, void *ud)
 			out(v, end + 1 < n ? end + 1 : n, ud);
 			i = end;
 		}
-		else if (v < n && s[v] != '*')      /* "***": already masked */
+		else if (v < n && s[v] != '*') /* "***": already masked */
 		{
 			size_t end = v;
 			while (end < n && !isspace((unsigned char) s[end]) && s[end] != '\'' && s[end] != '&')
@@ -212,7 +212,7 @@ typedef struct Spans
 	size_t n;
 	size_t cap;
 	size_t (*r)[2];
-	int failed;                             /* out of memory: redact everything */
+	int failed; /* out of memory: redact everything */
 } Spans;
 
 static void
@@ -402,7 +402,7 @@ mig_l_redact(lua_State *L)
 	char *err = NULL;
 	PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
 
-	PQfreemem(err);                             /* libpq's message may quote the input */
+	PQfreemem(err); /* libpq's message may quote the input */
 	if (opts == NULL)
 	{
 		lua_pushliteral(L, "(unparseable connection string)");

@@ -130,7 +130,7 @@ mig_l_checksum_file(lua_State *L)
 			len += (size_t) n;
 			if (len == cap)
 			{
-				char *bigger = realloc(buf, cap *= 2);   /* the file grew since fstat */
+				char *bigger = realloc(buf, cap *= 2); /* the file grew since fstat */
 				if (bigger == NULL)
 					break;
 				buf = bigger;
