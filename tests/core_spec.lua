@@ -202,7 +202,7 @@ describe("migrate.core connection", function()
   it("rolls back when the finish cannot be bound, queued or not: no raise leaves the transaction open", function()
     conn:exec("CREATE TABLE t (x int)")
     for _, pipeline in ipairs { false, true } do
-      local ok, err = pcall(conn.transaction, conn, function(opts)
+      local ok, err = pcall(conn.transaction, conn, function()
         conn:exec("INSERT INTO t VALUES (1)")
       end, { pipeline = pipeline, finish = { { "SELECT $1::text", n = 1, print } } })
       assert.is_false(ok)
