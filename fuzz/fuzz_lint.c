@@ -40,7 +40,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	/* check(lint.parse, input, core.parse_sql, core.parse_tree, cjson.decode) */
 	static const char *const fns[] = {"migrate.lint", "parse", "migrate.core", "parse_sql", "migrate.core", "parse_tree",
-		"cjson", "decode", NULL};
+									  "cjson", "decode", NULL};
 	lua_State *L;
 	if (fuzz_call_cached(data, size, run, fns, &L) != LUA_OK)
 	{

@@ -30,18 +30,22 @@
 
 #include "migrate.h"
 
-#define FUZZ_MEM_LIMIT   (64u << 20)
-#define FUZZ_INSN_LIMIT  2000000L
-#define FUZZ_HOOK_EVERY  1000
+#define FUZZ_MEM_LIMIT  (64u << 20)
+#define FUZZ_INSN_LIMIT 2000000L
+#define FUZZ_HOOK_EVERY 1000
 
-struct fuzz_budget { size_t used; long insns; };
+struct fuzz_budget
+{
+	size_t used;
+	long insns;
+};
 
 static void *
 fuzz_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
 	struct fuzz_budget *b = ud;
 	if (ptr == NULL)
-		osize = 0;              /* osize is a type tag for new blocks */
+		osize = 0; /* osize is a type tag for new blocks */
 	if (nsize == 0)
 	{
 		free(ptr);
@@ -87,7 +91,7 @@ static const char *const fuzz_strip =
 	"io, loadfile, dofile, require, package = nil\n"
 	"debug = { getinfo = debug.getinfo, traceback = debug.traceback }\n"
 	"local rep = string.rep\n"
-	"string.rep = function(s, n, sep)\n"     /* the cheap way to huge strings */
+	"string.rep = function(s, n, sep)\n" /* the cheap way to huge strings */
 	"  if #tostring(s) * (tonumber(n) or 0) > 65536 then error('fuzz: rep too large') end\n"
 	"  return rep(s, n, sep)\n"
 	"end\n";
@@ -113,7 +117,7 @@ fuzz_state(struct fuzz_budget *b)
 		return NULL;
 	lua_pushcfunction(L, fuzz_setup);
 	if (lua_pcall(L, 0, 0, 0) != LUA_OK)
-		abort();                /* the module itself failed to load: a real bug */
+		abort(); /* the module itself failed to load: a real bug */
 	return L;
 }
 

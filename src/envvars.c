@@ -25,69 +25,57 @@ mig_l_setenv(lua_State *L)
 	return 1;
 }
 
-/* The parsed options live in a box from the moment libpq returns them, so
- * an error raised while the table is built (out of memory) cannot leak them. */
-typedef struct
-{
-	PQconninfoOption *opts;
-} OptsBox;
-
-static void
-optsbox_free(OptsBox *box)
-{
-	if (box->opts != NULL)
-	{
-		for (PQconninfoOption *o = box->opts; o->keyword != NULL; o++)
-			if (o->val != NULL && strcmp(o->keyword, "password") == 0)
-				memset(o->val, 0, strlen(o->val));
-		PQconninfoFree(box->opts);
-		box->opts = NULL;
-	}
-}
-
+/* [options as light userdata] -> {envvar = value} of the options set */
 static int
-optsbox_gc(lua_State *L)
+push_env(lua_State *L)
 {
-	optsbox_free(lua_touserdata(L, 1));
-	return 0;
-}
-
-/*
- * core.conninfo_env(conninfo) -> {PGHOST = "...", PGPASSWORD = "...", ...}
- * for every option set in the string that libpq reads from a variable; nil
- * and libpq's message when it cannot parse it (which never echoes it).
- */
-int
-mig_l_conninfo_env(lua_State *L)
-{
-	const char *conninfo = luaL_checkstring(L, 1);
-	char *err = NULL;
-	OptsBox *box = lua_newuserdatauv(L, sizeof(OptsBox), 0);
-
-	box->opts = NULL;
-	if (luaL_newmetatable(L, "migrate.ConninfoOptions"))
-	{
-		lua_pushcfunction(L, optsbox_gc);
-		lua_setfield(L, -2, "__gc");
-	}
-	lua_setmetatable(L, -2);
-	box->opts = PQconninfoParse(conninfo, &err);
-	if (box->opts == NULL)
-	{
-		lua_pushnil(L);
-		lua_pushstring(L, err ? err : "out of memory");
-		if (err != NULL)
-			PQfreemem(err);
-		return 2;
-	}
+	const PQconninfoOption *opts = lua_touserdata(L, 1);
 	lua_newtable(L);
-	for (PQconninfoOption *o = box->opts; o->keyword != NULL; o++)
+	for (const PQconninfoOption *o = opts; o->keyword != NULL; o++)
 	{
 		if (o->val == NULL || o->envvar == NULL)
 			continue;
 		lua_pushstring(L, o->val);
 		lua_setfield(L, -2, o->envvar);
 	}
-	optsbox_free(box);
+	return 1;
+}
+
+/* [message as light userdata] -> the message */
+static int
+push_message(lua_State *L)
+{
+	lua_pushstring(L, lua_touserdata(L, 1));
+	return 1;
+}
+
+/*
+ * core.conninfo_env(conninfo) -> {PGHOST = "...", PGPASSWORD = "...", ...}
+ * for every option set in the string that libpq reads from a variable; nil
+ * and libpq's message when it cannot parse it (which never echoes it).
+ * What libpq returns is copied out under mig_protected and freed (the
+ * password zeroed) before anything is raised.
+ */
+int
+mig_l_conninfo_env(lua_State *L)
+{
+	const char *conninfo = luaL_checkstring(L, 1);
+	char *err = NULL;
+	PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
+	int status;
+
+	if (opts == NULL)
+	{
+		luaL_pushfail(L);
+		status = mig_protected(L, push_message, err != NULL ? err : (char *) "out of memory", 1);
+		PQfreemem(err);
+		if (status != LUA_OK)
+			return lua_error(L);
+		return 2;
+	}
+	status = mig_protected(L, push_env, opts, 1);
+	mig_conninfo_free(opts);
+	if (status != LUA_OK)
+		return lua_error(L);
 	return 1;
 }

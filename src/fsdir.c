@@ -23,16 +23,32 @@ sort_names(lua_State *L)
 	return 0;
 }
 
+/* [DIR as light userdata] -> the names of its entries but . and .. */
+static int
+read_names(lua_State *L)
+{
+	DIR *d = lua_touserdata(L, 1);
+	struct dirent *e;
+	int n = 0;
+
+	lua_newtable(L);
+	while ((e = readdir(d)) != NULL)
+	{
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+			continue;
+		lua_pushstring(L, e->d_name);
+		lua_rawseti(L, -2, ++n);
+	}
+	return 1;
+}
+
 int
 mig_l_listdir(lua_State *L)
 {
 	const char *path = luaL_checkstring(L, 1);
 	DIR *d;
-	struct dirent *e;
-	int n = 0;
 
 	lua_settop(L, 1);
-	lua_newtable(L);                /* [path, names]: created before opendir, so no leak */
 	d = opendir(path);
 	if (d == NULL)
 	{
@@ -42,14 +58,10 @@ mig_l_listdir(lua_State *L)
 		lua_pushinteger(L, en);
 		return 3;
 	}
-	while ((e = readdir(d)) != NULL)
-	{
-		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-			continue;
-		lua_pushstring(L, e->d_name);   /* OOM here would leak d: accepted, as liolib does for popen */
-		lua_rawseti(L, -2, ++n);
-	}
+	int status = mig_protected(L, read_names, d, 1); /* [path, names | error] */
 	closedir(d);
+	if (status != LUA_OK)
+		return lua_error(L);
 	lua_remove(L, 1);
 	sort_names(L);
 	return 1;

@@ -4,7 +4,6 @@
  * parse_tree(sql) -> the same tree as Lua tables | nil, message, cursor position
  * The classification of statements is policy and lives in lua/migrate/lint.lua.
  */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,33 +11,37 @@
 
 #include "migrate.h"
 
+/* [parse result as light userdata] -> JSON tree | nil, message, position */
+static int
+push_parse_result(lua_State *L)
+{
+	const PgQueryParseResult *r = lua_touserdata(L, 1);
+	if (r->error != NULL)
+	{
+		luaL_pushfail(L);
+		lua_pushstring(L, r->error->message ? r->error->message : "syntax error");
+		lua_pushinteger(L, r->error->cursorpos);
+		return 3;
+	}
+	lua_pushstring(L, r->parse_tree);
+	return 1;
+}
+
 /*
  * Parses sql and pushes its JSON tree (a Lua string), or pushes nil,
- * message, position and returns 3. The result is copied out and freed
- * before anything that could raise.
+ * message, position; returns how many it pushed. libpg_query's result is
+ * copied out under mig_protected and freed before anything is raised.
  */
 static int
 push_json(lua_State *L, const char *sql)
 {
+	int top = lua_gettop(L);
 	PgQueryParseResult r = pg_query_parse(sql);
-
-	if (r.error != NULL)
-	{
-		/* copy out, free, then return: lua_push* could raise while r is live */
-		char msg[512];
-		int pos = r.error->cursorpos;
-		snprintf(msg, sizeof msg, "%s", r.error->message ? r.error->message : "syntax error");
-		pg_query_free_parse_result(r);
-		luaL_pushfail(L);
-		lua_pushstring(L, msg);
-		lua_pushinteger(L, pos);
-		return 3;
-	}
-	/* The tree is copied into a Lua string inside a protected call would be
-	 * overkill: a memory error here is the only way to leak it. */
-	lua_pushstring(L, r.parse_tree);
+	int status = mig_protected(L, push_parse_result, &r, LUA_MULTRET);
 	pg_query_free_parse_result(r);
-	return 1;
+	if (status != LUA_OK)
+		return lua_error(L);
+	return lua_gettop(L) - top;
 }
 
 int
@@ -207,7 +210,7 @@ enter(Tree *t)
 {
 	if (++t->depth > TREE_MAX_DEPTH)
 		luaL_error(t->L, "Found too many nested data structures (%d) at character %d", t->depth,
-			(int) (t->p - t->json) + 1);
+				   (int) (t->p - t->json) + 1);
 	luaL_checkstack(t->L, 8, "parse tree too large");
 }
 

@@ -14,6 +14,7 @@
 #include "embedded.h"
 #include "version.h"
 
+/* clang-format off */
 static const luaL_Reg corelib[] = {
 	{"checksum",        mig_l_checksum},
 	{"sha256",          mig_l_sha256},
@@ -49,6 +50,7 @@ static const luaL_Reg corelib[] = {
 	{"close_fd",        mig_l_close_fd},
 	{NULL, NULL}
 };
+/* clang-format on */
 
 /*
  * package.preload loader for an embedded module: upvalue 1 is its index in
@@ -67,12 +69,12 @@ embedded_loader(lua_State *L)
 		const char *path = lua_pushfstring(L, "%s/%s", dev, e->chunkname + 5); /* skip "@lua/" */
 		status = luaL_loadfilex(L, path, "t");
 		if (status == LUA_ERRFILE)
-			lua_pop(L, 2);      /* not there: fall back to the embedded copy */
+			lua_pop(L, 2); /* not there: fall back to the embedded copy */
 		else if (status != LUA_OK)
 			return lua_error(L);
 		else
 		{
-			lua_remove(L, -2);  /* path */
+			lua_remove(L, -2); /* path */
 			goto loaded;
 		}
 	}
@@ -80,7 +82,7 @@ embedded_loader(lua_State *L)
 	if (luaL_loadbufferx(L, e->source, e->len, e->chunkname, "bt") != LUA_OK)
 		return lua_error(L);
 loaded:
-	lua_pushvalue(L, 1);        /* module name */
+	lua_pushvalue(L, 1); /* module name */
 	lua_call(L, 1, 1);
 	return 1;
 }
@@ -88,7 +90,7 @@ loaded:
 static void
 preload_embedded(lua_State *L)
 {
-	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);   /* [preload] */
+	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE); /* [preload] */
 	for (int i = 0; mig_embedded_lua[i].module != NULL; i++)
 	{
 		lua_pushinteger(L, i);
@@ -107,7 +109,7 @@ luaopen_migrate(lua_State *L)
 	/* the JSON codec m:query and bound table parameters use (lua-cjson) */
 	lua_getglobal(L, "require");
 	lua_pushliteral(L, "cjson");
-	lua_call(L, 1, 1);                                          /* [cjson] */
+	lua_call(L, 1, 1); /* [cjson] */
 	lua_getfield(L, -1, "decode");
 	lua_setfield(L, LUA_REGISTRYINDEX, "migrate.json_decode");
 	lua_getfield(L, -1, "encode");
@@ -115,24 +117,24 @@ luaopen_migrate(lua_State *L)
 	lua_pop(L, 1);
 
 	/* package.loaded["migrate.core"] = the C functions */
-	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);   /* [loaded] */
-	luaL_newlib(L, corelib);                                    /* [loaded, core] */
+	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE); /* [loaded] */
+	luaL_newlib(L, corelib);                                  /* [loaded, core] */
 	mig_open_pg(L);
 	lua_pushliteral(L, MIGRATE_VERSION);
 	lua_setfield(L, -2, "version");
 	lua_pushinteger(L, PQlibVersion());
 	lua_setfield(L, -2, "libpq_version");
-	lua_setfield(L, -2, "migrate.core");                        /* [loaded] */
+	lua_setfield(L, -2, "migrate.core"); /* [loaded] */
 	lua_pop(L, 1);
 
 	/* the words of C's error objects are Lua's (errors.lua): describe gives
 	 * one raised with a code its message, render is every one's __tostring */
 	lua_getglobal(L, "require");
 	lua_pushliteral(L, "migrate.errors");
-	lua_call(L, 1, 1);                                          /* [errors] */
+	lua_call(L, 1, 1); /* [errors] */
 	lua_getfield(L, -1, "describe");
 	lua_setfield(L, LUA_REGISTRYINDEX, MIG_DESCRIBE_ERROR);
-	luaL_getmetatable(L, MIG_ERROR_MT);                         /* [errors, mt] */
+	luaL_getmetatable(L, MIG_ERROR_MT); /* [errors, mt] */
 	lua_getfield(L, -2, "render");
 	lua_setfield(L, -2, "__tostring");
 	lua_pop(L, 2);

@@ -1,13 +1,16 @@
 /*
  * lpg_conn.c: PostgreSQL connections for Lua (migrate.Conn, migrate.Result):
- * connect and close, the result box, bound values in and typed rows out,
- * quoting by libpq, and the registration of the metatables.
+ * connect and close, the result box, the commands sent without waiting
+ * (conn:send, conn:queue), bound values in and typed rows out, quoting by
+ * libpq, and the registration of the metatables.
  *
  * Ownership: a PGconn lives in a Conn userdata (closed by close/__gc/__close,
- * after cancelling an active query); every PGresult lives in a Result box
- * from the moment libpq returns it, so an error raised while converting rows
- * (memory, a JSON decode) cannot leak it. Values are always bound with
- * PQexecParams; identifiers and literals are quoted only by libpq.
+ * after cancelling an active query); every PGresult that is still held when
+ * Lua can raise lives in a Result box from the moment libpq returns it, so
+ * an error raised while converting rows (memory, a JSON decode) cannot leak
+ * it (the ones read where nothing raises, as lpg_drain_sent's, are freed
+ * there). Values are always bound with PQexecParams; identifiers and
+ * literals are quoted only by libpq.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -17,15 +20,15 @@
 #include "lpg_int.h"
 
 /* OIDs of the types m:query converts (pg_type.h) */
-#define BOOLOID    16
-#define INT8OID    20
-#define INT2OID    21
-#define INT4OID    23
-#define OIDOID     26
-#define JSONOID    114
-#define FLOAT4OID  700
-#define FLOAT8OID  701
-#define JSONBOID   3802
+#define BOOLOID   16
+#define INT8OID   20
+#define INT2OID   21
+#define INT4OID   23
+#define OIDOID    26
+#define JSONOID   114
+#define FLOAT4OID 700
+#define FLOAT8OID 701
+#define JSONBOID  3802
 
 /* {====================== boxes ====================== */
 
@@ -98,9 +101,9 @@ read_queue(Conn *c)
 
 	if (PQpipelineSync(c->pg))
 	{
-		mig_signals_set_cancel(c->pg);   /* Ctrl-C cancels the queued command that runs */
+		mig_signals_set_cancel(c->pg); /* Ctrl-C cancels the queued command that runs */
 		if (mig_signals_pending())
-			lpg_cancel(c);                  /* it came while nothing could be cancelled */
+			lpg_cancel(c); /* it came while nothing could be cancelled */
 		synced = lpg_read_pipeline(c, &err, &failed_at, &done, &blockers, NULL, 0, 0);
 		mig_signals_set_cancel(NULL);
 	}
@@ -110,7 +113,7 @@ read_queue(Conn *c)
 	if ((err != NULL || !synced) && c->queue_failed == 0)
 	{
 		c->queue_failed = failed_at > 0 ? failed_at : done + 1;
-		c->queue_error = err;               /* NULL: the connection failed (libpq's message) */
+		c->queue_error = err; /* NULL: the connection failed (libpq's message) */
 		c->queue_blockers = blockers;
 		return;
 	}
@@ -160,28 +163,28 @@ lpg_push_queued_error(lua_State *L, Conn *c, int conn_index, const PGresult *res
 	const char *sql = NULL;
 
 	luaL_checkstack(L, 8, "queued error");
-	lua_getiuservalue(L, conn_index, UV_QUEUE);          /* [notes] */
+	lua_getiuservalue(L, conn_index, UV_QUEUE); /* [notes] */
 	if (lua_istable(L, -1))
 		lua_rawgeti(L, -1, k);
 	else
-		lua_pushnil(L);                                 /* [notes, entry] */
+		lua_pushnil(L); /* [notes, entry] */
 	if (lua_istable(L, -1))
 	{
 		lua_rawgeti(L, -1, 1);
-		sql = lua_tostring(L, -1);                      /* anchored in the entry */
+		sql = lua_tostring(L, -1); /* anchored in the entry */
 		lua_pop(L, 1);
 	}
-	mig_push_pg_error(L, c->pg, res, sql);             /* [notes, entry, err] */
+	mig_push_pg_error(L, c->pg, res, sql); /* [notes, entry, err] */
 	if (lua_istable(L, -2))
 	{
-		if (lua_rawgeti(L, -2, 2) == LUA_TTABLE)        /* [notes, entry, err, note] */
+		if (lua_rawgeti(L, -2, 2) == LUA_TTABLE) /* [notes, entry, err, note] */
 		{
 			lua_pushnil(L);
-			while (lua_next(L, -2))                     /* [.., err, note, key, value] */
+			while (lua_next(L, -2)) /* [.., err, note, key, value] */
 			{
 				lua_pushvalue(L, -2);
 				lua_insert(L, -2);
-				lua_rawset(L, -5);                      /* err[key] = value */
+				lua_rawset(L, -5); /* err[key] = value */
 			}
 		}
 		lua_pop(L, 1);
@@ -194,7 +197,24 @@ lpg_push_queued_error(lua_State *L, Conn *c, int conn_index, const PGresult *res
 		lua_setfield(L, -2, "blockers");
 	}
 	lua_replace(L, -3);
-	lua_pop(L, 1);                                      /* [err] */
+	lua_pop(L, 1); /* [err] */
+}
+
+/*
+ * Raises the kept failure of a queued command, if there is one (returns
+ * otherwise): its error object as lpg_push_queued_error builds it. With
+ * forget set (conn:transaction ends) the failure is forgotten once the
+ * object holds its fields; without, every later command raises it again.
+ */
+void
+lpg_raise_queued(lua_State *L, Conn *c, int conn_index, int forget)
+{
+	if (!c->queue_failed)
+		return;
+	lpg_push_queued_error(L, c, conn_index, c->queue_error, c->queue_failed, c->queue_blockers);
+	if (forget)
+		lpg_forget_queue(c);
+	lua_error(L);
 }
 
 /* lpg_drain_sent, the notices of what it read handed on (before the failure
@@ -205,11 +225,7 @@ lpg_settle_sent(lua_State *L, Conn *c, int conn_index)
 {
 	lpg_drain_sent(c);
 	lpg_deliver_notices(L, c, conn_index);
-	if (c->queue_failed)
-	{
-		lpg_push_queued_error(L, c, conn_index, c->queue_error, c->queue_failed, c->queue_blockers);
-		lua_error(L);
-	}
+	lpg_raise_queued(L, c, conn_index, 0);
 }
 
 void
@@ -229,7 +245,7 @@ lpg_forget_queue(Conn *c)
 int
 lpg_start_queue(lua_State *L, Conn *c, int conn_index)
 {
-	lua_newtable(L);                    /* first: a memory error leaves nothing half done */
+	lua_newtable(L); /* first: a memory error leaves nothing half done */
 	lpg_drain_sent(c);
 	if (!PQenterPipelineMode(c->pg))
 	{
@@ -268,11 +284,11 @@ lpg_queue_command(lua_State *L, Conn *c, int conn_index, const char *sql, int no
 		int k = c->sent + 1;
 		lpg_drain_sent(c);
 		if (c->queue_failed == 0)
-			c->queue_failed = k;            /* queue_error NULL: libpq's message says why */
+			c->queue_failed = k; /* queue_error NULL: libpq's message says why */
 		lpg_settle_sent(L, c, conn_index);
 	}
 	c->sent++;
-	(void) PQflush(c->pg);              /* a failure here shows when the results are read */
+	(void) PQflush(c->pg); /* a failure here shows when the results are read */
 }
 
 /* A cancel request for the command c's backend runs (nothing if none runs). */
@@ -295,8 +311,8 @@ close_conn(Conn *c)
 {
 	if (c->pg == NULL)
 		return;
-	c->watch_ms = 0;                /* no side connection asked at close: it may be closed already */
-	lpg_drain_sent(c);              /* the last log rows must reach the table */
+	c->watch_ms = 0;   /* no side connection asked at close: it may be closed already */
+	lpg_drain_sent(c); /* the last log rows must reach the table */
 	lpg_forget_queue(c);
 	if (PQtransactionStatus(c->pg) == PQTRANS_ACTIVE)
 		lpg_cancel(c);
@@ -342,7 +358,7 @@ l_connect(lua_State *L)
 	const char *vals[] = {conninfo, appname, NULL};
 	Conn *c = (Conn *) lua_newuserdatauv(L, sizeof(Conn), UV_COUNT);
 
-	memset(c, 0, sizeof *c);  /* consistent before acquiring */
+	memset(c, 0, sizeof *c); /* consistent before acquiring */
 	c->notice_tail = &c->notice_head;
 	luaL_setmetatable(L, MIG_CONN_MT);
 	/* the words that end a COPY FROM STDIN are errors.lua's, kept for the
@@ -451,40 +467,38 @@ lpg_bind_params(lua_State *L, int first, int nparams)
 }
 
 /*
- * Runs sql with the arguments from index 3 on. Without arguments the simple
- * protocol is used, so one string may hold several statements. Leaves a
- * Result box holding a successful result on the stack; raises on failure.
+ * conn:exec and conn:query, [conn, sql, args…]: runs sql with the
+ * arguments from index 3 on. Without arguments the simple protocol is used,
+ * so one string may hold several statements. Leaves a Result box holding a
+ * successful result on the stack; raises on failure.
  */
 static PGresult *
-run(lua_State *L, Conn *c, const char *sql)
+run(lua_State *L)
 {
+	Conn *c = lpg_check_conn(L, 1);
+	const char *sql = luaL_checkstring(L, 2);
 	int nparams = lua_gettop(L) - 2;
 	const char **values = nparams > 0 ? lpg_bind_params(L, 3, nparams) : NULL;
 	PGresult **box, **blockers;
 	PGresult *res;
 	ExecStatusType st;
 	Conn *w = NULL;
+	int copy_refused;
 
-	luaL_checkstack(L, 8, "too many query parameters");   /* the boxes and the rows */
-	if (c->busy)
-		luaL_error(L, "connection is busy: a query cannot run while another one is being read");
-	lpg_settle_sent(L, c, 1);                       /* the queued commands' answers come first */
+	luaL_checkstack(L, 8, "too many query parameters"); /* the boxes and the rows */
+	lpg_settle_sent(L, c, 1);                           /* the queued commands' answers come first */
 	if (c->watch_ms > 0)
 	{
 		lua_getiuservalue(L, 1, UV_WATCH);
 		w = (Conn *) luaL_testudata(L, -1, MIG_CONN_MT);
-		lua_pop(L, 1);                               /* the uservalue keeps it alive */
+		lua_pop(L, 1); /* the uservalue keeps it alive */
 	}
-	box = lpg_new_result_box(L);                    /* [box]: the command's result */
-	blockers = lpg_new_result_box(L);               /* [box, side box]: who blocked it */
-	c->busy = 1;
-	c->copy_refused = 0;
+	box = lpg_new_result_box(L);      /* [box]: the command's result */
+	blockers = lpg_new_result_box(L); /* [box, side box]: who blocked it */
 	mig_signals_set_cancel(c->pg);
-	lpg_run_watched(c, w, box, blockers, sql, nparams, values);   /* raises nothing */
+	copy_refused = lpg_run_watched(c, w, box, blockers, sql, nparams, values); /* raises nothing */
 	mig_signals_set_cancel(NULL);
-	c->busy = 0;
-	lpg_deliver_notices(L, c, 1);                   /* the result is boxed: a safe point */
-	res = *box;                                     /* owned by the box until collected */
+	res = *box; /* owned by the box until collected */
 	if (*blockers != NULL)
 	{
 		lpg_push_rows(L, *blockers);
@@ -492,26 +506,31 @@ run(lua_State *L, Conn *c, const char *sql)
 	}
 	else
 		lua_pushnil(L);
-	lua_replace(L, -2);                             /* [box, blockers] */
-	lua_insert(L, -2);                              /* [blockers, box] */
-	if (c->copy_refused)
+	lua_replace(L, -2); /* [box, blockers] */
+	lua_insert(L, -2);  /* [blockers, box] */
+	/* the outcome is read from the connection before its notices are handed
+	 * on: the notice function is Lua, and may run a command on it */
+	if (copy_refused)
 	{
 		mig_new_error(L, "runtime", "copy_refused");
 		lua_pushstring(L, sql);
 		lua_setfield(L, -2, "statement");
+		lpg_deliver_notices(L, c, 1); /* before the failure they may explain */
 		mig_raise_error(L);
 	}
 	st = PQresultStatus(res);
 	if (res == NULL || (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY))
 	{
-		mig_push_pg_error(L, c->pg, res, sql);       /* [.., blockers, box, err] */
+		mig_push_pg_error(L, c->pg, res, sql); /* [.., blockers, box, err] */
 		if (!lua_isnil(L, -3))
 		{
 			lua_pushvalue(L, -3);
 			lua_setfield(L, -2, "blockers");
 		}
+		lpg_deliver_notices(L, c, 1);
 		lua_error(L);
 	}
+	lpg_deliver_notices(L, c, 1); /* the result is boxed: a safe point */
 	return res;
 }
 
@@ -542,8 +561,6 @@ conn_send(lua_State *L)
 	const char **values = nparams > 0 ? lpg_bind_params(L, 3, nparams) : NULL;
 	int ok;
 
-	if (c->busy)
-		return luaL_error(L, "connection is busy: a query cannot run while another one is being read");
 	lpg_settle_sent(L, c, 1);
 	ok = nparams > 0
 		? PQsendQueryParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0)
@@ -593,10 +610,8 @@ conn_queue(lua_State *L)
 	const char *sql = luaL_checkstring(L, 2);
 	int note = lua_istable(L, 3) ? 3 : 0;
 
-	if (c->busy)
-		return luaL_error(L, "connection is busy: a query cannot run while another one is being read");
 	if (c->queue_failed || (c->pipeline && c->sent >= LPG_QUEUE_MAX))
-		lpg_settle_sent(L, c, 1);          /* the known failure; or read what is queued first */
+		lpg_settle_sent(L, c, 1); /* the known failure; or read what is queued first */
 	if (!c->pipeline)
 	{
 		lpg_drain_sent(c);
@@ -617,8 +632,6 @@ static int
 conn_flush(lua_State *L)
 {
 	Conn *c = lpg_check_conn(L, 1);
-	if (c->busy)
-		return luaL_error(L, "connection is busy: a query cannot run while another one is being read");
 	lpg_settle_sent(L, c, 1);
 	return 0;
 }
@@ -627,9 +640,7 @@ conn_flush(lua_State *L)
 static int
 conn_exec(lua_State *L)
 {
-	Conn *c = lpg_check_conn(L, 1);
-	const char *sql = luaL_checkstring(L, 2);
-	PGresult *res = run(L, c, sql);
+	PGresult *res = run(L);
 	lua_Integer n = affected(res);
 	clear_box(L, -1);
 	lua_pushinteger(L, n);
@@ -645,19 +656,24 @@ push_value(lua_State *L, PGresult *res, int row, int col)
 
 	switch (PQftype(res, col))
 	{
-		case INT2OID: case INT4OID: case INT8OID: case OIDOID:
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case OIDOID:
 			lua_pushinteger(L, (lua_Integer) strtoll(v, NULL, 10));
 			break;
-		case FLOAT4OID: case FLOAT8OID:
+		case FLOAT4OID:
+		case FLOAT8OID:
 			lua_pushnumber(L, (lua_Number) strtod(v, NULL));
 			break;
 		case BOOLOID:
 			lua_pushboolean(L, v[0] == 't');
 			break;
-		case JSONOID: case JSONBOID:
+		case JSONOID:
+		case JSONBOID:
 			lua_getfield(L, LUA_REGISTRYINDEX, "migrate.json_decode");
 			lua_pushlstring(L, v, len);
-			lua_call(L, 1, 1);   /* the Result box frees res if this raises */
+			lua_call(L, 1, 1); /* the Result box frees res if this raises */
 			break;
 		default:
 			lua_pushlstring(L, v, len);
@@ -692,19 +708,17 @@ lpg_push_rows(lua_State *L, PGresult *res)
 static int
 conn_query(lua_State *L)
 {
-	Conn *c = lpg_check_conn(L, 1);
-	const char *sql = luaL_checkstring(L, 2);
-	PGresult *res = run(L, c, sql);
+	PGresult *res = run(L);
 	int ncols = PQnfields(res);
 
-	lpg_push_rows(L, res);                                   /* [box, rows] */
-	lua_createtable(L, ncols, 0);                        /* [box, rows, cols] */
+	lpg_push_rows(L, res);        /* [box, rows] */
+	lua_createtable(L, ncols, 0); /* [box, rows, cols] */
 	for (int f = 0; f < ncols; f++)
 	{
 		lua_pushstring(L, PQfname(res, f));
 		lua_rawseti(L, -2, f + 1);
 	}
-	clear_box(L, -3);                                    /* the rows are Lua values now */
+	clear_box(L, -3); /* the rows are Lua values now */
 	return 2;
 }
 
@@ -725,7 +739,7 @@ push_quoted(lua_State *L, Conn *c, const char *s, size_t len, int literal)
 	size_t n = strlen(q);
 	if (n > room)
 	{
-		PQfreemem(q);          /* cannot happen (see above) */
+		PQfreemem(q); /* cannot happen (see above) */
 		return luaL_error(L, "cannot quote %s: libpq returned %d bytes", literal ? "literal" : "identifier", (int) n);
 	}
 	memcpy(dst, q, n);
@@ -734,8 +748,8 @@ push_quoted(lua_State *L, Conn *c, const char *s, size_t len, int literal)
 	return 1;
 }
 
-/* conn:quote_ident("name") -> "\"name\""; "schema.table" is quoted part by part
- * only by conn:quote_qualified. */
+/* conn:quote_ident("name") -> "\"name\"": one name, a dot included
+ * ("schema.table" part by part is m:ident's, lua/migrate/context.lua). */
 static int
 conn_quote_ident(lua_State *L)
 {
@@ -746,7 +760,7 @@ conn_quote_ident(lua_State *L)
 	if (memchr(s, '\0', len) != NULL)
 	{
 		mig_new_error(L, "runtime", "nul_in_identifier");
-		lua_pushstring(L, s);   /* the name up to the NUL */
+		lua_pushstring(L, s); /* the name up to the NUL */
 		lua_setfield(L, -2, "name");
 		return mig_raise_error(L);
 	}
@@ -759,7 +773,7 @@ conn_quote_literal(lua_State *L)
 	Conn *c = lpg_check_conn(L, 1);
 	size_t len;
 	const char *s = luaL_checklstring(L, 2, &len);
-	if (memchr(s, '\0', len) != NULL)   /* libpq would cut the value at the NUL */
+	if (memchr(s, '\0', len) != NULL) /* libpq would cut the value at the NUL */
 	{
 		mig_new_error(L, "runtime", "nul_in_literal");
 		return mig_raise_error(L);
@@ -773,11 +787,11 @@ lpg_tx_status_name(PGconn *pg)
 {
 	switch (PQtransactionStatus(pg))
 	{
-		case PQTRANS_IDLE:    return "idle";
-		case PQTRANS_ACTIVE:  return "active";
+		case PQTRANS_IDLE: return "idle";
+		case PQTRANS_ACTIVE: return "active";
 		case PQTRANS_INTRANS: return "intrans";
 		case PQTRANS_INERROR: return "inerror";
-		default:              return "unknown";
+		default: return "unknown";
 	}
 }
 
@@ -787,8 +801,7 @@ static int
 conn_tx_status(lua_State *L)
 {
 	Conn *c = lpg_check_conn(L, 1);
-	if (!c->busy)
-		lpg_drain_sent(c);
+	lpg_drain_sent(c);
 	lua_pushstring(L, lpg_tx_status_name(c->pg));
 	return 1;
 }
@@ -821,6 +834,7 @@ conn_is_open(lua_State *L)
 	return 1;
 }
 
+/* clang-format off */
 static const luaL_Reg conn_methods[] = {
 	{"exec",          conn_exec},
 	{"send",          conn_send},
@@ -840,7 +854,9 @@ static const luaL_Reg conn_methods[] = {
 	{"close",         conn_close},
 	{NULL, NULL}
 };
+/* clang-format on */
 
+/* clang-format off */
 static const luaL_Reg conn_meta[] = {
 	{"__gc",       conn_close},
 	{"__close",    conn_close},
@@ -848,6 +864,7 @@ static const luaL_Reg conn_meta[] = {
 	{"__index",    NULL},
 	{NULL, NULL}
 };
+/* clang-format on */
 
 /* Registers the metatables and puts connect/error_mt into the table at -1. */
 void
@@ -868,7 +885,7 @@ mig_open_pg(lua_State *L)
 		lua_setfield(L, -2, "__close");
 	}
 	lua_pop(L, 1);
-	luaL_newmetatable(L, MIG_ERROR_MT);   /* its __tostring is errors.lua's render (lmigrate.c) */
+	luaL_newmetatable(L, MIG_ERROR_MT); /* its __tostring is errors.lua's render (lmigrate.c) */
 	lua_setfield(L, -2, "error_mt");
 	lua_pushcfunction(L, l_connect);
 	lua_setfield(L, -2, "connect");

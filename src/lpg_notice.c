@@ -7,7 +7,7 @@
  * and no Lua may run: the receiver only copies the notice into the
  * connection's queue (malloc, no Lua state). lpg_deliver_notices drains the
  * queue into the function at the safe points after a command, once its
- * result is boxed and the connection is no longer busy.
+ * result is boxed and its outcome read.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -17,14 +17,22 @@
 /* More notices than this between two safe points are counted, not kept. */
 #define NOTICE_QUEUE_MAX 100
 
-enum { F_SEVERITY, F_SQLSTATE, F_MESSAGE, F_DETAIL, F_HINT, F_COUNT };
+enum
+{
+	F_SEVERITY,
+	F_SQLSTATE,
+	F_MESSAGE,
+	F_DETAIL,
+	F_HINT,
+	F_COUNT
+};
 static const char *const field_names[F_COUNT] = {"severity", "sqlstate", "message", "detail", "hint"};
 
 struct LpgNotice
 {
 	struct LpgNotice *next;
-	const char       *field[F_COUNT];   /* into text, or NULL */
-	char              text[];
+	const char *field[F_COUNT]; /* into text, or NULL */
+	char text[];
 };
 
 /* The receiver libpq calls (arg: the Conn). Never raises, touches no Lua. */
@@ -36,7 +44,7 @@ lpg_notice_receiver(void *arg, const PGresult *res)
 	size_t len[F_COUNT], total = 0;
 
 	if (!c->on_notice)
-		return;                 /* nobody listens: dropped (libpq's default would write to stderr) */
+		return; /* nobody listens: dropped (libpq's default would write to stderr) */
 	if (c->notices_queued >= NOTICE_QUEUE_MAX)
 	{
 		c->notices_dropped++;

@@ -8,10 +8,12 @@
 
 #include "lpg_int.h"
 
+/* ROLLBACK when a transaction is open on a live connection (no round trip
+ * otherwise); a failed ROLLBACK leaves nothing committed either. */
 static void
 rollback_if_open(Conn *c)
 {
-	if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+	if (PQstatus(c->pg) == CONNECTION_OK && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
 		PQclear(PQexec(c->pg, "ROLLBACK"));
 }
 
@@ -66,8 +68,8 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 	const char *failed_sql = NULL;
 
 	luaL_checkstack(L, n + 8, "too many finish statements");
-	PGresult **err = lpg_new_result_box(L);       /* the first error, until it is reported */
-	PGresult **blockers = lpg_new_result_box(L);  /* who blocked the pipeline, if anybody did */
+	PGresult **err = lpg_new_result_box(L);      /* the first error, until it is reported */
+	PGresult **blockers = lpg_new_result_box(L); /* who blocked the pipeline, if anybody did */
 	/* one box per statement: its rows */
 	PGresult ***keep = (PGresult ***) lua_newuserdatauv(L, sizeof(PGresult **) * (size_t) (n > 0 ? n : 1), 0);
 	for (int i = 0; i < n; i++)
@@ -76,7 +78,12 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 	/* every statement and its parameters are checked and bound first: an
 	 * error raised here has sent nothing of the finish (the queue, if any,
 	 * is read and rolled back by conn:transaction) */
-	typedef struct { const char *sql; int nparams; const char **values; } Item;
+	typedef struct
+	{
+		const char *sql;
+		int nparams;
+		const char **values;
+	} Item;
 	Item *items = (Item *) lua_newuserdatauv(L, sizeof(Item) * (size_t) (n > 0 ? n : 1), 0);
 	for (int i = 1; i <= n; i++)
 	{
@@ -85,7 +92,7 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 			luaL_error(L, "opts.finish[%d] is not a table {sql, n = k, params…}", i);
 		int item = lua_gettop(L);
 		lua_rawgeti(L, item, 1);
-		it->sql = lua_tostring(L, -1);     /* anchored: the item table is in opts.finish */
+		it->sql = lua_tostring(L, -1); /* anchored: the item table is in opts.finish */
 		if (it->sql == NULL)
 			luaL_error(L, "opts.finish[%d][1] is not an SQL string", i);
 		lua_getfield(L, item, "n");
@@ -99,16 +106,17 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 	}
 
 	if (c->pipeline)
-		queued = c->sent;               /* their results come first */
+		queued = c->sent; /* their results come first */
 	else
 	{
 		lpg_drain_sent(c);
 		if (!PQenterPipelineMode(c->pg))
 		{
-			PQclear(PQexec(c->pg, "ROLLBACK"));
+			/* libpq's message first: ROLLBACK would replace it */
 			mig_new_error(L, "runtime", "pipeline_refused");
 			lua_pushstring(L, PQerrorMessage(c->pg));
 			lua_setfield(L, -2, "libpq");
+			rollback_if_open(c);
 			mig_raise_error(L);
 		}
 	}
@@ -148,8 +156,7 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 		lua_settop(L, base);
 		return;
 	}
-	if (PQstatus(c->pg) == CONNECTION_OK && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
-		PQclear(PQexec(c->pg, "ROLLBACK"));
+	rollback_if_open(c);
 	if (failed_at == 0)
 		failed_at = unsent ? queued + unsent : done + 1;
 	if (failed_at <= queued)
@@ -157,7 +164,7 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 		lpg_push_queued_error(L, c, 1, *err, failed_at, *blockers);
 		lua_error(L);
 	}
-	failed_at -= queued;                /* 1 … n: a finish statement; n + 1: COMMIT */
+	failed_at -= queued; /* 1 … n: a finish statement; n + 1: COMMIT */
 	if (failed_at > n + 1)
 		failed_at = n + 1;
 	if (failed_at <= n)
@@ -167,7 +174,7 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 			lua_rawgeti(L, -1, 1);
 		else
 			lua_pushnil(L);
-		failed_sql = lua_tostring(L, -1);   /* anchored in opts.finish */
+		failed_sql = lua_tostring(L, -1); /* anchored in opts.finish */
 		lua_pop(L, 2);
 	}
 	mig_push_pg_error(L, c->pg, *err, failed_sql != NULL ? failed_sql : "COMMIT");
@@ -197,19 +204,67 @@ begin_queued(lua_State *L, Conn *c, int prelude)
 	else if (lua_istable(L, prelude))
 		for (int i = 1; lua_rawgeti(L, prelude, i) == LUA_TSTRING; i++)
 		{
-			lpg_queue_command(L, c, 1, lua_tostring(L, -1), 0);   /* anchored in the list */
+			lpg_queue_command(L, c, 1, lua_tostring(L, -1), 0); /* anchored in the list */
 			lua_pop(L, 1);
 		}
-	lua_settop(L, 4);
 	return 1;
 }
 
-/* [conn, opts, finish] -> finish_pipelined, under end_queued's pcall */
+/*
+ * [conn, prelude, pipeline] -> BEGIN and the prelude, queued when pipeline
+ * is set and pipeline mode can be entered, else run at once ("BEGIN; a;
+ * b") and their notices handed on. Called under conn:transaction's pcall,
+ * which rolls back whatever a raise here leaves open.
+ */
+static int
+begin_protected(lua_State *L)
+{
+	Conn *c = (Conn *) lua_touserdata(L, 1);
+	if (lua_toboolean(L, 3) && begin_queued(L, c, 2))
+		return 0;
+	if (lua_isstring(L, 2))
+		lua_pushfstring(L, "BEGIN; %s", lua_tostring(L, 2));
+	else if (lua_istable(L, 2))
+	{
+		lua_pushliteral(L, "BEGIN");
+		for (int i = 1; lua_rawgeti(L, 2, i) == LUA_TSTRING; i++)
+		{
+			lua_pushliteral(L, "; ");
+			lua_insert(L, -2);
+			lua_concat(L, 3); /* "BEGIN; a; b" */
+		}
+		lua_pop(L, 1); /* the end of the list */
+	}
+	else
+		lua_pushliteral(L, "BEGIN");
+	command_or_rollback(L, c, lua_tostring(L, -1)); /* anchored at the top */
+	lpg_deliver_notices(L, c, 1);
+	return 0;
+}
+
+/* [conn, opts, finish] -> finish_pipelined, under finish_called's pcall */
 static int
 finish_protected(lua_State *L)
 {
 	finish_pipelined(L, (Conn *) lua_touserdata(L, 1), 2, 3);
 	return 0;
+}
+
+/*
+ * finish_pipelined for the transaction of [conn, opts, …], its finish list
+ * at index finish, under lua_pcall: returns the status, the error object on
+ * top when it failed. finish_pipelined rolls back what it sent; an error
+ * raised before (a bad item, memory) leaves the transaction, and the
+ * queue when there is one, for the caller to end.
+ */
+static int
+finish_called(lua_State *L, int finish)
+{
+	lua_pushcfunction(L, finish_protected);
+	lua_pushvalue(L, 1);
+	lua_pushvalue(L, 2);
+	lua_pushvalue(L, finish);
+	return lua_pcall(L, 3, 0, 0);
 }
 
 /*
@@ -229,15 +284,11 @@ end_queued(lua_State *L, Conn *c, int status, int always_rollback, int nres)
 		if (!lua_istable(L, 2) || lua_getfield(L, 2, "finish") != LUA_TTABLE)
 		{
 			if (lua_istable(L, 2))
-				lua_pop(L, 1);          /* the nil finish */
-			lua_newtable(L);            /* COMMIT only */
+				lua_pop(L, 1); /* the nil finish */
+			lua_newtable(L);   /* COMMIT only */
 		}
 		int finish = lua_gettop(L);
-		lua_pushcfunction(L, finish_protected);
-		lua_pushvalue(L, 1);
-		lua_pushvalue(L, 2);
-		lua_pushvalue(L, finish);
-		if (lua_pcall(L, 3, 0, 0) == LUA_OK)
+		if (finish_called(L, finish) == LUA_OK)
 		{
 			lua_remove(L, finish);
 			return nres;
@@ -252,14 +303,8 @@ end_queued(lua_State *L, Conn *c, int status, int always_rollback, int nres)
 	if (status != LUA_OK && c->pipeline && mig_signals_pending())
 		lpg_cancel(c);
 	lpg_drain_sent(c);
-	if (PQstatus(c->pg) == CONNECTION_OK && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
-		PQclear(PQexec(c->pg, "ROLLBACK"));   /* a failed ROLLBACK leaves nothing committed either */
-	if (c->queue_failed)
-	{
-		lpg_push_queued_error(L, c, 1, c->queue_error, c->queue_failed, c->queue_blockers);
-		lpg_forget_queue(c);
-		return lua_error(L);
-	}
+	rollback_if_open(c);
+	lpg_raise_queued(L, c, 1, 1);
 	if (status != LUA_OK)
 		return lua_error(L);
 	return nres;
@@ -296,57 +341,44 @@ lpg_conn_transaction(lua_State *L)
 		lua_getfield(L, 3, "pipeline");
 		pipeline = lua_toboolean(L, -1);
 		lua_pop(L, 2);
-		lua_getfield(L, 3, "prelude");      /* "SET LOCAL …": sent with BEGIN */
+		lua_getfield(L, 3, "prelude"); /* "SET LOCAL …": sent with BEGIN */
 	}
 	else
-		lua_pushnil(L);                     /* [conn, fn, opts, prelude] */
+		lua_pushnil(L); /* [conn, fn, opts, prelude] */
 
-	if (c->busy || c->pipeline || PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+	if (c->pipeline || PQtransactionStatus(c->pg) != PQTRANS_IDLE)
 	{
 		mig_new_error(L, "runtime", "tx_already_open");
 		lua_pushstring(L, c->pipeline ? "commands queued" : lpg_tx_status_name(c->pg));
 		lua_setfield(L, -2, "tx_status");
 		return mig_raise_error(L);
 	}
-	lpg_forget_queue(c);                /* nothing of an earlier transaction is reported here */
-	if (!pipeline || !begin_queued(L, c, 4))
+	lpg_forget_queue(c); /* nothing of an earlier transaction is reported here */
+	lua_pushcfunction(L, begin_protected);
+	lua_pushvalue(L, 1);
+	lua_pushvalue(L, 4);
+	lua_pushboolean(L, pipeline);
+	if (lua_pcall(L, 3, 0, 0) != LUA_OK)
 	{
-		if (lua_isstring(L, 4))
-			lua_pushfstring(L, "BEGIN; %s", lua_tostring(L, 4));
-		else if (lua_istable(L, 4))
-		{
-			lua_pushliteral(L, "BEGIN");
-			for (int i = 1; lua_rawgeti(L, 4, i) == LUA_TSTRING; i++)
-			{
-				lua_pushliteral(L, "; ");
-				lua_insert(L, -2);
-				lua_concat(L, 3);           /* "BEGIN; a; b" */
-			}
-			lua_pop(L, 1);                  /* the end of the list */
-		}
-		else
-			lua_pushliteral(L, "BEGIN");
-		lua_replace(L, 4);              /* [conn, fn, opts, begin]: the string stays anchored */
-		command_or_rollback(L, c, lua_tostring(L, 4));
-		lpg_deliver_notices(L, c, 1);
+		/* whatever was sent or queued before the raise is read and rolled
+		 * back, and its failure, raised now, is not kept for later commands */
+		lpg_drain_sent(c);
+		rollback_if_open(c);
+		lpg_forget_queue(c);
+		return lua_error(L);
 	}
-	lua_rotate(L, 2, -1);               /* [conn, opts, begin, fn] */
+	lua_rotate(L, 2, -1); /* [conn, opts, prelude, fn] */
 	int prev_user = mig_signals_enter_user(L);
 	c->in_tx = 1;
 	status = lua_pcall(L, 0, LUA_MULTRET, 0);
 	c->in_tx = 0;
 	mig_signals_leave_user(L, prev_user);
-	nres = lua_gettop(L) - 3;   /* results or the error object, above [conn, opts, begin] */
+	nres = lua_gettop(L) - 3; /* results or the error object, above [conn, opts, begin] */
 
 	if (PQstatus(c->pg) != CONNECTION_OK)
 	{
 		lpg_drain_sent(c);
-		if (c->queue_failed)
-		{
-			lpg_push_queued_error(L, c, 1, c->queue_error, c->queue_failed, c->queue_blockers);
-			lpg_forget_queue(c);
-			return lua_error(L);
-		}
+		lpg_raise_queued(L, c, 1, 1);
 		if (status != LUA_OK)
 			return lua_error(L);
 		mig_new_error(L, "runtime", "lost_before_commit");
@@ -358,11 +390,7 @@ lpg_conn_transaction(lua_State *L)
 	PGTransactionStatusType ts = PQtransactionStatus(c->pg);
 	if (status != LUA_OK || always_rollback || ts != PQTRANS_INTRANS)
 	{
-		if (ts != PQTRANS_IDLE)
-		{
-			PGresult *res = PQexec(c->pg, "ROLLBACK");
-			PQclear(res);   /* a failed ROLLBACK leaves nothing committed either */
-		}
+		rollback_if_open(c);
 		if (status != LUA_OK)
 			return lua_error(L);
 		if (ts == PQTRANS_INERROR || ts == PQTRANS_IDLE)
@@ -376,13 +404,17 @@ lpg_conn_transaction(lua_State *L)
 	if (lua_istable(L, 2) && lua_getfield(L, 2, "finish") == LUA_TTABLE)
 	{
 		int finish = lua_gettop(L);
-		finish_pipelined(L, c, 2, finish);
+		if (finish_called(L, finish) != LUA_OK)
+		{
+			rollback_if_open(c); /* raised before the finish was sent */
+			return lua_error(L);
+		}
 		lua_remove(L, finish);
 		lpg_deliver_notices(L, c, 1);
 		return nres;
 	}
 	if (lua_istable(L, 2))
-		lua_pop(L, 1);              /* the nil finish */
+		lua_pop(L, 1); /* the nil finish */
 	command_or_rollback(L, c, "COMMIT");
 	lpg_deliver_notices(L, c, 1);
 	return nres;

@@ -21,36 +21,45 @@ static const char *BLOCKERS_SQL =
  * A COPY to or from the client would leave the connection in COPY state and
  * PQgetResult returning COPY results forever. End it (COPY FROM STDIN with
  * errors.lua's words, which the server's error then quotes; COPY TO STDOUT
- * is drained and marked refused, for the caller to raise). Returns 1 when r
- * was such a result (and frees it).
+ * is drained, for the caller to raise the refusal). Returns COPY_NONE when
+ * r is no such result, else frees it and returns what it was.
  */
+enum
+{
+	COPY_NONE,
+	COPY_ENDED,
+	COPY_DRAINED
+};
+
 static int
 refuse_copy(Conn *c, PGresult *r)
 {
 	char *buf;
+	int what;
 	switch (PQresultStatus(r))
 	{
 		case PGRES_COPY_IN:
 		case PGRES_COPY_BOTH:
 			PQputCopyEnd(c->pg, c->copy_words);
+			what = COPY_ENDED;
 			break;
 		case PGRES_COPY_OUT:
 			while (PQgetCopyData(c->pg, &buf, 0) > 0)
 				PQfreemem(buf);
-			c->copy_refused = 1;
+			what = COPY_DRAINED;
 			break;
 		default:
-			return 0;
+			return COPY_NONE;
 	}
 	PQclear(r);
-	return 1;
+	return what;
 }
 
 /*
  * Asks the side connection w who blocks c's backend and keeps the answer in
  * *keep when somebody does (the newest non-empty list wins). Touches no Lua
- * state, so it cannot raise while c is busy; a failed side query is ignored:
- * naming blockers is a courtesy, not the migration.
+ * state, so it cannot raise while c's command runs; a failed side query is
+ * ignored: naming blockers is a courtesy, not the migration.
  */
 static void
 capture_blockers(Conn *c, Conn *w, PGresult **keep)
@@ -83,7 +92,9 @@ await_input(Conn *c, Conn *w, PGresult **blockers, const struct timespec *start,
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	long elapsed = (long) ((now.tv_sec - start->tv_sec) * 1000 + (now.tv_nsec - start->tv_nsec) / 1000000);
-	int timeout = w == NULL ? -1 : *next_ms > elapsed ? (int) (*next_ms - elapsed) : 0;
+	int timeout = -1; /* nobody to ask: wait for input only */
+	if (w != NULL)
+		timeout = *next_ms > elapsed ? (int) (*next_ms - elapsed) : 0;
 	if (poll(&pfd, 1, timeout) == 0 && w != NULL && w->pg != NULL)
 	{
 		/* waited watch_ms: ask who blocks us while we still wait */
@@ -98,11 +109,12 @@ await_input(Conn *c, Conn *w, PGresult **blockers, const struct timespec *start,
  * it every watch_ms. Stores the final result in the box *res (the first
  * error result when a statement of a multi-statement string fails; NULL
  * when nothing could be sent or the connection failed) and the last
- * non-empty blocker list in the box *blockers. Never raises and touches no
- * Lua state: the caller resets busy and the cancel target right after, and
- * converts the blockers to rows only then.
+ * non-empty blocker list in the box *blockers. Returns 1 when a COPY TO
+ * STDOUT was drained (the caller raises the refusal), else 0. Never raises
+ * and touches no Lua state: the caller clears the cancel target right
+ * after, and converts the blockers to rows only then.
  */
-void
+int
 lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
 				const char *sql, int nparams, const char **values)
 {
@@ -111,10 +123,10 @@ lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
 		: PQsendQuery(c->pg, sql);
 	PGresult *r;
 	struct timespec start;
-	int next_ms = c->watch_ms;
+	int next_ms = c->watch_ms, copy_refused = 0;
 
 	if (!sent)
-		return;
+		return 0;
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	for (;;)
 	{
@@ -122,11 +134,15 @@ lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
 		{
 			r = PQgetResult(c->pg);
 			if (r == NULL)
-				return;
-			if (refuse_copy(c, r))
-				continue;                            /* the server answers with an error next */
+				return copy_refused;
+			int copy = refuse_copy(c, r);
+			if (copy != COPY_NONE)
+			{
+				copy_refused |= copy == COPY_DRAINED;
+				continue; /* the server answers with an error next */
+			}
 			if (*res != NULL && PQresultStatus(*res) == PGRES_FATAL_ERROR)
-				PQclear(r);                          /* keep the first error */
+				PQclear(r); /* keep the first error */
 			else
 			{
 				PQclear(*res);
@@ -137,7 +153,7 @@ lpg_run_watched(Conn *c, Conn *w, PGresult **res, PGresult **blockers,
 		{
 			PQclear(*res);
 			*res = NULL;
-			return;
+			return copy_refused;
 		}
 	}
 }

@@ -14,12 +14,20 @@
 
 #include "migrate.h"
 
-/* Adds a traceback to a non-structured error; error objects pass untouched. */
+/*
+ * Adds a traceback to a non-structured error; an error object becomes its
+ * text (errors.lua's render, its __tostring) here, still inside the
+ * protected call, so that a failure of that Lua code cannot reach main
+ * unprotected (as lua.c's msghandler does).
+ */
 static int
 msghandler(lua_State *L)
 {
 	if (lua_type(L, 1) == LUA_TTABLE)
+	{
+		luaL_tolstring(L, 1, NULL);
 		return 1;
+	}
 	const char *msg = lua_tostring(L, 1);
 	if (msg == NULL)
 		msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
@@ -42,9 +50,9 @@ pmain(lua_State *L)
 
 	luaL_checkversion(L);
 	luaL_openlibs(L);
-	luaL_requiref(L, "migrate", luaopen_migrate, 0);     /* [migrate] */
+	luaL_requiref(L, "migrate", luaopen_migrate, 0); /* [migrate] */
 	lua_getfield(L, -1, "cli");
-	lua_getfield(L, -1, "main");                         /* [migrate, cli, main] */
+	lua_getfield(L, -1, "main"); /* [migrate, cli, main] */
 	lua_createtable(L, argc, 0);
 	for (int i = 1; i < argc; i++)
 	{
@@ -85,7 +93,7 @@ main(int argc, char **argv)
 	}
 	else
 	{
-		const char *msg = luaL_tolstring(L, -1, NULL);
+		const char *msg = lua_tostring(L, -1); /* msghandler's string, or Lua's own */
 		fprintf(stderr, "migrate-lua: internal error: %s\n", msg ? msg : "?");
 		code = 1;
 	}

@@ -22,7 +22,7 @@ set_field(lua_State *L, const char *key, const char *value)
 	{
 		size_t n = strlen(value);
 		while (n > 0 && (value[n - 1] == '\n' || value[n - 1] == ' '))
-			n--;                                    /* libpq ends messages with \n */
+			n--; /* libpq ends messages with \n */
 		lua_pushlstring(L, value, n);
 		lua_setfield(L, -2, key);
 	}
@@ -103,32 +103,46 @@ mig_push_pg_error(lua_State *L, PGconn *conn, const PGresult *res, const char *s
 	luaL_setmetatable(L, MIG_ERROR_MT);
 }
 
-/* [conn, res, sql as light userdata] -> [error object]: mig_push_pg_error under a pcall */
+/*
+ * Calls f with ud as a light userdata under lua_pcall and returns its
+ * status, leaving nresults results (or the error object). Pushing a light C
+ * function and a light userdata allocates nothing, so a memory error can
+ * only happen inside the protected call: whatever the outcome, the caller
+ * frees what ud points to next, then raises when the status is not LUA_OK.
+ */
+int
+mig_protected(lua_State *L, lua_CFunction f, void *ud, int nresults)
+{
+	lua_pushcfunction(L, f);
+	lua_pushlightuserdata(L, ud);
+	return lua_pcall(L, 1, nresults, 0);
+}
+
+typedef struct
+{
+	PGconn *conn;
+	const PGresult *res;
+	const char *sql;
+} PgErrorArgs;
+
 static int
 push_error_protected(lua_State *L)
 {
-	PGconn *conn = lua_touserdata(L, 1);
-	const PGresult *res = lua_touserdata(L, 2);
-	const char *sql = lua_touserdata(L, 3);
-
-	mig_push_pg_error(L, conn, res, sql);
+	const PgErrorArgs *a = lua_touserdata(L, 1);
+	mig_push_pg_error(L, a->conn, a->res, a->sql);
 	return 1;
 }
 
 /*
- * Raises the error object of res, freeing res on the way. The fields are
- * copied out under a pcall first (any lua_* call may raise a memory error),
- * then res is cleared, then the object (or that memory error) is raised:
- * res is freed on both paths. Never returns.
+ * Raises the error object of res, freeing res on the way: the fields are
+ * copied out under mig_protected, then res is cleared, then the object (or
+ * the memory error copying met) is raised. Never returns.
  */
 int
 mig_raise_pg_error(lua_State *L, PGconn *conn, PGresult *res, const char *sql)
 {
-	lua_pushcfunction(L, push_error_protected);     /* light C function: no allocation */
-	lua_pushlightuserdata(L, conn);
-	lua_pushlightuserdata(L, res);
-	lua_pushlightuserdata(L, (void *) sql);
-	lua_pcall(L, 3, 1, 0);                          /* [error object | memory error] */
+	PgErrorArgs a = {conn, res, sql};
+	mig_protected(L, push_error_protected, &a, 1); /* [error object | memory error] */
 	PQclear(res);
 	return lua_error(L);
 }

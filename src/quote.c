@@ -1,8 +1,8 @@
 /*
  * quote.c: quote_ident(name) -> "name" for SQL text built without a
- * connection (the offline lint's suggestions). Doubles every '"', as
- * PQescapeIdentifier does; with a connection, use conn:quote_ident, which
- * also knows the client encoding and quotes schema.name part by part.
+ * connection (the offline lint's suggestions, engine.lua's to_regclass
+ * text). Doubles every '"', as PQescapeIdentifier does; conn:quote_ident
+ * is libpq's own, which also knows the connection's client encoding.
  */
 #include "migrate.h"
 

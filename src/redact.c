@@ -1,7 +1,8 @@
 /*
  * redact.c: the one redactor. Passwords never reach a sink, whichever form
  * they come in; argv masking (main.c), error messages and every log sink use
- * the functions below, and nothing else in the tree looks for passwords.
+ * the functions below, and nothing else in the tree looks for passwords in
+ * text (logger.lua only drops fields named like a secret).
  *
  *   redact(conninfo)  a connection string fit to print: parsed by libpq
  *                     itself (PQconninfoParse accepts key=value strings and
@@ -82,7 +83,7 @@ conninfo_quote_end(const char *s, size_t n, size_t i)
 	return n > 0 ? n - 1 : 0;
 }
 
-typedef void (*span_fn)(size_t from, size_t to, void *ud);     /* secret is s[from, to) */
+typedef void (*span_fn)(size_t from, size_t to, void *ud); /* secret is s[from, to) */
 
 /*
  * SQL of role statements: CREATE/ALTER ROLE|USER … [ENCRYPTED] PASSWORD
@@ -106,7 +107,7 @@ find_sql_passwords(const char *s, size_t n, span_fn out, void *ud)
 		if (k < n && strchr("EeUu", s[k]) != NULL)
 			escapes = (s[k] == 'E' || s[k] == 'e'), k++;
 		if (k < n && s[k] == '&')
-			escapes = 0, k++;                   /* U&'…' (E&' is no literal) */
+			escapes = 0, k++; /* U&'…' (E&' is no literal) */
 		if (k < n && s[k] == '\'')
 		{
 			size_t end = sql_literal_end(s, n, k + 1, escapes);
@@ -114,7 +115,7 @@ find_sql_passwords(const char *s, size_t n, span_fn out, void *ud)
 			i = end;
 			continue;
 		}
-		if (j < n && s[j] == '$')               /* $tag$ … $tag$ */
+		if (j < n && s[j] == '$') /* $tag$ … $tag$ */
 		{
 			size_t t = j + 1;
 			while (t < n && (isalpha((unsigned char) s[t]) || s[t] == '_'))
@@ -159,7 +160,7 @@ find_conninfo_passwords(const char *s, size_t n, span_fn out, void *ud)
 			out(v, end + 1 < n ? end + 1 : n, ud);
 			i = end;
 		}
-		else if (v < n && s[v] != '*')      /* "***": already masked */
+		else if (v < n && s[v] != '*') /* "***": already masked */
 		{
 			size_t end = v;
 			while (end < n && !isspace((unsigned char) s[end]) && s[end] != '\'' && s[end] != '&')
@@ -211,7 +212,7 @@ typedef struct Spans
 	size_t n;
 	size_t cap;
 	size_t (*r)[2];
-	int failed;                             /* out of memory: redact everything */
+	int failed; /* out of memory: redact everything */
 } Spans;
 
 static void
@@ -290,17 +291,44 @@ mig_redact_mask(char *s)
 	free(sp.r);
 }
 
+/* A text and its secrets, for push_scrubbed. */
+typedef struct
+{
+	const char *s;
+	size_t n;
+	const Spans *sp;
+} Scrub;
+
+/* [Scrub as light userdata] -> the text with each secret replaced by "***" */
+static int
+push_scrubbed(lua_State *L)
+{
+	const Scrub *t = lua_touserdata(L, 1);
+	size_t pos = 0;
+	luaL_Buffer b;
+
+	luaL_buffinit(L, &b);
+	for (size_t i = 0; i < t->sp->n; i++)
+	{
+		luaL_addlstring(&b, t->s + pos, t->sp->r[i][0] - pos);
+		luaL_addstring(&b, "***");
+		pos = t->sp->r[i][1];
+	}
+	luaL_addlstring(&b, t->s + pos, t->n - pos);
+	luaL_pushresult(&b);
+	return 1;
+}
+
 /*
  * scrub(text) -> text with each secret replaced by "***"; non-strings are
- * returned as they are. The spans are copied to a Lua buffer only after the
- * C array is freed, so a memory error leaks nothing.
+ * returned as they are. The text is built under mig_protected and the
+ * spans freed before anything is raised, so a memory error leaks nothing.
  */
 int
 mig_l_scrub(lua_State *L)
 {
 	size_t n;
 	Spans sp;
-	luaL_Buffer b;
 
 	if (lua_type(L, 1) != LUA_TSTRING)
 	{
@@ -309,36 +337,20 @@ mig_l_scrub(lua_State *L)
 	}
 	const char *s = lua_tolstring(L, 1, &n);
 	find_secrets(s, n, &sp);
-	if (sp.failed)
+	if (sp.failed || sp.n == 0)
 	{
 		free(sp.r);
-		lua_pushliteral(L, "***");
+		if (sp.failed)
+			lua_pushliteral(L, "***");
+		else
+			lua_settop(L, 1);
 		return 1;
 	}
-	if (sp.n == 0)
-	{
-		free(sp.r);
-		lua_settop(L, 1);
-		return 1;
-	}
-	/* [text, spans]: the ranges as a Lua string of size_t pairs, the C array freed */
-	lua_pushlstring(L, (const char *) sp.r, sp.n * sizeof *sp.r);
-	size_t count = sp.n;
+	Scrub t = {s, n, &sp};
+	int status = mig_protected(L, push_scrubbed, &t, 1);
 	free(sp.r);
-	const char *r = lua_tostring(L, 2);     /* not aligned: read with memcpy */
-	size_t pos = 0;
-	luaL_buffinit(L, &b);
-	for (size_t i = 0; i < count; i++)
-	{
-		size_t from, to;
-		memcpy(&from, r + (2 * i) * sizeof from, sizeof from);
-		memcpy(&to, r + (2 * i + 1) * sizeof to, sizeof to);
-		luaL_addlstring(&b, s + pos, from - pos);
-		luaL_addstring(&b, "***");
-		pos = to;
-	}
-	luaL_addlstring(&b, s + pos, n - pos);
-	luaL_pushresult(&b);
+	if (status != LUA_OK)
+		return lua_error(L);
 	return 1;
 }
 
@@ -346,44 +358,28 @@ mig_l_scrub(lua_State *L)
 
 /* {====== connection strings ====== */
 
-/* The parsed options live in a box whose __gc frees them: pushing may raise. */
-static int
-conninfo_box_gc(lua_State *L)
+/* Frees what PQconninfoParse returned, the password's bytes zeroed first. */
+void
+mig_conninfo_free(PQconninfoOption *opts)
 {
-	PQconninfoOption **box = lua_touserdata(L, 1);
-	if (*box != NULL)
-		PQconninfoFree(*box);
-	*box = NULL;
-	return 0;
+	if (opts == NULL)
+		return;
+	for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+		if (o->val != NULL && strcmp(o->keyword, "password") == 0)
+			memset(o->val, 0, strlen(o->val));
+	PQconninfoFree(opts);
 }
 
-/* redact(conninfo) -> "key=value …" with password=***, or "(unparseable connection string)" */
-int
-mig_l_redact(lua_State *L)
+/* [options as light userdata] -> "key=value …", the password's value "***" */
+static int
+push_redacted(lua_State *L)
 {
-	const char *conninfo = luaL_optstring(L, 1, "");
-	char *err = NULL;
+	const PQconninfoOption *opts = lua_touserdata(L, 1);
 	luaL_Buffer b;
 	int first = 1;
 
-	PQconninfoOption **box = lua_newuserdatauv(L, sizeof *box, 0);  /* [box] */
-	*box = NULL;                                /* consistent before acquiring */
-	if (luaL_newmetatable(L, "migrate.ConninfoBox"))
-	{
-		lua_pushcfunction(L, conninfo_box_gc);
-		lua_setfield(L, -2, "__gc");
-	}
-	lua_setmetatable(L, -2);
-	*box = PQconninfoParse(conninfo, &err);
-	if (err != NULL)
-		PQfreemem(err);
-	if (*box == NULL)
-	{
-		lua_pushliteral(L, "(unparseable connection string)");
-		return 1;
-	}
 	luaL_buffinit(L, &b);
-	for (PQconninfoOption *o = *box; o->keyword != NULL; o++)
+	for (const PQconninfoOption *o = opts; o->keyword != NULL; o++)
 	{
 		if (o->val == NULL || *o->val == '\0')
 			continue;
@@ -395,6 +391,27 @@ mig_l_redact(lua_State *L)
 		luaL_addstring(&b, strcmp(o->keyword, "password") == 0 ? "***" : o->val);
 	}
 	luaL_pushresult(&b);
+	return 1;
+}
+
+/* redact(conninfo) -> "key=value …" with password=***, or "(unparseable connection string)" */
+int
+mig_l_redact(lua_State *L)
+{
+	const char *conninfo = luaL_optstring(L, 1, "");
+	char *err = NULL;
+	PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
+
+	PQfreemem(err); /* libpq's message may quote the input */
+	if (opts == NULL)
+	{
+		lua_pushliteral(L, "(unparseable connection string)");
+		return 1;
+	}
+	int status = mig_protected(L, push_redacted, opts, 1);
+	mig_conninfo_free(opts);
+	if (status != LUA_OK)
+		return lua_error(L);
 	return 1;
 }
 

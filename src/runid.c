@@ -36,12 +36,12 @@ mig_l_run_id(lua_State *L)
 
 	if (!random_bytes(u, sizeof u))
 		return luaL_error(L, "cannot make a run id: no random bytes (getrandom, RAND_bytes)");
-	u[6] = (unsigned char) ((u[6] & 0x0f) | 0x40);     /* version 4 */
-	u[8] = (unsigned char) ((u[8] & 0x3f) | 0x80);     /* RFC 4122 variant */
+	u[6] = (unsigned char) ((u[6] & 0x0f) | 0x40); /* version 4 */
+	u[8] = (unsigned char) ((u[8] & 0x3f) | 0x80); /* RFC 4122 variant */
 	snprintf(out, sizeof out,
-		"%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-		u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7],
-		u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+			 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+			 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7],
+			 u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
 	lua_pushlstring(L, out, 36);
 	return 1;
 }

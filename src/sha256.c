@@ -16,6 +16,9 @@
 
 #include "migrate.h"
 
+/* a checksum as history rows hold it: the version of the algorithm, the hex */
+#define CHECKSUM_FORMAT "sha256-v1:%s"
+
 static void
 to_hex(const unsigned char *md, unsigned int n, char *out)
 {
@@ -67,28 +70,31 @@ digest(const char *s, size_t len, int fold, char hex[65])
 	return ok;
 }
 
-int
-mig_l_checksum(lua_State *L)
+/* The digest of the string argument, pushed as format gives it (%s: the hex). */
+static int
+push_digest(lua_State *L, int fold, const char *format)
 {
 	size_t len;
 	const char *s = luaL_checklstring(L, 1, &len);
 	char hex[65];
-	if (!digest(s, len, 1, hex))
+	if (!digest(s, len, fold, hex))
 		return luaL_error(L, "sha256 failed in libcrypto");
-	lua_pushfstring(L, "sha256-v1:%s", hex);
+	lua_pushfstring(L, format, hex);
 	return 1;
 }
 
+/* checksum(bytes) -> "sha256-v1:<hex>", CRLF folded */
+int
+mig_l_checksum(lua_State *L)
+{
+	return push_digest(L, 1, CHECKSUM_FORMAT);
+}
+
+/* sha256(bytes) -> "<hex>" of the bytes as they are */
 int
 mig_l_sha256(lua_State *L)
 {
-	size_t len;
-	const char *s = luaL_checklstring(L, 1, &len);
-	char hex[65];
-	if (!digest(s, len, 0, hex))
-		return luaL_error(L, "sha256 failed in libcrypto");
-	lua_pushstring(L, hex);
-	return 1;
+	return push_digest(L, 0, "%s");
 }
 
 /*
@@ -124,7 +130,7 @@ mig_l_checksum_file(lua_State *L)
 			len += (size_t) n;
 			if (len == cap)
 			{
-				char *bigger = realloc(buf, cap *= 2);   /* the file grew since fstat */
+				char *bigger = realloc(buf, cap *= 2); /* the file grew since fstat */
 				if (bigger == NULL)
 					break;
 				buf = bigger;
@@ -142,6 +148,6 @@ mig_l_checksum_file(lua_State *L)
 		lua_pushfstring(L, "%s: %s", path, strerror(err ? err : EIO));
 		return 2;
 	}
-	lua_pushfstring(L, "sha256-v1:%s", hex);
+	lua_pushfstring(L, CHECKSUM_FORMAT, hex);
 	return 1;
 }

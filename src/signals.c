@@ -26,10 +26,10 @@ signal_name(int sig)
 {
 	switch (sig)
 	{
-		case SIGINT:  return "SIGINT";
+		case SIGINT: return "SIGINT";
 		case SIGTERM: return "SIGTERM";
 		case SIGALRM: return "timeout";
-		default:      return "signal";
+		default: return "signal";
 	}
 }
 

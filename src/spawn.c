@@ -15,7 +15,7 @@
  * core.conninfo_env) travels in the environment and never in argv, which
  * `ps` shows every local user.
  */
-#define _GNU_SOURCE   /* pipe2 */
+#define _GNU_SOURCE /* pipe2 */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -39,30 +39,42 @@ static char **
 child_env(lua_State *L, int env_idx)
 {
 	size_t n = 0, extra = 0, k = 0;
-	for (char **e = environ; *e; e++) n++;
-	if (!lua_isnoneornil(L, env_idx)) {
+	for (char **e = environ; *e; e++)
+		n++;
+	if (!lua_isnoneornil(L, env_idx))
+	{
 		luaL_checktype(L, env_idx, LUA_TTABLE);
 		lua_pushnil(L);
-		while (lua_next(L, env_idx)) { extra++; lua_pop(L, 1); }
+		while (lua_next(L, env_idx))
+		{
+			extra++;
+			lua_pop(L, 1);
+		}
 	}
 	char **out = lua_newuserdatauv(L, (n + extra + 1) * sizeof(char *), 0);
-	lua_newtable(L);   /* anchors */
+	lua_newtable(L); /* anchors */
 	int anchors = lua_gettop(L);
-	for (char **e = environ; *e; e++) {
+	for (char **e = environ; *e; e++)
+	{
 		const char *eq = strchr(*e, '=');
 		size_t len = eq ? (size_t) (eq - *e) : strlen(*e);
 		int overridden = 0;
-		if (extra) {
+		if (extra)
+		{
 			lua_pushlstring(L, *e, len);
 			overridden = lua_rawget(L, env_idx) != LUA_TNIL;
 			lua_pop(L, 1);
 		}
-		if (!overridden) out[k++] = *e;
+		if (!overridden)
+			out[k++] = *e;
 	}
-	if (extra) {
+	if (extra)
+	{
 		lua_pushnil(L);
-		while (lua_next(L, env_idx)) {
-			if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
+		while (lua_next(L, env_idx))
+		{
+			if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING)
+			{
 				lua_pushvalue(L, -2);
 				lua_pushliteral(L, "=");
 				lua_pushvalue(L, -3);
@@ -91,7 +103,7 @@ child_argv(lua_State *L, int idx)
 		if (lua_rawgeti(L, idx, i) != LUA_TSTRING)
 			luaL_error(L, "argv[%d] is not a string", (int) i);
 		argv[i - 1] = (char *) lua_tostring(L, -1);
-		lua_pop(L, 1);   /* the array keeps the string alive */
+		lua_pop(L, 1); /* the array keeps the string alive */
 	}
 	argv[argc] = NULL;
 	return argv;
@@ -99,7 +111,7 @@ child_argv(lua_State *L, int idx)
 
 /* {====================== starting a child ====================== */
 
-#define CHILD_FDS 10      /* a child may be given fds 0 .. 9 */
+#define CHILD_FDS 10 /* a child may be given fds 0 .. 9 */
 
 static void
 close_fd_of(int *fd)
@@ -220,7 +232,7 @@ mig_l_spawn(lua_State *L)
 
 typedef struct
 {
-	char  *data;
+	char *data;
 	size_t len, cap;
 } Bytes;
 
@@ -229,12 +241,12 @@ typedef struct
  * point (a bad argument, memory) leaks neither a descriptor nor a zombie. */
 typedef struct
 {
-	pid_t       pid;                 /* > 0 until reaped */
-	int         out, err;            /* our ends of the child's stdout and stderr, or -1 */
-	int         in[CHILD_FDS];       /* our ends of the child's inputs, or -1 */
-	const char *in_data[CHILD_FDS];  /* anchored in opts.input */
-	size_t      in_len[CHILD_FDS], in_off[CHILD_FDS];
-	Bytes       got[2];              /* stdout, stderr */
+	pid_t pid;                      /* > 0 until reaped */
+	int out, err;                   /* our ends of the child's stdout and stderr, or -1 */
+	int in[CHILD_FDS];              /* our ends of the child's inputs, or -1 */
+	const char *in_data[CHILD_FDS]; /* anchored in opts.input */
+	size_t in_len[CHILD_FDS], in_off[CHILD_FDS];
+	Bytes got[2]; /* stdout, stderr */
 } Run;
 
 #define RUN_MT "migrate.Run"
@@ -304,18 +316,18 @@ run_io(Run *r)
 		nfds_t n = 0;
 		if (r->out >= 0)
 		{
-			p[n] = (struct pollfd) {r->out, POLLIN, 0};
+			p[n] = (struct pollfd){r->out, POLLIN, 0};
 			which[n++] = &r->out;
 		}
 		if (r->err >= 0)
 		{
-			p[n] = (struct pollfd) {r->err, POLLIN, 0};
+			p[n] = (struct pollfd){r->err, POLLIN, 0};
 			which[n++] = &r->err;
 		}
 		for (int i = 0; i < CHILD_FDS; i++)
 			if (r->in[i] >= 0)
 			{
-				p[n] = (struct pollfd) {r->in[i], POLLOUT, 0};
+				p[n] = (struct pollfd){r->in[i], POLLOUT, 0};
 				which[n++] = &r->in[i];
 			}
 		if (n == 0)
@@ -323,7 +335,7 @@ run_io(Run *r)
 		if (poll(p, n, -1) < 0)
 		{
 			if (errno == EINTR)
-				continue;   /* a signal: the child got it too, or the caller checks it after */
+				continue; /* a signal: the child got it too, or the caller checks it after */
 			return errno;
 		}
 		for (nfds_t k = 0; k < n; k++)
@@ -383,7 +395,7 @@ mig_l_run(lua_State *L)
 		lua_pushnil(L);
 		lua_pushnil(L);
 	}
-	char **envp = child_env(L, lua_gettop(L) - 1);   /* [.., argv, env, input, envp, anchors] */
+	char **envp = child_env(L, lua_gettop(L) - 1); /* [.., argv, env, input, envp, anchors] */
 
 	Run *r = lua_newuserdatauv(L, sizeof(Run), 0);
 	memset(r, 0, sizeof *r);
@@ -397,7 +409,7 @@ mig_l_run(lua_State *L)
 	}
 	lua_setmetatable(L, -2);
 
-	int child[CHILD_FDS];   /* the child's ends, by the fd they become */
+	int child[CHILD_FDS]; /* the child's ends, by the fd they become */
 	for (int i = 0; i < CHILD_FDS; i++)
 		child[i] = -1;
 	int ok = 1;
@@ -418,7 +430,7 @@ mig_l_run(lua_State *L)
 			{
 				child[fd] = p[0];
 				r->in[fd] = p[1];
-				r->in_data[fd] = lua_tolstring(L, -1, &r->in_len[fd]);   /* anchored in opts.input */
+				r->in_data[fd] = lua_tolstring(L, -1, &r->in_len[fd]); /* anchored in opts.input */
 				fcntl(p[1], F_SETFL, O_NONBLOCK);
 			}
 			else if (child[fd] < 0)
@@ -434,7 +446,7 @@ mig_l_run(lua_State *L)
 		close_fd_of(&out[1]);
 		for (int i = 0; i < CHILD_FDS; i++)
 			close_fd_of(&child[i]);
-		return luaL_error(L, "run: pipe: %s", strerror(e));   /* the box closes our ends */
+		return luaL_error(L, "run: pipe: %s", strerror(e)); /* the box closes our ends */
 	}
 	r->out = out[0];
 	r->err = err[0];
@@ -471,7 +483,7 @@ mig_l_run(lua_State *L)
 	}
 	if (io != 0)
 	{
-		run_release(r);   /* kills and reaps the child */
+		run_release(r); /* kills and reaps the child */
 		return luaL_error(L, "run: %s: %s", argv[0], strerror(io));
 	}
 	int code = reap(r->pid);
@@ -495,7 +507,8 @@ mig_l_poll_read(lua_State *L)
 	int timeout = (int) luaL_optinteger(L, 2, -1);
 	lua_Integer n = luaL_len(L, 1);
 	struct pollfd *p = lua_newuserdatauv(L, (size_t) (n > 0 ? n : 1) * sizeof(struct pollfd), 0);
-	for (lua_Integer i = 0; i < n; i++) {
+	for (lua_Integer i = 0; i < n; i++)
+	{
 		lua_rawgeti(L, 1, i + 1);
 		p[i].fd = (int) luaL_checkinteger(L, -1);
 		p[i].events = POLLIN;
@@ -504,15 +517,21 @@ mig_l_poll_read(lua_State *L)
 	}
 	lua_newtable(L);
 	int ready = poll(p, (nfds_t) n, timeout);
-	if (ready <= 0) return 1;   /* timeout, or EINTR: the caller checks interrupted() */
+	if (ready <= 0)
+		return 1; /* timeout, or EINTR: the caller checks interrupted() */
 	char buf[65536];
-	for (lua_Integer i = 0; i < n; i++) {
-		if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+	for (lua_Integer i = 0; i < n; i++)
+	{
+		if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
+			continue;
 		ssize_t got = read(p[i].fd, buf, sizeof buf);
-		if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+		if (got < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
 		lua_pushinteger(L, p[i].fd);
-		if (got > 0) lua_pushlstring(L, buf, (size_t) got);
-		else lua_pushboolean(L, 0);
+		if (got > 0)
+			lua_pushlstring(L, buf, (size_t) got);
+		else
+			lua_pushboolean(L, 0);
 		lua_rawset(L, -3);
 	}
 	return 1;

@@ -153,6 +153,20 @@ describe("migrate.core connection", function()
     assert.equal(0, #got)
   end)
 
+  it("decides a command's outcome before its notices run Lua, which may use the same connection", function()
+    local seen = 0
+    conn:on_notice(function() seen = seen + 1; conn:exec("SELECT 1") end)
+    local ok, err = pcall(conn.exec, conn, [[DO $$ BEGIN RAISE NOTICE 'before'; END $$; COPY (SELECT 1) TO STDOUT]])
+    assert.is_false(ok)
+    assert.equal("copy_refused", err.code)
+    assert.equal(1, seen)
+    ok, err = pcall(conn.exec, conn, [[DO $$ BEGIN RAISE NOTICE 'first'; RAISE EXCEPTION 'then'; END $$]])
+    assert.is_false(ok)
+    assert.equal("then", err.message)
+    assert.equal(2, seen)
+    assert.equal("idle", conn:tx_status())
+  end)
+
   it("quotes identifiers and literals through libpq", function()
     local evil = 'x"; DROP TABLE users; --'
     assert.equal('"x""; DROP TABLE users; --"', conn:quote_ident(evil))
@@ -182,6 +196,24 @@ describe("migrate.core connection", function()
     end)
     assert.is_false(ok)
     assert.matches("aborted", tostring(err))
+    assert.equal("0", T.psql(db, "SELECT count(*) FROM t"))
+  end)
+
+  it("rolls back when the finish cannot be bound, queued or not: no raise leaves the transaction open", function()
+    conn:exec("CREATE TABLE t (x int)")
+    for _, pipeline in ipairs { false, true } do
+      local ok, err = pcall(conn.transaction, conn, function()
+        conn:exec("INSERT INTO t VALUES (1)")
+      end, { pipeline = pipeline, finish = { { "SELECT $1::text", n = 1, print } } })
+      assert.is_false(ok)
+      assert.equal("unbindable_parameter", err.code)
+      assert.equal("idle", conn:tx_status())
+      ok, err = pcall(conn.transaction, conn, function() conn:queue("INSERT INTO t VALUES (2)") end,
+        { pipeline = pipeline, finish = { "not a table" } })
+      assert.is_false(ok)
+      assert.matches("opts.finish[1] is not a table", tostring(err), 1, true)
+      assert.equal("idle", conn:tx_status())
+    end
     assert.equal("0", T.psql(db, "SELECT count(*) FROM t"))
   end)
 
@@ -401,5 +433,27 @@ describe("migrate.core helpers", function()
     assert.is_false(ok1)
     assert.is_false(ok2)
     assert.equal(e1, e2)
+  end)
+end)
+
+describe("the migrate-lua host (src/main.c)", function()
+  it("renders an error object that reaches it inside the protected call: a failing render exits 1, no abort", function()
+    local d = T.tmpdir()
+    T.write(d .. "/migrate/cli.lua", [[
+local kind = os.getenv("T_KIND")
+return { main = function()
+  error(setmetatable({}, { __tostring = function()
+    if kind == "broken" then error("render broke") end
+    return "rendered"
+  end }))
+end }
+]])
+    local r = T.run({ "--version" }, { env = { MIGRATE_LUA_PATH = d, T_KIND = "ok" } })
+    assert.equal(1, r.code, r.stderr)
+    assert.equal("migrate-lua: internal error: rendered\n", r.stderr)
+    r = T.run({ "--version" }, { env = { MIGRATE_LUA_PATH = d, T_KIND = "broken" } })
+    assert.equal(1, r.code, r.stderr)
+    assert.equal("migrate-lua: internal error: ", r.stderr:sub(1, 29))
+    assert.matches("render broke", r.stderr, 1, true)
   end)
 end)
