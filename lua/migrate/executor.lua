@@ -402,13 +402,20 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
   -- row; the server skips what follows a failure, so nothing commits.
   -- items[i].what names statement i in an error; the tables the migration
   -- created are looked up in the same round trip (facts.created_item)
-  local function finish_items()
+  -- The proof is a statement prepared once per session (conn:prepare,
+  -- before the transaction: the connection is idle then), run by name in
+  -- the finish. proof_item(): nil when the run holds no lock.
+  local function proof_item()
+    local proof = require("migrate.runstate").proof_item(s.runstate, M.LOCK_KEY,
+      { "lock_timeout", config.statement_timeout and "statement_timeout" or nil })
+    if proof and proof.prepared then conn:prepare(proof.prepared, proof[1]) end
+    return proof
+  end
+  local function finish_items(proof)
     s.names = s.names or {}
     s.names.migrate_lua_migrations = s.names.migrate_lua_migrations or history.qualified(conn)
     local tbl = s.names.migrate_lua_migrations
     local items = {}
-    local proof = require("migrate.runstate").proof_item(s.runstate, M.LOCK_KEY,
-      { "lock_timeout", config.statement_timeout and "statement_timeout" or nil })
     if proof then proof.what = "proof"; items[#items + 1] = proof end
     -- the duration: until this attempt's BEGIN here, from it on counted by the server (the statements
     -- queued before the row may still run when it is sent)
@@ -458,25 +465,40 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
   elseif entry.transactional then
     -- a lock timeout retries the whole transaction, never sleeping inside it
     local attempts = mode == "safe-run" and M.lock_attempts(config) or { config.lock_timeout or 5000 }
-    local ok, err = pcall(retry.loop, attempts, function(lock_ms, i)
-      wait.attempts, wait.lock_ms = i, lock_ms
-      watch(s, lock_ms)
+    local function attempt(lock_ms)
       local mark = backups_mark(s)
       -- BEGIN and the timeouts queued (issue 13): they travel with the migration's first statements
       local tx = { prelude = timeouts("LOCAL ", config, lock_ms), pipeline = true }
-      wait.tx_start = core.now_ms()
-      local ok, err = pcall(conn.transaction, conn, function()
-        body(true)
-        tx.finish = finish_items()   -- read by conn:transaction after this returns
-      end, tx)
+      local ok, err = pcall(function()
+        local proof = proof_item()
+        wait.tx_start = core.now_ms()
+        conn:transaction(function()
+          body(true)
+          tx.finish = finish_items(proof)   -- read by conn:transaction after this returns
+        end, tx)
+      end)
       if ok then finished(tx) end
       if not ok then
+        local item = type(err) == "table" and err.finish and tx.finish and tx.finish[err.finish]
+        if item and item.prepared and require("migrate.runstate").prepared_lost(err) then
+          -- the migration dropped the prepared proof (DEALLOCATE, DISCARD ALL): nothing of it
+          -- was committed; once more, with the proof sent as text for the rest of the run
+          conn:forget_prepared(item.prepared)
+          s.runstate.plain_proof = true
+          backups_reset(s, mark)
+          return attempt(lock_ms)
+        end
         err = finish_failed(err, tx.finish)
         backups_reset(s, mark)
         err = name_blockers(err)
         if err.sqlstate == "55P03" then wait.lock_wait_ms = wait.lock_wait_ms + lock_ms end
       end
       return ok, err
+    end
+    local ok, err = pcall(retry.loop, attempts, function(lock_ms, i)
+      wait.attempts, wait.lock_ms = i, lock_ms
+      watch(s, lock_ms)
+      return attempt(lock_ms)
     end, function(err, lock_ms, i, pause)
       s.logger:event { migration = entry.version, status = "retry", level = "warn",
         message = string.format("lock timeout after %d ms (attempt %d of %d); retrying in %d ms: %s",
