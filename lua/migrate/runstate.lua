@@ -2,8 +2,9 @@
 -- lock still held by the side connection, and the main connection's session
 -- state (search_path, role, every other setting) as the run set it up.
 --
--- One query before the history row proves both (M.prove): one extra round
--- trip per migration, in its own transaction. A lost lock raises
+-- One query before the history row proves both: M.prove (transaction =
+-- false), or M.proof_item, sent with the history row and COMMIT and
+-- prepared once per session (issue 13). A lost lock raises
 -- kind "lock_lost" (exit 1) inside the migration's own transaction, so it
 -- commits nothing; settings a migration changed with a plain SET are put
 -- back before the next migration starts.
@@ -132,12 +133,17 @@ end
 function M.proof_item(rs, key, skip)
   if not rs then return nil end
   local args = proof_args(rs, key, skip)
-  local sql = "SELECT CASE WHEN " .. (rs.lock_pid and LOCKED or "true") .. [[ THEN
+  local item = args.item   -- the same for every migration of the run
+  if not item then
+    local sql = "SELECT CASE WHEN " .. (rs.lock_pid and LOCKED or "true") .. [[ THEN
       (SELECT pg_catalog.count(pg_catalog.set_config(n.name, coalesce(n.value, ''), false))
          FROM (]] .. CHANGED_PREPARED .. [[) n)
       ELSE pg_catalog.concat(']] .. M.LOST .. [[ (pid ', $1::int, ')')::int END AS proven]]
-  return { sql, args[1], args[2], args[3], args[4], args[5], n = 5,
-           prepared = not rs.plain_proof and PROOF_NAMES[rs.lock_pid and "locked" or "unlocked"] or nil }
+    item = { sql, args[1], args[2], args[3], args[4], args[5], n = 5 }
+    args.item = item
+  end
+  item.prepared = not rs.plain_proof and PROOF_NAMES[rs.lock_pid and "locked" or "unlocked"] or nil
+  return item
 end
 
 -- Did err come from a prepared statement the server no longer has
