@@ -9,7 +9,8 @@
 #   4. instructions (valgrind --tool=callgrind, total Ir) of one rollback (CALLGRIND=0 skips)
 # Starts its own throwaway server (tests/with_pg.sh; BENCH_DURABLE=1: fsync and
 # synchronous_commit on). Prints Markdown on stdout. Env: MIGRATE_BIN
-# (default build/migrate-lua), N (200), ROUNDS (5), CALLGRIND (1).
+# (default build/migrate-lua), N (200), ROUNDS (5), CALLGRIND (1), BEFORE_BIN
+# (another binary: an A/B of the two over DELAY_MS of latency each way).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -114,11 +115,11 @@ for path, who in ((sys.argv[1], "migrate-lua"), (sys.argv[2], "psql")):
 EOF
 
 # ---- 2. round trips ----------------------------------------------------
-# turns: how often a client sent after the server had answered (delay_proxy.py);
-# it also counts a send that did not wait (a pipeline's next command sent after
-# earlier answers came back), so the waits on the critical path are measured
-# too: the wall time with DELAY_MS each way minus without, over 2 x DELAY_MS.
-DELAY_MS=${DELAY_MS:-2}
+# turns: how often a client sent after the server had answered (delay_proxy.py).
+# It also counts a send that did not wait (a pipeline's next command sent after
+# earlier answers came back). BEFORE_BIN=path adds an A/B over DELAY_MS (2) of
+# latency each way, alternating the two binaries AB_ROUNDS (4) times: the wall
+# time per migration each side, whose difference is the waits it saves.
 start_proxy() {   # start_proxy DELAY_MS TURNS_FILE: sets port, proxy_pid
   port=$((40000 + RANDOM % 20000))
   : >"$2"
@@ -127,32 +128,41 @@ start_proxy() {   # start_proxy DELAY_MS TURNS_FILE: sets port, proxy_pid
   for _ in $(seq 50); do grep -q ready "$tmp/proxy.out" 2>/dev/null && break; sleep 0.1; done
 }
 stop_proxy() { kill "$proxy_pid" 2>/dev/null; wait "$proxy_pid" 2>/dev/null || true; proxy_pid=""; }
-us() { echo "${EPOCHREALTIME/[.,]/}"; }
-declare -A WALL
-for d in 0 "$DELAY_MS"; do
-  start_proxy "$d" "$tmp/turns$d"
-  fresh p_ml; fresh p_pg pg
-  via="host=127.0.0.1 port=$port sslmode=disable gssencmode=disable"
-  t0=$(us); ml_down "$via dbname=p_ml"; t1=$(us)
-  WALL[ml$d]=$((t1 - t0))
-  t0=$(us); PGHOST=127.0.0.1 PGPORT=$port PGSSLMODE=disable PGGSSENCMODE=disable pg_down p_pg; t1=$(us)
-  WALL[pg$d]=$((t1 - t0))
-  sleep 0.3
-  stop_proxy
-done
-echo "### round trips per migration"
-echo
-echo "Turns (bench/delay_proxy.py, delay 0) ÷ $N:"
+start_proxy 0 "$tmp/turns"
+fresh p_ml; fresh p_pg pg
+via="host=127.0.0.1 port=$port sslmode=disable gssencmode=disable"
+ml_down "$via dbname=p_ml"
+PGHOST=127.0.0.1 PGPORT=$port PGSSLMODE=disable PGGSSENCMODE=disable pg_down p_pg
+sleep 0.3
+stop_proxy
+echo "### round trips per migration (bench/delay_proxy.py turns ÷ $N)"
 echo
 echo "| connection | turns | per migration |"
 echo "| --- | ---: | ---: |"
-awk -v n="$N" '{t[$1] += $2} END {for (a in t) printf "| %s | %d | %.2f |\n", a, t[a], t[a] / n}' "$tmp/turns0" | sort
+awk -v n="$N" '{t[$1] += $2} END {for (a in t) printf "| %s | %d | %.2f |\n", a, t[a], t[a] / n}' "$tmp/turns" | sort
 echo
-waits() { awk -v a="$1" -v b="$2" -v n="$N" -v d="$DELAY_MS" 'BEGIN {printf "%.2f", (a - b) / 1000 / (2 * d) / n}'; }
-echo "Waits on the critical path per migration, (wall at ${DELAY_MS} ms each way − wall at 0) ÷ (2 × ${DELAY_MS} ms × $N):" \
-  "migrate-lua $(waits "${WALL[ml$DELAY_MS]}" "${WALL[ml0]}"), psql $(waits "${WALL[pg$DELAY_MS]}" "${WALL[pg0]}")" \
-  "(walls: migrate-lua $((WALL[ml0] / 1000)) / $((WALL[ml$DELAY_MS] / 1000)) ms, psql $((WALL[pg0] / 1000)) / $((WALL[pg$DELAY_MS] / 1000)) ms)."
-echo
+if [ -n "${BEFORE_BIN:-}" ]; then
+  DELAY_MS=${DELAY_MS:-2}
+  start_proxy "$DELAY_MS" "$tmp/turns_ab"
+  via="host=127.0.0.1 port=$port sslmode=disable gssencmode=disable"
+  declare -a AB_B AB_A
+  for ((r = 1; r <= ${AB_ROUNDS:-4}; r++)); do
+    for side in B A; do
+      bin=$BIN; [ "$side" = B ] && bin=$BEFORE_BIN
+      fresh p_ab
+      t0=${EPOCHREALTIME/[.,]/}
+      "$bin" --dir "$tmp/migrations" --log-file "$tmp/ml.log" -d "$via dbname=p_ab" --quiet rollback --steps "$N" >/dev/null
+      t1=${EPOCHREALTIME/[.,]/}
+      if [ "$side" = B ]; then AB_B[r]=$((t1 - t0)); else AB_A[r]=$((t1 - t0)); fi
+    done
+  done
+  stop_proxy
+  b=$(med "${AB_B[@]}") a=$(med "${AB_A[@]}")
+  echo "A/B over ${DELAY_MS} ms each way (median of ${AB_ROUNDS:-4} alternating rounds): before $((b / 1000)) ms," \
+    "after $((a / 1000)) ms for $N downs; $(awk -v b="$b" -v a="$a" -v n="$N" 'BEGIN {printf "%.2f", (b - a) / n / 1000}') ms" \
+    "less per migration (rounds before: ${AB_B[*]}; after: ${AB_A[*]} µs)."
+  echo
+fi
 
 # ---- 3. client CPU -----------------------------------------------------
 declare -a C_ML C_PG

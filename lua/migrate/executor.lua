@@ -402,19 +402,29 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
   -- row; the server skips what follows a failure, so nothing commits.
   -- items[i].what names statement i in an error; the tables the migration
   -- created are looked up in the same round trip (facts.created_item)
-  -- The proof is a statement prepared once per session (conn:prepare,
-  -- before the transaction: the connection is idle then), run by name in
-  -- the finish. proof_item(): nil when the run holds no lock.
-  local function proof_item()
+  -- The proof and the history row are statements prepared once per session
+  -- (conn:prepare, before the transaction: the connection is idle then),
+  -- run by name in the finish. prepare_finish() returns the proof (nil when
+  -- the run holds no lock) and the history row's statement name (nil: sent
+  -- as text, when a migration of the run dropped what was prepared).
+  local function history_table()
+    s.names = s.names or {}
+    s.names.migrate_lua_migrations = s.names.migrate_lua_migrations or history.qualified(conn)
+    return s.names.migrate_lua_migrations
+  end
+  local function prepare_finish()
     local proof = require("migrate.runstate").proof_item(s.runstate, M.LOCK_KEY,
       { "lock_timeout", config.statement_timeout and "statement_timeout" or nil })
     if proof and proof.prepared then conn:prepare(proof.prepared, proof[1]) end
-    return proof
+    if not s.runstate or s.runstate.plain_proof then return proof, nil end
+    local tbl, name = history_table(), "migrate_lua_history_" .. direction
+    -- the statement's text does not depend on its values (bound)
+    conn:prepare(name, (direction == "up" and history.insert_sql(entry, 0, s.run_id, core.version, tbl, true)
+      or history.delete_sql(entry.version, tbl))[1])
+    return proof, name
   end
-  local function finish_items(proof)
-    s.names = s.names or {}
-    s.names.migrate_lua_migrations = s.names.migrate_lua_migrations or history.qualified(conn)
-    local tbl = s.names.migrate_lua_migrations
+  local function finish_items(proof, row_name)
+    local tbl = history_table()
     local items = {}
     if proof then proof.what = "proof"; items[#items + 1] = proof end
     -- the duration: until this attempt's BEGIN here, from it on counted by the server (the statements
@@ -424,6 +434,7 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
       or history.delete_sql(entry.version, tbl)
     row.what = direction == "up" and "the history row (INSERT INTO migrate_lua_migrations)"
       or "removing the history row (DELETE FROM migrate_lua_migrations)"
+    row.prepared = row_name
     items[#items + 1] = row
     local created = require("migrate.facts").created_item(m)
     if created then created.what = "created"; items[#items + 1] = created end
@@ -470,20 +481,22 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
       -- BEGIN and the timeouts queued (issue 13): they travel with the migration's first statements
       local tx = { prelude = timeouts("LOCAL ", config, lock_ms), pipeline = true }
       local ok, err = pcall(function()
-        local proof = proof_item()
+        local proof, row_name = prepare_finish()
         wait.tx_start = core.now_ms()
         conn:transaction(function()
           body(true)
-          tx.finish = finish_items(proof)   -- read by conn:transaction after this returns
+          tx.finish = finish_items(proof, row_name)   -- read by conn:transaction after this returns
         end, tx)
       end)
       if ok then finished(tx) end
       if not ok then
         local item = type(err) == "table" and err.finish and tx.finish and tx.finish[err.finish]
         if item and item.prepared and require("migrate.runstate").prepared_lost(err) then
-          -- the migration dropped the prepared proof (DEALLOCATE, DISCARD ALL): nothing of it
-          -- was committed; once more, with the proof sent as text for the rest of the run
-          conn:forget_prepared(item.prepared)
+          -- the migration dropped the prepared statements (DEALLOCATE, DISCARD ALL): nothing of
+          -- it was committed; once more, with the finish sent as text for the rest of the run
+          for _, it in ipairs(tx.finish) do
+            if it.prepared then conn:forget_prepared(it.prepared) end
+          end
           s.runstate.plain_proof = true
           backups_reset(s, mark)
           return attempt(lock_ms)

@@ -128,8 +128,8 @@ end
 
 -- The proof item: {sql, n = 5, params…, prepared = name}; the caller
 -- prepares it on the connection first (conn:prepare(item.prepared, item[1])).
--- rs.plain_proof (a migration dropped the prepared statement: DEALLOCATE,
--- DISCARD ALL): the same statement, parsed each time.
+-- rs.plain_proof (a migration dropped the prepared statements: DEALLOCATE,
+-- DISCARD ALL): the same statement, parsed each time, as the history row.
 function M.proof_item(rs, key, skip)
   if not rs then return nil end
   local args = proof_args(rs, key, skip)
