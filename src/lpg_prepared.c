@@ -1,7 +1,7 @@
 /*
  * lpg_prepared.c: named prepared statements of a connection (issue 13: the
- * lock proof and the look before a lock are parsed and planned once per
- * session, not once per migration).
+ * lock proof, the history row and the look before a lock are parsed and
+ * planned once per session, not once per migration).
  *
  *   conn:prepare(name, sql) -> true (prepared now) | false (already was)
  *   conn:query_prepared(name, ...) -> rows      (PQexecPrepared, values bound)

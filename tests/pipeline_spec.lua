@@ -376,11 +376,17 @@ describe("round trips of a transactional migration (issue 13)", function()
     return proxy.take(2)
   end
 
+  -- asserts one turn per migration on the main connection, from 4 and from 12 of them (what a run
+  -- costs once cancels out); returns both turn counts
+  local function one_per_migration(turns_of, what)
+    local a, b = turns_of(4), turns_of(12)
+    assert.equal(1, (b["migrate-lua"] - a["migrate-lua"]) / 8, string.format(
+      "main connection: %d turns for 4 %s, %d for 12", a["migrate-lua"], what, b["migrate-lua"]))
+    return a, b
+  end
+
   it("a bench migration costs one round trip on the main connection (psql needs five)", function()
-    local a, b = bench_run(4), bench_run(12)
-    local per = (b["migrate-lua"] - a["migrate-lua"]) / 8
-    assert.equal(1, per, string.format("main connection: %d turns for 4 migrations, %d for 12",
-      a["migrate-lua"], b["migrate-lua"]))
+    local a, b = one_per_migration(bench_run, "migrations")
     -- the side connection's log rows are sent without waiting for them
     assert.is_true((b["migrate-lua_lock"] - a["migrate-lua_lock"]) / 8 <= 1)
   end)
@@ -400,10 +406,7 @@ describe("round trips of a transactional migration (issue 13)", function()
   it("a bench down costs one round trip on the main connection (psql needs three)", function()
     -- BEGIN and SET LOCAL are not waited for before the look (they take no lock); the look is on the
     -- side connection; DROP TABLE, the lock proof, the history row and COMMIT go in one pipeline
-    local a, b = bench_down(4), bench_down(12)
-    local per = (b["migrate-lua"] - a["migrate-lua"]) / 8
-    assert.equal(1, per, string.format("main connection: %d turns for 4 downs, %d for 12",
-      a["migrate-lua"], b["migrate-lua"]))
+    one_per_migration(bench_down, "downs")
   end)
 
   it("a query in the migration costs two more: the queue read before it, and its own", function()
