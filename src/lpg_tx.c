@@ -247,6 +247,7 @@ end_queued(lua_State *L, Conn *c, int status, int always_rollback, int nres)
 		if (lua_pcall(L, 3, 0, 0) == LUA_OK)
 		{
 			lua_remove(L, finish);
+			lpg_deliver_notices(L, c, 1);   /* what the queued statements said, before fn's caller goes on */
 			return nres;
 		}
 		/* an error before the finish was sent (a bad item, memory) leaves
