@@ -24,6 +24,8 @@ MIG_EXPORT int luaopen_migrate(lua_State *L);
 
 /* lpg_conn.c: Conn/Result userdata and their methods */
 void mig_open_pg(lua_State *L); /* leaves nothing; fills the table at -1 */
+/* lpg_prepared.c: conn:prepare, conn:query_prepared, conn:forget_prepared (after mig_open_pg) */
+void lpg_open_prepared(lua_State *L);
 
 /* pgerr.c: the error objects C raises: a failed result or connection, or a
  * failure C detects itself ({kind, code, facts}, worded by errors.lua) */

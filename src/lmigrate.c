@@ -120,6 +120,7 @@ luaopen_migrate(lua_State *L)
 	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE); /* [loaded] */
 	luaL_newlib(L, corelib);                                  /* [loaded, core] */
 	mig_open_pg(L);
+	lpg_open_prepared(L); /* named prepared statements */
 	lua_pushliteral(L, MIGRATE_VERSION);
 	lua_setfield(L, -2, "version");
 	lua_pushinteger(L, PQlibVersion());

@@ -50,7 +50,8 @@ command_or_rollback(lua_State *L, Conn *c, const char *sql)
 
 /*
  * The finish of conn:transaction in one round trip: the statements of
- * opts.finish ({sql, n = k, p1 … pk} each: the lock proof, the history row)
+ * opts.finish ({sql, n = k, p1 … pk} each, prepared = name to run the statement
+ * conn:prepare made of sql: the lock proof, the history row)
  * and COMMIT, sent in libpq pipeline mode with one sync, behind whatever fn
  * queued (conn:queue) and has not been read yet. The server runs them in
  * order and skips the rest after the first error, so a failed queued
@@ -78,9 +79,11 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 	/* every statement and its parameters are checked and bound first: an
 	 * error raised here has sent nothing of the finish (the queue, if any,
 	 * is read and rolled back by conn:transaction) */
+	/* prepared: the name conn:prepare gave sql (lpg_prepared.c), or NULL */
 	typedef struct
 	{
 		const char *sql;
+		const char *prepared;
 		int nparams;
 		const char **values;
 	} Item;
@@ -97,6 +100,10 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 			luaL_error(L, "opts.finish[%d][1] is not an SQL string", i);
 		lua_getfield(L, item, "n");
 		it->nparams = (int) lua_tointeger(L, -1);
+		lua_pop(L, 1);
+		it->prepared = lua_getfield(L, item, "prepared") == LUA_TSTRING
+			? lua_tostring(L, -1)
+			: NULL; /* anchored in the item table */
 		lua_pop(L, 1);
 		luaL_checkstack(L, it->nparams + 4, "too many query parameters");
 		for (int j = 1; j <= it->nparams; j++)
@@ -122,7 +129,9 @@ finish_pipelined(lua_State *L, Conn *c, int opts, int finish)
 	}
 	int unsent = 0;
 	for (int i = 0; i < n && !unsent; i++)
-		if (!PQsendQueryParams(c->pg, items[i].sql, items[i].nparams, NULL, items[i].values, NULL, NULL, 0))
+		if (!(items[i].prepared != NULL
+				  ? PQsendQueryPrepared(c->pg, items[i].prepared, items[i].nparams, items[i].values, NULL, NULL, 0)
+				  : PQsendQueryParams(c->pg, items[i].sql, items[i].nparams, NULL, items[i].values, NULL, NULL, 0)))
 			unsent = i + 1;
 	/* a statement that could not be sent: no COMMIT behind it (the sync ends
 	 * what was sent, the transaction stays open and is rolled back below) */
@@ -291,6 +300,7 @@ end_queued(lua_State *L, Conn *c, int status, int always_rollback, int nres)
 		if (finish_called(L, finish) == LUA_OK)
 		{
 			lua_remove(L, finish);
+			lpg_deliver_notices(L, c, 1); /* what the queued statements said, before fn's caller goes on */
 			return nres;
 		}
 		/* an error before the finish was sent (a bad item, memory) leaves

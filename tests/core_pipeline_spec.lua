@@ -354,14 +354,22 @@ describe("round trips of a transactional migration (issue 13)", function()
   setup(function() proxy = counting_proxy() end)
   teardown(function() proxy.stop() end)
 
-  -- n migrations of bench/gen.sh's workload (CREATE TABLE, ADD COLUMN, CREATE INDEX on it)
-  local function bench_run(n)
+  -- n migrations of bench/gen.sh's workload (CREATE TABLE, ADD COLUMN, CREATE INDEX on it) and a fresh
+  -- database; cli(url, ...) runs the binary on them
+  local function bench_workload(n, name)
     local dir = T.tmpdir()
     assert(os.execute(string.format("%s %s %d", T.shell_quote(T.root .. "/bench/gen.sh"), T.shell_quote(dir), n)))
-    local db = T.fresh_db("rt")
+    return T.fresh_db(name), function(url, ...)
+      return T.run({ "--database-url", url, "--dir", dir .. "/migrations", "--log-file", dir .. "/log.jsonl",
+        "--quiet", ... })
+    end
+  end
+
+  -- the turns of running n of them through the proxy
+  local function bench_run(n)
+    local db, cli = bench_workload(n, "rt")
     proxy.take(0)
-    local r = T.run({ "--database-url", proxy.conninfo(db), "--dir", dir .. "/migrations", "--log-file",
-      dir .. "/log.jsonl", "--quiet", "run" })
+    local r = cli(proxy.conninfo(db), "run")
     assert.equal(0, r.code, r.stderr)
     assert.equal(tostring(n), T.psql(db, "SELECT count(*) FROM migrate_lua_migrations"))
     assert.equal(tostring(n), T.psql(db,
@@ -369,13 +377,37 @@ describe("round trips of a transactional migration (issue 13)", function()
     return proxy.take(2)
   end
 
+  -- asserts one turn per migration on the main connection, from 4 and from 12 of them (what a run
+  -- costs once cancels out); returns both turn counts
+  local function one_per_migration(turns_of, what)
+    local a, b = turns_of(4), turns_of(12)
+    assert.equal(1, (b["migrate-lua"] - a["migrate-lua"]) / 8, string.format(
+      "main connection: %d turns for 4 %s, %d for 12", a["migrate-lua"], what, b["migrate-lua"]))
+    return a, b
+  end
+
   it("a bench migration costs one round trip on the main connection (psql needs five)", function()
-    local a, b = bench_run(4), bench_run(12)
-    local per = (b["migrate-lua"] - a["migrate-lua"]) / 8
-    assert.equal(1, per, string.format("main connection: %d turns for 4 migrations, %d for 12",
-      a["migrate-lua"], b["migrate-lua"]))
+    local a, b = one_per_migration(bench_run, "migrations")
     -- the side connection's log rows are sent without waiting for them
     assert.is_true((b["migrate-lua_lock"] - a["migrate-lua_lock"]) / 8 <= 1)
+  end)
+
+  -- the turns of reverting n of them (DROP TABLE each) through the proxy, after running them directly
+  local function bench_down(n)
+    local db, cli = bench_workload(n, "rtd")
+    local r = cli("dbname=" .. db, "run")
+    assert.equal(0, r.code, r.stderr)
+    proxy.take(0)
+    r = cli(proxy.conninfo(db), "rollback", "--steps", tostring(n))
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("0", T.psql(db, "SELECT count(*) FROM migrate_lua_migrations"))
+    return proxy.take(2)
+  end
+
+  it("a bench down costs one round trip on the main connection (psql needs three)", function()
+    -- BEGIN and SET LOCAL are not waited for before the look (they take no lock); the look is on the
+    -- side connection; DROP TABLE, the lock proof, the history row and COMMIT go in one pipeline
+    one_per_migration(bench_down, "downs")
   end)
 
   it("a query in the migration costs two more: the queue read before it, and its own", function()

@@ -115,4 +115,46 @@ describe("rollback", function()
     assert.equal(0, cli("backup", "restore", "1").code)
     assert.equal(before, T.psql(db, "SELECT string_agg(id || ':' || score, ',' ORDER BY id) FROM users"))
   end)
+  it("a queued down statement that fails names its SQL, file and line; nothing is reverted", function()
+    local db, _, _, cli = setup("rb_queued", {
+      ["20260101000000_one.lua"] = mig(1),
+      ["20260102000000_two.lua"] = [[return { up = function(m) m:exec("CREATE TABLE t2 (id int)") end,
+        down = function(m)
+          m:unsafe("the test drops a table then fails", function() m:exec("DROP TABLE t2") end)
+          m:exec("ALTER TABLE no_such_table ADD COLUMN x int")
+        end }]],
+    })
+    assert.equal(0, cli("run").code)
+    local r = cli("--json", "rollback")
+    assert.equal(1, r.code)
+    local doc = T.json(r.stdout)
+    assert.equal("20260102000000", doc.failed)
+    assert.equal("42P01", doc.error.sqlstate)
+    assert.matches("ALTER TABLE no_such_table", doc.error.sql, 1, true)
+    assert.matches("20260102000000_two.lua:4", doc.error.where, 1, true)
+    assert.equal("20260101000000,20260102000000", versions(db))
+    assert.equal("t2", T.psql(db, "SELECT to_regclass('t2')"))
+  end)
+
+  it("a down that runs DEALLOCATE ALL still reverts, and so do the next ones", function()
+    -- the lock proof is a prepared statement (issue 13): a migration that drops it is run again with
+    -- the proof sent as text; nothing of the first attempt was committed
+    local db, _, _, cli = setup("rb_dealloc", {
+      ["20260101000000_one.lua"] = mig(1),
+      ["20260102000000_two.lua"] = [[return { up = function(m) m:exec("CREATE TABLE t2 (id int)") end,
+        down = function(m)
+          m:unsafe("the test drops the session's prepared statements, then its table", function()
+            m:exec("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$")
+            m:exec("DROP TABLE t2")
+          end)
+        end }]],
+      ["20260103000000_three.lua"] = mig(3),
+    })
+    assert.equal(0, cli("run").code)
+    local r = cli("--json", "rollback", "--steps", "3")
+    assert.equal(0, r.code, r.stderr)
+    assert.same({ "20260103000000", "20260102000000", "20260101000000" }, T.json(r.stdout).reverted)
+    assert.equal("", versions(db))
+    assert.equal("", T.psql(db, "SELECT to_regclass('t2')"))
+  end)
 end)

@@ -19,14 +19,16 @@ end }
 local check_lock   -- below: per instance (machinery for guards/util.lua, not m: API)
 
 -- m.log, whose lines wait for the answers of the statements queued before
--- them (engine.run_exec): a log row never says a step came after a
--- statement that failed (the failure is raised instead, naming its line).
+-- them (engine.run_exec sets self.queued): a log row never says a step came
+-- after a statement that failed (the failure is raised instead, naming its
+-- line). BEGIN and SET LOCAL, which conn:transaction queues, are no step:
+-- they are not waited for (a failure of theirs is raised by conn:transaction).
 local function settled_log(self, log)
   local out = {}
   for _, level in ipairs { "info", "warn", "error", "debug" } do
     local write = log[level]
     out[level] = function(...)
-      if self.conn then self.conn:flush() end
+      if self.conn and self.queued then self.conn:flush() end
       return write(...)
     end
   end
@@ -157,7 +159,8 @@ local function unsafe_run(self, reason, fn, allow, list)
     self:fail(errors.new("usage", "m:unsafe(reason, fn): fn must be a function"))
   end
   if self.logger then
-    if self.conn then self.conn:flush() end   -- the row is not written past a queued statement that failed
+    -- the row is not written past a queued statement that failed (settled_log)
+    if self.conn and self.queued then self.conn:flush() end
     self.logger:event { migration = self.entry.version, status = "unsafe", level = "warn",
       message = "unsafe block: " .. reason .. (list and (" (allows " .. table.concat(list, ", ") .. ")") or ""),
       metadata = { reason = reason, where = self:where(), allow = list },

@@ -619,6 +619,7 @@ function M.run_exec(m, sql, stmts, ...)
   if queueable(m, stmts, select("#", ...)) and m.conn:queue(sql, {
       sql = require("migrate.logger").scrub(sql), where = m:where(), file = m.entry.path,
       migration = m.entry.version .. "_" .. m.entry.name }) then
+    m.queued = true   -- a look reads the queue first (retry.look_of)
     return 0
   end
   return m:call("exec", sql, ...)

@@ -402,13 +402,30 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
   -- row; the server skips what follows a failure, so nothing commits.
   -- items[i].what names statement i in an error; the tables the migration
   -- created are looked up in the same round trip (facts.created_item)
-  local function finish_items()
+  -- The proof and the history row are statements prepared once per session
+  -- (conn:prepare, before the transaction: the connection is idle then),
+  -- run by name in the finish. prepare_finish() returns the proof (nil when
+  -- the run holds no lock) and the history row's statement name (nil: sent
+  -- as text, when a migration of the run dropped what was prepared).
+  local function history_table()
     s.names = s.names or {}
     s.names.migrate_lua_migrations = s.names.migrate_lua_migrations or history.qualified(conn)
-    local tbl = s.names.migrate_lua_migrations
-    local items = {}
+    return s.names.migrate_lua_migrations
+  end
+  local function prepare_finish()
     local proof = require("migrate.runstate").proof_item(s.runstate, M.LOCK_KEY,
       { "lock_timeout", config.statement_timeout and "statement_timeout" or nil })
+    if proof and proof.prepared then conn:prepare(proof.prepared, proof[1]) end
+    if not s.runstate or s.runstate.plain_proof then return proof, nil end
+    local tbl, name = history_table(), "migrate_lua_history_" .. direction
+    -- the statement's text does not depend on its values (bound)
+    conn:prepare(name, (direction == "up" and history.insert_sql(entry, 0, s.run_id, core.version, tbl, true)
+      or history.delete_sql(entry.version, tbl))[1])
+    return proof, name
+  end
+  local function finish_items(proof, row_name)
+    local tbl = history_table()
+    local items = {}
     if proof then proof.what = "proof"; items[#items + 1] = proof end
     -- the duration: until this attempt's BEGIN here, from it on counted by the server (the statements
     -- queued before the row may still run when it is sent)
@@ -417,6 +434,7 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
       or history.delete_sql(entry.version, tbl)
     row.what = direction == "up" and "the history row (INSERT INTO migrate_lua_migrations)"
       or "removing the history row (DELETE FROM migrate_lua_migrations)"
+    row.prepared = row_name
     items[#items + 1] = row
     local created = require("migrate.facts").created_item(m)
     if created then created.what = "created"; items[#items + 1] = created end
@@ -458,25 +476,42 @@ local function apply_one(s, entry, direction, mode, record, shared_tx)
   elseif entry.transactional then
     -- a lock timeout retries the whole transaction, never sleeping inside it
     local attempts = mode == "safe-run" and M.lock_attempts(config) or { config.lock_timeout or 5000 }
-    local ok, err = pcall(retry.loop, attempts, function(lock_ms, i)
-      wait.attempts, wait.lock_ms = i, lock_ms
-      watch(s, lock_ms)
+    local function attempt(lock_ms)
       local mark = backups_mark(s)
       -- BEGIN and the timeouts queued (issue 13): they travel with the migration's first statements
       local tx = { prelude = timeouts("LOCAL ", config, lock_ms), pipeline = true }
-      wait.tx_start = core.now_ms()
-      local ok, err = pcall(conn.transaction, conn, function()
-        body(true)
-        tx.finish = finish_items()   -- read by conn:transaction after this returns
-      end, tx)
+      local ok, err = pcall(function()
+        local proof, row_name = prepare_finish()
+        wait.tx_start = core.now_ms()
+        conn:transaction(function()
+          body(true)
+          tx.finish = finish_items(proof, row_name)   -- read by conn:transaction after this returns
+        end, tx)
+      end)
       if ok then finished(tx) end
       if not ok then
+        local item = type(err) == "table" and err.finish and tx.finish and tx.finish[err.finish]
+        if item and item.prepared and require("migrate.runstate").prepared_lost(err) then
+          -- the migration dropped the prepared statements (DEALLOCATE, DISCARD ALL): nothing of
+          -- it was committed; once more, with the finish sent as text for the rest of the run
+          for _, it in ipairs(tx.finish) do
+            if it.prepared then conn:forget_prepared(it.prepared) end
+          end
+          s.runstate.plain_proof = true
+          backups_reset(s, mark)
+          return attempt(lock_ms)
+        end
         err = finish_failed(err, tx.finish)
         backups_reset(s, mark)
         err = name_blockers(err)
         if err.sqlstate == "55P03" then wait.lock_wait_ms = wait.lock_wait_ms + lock_ms end
       end
       return ok, err
+    end
+    local ok, err = pcall(retry.loop, attempts, function(lock_ms, i)
+      wait.attempts, wait.lock_ms = i, lock_ms
+      watch(s, lock_ms)
+      return attempt(lock_ms)
     end, function(err, lock_ms, i, pause)
       s.logger:event { migration = entry.version, status = "retry", level = "warn",
         message = string.format("lock timeout after %d ms (attempt %d of %d); retrying in %d ms: %s",
@@ -543,54 +578,154 @@ local function reload(s, entry, direction)
   error(e, 0)
 end
 
--- Runs `up` of each pending migration. opts.mode: "run" | "safe-run".
--- Returns a result {ok, applied = {versions}, failed, error, durations}.
-function M.migrate(s, pending, opts)
-  local result = { ok = true, applied = {}, reverted = {}, failed = nil, durations = {} }
-  local mode = opts.mode or "run"
-  local logger = s.logger
-  local function run_list()
-    for _, entry in ipairs(pending) do
-      if core.interrupted() then
-        errors.raise("interrupted", "interrupted before " .. label(entry) .. "; nothing of it ran")
-      end
-      reload(s, entry, "up")
-      logger:event { migration = entry.version, status = "started", defer_table = entry.transactional,
-        message = "migrating " .. label(entry), console_text = "  -> " .. label(entry),
-        metadata = { name = entry.name, file = entry.path, transaction = entry.transactional, mode = mode,
-                     checksum = entry.checksum } }
-      core.alarm(s.config.timeout or 0)
-      local t0 = core.now_ms()
-      local ok, dur, m, wait = pcall(apply_one, s, entry, "up", mode, nil, opts.single_transaction)
-      core.alarm(0)
-      if not ok then
-        local e = errors.wrap(dur)
-        e.migration = e.migration or label(entry)
-        e.file = e.file or entry.path
-        local sig = core.interrupted()
-        if sig == "timeout" then
-          e.kind = "interrupted"
-          e.message = string.format("%s exceeded --timeout %d s and was stopped (%s)", label(entry),
-            s.config.timeout or 0, e.message or "")
-        elseif sig then
-          -- the cancel or the hook surfaced as some error: say what really happened
-          M.interrupted_error(e, sig, entry, result.applied, { single = opts.single_transaction })
-        end
-        result.failed_entry = entry
-        e.duration_ms = core.now_ms() - t0
-        error(e, 0)
-      end
-      result.applied[#result.applied + 1] = entry.version
-      result.durations[entry.version] = dur
-      logger:event { migration = entry.version, status = "success", duration_ms = dur,
+-- {====== one migration after another, either way ======
+--
+-- M.migrate (up) and M.revert (down) run the same sequence for each
+-- migration (run_list): load it again, log its start, apply_one under the
+-- --timeout alarm, log its end; a failure stops the list and is logged once
+-- (log_failure). What differs between the two directions is words and
+-- bookkeeping, and that is this table's.
+local DIRECTIONS = {
+  up = {
+    done = "applied",                   -- the result's list of what was done
+    durations = true,                   -- result.durations (the document's durations_ms)
+    check_interrupt = true,             -- a signal between migrations stops before the next one
+    timeout_words = true,               -- --timeout names itself in the error
+    started = function(entry, mode)
+      return "migrating " .. label(entry), "  -> " .. label(entry),
+        { name = entry.name, file = entry.path, transaction = entry.transactional, mode = mode,
+          checksum = entry.checksum }
+    end,
+    finished = function(entry, dur, m, wait)
+      return { migration = entry.version, status = "success", duration_ms = dur,
         message = string.format("applied %s", label(entry)),
         console_text = string.format("     applied %s (%.0f ms)", label(entry), dur),
         metadata = { transaction = entry.transactional, statements = m and m.stats.statements,
                      rows = m and m.stats.rows, attempts = wait and wait.attempts,
                      lock_wait_ms = wait and wait.lock_wait_ms } }
-      loader.release(entry)
+    end,
+    failed = function(s, entry, e, ms)
+      e.duration_ms = ms
+      return string.format("%s failed: %s", label(entry), tostring(e)),
+        { error = error_fields(e), transaction = entry.transactional, statements = e.stats and e.stats.statements,
+          rows = e.stats and e.stats.rows, lock_wait_ms = e.lock_wait_ms,
+          lock_timeout_ms = e.sqlstate == "55P03" and s.config.lock_timeout or nil }
+    end,
+    rolled_back = function(entry)
+      return string.format("rolled back %s: nothing of it was applied", label(entry)), { transaction = true }
+    end,
+    partial = function(entry, steps)
+      return string.format(
+        "%s stopped part-way (transaction = false): %d completed step(s) stay; the next run resumes it",
+        label(entry), #steps), { transaction = false, steps_done = steps }
+    end,
+  },
+  down = {
+    done = "reverted",
+    started = function(entry)
+      return "reverting " .. label(entry), "  <- " .. label(entry),
+        { direction = "down", transaction = entry.transactional }
+    end,
+    finished = function(entry, dur)
+      return { migration = entry.version, status = "reverted", duration_ms = dur,
+        message = "reverted " .. label(entry), metadata = { direction = "down", transaction = entry.transactional },
+        console_text = string.format("     reverted %s (%.0f ms)", label(entry), dur) }
+    end,
+    failed = function(_, entry, e)
+      return string.format("revert of %s failed: %s", label(entry), tostring(e)),
+        { error = error_fields(e), direction = "down", transaction = entry.transactional }
+    end,
+    rolled_back = function(entry)
+      return "the revert was rolled back: " .. label(entry) .. " stays applied",
+        { direction = "down", transaction = true }
+    end,
+    -- its down's completed steps stay: show reports it failed until a
+    -- revert (or a fixed down) completes
+    partial = function(entry, steps)
+      return string.format(
+        "the revert of %s stopped part-way (transaction = false): %d completed down step(s) stay; it is still " ..
+        "applied: run rollback again to finish",
+        label(entry), #steps), { direction = "down", transaction = false, steps_done = steps }
+    end,
+  },
+}
+
+-- Runs entries in direction dir ("up" | "down") one after another; raises
+-- the first failure (result.failed_entry: the migration it stopped in,
+-- when it got as far as running; result.failed_ms: for how long).
+local function run_list(s, entries, dir, opts, result)
+  local D, logger, mode = DIRECTIONS[dir], s.logger, opts.mode
+  for _, entry in ipairs(entries) do
+    if D.check_interrupt and core.interrupted() then
+      errors.raise("interrupted", "interrupted before " .. label(entry) .. "; nothing of it ran")
     end
+    reload(s, entry, dir)
+    -- a transactional migration's started row travels with its next row (logger defer_table)
+    local message, console_text, metadata = D.started(entry, mode)
+    logger:event { migration = entry.version, status = "started", defer_table = entry.transactional,
+      message = message, console_text = console_text, metadata = metadata }
+    core.alarm(s.config.timeout or 0)
+    local t0 = core.now_ms()
+    local ok, dur, m, wait = pcall(apply_one, s, entry, dir, mode, nil, opts.single_transaction)
+    core.alarm(0)
+    if not ok then
+      local e = errors.wrap(dur)
+      e.migration = e.migration or label(entry)
+      e.file = e.file or entry.path
+      local sig = core.interrupted()
+      if sig == "timeout" then
+        if D.timeout_words then
+          e.kind = "interrupted"
+          e.message = string.format("%s exceeded --timeout %d s and was stopped (%s)", label(entry),
+            s.config.timeout or 0, e.message or "")
+        end
+      elseif sig then
+        -- the cancel or the hook surfaced as some error: say what really happened
+        M.interrupted_error(e, sig, entry, result[D.done], { single = opts.single_transaction, down = dir == "down" })
+      end
+      result.failed_entry, result.failed_ms = entry, core.now_ms() - t0
+      error(e, 0)
+    end
+    result[D.done][#result[D.done] + 1] = entry.version
+    if D.durations then result.durations[entry.version] = dur end
+    logger:event(D.finished(entry, dur, m, wait))
+    loader.release(entry)
   end
+end
+
+-- The failure that stopped run_list, into result and the log: failed, then
+-- rolled back (transactional) or partial (transaction = false: its
+-- completed steps stay, and show reports it failed).
+local function log_failure(s, dir, result, err)
+  local D, logger = DIRECTIONS[dir], s.logger
+  local e = errors.wrap(err)
+  local entry = result.failed_entry
+  result.ok, result.error = false, e
+  result.failed = entry and entry.version or e.migration
+  if not entry then return end   -- it was not run (its file was refused, a signal came before it)
+  local message, metadata = D.failed(s, entry, e, result.failed_ms)
+  logger:event { migration = entry.version, status = "failed", level = "error", duration_ms = result.failed_ms,
+    message = message, error_message = tostring(e), metadata = metadata, console = false }
+  if entry.transactional then
+    message, metadata = D.rolled_back(entry)
+    logger:event { migration = entry.version, status = "rolled_back", level = "warn", message = message,
+      metadata = metadata, console = false }
+  else
+    result.partial, result.steps_done = true, e.steps or {}
+    message, metadata = D.partial(entry, result.steps_done)
+    logger:event { migration = entry.version, status = "partial", level = "warn", message = message,
+      metadata = metadata, console = false }
+  end
+end
+
+local function new_result() return { ok = true, applied = {}, reverted = {}, failed = nil } end
+
+-- Runs `up` of each pending migration. opts.mode: "run" | "safe-run".
+-- Returns a result {ok, applied = {versions}, failed, error, durations}.
+function M.migrate(s, pending, opts)
+  local result = new_result()
+  result.durations = {}
+  opts = { mode = opts.mode or "run", single_transaction = opts.single_transaction, rollback = opts.rollback }
   local ok, err
   if opts.single_transaction then
     for _, entry in ipairs(pending) do
@@ -599,107 +734,35 @@ function M.migrate(s, pending, opts)
       end
     end
     local mark = backups_mark(s)
-    ok, err = pcall(s.main.transaction, s.main, run_list, { rollback = opts.rollback })
+    ok, err = pcall(s.main.transaction, s.main, function() run_list(s, pending, "up", opts, result) end,
+      { rollback = opts.rollback })
     if not ok or opts.rollback then backups_reset(s, mark) end
     if not ok or opts.rollback then result.applied_in_tx = result.applied end
     if not ok then
       -- their success rows stand in migration_logs: say they went with the batch
       for _, v in ipairs(result.applied) do
-        logger:event { migration = v, status = "rolled_back", level = "warn", console = false,
+        s.logger:event { migration = v, status = "rolled_back", level = "warn", console = false,
           message = v .. " rolled back with the rest of the batch (--single-transaction)",
           metadata = { transaction = true, single_transaction = true } }
       end
       result.applied = {}
     end
   else
-    ok, err = pcall(run_list)
+    ok, err = pcall(run_list, s, pending, "up", opts, result)
   end
-  if not ok then
-    local e = errors.wrap(err)
-    local entry = result.failed_entry
-    result.ok = false
-    result.error = e
-    result.failed = entry and entry.version or e.migration
-    if entry then
-      logger:event { migration = entry.version, status = "failed", level = "error", duration_ms = e.duration_ms,
-        message = string.format("%s failed: %s", label(entry), tostring(e)),
-        error_message = tostring(e), metadata = { error = error_fields(e), transaction = entry.transactional,
-          statements = e.stats and e.stats.statements, rows = e.stats and e.stats.rows,
-          lock_wait_ms = e.lock_wait_ms, lock_timeout_ms = e.sqlstate == "55P03" and s.config.lock_timeout or nil },
-        console = false }
-      if entry.transactional then
-        logger:event { migration = entry.version, status = "rolled_back", level = "warn",
-          message = string.format("rolled back %s: nothing of it was applied", label(entry)),
-          metadata = { transaction = true }, console = false }
-      else
-        -- nothing to roll back: the steps that ran stay, and show reports it failed
-        result.partial, result.steps_done = true, e.steps or {}
-        logger:event { migration = entry.version, status = "partial", level = "warn",
-          message = string.format(
-            "%s stopped part-way (transaction = false): %d completed step(s) stay; the next run resumes it",
-            label(entry), #result.steps_done), metadata = { transaction = false, steps_done = result.steps_done },
-              console = false }
-      end
-    end
-  end
+  if not ok then log_failure(s, "up", result, err) end
   return result
 end
 
--- Runs `down` of the given applied migrations (newest first).
+-- Runs `down` of the given applied migrations (newest first). opts.mode:
+-- "revert" | "rollback". Returns a result {ok, reverted = {versions}, failed, error}.
 function M.revert(s, entries, opts)
-  local result = { ok = true, applied = {}, reverted = {}, failed = nil }
-  local logger = s.logger
-  for _, entry in ipairs(entries) do
-    local loaded, lerr = pcall(reload, s, entry, "down")
-    if not loaded then
-      result.ok, result.error, result.failed = false, lerr, entry.version
-      break
-    end
-    -- a transactional down's started row travels with its next row, as up's does (logger defer_table)
-    logger:event { migration = entry.version, status = "started", message = "reverting " .. label(entry),
-      defer_table = entry.transactional,
-      console_text = "  <- " .. label(entry), metadata = { direction = "down", transaction = entry.transactional } }
-    core.alarm(s.config.timeout or 0)
-    local t0 = core.now_ms()
-    local ok, dur = pcall(apply_one, s, entry, "down", opts.mode or "revert")
-    core.alarm(0)
-    if not ok then
-      local e = errors.wrap(dur)
-      e.migration = e.migration or label(entry)
-      e.file = e.file or entry.path
-      local sig = core.interrupted()
-      if sig and sig ~= "timeout" then
-        M.interrupted_error(e, sig, entry, result.reverted, { down = true })
-      end
-      result.ok, result.error, result.failed = false, e, entry.version
-      if not entry.transactional then result.partial, result.steps_done = true, e.steps or {} end
-      logger:event { migration = entry.version, status = "failed", level = "error", duration_ms = core.now_ms() - t0,
-        message = string.format("revert of %s failed: %s", label(entry), tostring(e)),
-        error_message = tostring(e), metadata = { error = error_fields(e), direction = "down",
-          transaction = entry.transactional }, console = false }
-      if entry.transactional then
-        logger:event { migration = entry.version, status = "rolled_back", level = "warn",
-          message = "the revert was rolled back: " .. label(entry) .. " stays applied", console = false,
-          metadata = { direction = "down", transaction = true } }
-      else
-        -- its down's completed steps stay: show reports it failed until a
-        -- revert (or a fixed down) completes
-        logger:event { migration = entry.version, status = "partial", level = "warn",
-          message = string.format(
-            "the revert of %s stopped part-way (transaction = false): %d completed down step(s) stay; it is still " ..
-            "applied: run rollback again to finish",
-            label(entry), #result.steps_done),
-          console = false, metadata = { direction = "down", transaction = false, steps_done = result.steps_done } }
-      end
-      break
-    end
-    result.reverted[#result.reverted + 1] = entry.version
-    logger:event { migration = entry.version, status = "reverted", duration_ms = dur,
-      message = "reverted " .. label(entry), metadata = { direction = "down", transaction = entry.transactional },
-      console_text = string.format("     reverted %s (%.0f ms)", label(entry), dur) }
-    loader.release(entry)
-  end
+  local result = new_result()
+  local ok, err = pcall(run_list, s, entries, "down", { mode = opts.mode or "revert" }, result)
+  if not ok then log_failure(s, "down", result, err) end
   return result
 end
+
+-- }======
 
 return M

@@ -166,16 +166,36 @@ SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
                          FROM pg_catalog.unnest(pg_catalog.string_to_array($1, E'\n')) n)
     AND l.pid <> coalesce($2::int, pg_catalog.pg_backend_pid()) AND l.mode = ANY ($3::text[])) AS found]]
 
+-- mode -> the pg_locks modes it conflicts with, as a text[] literal (built once per mode)
+local CONFLICT_ARRAY = setmetatable({}, { __index = function(t, mode)
+  local names = {}
+  for _, c in ipairs(CONFLICTS[mode] or {}) do names[#names + 1] = pg_name(c) end
+  t[mode] = "{" .. table.concat(names, ",") .. "}"
+  return t[mode]
+end })
+
+-- ANY_HOLDER is prepared once per session on the side connection (issue
+-- 13: its parse and plan were two thirds of its server time); on the main
+-- connection it is sent as text, as a migration's own SQL may DEALLOCATE.
+local ANY_HOLDER_NAME = "migrate_lua_any_holder"
+
+local function any_holder(look, list, modes)
+  if look.prepared then
+    look.conn:prepare(ANY_HOLDER_NAME, ANY_HOLDER)   -- a no-op once prepared
+    return look.conn:query_prepared(ANY_HOLDER_NAME, list, look.pid, modes)[1].found
+  end
+  return look.conn:query(ANY_HOLDER, list, look.pid, modes)[1].found
+end
+
 -- HOLDERS' rows as they come (the cheap ANY_HOLDER question first): every
 -- other session holding or waiting for a lock on rels that conflicts with
 -- mode ("ACCESS EXCLUSIVE": any lock), oldest first after the granted ones.
 -- look = {conn, pid (nil: conn's own), clear (conn is inside a transaction:
--- refresh its activity snapshot)}. Also the validator's ML35 check.
+-- refresh its activity snapshot), prepared (ask ANY_HOLDER by name)}. Also
+-- the validator's ML35 check.
 function R.lock_rows(look, rels, mode)
-  local names = {}
-  for _, c in ipairs(CONFLICTS[mode] or {}) do names[#names + 1] = pg_name(c) end
-  local list, modes = table.concat(rels, "\n"), "{" .. table.concat(names, ",") .. "}"
-  if not look.conn:query(ANY_HOLDER, list, look.pid, modes)[1].found then return {} end
+  local list, modes = table.concat(rels, "\n"), CONFLICT_ARRAY[mode]
+  if not any_holder(look, list, modes) then return {} end
   if look.clear then look.conn:exec("SELECT pg_catalog.pg_stat_clear_snapshot()") end
   return look.conn:query(HOLDERS, list, look.pid, modes)
 end
@@ -275,16 +295,20 @@ end
 
 -- The look of a migration context: its side connection with the main
 -- connection's pid (the run's, else asked once per context), else the main
--- connection. The statements queued on the main connection are read first
--- (issue 13): the look must see the locks they took, and a failure among
--- them is reported before anything else.
+-- connection. The statements the migration queued on the main connection
+-- (m.queued: engine.run_exec) are read first (issue 13): the look must see
+-- the locks they took, and a failure among them is reported before
+-- anything else. What conn:transaction itself queued before them, BEGIN and
+-- the SET LOCAL timeouts, takes no lock, so it is not waited for: it
+-- travels with the step (a failure of it is still raised first, by
+-- conn:transaction, whatever stopped the migration after it).
 function R.look_of(m)
-  m.conn:flush()
+  if m.queued then m.conn:flush() end
   if m.watch_conn then
     -- the main connection's server pid: read once per run (runstate.start), else once per migration
     m.backend_pid = m.backend_pid or (m.runstate and m.runstate.main_pid)
       or m.conn:query("SELECT pg_catalog.pg_backend_pid() AS p")[1].p
-    return { conn = m.watch_conn, pid = m.backend_pid }
+    return { conn = m.watch_conn, pid = m.backend_pid, prepared = true }
   end
   return { conn = m.conn, clear = m.conn:tx_status() == "intrans" }
 end
