@@ -152,3 +152,43 @@ describe("the parse of m:exec's SQL", function()
       .. "AND attname = 'c'"))
   end)
 end)
+
+-- Issue 13 (module loading): the guard clauses are mixed into m from their
+-- files on first use, by context.lua's list of which file defines which.
+describe("the guard clauses of m", function()
+  local context = require "migrate.context"
+
+  it("are listed in context.lua under the file that defines each, every one of them and no other name", function()
+    local listed, defined = {}, {}
+    for file, names in pairs(context.GUARD_FILES) do
+      for _, name in ipairs(names) do
+        assert.is_nil(listed[name], name .. " listed twice")
+        listed[name] = file
+      end
+    end
+    for _, part in ipairs { "tables", "indexes", "constraints", "data", "extra", "partitions" } do
+      local file = "migrate.guards." .. part
+      for name, fn in pairs(require(file)) do
+        if type(fn) == "function" then
+          assert.is_nil(defined[name], name .. " defined twice")
+          defined[name] = file
+        end
+      end
+    end
+    assert.same(defined, listed)
+    -- and migrate.guards (the facade's table) is the same set
+    local facade = {}
+    for name in pairs(require "migrate.guards") do facade[name] = defined[name] end
+    assert.same(defined, facade)
+  end)
+
+  it("resolve on a context whose guard files were never loaded", function()
+    local m = context.new { entry = { version = "20260101000001", name = "spec", path = "x.lua", file = "x.lua" } }
+    for file, names in pairs(context.GUARD_FILES) do
+      for _, name in ipairs(names) do
+        assert.equal(require(file)[name], m[name], name)
+      end
+    end
+    assert.is_nil(m.no_such_guard)
+  end)
+end)

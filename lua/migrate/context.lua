@@ -6,14 +6,54 @@ local errors = require "migrate.errors"
 local core = require "migrate.core"
 
 local engine = require "migrate.engine"
-local backup = require "migrate.backup"
 
 local M = {}
+
+-- The guard clauses (m:safe_*, m:guard_*, m:backfill, …: migrate.guards),
+-- by the file that defines them. Each file is loaded the first time one of
+-- its names is asked for, so a run of raw SQL loads none of them (nor the
+-- backup service they use): issue 13, module loading. tests/context_spec.lua
+-- holds this list to what the files define.
+local GUARD_FILES = {
+  ["migrate.guards.tables"] = { "guard_column_drop", "guard_table_drop", "safe_add_column", "safe_change_column_type",
+    "safe_create_table", "safe_drop_column", "safe_drop_table", "safe_rename_column", "safe_rename_table",
+    "safe_set_default" },
+  ["migrate.guards.indexes"] = { "safe_add_index", "safe_drop_index", "safe_reindex" },
+  ["migrate.guards.constraints"] = { "count_duplicates", "count_nulls", "count_orphans", "count_violations",
+    "safe_add_check", "safe_add_foreign_key", "safe_add_primary_key", "safe_add_unique", "safe_drop_constraint",
+    "safe_set_not_null", "safe_validate_constraint" },
+  ["migrate.guards.data"] = { "backfill", "backup", "safe_truncate", "with_lock_retries" },
+  ["migrate.guards.extra"] = { "safe_add_enum_value", "safe_add_exclusion", "safe_add_text_limit",
+    "safe_create_trigger", "safe_drop_default", "safe_drop_not_null", "safe_drop_schema", "table_stats",
+    "will_rewrite" },
+  ["migrate.guards.partitions"] = { "safe_attach_partition", "safe_detach_partition" },
+}
+local GUARD_FILE = {}
+for file, names in pairs(GUARD_FILES) do
+  for _, name in ipairs(names) do GUARD_FILE[name] = file end
+end
+M.GUARD_FILES = GUARD_FILES
+
+-- The guard clause k of M, its file loaded first when it is not yet
+-- (every function of that file becomes a method, as migrate.guards would
+-- make it; the context's own methods win). nil for any other key.
+local function guard(k)
+  local file = GUARD_FILE[k]
+  if not file then return nil end
+  for name, fn in pairs(require(file)) do
+    if M[name] == nil then M[name] = fn end
+  end
+  for _, name in ipairs(GUARD_FILES[file]) do GUARD_FILE[name] = nil end
+  return M[k]
+end
+
 -- m.transactional is derived, never flipped: the migration's own setting,
 -- or true while m:with_lock_retries holds its transaction open (own_tx)
 local META = { __index = function(t, k)
   if k == "transactional" then return engine.in_tx(t) end
-  return M[k]
+  local v = M[k]
+  if v == nil and GUARD_FILE[k] then return guard(k) end
+  return v
 end }
 
 local check_lock   -- below: per instance (machinery for guards/util.lua, not m: API)
@@ -317,10 +357,10 @@ function M:backup_before(tbl, cols, reason)
       self.mode == "revert" and "rollback" or "safe-run"))
     return nil
   end
-  return backup.take(self, tbl, cols, reason)
+  return require("migrate.backup").take(self, tbl, cols, reason)
 end
 
--- Guard clauses (m:safe_*, m:guard_*, m:backfill) live in migrate.guards.
-for k, v in pairs(require "migrate.guards") do if M[k] == nil then M[k] = v end end
+-- Guard clauses (m:safe_*, m:guard_*, m:backfill) live in migrate.guards,
+-- mixed in on first use (GUARD_FILES above).
 
 return M

@@ -556,6 +556,22 @@ function M.ran(m, stmts)
   end
 end
 
+-- True when every table the statements could lock (locked_rels of each,
+-- whatever its lock mode) is one this transaction created: M.look then has
+-- nothing to look for, known without classifying the statements (the
+-- common path of creating a table, then altering and indexing it).
+local function only_new_tables(m, stmts)
+  local new = m.created_in_tx
+  for _, s in ipairs(stmts) do
+    local rels = {}
+    locked_rels(s.node, s.stmt, rels, {})
+    for _, r in ipairs(rels) do
+      if not (new and new[r]) then return false end
+    end
+  end
+  return true
+end
+
 -- Raw SQL (m:exec): the look before queueing only. When the parse tree
 -- names the tables and the lock, wait without queueing while a conflicting
 -- holder is there (within the attempt's budget); the statements then run
@@ -563,6 +579,8 @@ end
 -- user's statement list is not ours to split into savepoints). Nothing to
 -- look for when every table is one this transaction created (M.ran).
 function M.look(m, sql, stmts)
+  stmts = stmts or parse(sql, m)
+  if only_new_tables(m, stmts) then return end   -- what lock_need would find, after others_could_hold: nothing
   local mode, rels = M.lock_need(sql, stmts, m)
   if not (mode and retry.looks(mode) and #rels > 0) then return end
   rels = others_could_hold(m, rels)
@@ -606,6 +624,19 @@ local function queueable(m, stmts, nargs)
   return NO_ANSWER[s.node] == true and not needs_no_tx(s.node, s.stmt)
 end
 
+-- m:where() as seen from M.run_exec, whose only caller is m:exec (context.lua):
+-- the frame that called m:exec is the migration's own code nearly always,
+-- so it is asked first (one debug.getinfo instead of m:where's walk from
+-- here up, which finds that same frame: neither engine.lua nor context.lua
+-- is the migration's chunk); anything else, m:where() as before.
+local function caller_where(m)
+  local info = debug.getinfo(4, "Sl")   -- 1 this function, 2 run_exec, 3 m:exec, 4 m:exec's caller
+  if info and info.source == m.entry.chunkname then
+    return string.format("%s:%d", m.entry.path, info.currentline)
+  end
+  return m:where()
+end
+
 -- m:exec in apply: the look before queueing (issue 14), then the statement
 -- queued on the connection (conn:queue) when its answer is only "done",
 -- else run and waited for. A queued statement's failure is reported as if
@@ -617,7 +648,7 @@ function M.run_exec(m, sql, stmts, ...)
   stmts = stmts or parse(sql, m)
   M.look(m, sql, stmts)
   if queueable(m, stmts, select("#", ...)) and m.conn:queue(sql, {
-      sql = require("migrate.logger").scrub(sql), where = m:where(), file = m.entry.path,
+      sql = require("migrate.logger").scrub(sql), where = caller_where(m), file = m.entry.path,
       migration = m.entry.version .. "_" .. m.entry.name }) then
     m.queued = true   -- a look reads the queue first (retry.look_of)
     return 0

@@ -263,28 +263,39 @@ function M.check(m, sql)
   local stmts, msg, pos = M.parse(sql, m.parsed)
   if not stmts then return unparseable(m, sql, msg, pos) end
   m.lint_notes = m.lint_notes or {}
-  -- effects of the statements before this one in the same string
-  local state = { validated = {}, added = {}, altered = {}, dml = {}, multi = #stmts > 1 }
+  -- effects of the statements before this one in the same string (the
+  -- rules' track fills validated, added, altered, dml as they are needed)
+  local state = { multi = #stmts > 1 }
+  local none = {}   -- no finding: the common case makes no tables of its own
   for i, s in ipairs(stmts) do
     M.no_transaction_control(m, s, "m:exec")
-    local list = {}
+    local list = none
     local rule = M.rules[s.node]
     -- the string form of m:unsafe relaxes every rule: nothing to look up
     local all_relaxed = m.unsafe_depth > 0 and allowed(m, "\0every")
     if rule and not all_relaxed then
       local r = rule(m, s.stmt, s, state)
-      if r and r.rule then list[#list + 1] = r
-      elseif r then for _, f in ipairs(r) do list[#list + 1] = f end end
+      if r and r.rule then list = { r }
+      elseif r then
+        list = {}
+        for _, f in ipairs(r) do list[#list + 1] = f end
+      end
     end
     local c = combination(m, stmts, i, s)
-    if c then table.insert(list, 1, c) end
-    local refusals, sizes = {}, {}
+    if c then
+      if list == none then list = {} end
+      table.insert(list, 1, c)
+    end
+    local refusals, sizes = none, nil
     for _, f in ipairs(list) do
       if allowed(m, f.rule) then
         bypassed(m, f, s)
       else
+        sizes = sizes or {}
         local verdict = decide(m, f, sizes)
-        if verdict == "refuse" then refusals[#refusals + 1] = f
+        if verdict == "refuse" then
+          if refusals == none then refusals = {} end
+          refusals[#refusals + 1] = f
         elseif verdict == "note" then note(m, f)
         elseif m.log then
           m.log:warn(f.rule .. ": " .. f.message, { rule = f.rule, object = f.object })
