@@ -11,10 +11,14 @@
 # prints it instead).
 # Usage: MIGRATE_BUILD_DIR=build bench/guard_latency_all.sh
 # Knobs: ROWS (1000000) ROUNDS (5) CHANGES (all) VARIANTS ("naive guard")
+#        NAIVE_ROUNDS (ROUNDS: the naive variant runs in the first N rounds only; its stall is the lock's, so fewer
+#        rounds show it, and each scenario on the production-like cluster costs ~25 s of set-up and run)
 #        READERS ("none long") READER_S (10) RATE (500 tps) WARMUP (2 s) COOL (1 s)
 #        BATCH (empty: the default, adaptive batches; N: batch_size = N) VACUUMER (0; 1: a loop of VACUUM big during the change, as an
 #        autovacuum worker would be: bench/guard_latency/unique_gap.sh) NAIVE_LOCK_TIMEOUT (60000: the naive change waits for the
 #        reader, so it lands too) KEEP=/dir keeps the raw logs.
+#        MIGRATE_TEST_PG_DURABLE=1: on the production-like cluster (fsync, synchronous_commit, full_page_writes on); its
+#        report goes to its own section, <!-- bench:guards-durable:begin/end -->.
 # The guard clauses run at the default settings (no --lock-timeout flag).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,6 +27,7 @@ if [ -z "${MIGRATE_TEST_PGDATA:-}" ]; then
 fi
 rows=${ROWS:-1000000}
 rounds=${ROUNDS:-5}
+naive_rounds=${NAIVE_ROUNDS:-$rounds}
 changes=${CHANGES:-add_column_default index unique fk check not_null type_change rename backfill drop_column}
 variants=${VARIANTS:-naive guard}
 readers=${READERS:-none long}
@@ -119,6 +124,7 @@ table_size=$("${psql[@]}" -d tpl -c "SELECT pg_size_pretty(pg_total_relation_siz
 for round in $(seq 1 "$rounds"); do
   for c in $changes; do
     for v in $variants; do
+      [ "$v" = naive ] && [ "$round" -gt "$naive_rounds" ] && continue
       for rd in $readers; do
         sc="${c}-${v}-${rd}"
         db="g_${c}_${v}_${rd}_$round"
@@ -193,13 +199,16 @@ done
 
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
 pgver=$("${psql[@]}" -d postgres -c "SHOW server_version")
+# the cluster's durability, read from the server rather than assumed
+cluster=$("${psql[@]}" -d postgres -c "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings
+                                           WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes')")
 rev=$(git -C "$root" rev-parse --short HEAD)
 dirty=$(git -C "$root" status --porcelain -- lua src | wc -l)
 python3 "$here/all_report.py" "$work" "${RESULTS:-$root/bench/RESULTS.md}" \
-  rows="$rows" rounds="$rounds" rate="$rate" reader_s="$reader_s" batch="$batch" naive_lt="$naive_lt" \
+  rows="$rows" rounds="$rounds" naive_rounds="$naive_rounds" rate="$rate" reader_s="$reader_s" batch="$batch" naive_lt="$naive_lt" \
   started="$started" load0="$load0" load1="$load1" pgver="$pgver" rev="$rev" dirty="$dirty" build="$build" \
-  setup_ms="$setup_ms" table_size="$table_size" \
-  cmdline="MIGRATE_BUILD_DIR=$build ${ROWS:+ROWS=$rows }${ROUNDS:+ROUNDS=$rounds }${CHANGES:+CHANGES=\"$changes\" }bench/guard_latency_all.sh"
+  setup_ms="$setup_ms" table_size="$table_size" cluster="$cluster" \
+  cmdline="${MIGRATE_TEST_PG_DURABLE:+MIGRATE_TEST_PG_DURABLE=1 }MIGRATE_BUILD_DIR=$build ${ROWS:+ROWS=$rows }${ROUNDS:+ROUNDS=$rounds }${NAIVE_ROUNDS:+NAIVE_ROUNDS=$naive_rounds }${CHANGES:+CHANGES=\"$changes\" }bench/guard_latency_all.sh"
 if [ -n "${KEEP:-}" ]; then
   cp -r "$work" "$KEEP"
   say "kept the raw logs in $KEEP"

@@ -12,7 +12,8 @@ import json
 import os
 import sys
 
-BEGIN, END = "<!-- bench:guards:begin -->", "<!-- bench:guards:end -->"
+SECTIONS = {"fast": ("<!-- bench:guards:begin -->", "<!-- bench:guards:end -->"),
+            "durable": ("<!-- bench:guards-durable:begin -->", "<!-- bench:guards-durable:end -->")}
 ORDER = ["add_column_default", "index", "unique", "fk", "check", "not_null", "type_change", "rename", "backfill",
          "drop_column"]
 WHAT = {
@@ -51,11 +52,19 @@ def main():
         by.setdefault((r["change"], r["variant"], r["reader"]), []).append(r)
     for v in by.values():
         v.sort(key=lambda r: r["round"])
-    L = ["## Every guarded change under a live writer (issue 14)", ""]
+    # older kept runs have no "cluster" key: they ran on the fast cluster
+    cluster = kv.get("cluster", "fsync=off, full_page_writes=off, synchronous_commit=off")
+    durable = "fsync=on" in cluster
+    BEGIN, END = SECTIONS["durable" if durable else "fast"]
+    L = ["## Every guarded change under a live writer%s (issue 14)" % (
+        ", production-like cluster" if durable else ""), ""]
     L.append("Run by `%s` on %s: %s round(s), each scenario on a fresh copy of the table (`CREATE DATABASE … TEMPLATE`). "
              "Load average %s at the start, %s at the end (2 shared cores). PostgreSQL %s on the throwaway cluster of "
-             "tests/with_pg.sh (fsync=off). migrate-lua: %s, HEAD %s%s." % (
-                 kv["cmdline"], kv["started"], kv["rounds"], kv["load0"], kv["load1"], kv["pgver"], kv["build"], kv["rev"],
+             "tests/with_pg.sh (%s%s). migrate-lua: %s, HEAD %s%s." % (
+                 kv["cmdline"], kv["started"], kv["rounds"] + (
+                     " (the naive variant: %s)" % kv["naive_rounds"] if kv.get("naive_rounds", kv["rounds"]) != kv["rounds"]
+                     else ""), kv["load0"], kv["load1"], kv["pgver"], cluster,
+                 ": production-like, every commit waits for its WAL flush" if durable else "", kv["build"], kv["rev"],
                  (", %s uncommitted file(s) under lua/ src/" % kv["dirty"]) if kv.get("dirty", "0") != "0" else ""))
     L.append("")
     L.append("- Table `big`: %s rows (%s with its index); writer: `pgbench -c 1 -R %s` single-row `UPDATE big SET n = n + 1` "
@@ -106,6 +115,13 @@ def main():
                 L.append("- %s, reader %s, round %d: %s ms at +%s ms; step %s; before it: %s" % (
                     c, rd, r["round"], fmt(r["during"]["max_ms"]), t.get("start_ms"), t.get("step"),
                     (t.get("last_event_before") or "—").replace("|", "\\|")))
+    # what the figures mean beyond the table, written by hand and kept across runs
+    # (bench/<section>-notes.md, as bench/measure.sh keeps its sections' notes)
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                         "guards-durable-notes.md" if durable else "guards-notes.md")
+    if os.path.exists(notes):
+        L.append("")
+        L.append(open(notes).read().rstrip("\n"))
     text = "\n".join(L) + "\n"
     if dest == "-":
         sys.stdout.write(text)
