@@ -17,6 +17,8 @@
 #        BATCH (empty: the default, adaptive batches; N: batch_size = N) VACUUMER (0; 1: a loop of VACUUM big during the change, as an
 #        autovacuum worker would be: bench/guard_latency/unique_gap.sh) NAIVE_LOCK_TIMEOUT (60000: the naive change waits for the
 #        reader, so it lands too) KEEP=/dir keeps the raw logs.
+#        WAITS=1: bench/guard_latency/waits.sql samples wait events and ungranted locks every ~20 ms into WORK/waits.txt
+#        (with KEEP=, kept): which wait a stall was (IO:WALSync, LWLock:WALWrite, Lock:relation, …).
 #        MIGRATE_TEST_PG_DURABLE=1: on the production-like cluster (fsync, synchronous_commit, full_page_writes on); its
 #        report goes to its own section, <!-- bench:guards-durable:begin/end -->.
 # The guard clauses run at the default settings (no --lock-timeout flag).
@@ -121,6 +123,12 @@ SQL
 setup_ms=$(( $(ms) - t ))
 table_size=$("${psql[@]}" -d tpl -c "SELECT pg_size_pretty(pg_total_relation_size('big'))")
 
+sampler=
+if [ "${WAITS:-0}" = 1 ]; then
+  "${psql[@]}" -F '|' -d postgres -f "$here/waits.sql" >"$work/waits.txt" 2>"$work/waits.err" &
+  sampler=$!
+fi
+
 for round in $(seq 1 "$rounds"); do
   for c in $changes; do
     for v in $variants; do
@@ -197,6 +205,7 @@ PY
   done
 done
 
+if [ -n "$sampler" ]; then kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true; fi
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
 pgver=$("${psql[@]}" -d postgres -c "SHOW server_version")
 # the cluster's durability, read from the server rather than assumed
