@@ -12,7 +12,7 @@
 # Usage: MIGRATE_BUILD_DIR=build bench/guard_latency_all.sh
 # Knobs: ROWS (1000000) ROUNDS (5) CHANGES (all) VARIANTS ("naive guard")
 #        NAIVE_ROUNDS (ROUNDS: the naive variant runs in the first N rounds only; its stall is the lock's, so fewer
-#        rounds show it, and each scenario on the production-like cluster costs ~25 s of set-up and run)
+#        rounds show it; a scenario on the production-like cluster took ~17 s of set-up and run on 2026-12-03)
 #        READERS ("none long") READER_S (10) RATE (500 tps) WARMUP (2 s) COOL (1 s)
 #        BATCH (empty: the default, adaptive batches; N: batch_size = N) VACUUMER (0; 1: a loop of VACUUM big during the change, as an
 #        autovacuum worker would be: bench/guard_latency/unique_gap.sh) NAIVE_LOCK_TIMEOUT (60000: the naive change waits for the
@@ -217,7 +217,7 @@ python3 "$here/all_report.py" "$work" "${RESULTS:-$root/bench/RESULTS.md}" \
   rows="$rows" rounds="$rounds" naive_rounds="$naive_rounds" rate="$rate" reader_s="$reader_s" batch="$batch" naive_lt="$naive_lt" \
   started="$started" load0="$load0" load1="$load1" pgver="$pgver" rev="$rev" dirty="$dirty" build="$build" \
   setup_ms="$setup_ms" table_size="$table_size" cluster="$cluster" \
-  cmdline="${MIGRATE_TEST_PG_DURABLE:+MIGRATE_TEST_PG_DURABLE=1 }MIGRATE_BUILD_DIR=$build ${ROWS:+ROWS=$rows }${ROUNDS:+ROUNDS=$rounds }${NAIVE_ROUNDS:+NAIVE_ROUNDS=$naive_rounds }${CHANGES:+CHANGES=\"$changes\" }bench/guard_latency_all.sh"
+  cmdline="${MIGRATE_TEST_PG_DURABLE:+MIGRATE_TEST_PG_DURABLE=1 }MIGRATE_BUILD_DIR=$build ${ROWS:+ROWS=$rows }${ROUNDS:+ROUNDS=$rounds }${NAIVE_ROUNDS:+NAIVE_ROUNDS=$naive_rounds }${CHANGES:+CHANGES=\"$changes\" }${VARIANTS:+VARIANTS=\"$variants\" }${READERS:+READERS=\"$readers\" }${WAITS:+WAITS=$WAITS }bench/guard_latency_all.sh"
 if [ -n "${KEEP:-}" ]; then
   cp -r "$work" "$KEEP"
   say "kept the raw logs in $KEEP"
